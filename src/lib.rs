@@ -1,0 +1,13 @@
+//! sdspool: a spool daemon for overnight bulk Stable Diffusion rendering.
+//!
+//! The data path, module by module:
+//! job file -> claim -> prompts -> [`tokenizer`] -> text embeddings -> [`scheduler`] denoising loop
+//! (initial latents from [`noise`]) -> VAE -> images -> CLIP scores -> outputs -> done.
+//!
+//! [`runtime`] finds and loads ONNX Runtime and picks execution providers; [`model`] opens and
+//! validates Stable Diffusion model folders as Hugging Face optimum exports them; [`config`] reads
+//! `config.yaml`.
+
+pub mod noise;
+pub mod scheduler;
+pub mod tokenizer;

@@ -1,0 +1,1 @@
+//! Seeded initial latents and per-step noise.

@@ -1,0 +1,1 @@
+//! Diffusion schedulers, numerically matching Hugging Face diffusers.
