@@ -11,3 +11,9 @@
 pub mod noise;
 pub mod scheduler;
 pub mod tokenizer;
+pub mod config;
+pub mod runtime;
+pub mod yaml;
+pub mod model;
+pub mod commands;
+pub mod logging;

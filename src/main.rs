@@ -1,1 +1,62 @@
-fn main() {}
+//! The `sdspool` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use sdspool::config::Config;
+use sdspool::logging::{self, LogFormat};
+use sdspool::runtime::Runtime;
+
+/// Overnight bulk Stable Diffusion rendering with ONNX Runtime.
+#[derive(Debug, Parser)]
+#[command(name = "sdspool", version, about)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short, global = true, env = "SDSPOOL_CONFIG", default_value = "config.yaml")]
+    config: PathBuf,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load every configured model, check its signatures, and show the execution provider that
+    /// serves each session.
+    Models,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sdspool: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Models => {
+            let runtime = match Runtime::init(
+                config.onnxruntime.library.as_deref(),
+                &config.base_dir(),
+                &config.execution,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("sdspool: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut out = String::new();
+            let ok = sdspool::commands::models::run(&config, &runtime, &mut out);
+            print!("{out}");
+            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+# sdspool: setup, demo and tests. `make help` lists the targets.
+
+ORT_VERSION ?= 1.31.1
+PYTHON      ?= python3
+ORT_DIR     := .ort
+CARGO       ?= cargo
+
+# GPU=1 installs onnxruntime-gpu (CUDA and TensorRT providers) and the CUDA 13 libraries it needs
+# from PyPI; GPU=auto (the default) does so when an NVIDIA driver is present.
+GPU ?= auto
+ifeq ($(GPU),auto)
+  GPU := $(shell test -e /proc/driver/nvidia/version && echo 1 || echo 0)
+endif
+ifeq ($(GPU),1)
+  ORT_PACKAGES := onnxruntime-gpu==$(ORT_VERSION) nvidia-cuda-runtime~=13.0 nvidia-cublas~=13.0 \
+                  nvidia-cuda-nvrtc~=13.0 nvidia-curand~=10.0 nvidia-cufft~=12.0 nvidia-cudnn-cu13~=9.0
+else
+  ORT_PACKAGES := onnxruntime==$(ORT_VERSION)
+endif
+STAMP := $(ORT_DIR)/.installed
+
+.PHONY: help setup demo test build clean-ort
+
+help:
+	@echo "make setup   install ONNX Runtime $(ORT_VERSION) from PyPI into $(ORT_DIR)/ (GPU=1 for CUDA/TensorRT)"
+	@echo "make demo    build sdspool and run it on the committed demo models"
+	@echo "make test    run the test suite (what CI runs)"
+
+# Idempotent: reinstalls only when the wanted package set changes.
+setup:
+	@if [ -f "$(STAMP)" ] && [ "$$(cat $(STAMP))" = "$(ORT_PACKAGES)" ] && ls $(ORT_DIR)/onnxruntime/capi/libonnxruntime.so.* >/dev/null 2>&1; then \
+	  echo "ONNX Runtime already installed in $(ORT_DIR)/ ($(ORT_PACKAGES))"; \
+	else \
+	  rm -rf $(ORT_DIR) && mkdir -p $(ORT_DIR) && \
+	  echo "installing $(ORT_PACKAGES) into $(ORT_DIR)/" && \
+	  $(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --only-binary=:all: \
+	    --target $(ORT_DIR) $(ORT_PACKAGES) && \
+	  ls $(ORT_DIR)/onnxruntime/capi/libonnxruntime.so.* && \
+	  echo "$(ORT_PACKAGES)" > $(STAMP); \
+	fi
+
+build: setup
+	$(CARGO) build --release --locked
+
+demo: build
+	./target/release/sdspool --config config.yaml models
+
+test: setup
+	$(CARGO) test --locked
+
+clean-ort:
+	rm -rf $(ORT_DIR)

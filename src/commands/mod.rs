@@ -1,0 +1,3 @@
+//! The `sdspool` subcommands.
+
+pub mod models;

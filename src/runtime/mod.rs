@@ -1,0 +1,270 @@
+//! ONNX Runtime: loading the library, choosing execution providers, creating sessions and
+//! reporting which provider really serves each one.
+
+pub mod assignment;
+pub mod library;
+pub mod providers;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+
+use crate::config::{ExecutionConfig, GraphOptimization};
+use assignment::Assignment;
+use providers::{ProviderKind, Registration};
+
+/// Why a session could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Library(#[from] library::LibraryNotFound),
+    #[error("ONNX Runtime could not start its environment: {0}")]
+    Environment(String),
+    #[error("{file}: ONNX Runtime could not load this model: {message}")]
+    Session { file: PathBuf, message: String },
+    #[error(
+        "{file}: `execution.require_gpu` is true but no GPU provider serves this model ({report}). {hint}"
+    )]
+    GpuRequired {
+        file: PathBuf,
+        report: String,
+        hint: String,
+    },
+}
+
+/// The loaded ONNX Runtime and the execution settings sessions are built with.
+pub struct Runtime {
+    library: library::Loaded,
+    version: String,
+    env: Environment,
+    exec: ExecutionConfig,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("library", &self.library)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// Finds and loads ONNX Runtime (see [`library`]) and starts its environment.
+    pub fn init(
+        configured_library: Option<&Path>,
+        base_dir: &Path,
+        exec: &ExecutionConfig,
+    ) -> Result<Runtime, RuntimeError> {
+        let loaded = library::load(configured_library, base_dir)?;
+        if exec.providers.contains(&ProviderKind::Cuda)
+            || exec.providers.contains(&ProviderKind::Tensorrt)
+        {
+            providers::preload_pip_cuda(&loaded.path);
+        }
+        let env = ort::init()
+            .with_name("sdspool")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| RuntimeError::Environment(e.to_string()))?;
+        let version = ort_version();
+        tracing::info!(library = %loaded.path.display(), source = %loaded.source, version = %version, "loaded ONNX Runtime");
+        Ok(Runtime {
+            library: loaded,
+            version,
+            env,
+            exec: exec.clone(),
+        })
+    }
+
+    pub fn library_path(&self) -> &Path {
+        &self.library.path
+    }
+
+    /// ONNX Runtime's version string, e.g. `1.31.1`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Which configured providers the loaded library was built with.
+    pub fn built_providers(&self) -> Vec<(ProviderKind, bool)> {
+        self.exec
+            .providers
+            .iter()
+            .map(|p| (*p, providers::is_built(*p)))
+            .collect()
+    }
+
+    /// Creates a session for `file` on `device_id` with the configured providers, in order, and
+    /// reports what serves it. With `execution.require_gpu`, a session that no GPU provider
+    /// serves is an error that says why.
+    pub fn session(&self, file: &Path, device_id: i32) -> Result<LoadedSession, RuntimeError> {
+        let session_err = |message: String| RuntimeError::Session {
+            file: file.to_path_buf(),
+            message,
+        };
+        let mut builder = Session::builder(&self.env).map_err(|e| session_err(e.to_string()))?;
+        builder = builder
+            .with_optimization_level(match self.exec.graph_optimization {
+                GraphOptimization::Disable => GraphOptimizationLevel::Disable,
+                GraphOptimization::Basic => GraphOptimizationLevel::Level1,
+                GraphOptimization::Extended => GraphOptimizationLevel::Level2,
+                GraphOptimization::All => GraphOptimizationLevel::All,
+            })
+            .map_err(|e| session_err(e.to_string()))?
+            .with_config_entry(assignment::RECORD_KEY, "1")
+            .map_err(|e| session_err(e.to_string()))?;
+        if self.exec.intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(self.exec.intra_threads)
+                .map_err(|e| session_err(e.to_string()))?;
+        }
+        if self.exec.inter_threads > 0 {
+            builder = builder
+                .with_inter_threads(self.exec.inter_threads)
+                .map_err(|e| session_err(e.to_string()))?;
+        }
+
+        let mut registrations = Vec::new();
+        for &kind in &self.exec.providers {
+            if !providers::is_built(kind) {
+                registrations.push((kind, Registration::NotBuilt));
+                continue;
+            }
+            let ep = providers::dispatch(kind, &self.exec, device_id);
+            match builder.with_execution_providers([ep]) {
+                Ok(b) => {
+                    builder = b;
+                    registrations.push((kind, Registration::Registered));
+                }
+                Err(e) => {
+                    let reason = e.message().to_string();
+                    builder = e.recover();
+                    registrations.push((kind, Registration::Failed(reason)));
+                }
+            }
+        }
+
+        let session = builder
+            .commit_from_file(file)
+            .map_err(|e| session_err(e.to_string()))?;
+        let assignment = assignment::read(&session);
+        let report = ProviderReport {
+            registrations,
+            assignment,
+        };
+        if self.exec.require_gpu && !report.gpu_serves() {
+            return Err(RuntimeError::GpuRequired {
+                file: file.to_path_buf(),
+                report: report.to_string(),
+                hint: report.gpu_hint(),
+            });
+        }
+        Ok(LoadedSession {
+            session,
+            file: file.to_path_buf(),
+            providers: report,
+        })
+    }
+}
+
+fn ort_version() -> String {
+    // GetBuildInfoString begins "ORT Build Info: git-branch=rel-1.31.1, ..."
+    let info = ort::info();
+    info.split(|c: char| c == ',' || c.is_whitespace())
+        .find_map(|part| part.strip_prefix("git-branch=rel-"))
+        .map(str::to_string)
+        .unwrap_or_else(|| info.to_string())
+}
+
+/// A session and the report of what serves it.
+pub struct LoadedSession {
+    pub session: Session,
+    pub file: PathBuf,
+    pub providers: ProviderReport,
+}
+
+impl fmt::Debug for LoadedSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedSession")
+            .field("file", &self.file)
+            .field("providers", &self.providers)
+            .finish()
+    }
+}
+
+/// What each configured provider did, and which provider ONNX Runtime assigned the nodes to.
+#[derive(Debug, Clone)]
+pub struct ProviderReport {
+    pub registrations: Vec<(ProviderKind, Registration)>,
+    /// Nodes per provider; an error text when ONNX Runtime could not say.
+    pub assignment: Result<Assignment, String>,
+}
+
+impl ProviderReport {
+    /// The provider that runs most of the model, as ONNX Runtime assigned it. When the
+    /// assignment cannot be read, the first registered provider (ONNX Runtime's own choice).
+    pub fn serving(&self) -> String {
+        match &self.assignment {
+            Ok(a) => match a.main_provider() {
+                Some(name) => ProviderKind::from_ort_name(name)
+                    .map(|k| k.to_string())
+                    .unwrap_or_else(|| name.to_string()),
+                None => "none".to_string(),
+            },
+            Err(_) => self
+                .registrations
+                .iter()
+                .find(|(_, r)| *r == Registration::Registered)
+                .map(|(k, _)| k.to_string())
+                .unwrap_or_else(|| "cpu".to_string()),
+        }
+    }
+
+    /// Whether a GPU provider runs any node.
+    pub fn gpu_serves(&self) -> bool {
+        match &self.assignment {
+            Ok(a) => a.nodes_per_provider.iter().any(|(name, n)| {
+                *n > 0 && ProviderKind::from_ort_name(name).is_some_and(ProviderKind::is_gpu)
+            }),
+            Err(_) => self
+                .registrations
+                .iter()
+                .any(|(k, r)| k.is_gpu() && *r == Registration::Registered),
+        }
+    }
+
+    /// Why no GPU provider serves, for the error message.
+    pub fn gpu_hint(&self) -> String {
+        let reasons: Vec<String> = self
+            .registrations
+            .iter()
+            .filter(|(k, _)| k.is_gpu())
+            .map(|(k, r)| format!("{k}: {r}"))
+            .collect();
+        if reasons.is_empty() {
+            "No GPU provider is listed in `execution.providers`.".to_string()
+        } else {
+            reasons.join("; ")
+        }
+    }
+}
+
+impl fmt::Display for ProviderReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "serving: {}", self.serving())?;
+        match &self.assignment {
+            Ok(a) => write!(f, " ({})", a.summary())?,
+            Err(e) => write!(f, " (node assignment unavailable: {e})")?,
+        }
+        for (kind, reg) in &self.registrations {
+            if *reg != Registration::Registered {
+                write!(f, "; {kind} {reg}")?;
+            }
+        }
+        Ok(())
+    }
+}
