@@ -58,6 +58,12 @@ pub struct Config {
     /// The model a job gets when it names none; the only model when there is just one.
     #[serde(default)]
     pub default_model: Option<String>,
+    /// Settings a job gets for the fields it leaves out.
+    #[serde(default)]
+    pub defaults: JobDefaults,
+    /// Bounds every job must stay within, checked before any work starts.
+    #[serde(default)]
+    pub limits: Limits,
     /// The file this configuration was read from (not part of the YAML).
     #[serde(skip)]
     pub source: PathBuf,
@@ -205,6 +211,61 @@ pub enum ConvSearch {
 
 fn yes() -> bool {
     true
+}
+
+/// `defaults:` section: what a job gets for the fields it leaves out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobDefaults {
+    pub candidates: u32,
+    pub steps: u32,
+    pub guidance: f64,
+    pub width: u32,
+    pub height: u32,
+    /// Most candidates of a prompt in one UNet batch.
+    pub max_batch: u32,
+    /// Seed generator: `torch_cpu` (same latents as diffusers with a CPU generator).
+    pub rng: String,
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        JobDefaults {
+            candidates: 4,
+            steps: 25,
+            guidance: 7.5,
+            width: 512,
+            height: 512,
+            max_batch: 8,
+            rng: "torch_cpu".into(),
+        }
+    }
+}
+
+/// `limits:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_steps: u32,
+    /// Width times height.
+    pub max_pixels: u64,
+    /// Candidates of one prompt.
+    pub max_candidates: u32,
+    pub max_prompts: u32,
+    /// Size of a job file in bytes.
+    pub max_job_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_steps: 150,
+            max_pixels: 1024 * 1024,
+            max_candidates: 32,
+            max_prompts: 1000,
+            max_job_bytes: 1 << 20,
+        }
+    }
 }
 
 /// One entry under `models:`.

@@ -27,10 +27,33 @@ impl std::fmt::Display for YamlError {
     }
 }
 
-/// Parses one YAML document into `T`.
+/// Parses one YAML document into `T` with serde-saphyr's default budgets (depth 64, at most
+/// 50,000 aliases, alias/anchor expansion ratio enforced, duplicate keys rejected).
 pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    parse_with(text, serde_saphyr::Options::default())
+}
+
+/// Budgets for small untrusted documents such as job files: shallow nesting, few aliases and
+/// nodes, so an alias bomb or a nesting bomb is refused early.
+pub fn strict_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = 16;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_nodes = 200_000;
+    budget.max_events = 400_000;
+    budget.max_recorded_anchor_events = 10_000;
+    budget.max_recorded_anchor_bytes = 1 << 20;
+    budget.max_documents = 1;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
+/// Parses one YAML document into `T` under the given options.
+pub fn parse_with<T: DeserializeOwned>(text: &str, options: serde_saphyr::Options) -> Result<T, YamlError> {
     let mut key = String::new();
-    serde_saphyr::with_deserializer_from_str(text, |de| {
+    serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             if path != "." {
