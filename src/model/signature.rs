@@ -259,7 +259,6 @@ pub fn check(component: Component, file: &Path, sig: &Signature) -> Result<Feedi
     let mut float = None;
     match component {
         Component::TextEncoder => {
-            c.no_extra_inputs(&["input_ids"])?;
             let ids = c.port(true, "input_ids")?;
             if !matches!(ids.elem, Elem::I64 | Elem::I32) {
                 return Err(c.err("input 'input_ids'".into(), format!("is {}, expected int64 or int32", ids.elem)));
@@ -271,6 +270,7 @@ pub fn check(component: Component, file: &Path, sig: &Signature) -> Result<Feedi
                 ));
             }
             c.float(false, "last_hidden_state", 3, &mut float)?;
+            c.no_extra_inputs(&["input_ids"])?;
             Ok(Feeding {
                 float: float.unwrap_or(Elem::F32),
                 aux: ids.elem,
@@ -278,7 +278,6 @@ pub fn check(component: Component, file: &Path, sig: &Signature) -> Result<Feedi
             })
         }
         Component::Unet => {
-            c.no_extra_inputs(&["sample", "timestep", "encoder_hidden_states"])?;
             let sample = c.float(true, "sample", 4, &mut float)?;
             c.dim(sample, true, 1, 4, "latent channels")?;
             c.float(true, "encoder_hidden_states", 3, &mut float)?;
@@ -294,6 +293,7 @@ pub fn check(component: Component, file: &Path, sig: &Signature) -> Result<Feedi
                     format!("has rank {} (shape {:?}), expected a scalar or a 1-D [batch] tensor", t.rank(), t.dims),
                 ));
             }
+            c.no_extra_inputs(&["sample", "timestep", "encoder_hidden_states"])?;
             Ok(Feeding {
                 float: float.unwrap_or(Elem::F32),
                 aux: t.elem,
@@ -301,16 +301,15 @@ pub fn check(component: Component, file: &Path, sig: &Signature) -> Result<Feedi
             })
         }
         Component::VaeDecoder => {
-            c.no_extra_inputs(&["latent_sample"])?;
             let latent = c.float(true, "latent_sample", 4, &mut float)?;
             c.dim(latent, true, 1, 4, "latent channels")?;
             let out = c.float(false, "sample", 4, &mut float)?;
             c.dim(out, false, 1, 3, "image channels")?;
+            c.no_extra_inputs(&["latent_sample"])?;
             let f = float.unwrap_or(Elem::F32);
             Ok(Feeding { float: f, aux: f, aux_rank: 0 })
         }
         Component::VaeEncoder => {
-            c.no_extra_inputs(&["sample"])?;
             let input = c.float(true, "sample", 4, &mut float)?;
             c.dim(input, true, 1, 3, "image channels")?;
             // optimum: mean and log-variance concatenated (8 channels); older exports: a sample.
@@ -333,6 +332,7 @@ pub fn check(component: Component, file: &Path, sig: &Signature) -> Result<Feedi
                     ));
                 }
             }
+            c.no_extra_inputs(&["sample"])?;
             let f = float.unwrap_or(Elem::F32);
             Ok(Feeding { float: f, aux: f, aux_rank: 0 })
         }
@@ -380,9 +380,9 @@ mod tests {
         sig.inputs[0].name = "latents".into();
         let e = check(Component::Unet, Path::new("m/unet/model.onnx"), &sig).unwrap_err();
         assert_eq!(e.file, Path::new("m/unet/model.onnx"));
-        assert_eq!(e.field, "input 'latents'");
+        assert_eq!(e.field, "input 'sample'");
         let text = e.to_string();
-        assert!(text.contains("m/unet/model.onnx") && text.contains("'sample'"), "{text}");
+        assert!(text.contains("m/unet/model.onnx") && text.contains("'latents'"), "{text}");
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Runtime {
             .with_telemetry(false)
             .build()
             .map_err(|e| RuntimeError::Environment(e.to_string()))?;
-        let version = ort_version();
+        let version = ort_version(&loaded.path);
         tracing::info!(library = %loaded.path.display(), source = %loaded.source, version = %version, "loaded ONNX Runtime");
         Ok(Runtime {
             library: loaded,
@@ -171,13 +171,23 @@ impl Runtime {
     }
 }
 
-fn ort_version() -> String {
-    // GetBuildInfoString begins "ORT Build Info: git-branch=rel-1.31.1, ..."
-    let info = ort::info();
-    info.split(|c: char| c == ',' || c.is_whitespace())
-        .find_map(|part| part.strip_prefix("git-branch=rel-"))
-        .map(str::to_string)
-        .unwrap_or_else(|| info.to_string())
+/// ONNX Runtime's version: from the library's file name (`libonnxruntime.so.1.31.1`, after
+/// following links), else from the build info's release branch.
+fn ort_version(library: &Path) -> String {
+    let real = std::fs::canonicalize(library).unwrap_or_else(|_| library.to_path_buf());
+    let from_name = real
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libonnxruntime.so."))
+        .filter(|v| v.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())))
+        .map(str::to_string);
+    from_name.unwrap_or_else(|| {
+        ort::info()
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .find_map(|part| part.strip_prefix("git-branch=rel-"))
+            .map(str::to_string)
+            .unwrap_or_else(|| "(version unknown)".to_string())
+    })
 }
 
 /// A session and the report of what serves it.
