@@ -22,17 +22,18 @@ const TWO_PI_F32: f32 = (2.0 * std::f64::consts::PI) as f32;
 ///
 /// # The algorithm
 ///
-/// * **Engine.** MT19937 seeded with the low 32 bits of the seed (see
-///   [`Mt19937`](super::mt19937)); seeds that agree modulo 2^32 give the same stream.
+/// * **Engine.** MT19937, seeded by the classic `init_genrand` with the low 32 bits of the
+///   seed; seeds that agree modulo 2^32 give the same stream.
 ///   `random()` is one 32-bit output; `random64()` is two, the first in the high half.
 /// * **Tensors of `n >= 16` elements** (`normal_fill_AVX2`): first `n` float uniforms
 ///   `u = (random() & 0xFF_FFFF) · 2^-24` fill the output. Then each complete chunk of 16
 ///   (elements `16k .. 16k+16`) is transformed in place with Box–Muller: for `j` in `0..8`,
 ///   `r = sqrt(-2 · ln(1 - u[j]))`, `θ = 2π · u[j+8]`, `out[j] = r · cos θ`,
 ///   `out[j+8] = r · sin θ`, all in `f32`, with the Cephes-derived approximations of `ln` and
-///   `sincos` from torch's `avx_mathfun.h` (see [`avx_math`](super::avx_math)). If `n % 16 != 0`,
-///   16 **fresh** uniforms overwrite the last 16 elements (which overlap the last complete chunk)
-///   and that window is transformed again, so the call consumes `n + 16` outputs of the engine.
+///   `sincos` from torch's `avx_mathfun.h` (ported in the private `avx_math` module). If
+///   `n % 16 != 0`, 16 **fresh** uniforms overwrite the last 16 elements (which overlap the
+///   last complete chunk) and that window is transformed again, so the call consumes `n + 16`
+///   outputs of the engine.
 /// * **Tensors of `n < 16` elements** (`normal_distribution<double>`): each element is one
 ///   double-precision Box–Muller normal, `u1, u2 = (random64() & (2^53 - 1)) · 2^-53`,
 ///   `r = sqrt(-2 · ln_1p(-u2))`, `θ = 2π · u1`; the element is `(r · cos θ) as f32` and
@@ -43,6 +44,14 @@ const TWO_PI_F32: f32 = (2.0 * std::f64::consts::PI) as f32;
 /// The vectorised path is pure IEEE-754 `f32` arithmetic, identical on every platform. The
 /// small-tensor path calls the platform's `f64` `ln_1p`, `sin` and `cos`, as torch does; on
 /// Linux both use glibc's and agree bit for bit. Latents are never that small.
+///
+/// # Verification
+///
+/// `tests/noise_parity.rs` compares, bit for bit, draws that torch 2.15 made for several seeds
+/// (0 to 2^64 - 1), shapes on every branch (0, 1, 15, 16, 17, 33, 105, 256, 324, 512 and 16384
+/// elements), ancestral-sampler sequences of draws on one generator and mixed small and large
+/// draws. A unit test checks the float32 transform for each of the 2^24 possible uniforms
+/// against tables made by torch's kernel.
 ///
 /// torch's other CPU paths are not reproduced: builds without AVX2 (the `DEFAULT` CPU
 /// capability, e.g. aarch64 or `ATEN_CPU_CAPABILITY=default`) use the C library's `logf`,
@@ -127,7 +136,7 @@ impl TorchCpuRng {
         for chunk in out.chunks_exact_mut(16) {
             box_muller_16(chunk);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = &mut out[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
@@ -157,15 +166,24 @@ impl TorchCpuRng {
 fn box_muller_16(d: &mut [f32]) {
     debug_assert_eq!(d.len(), 16);
     for j in 0..8 {
-        let u1 = 1.0 - d[j];
-        let u2 = d[j + 8];
-        let radius = (-2.0 * avx_math::ln(u1)).sqrt();
-        let theta = TWO_PI_F32 * u2;
-        let (sin, cos) = avx_math::sin_cos(theta);
+        let radius = radius(d[j]);
+        let (sin, cos) = angle(d[j + 8]);
         // torch stores fmadd(n, std, mean) = n * 1 + 0: exact, except that -0.0 becomes +0.0.
         d[j] = radius * cos + 0.0;
         d[j + 8] = radius * sin + 0.0;
     }
+}
+
+/// The Box–Muller radius `sqrt(-2 ln(1 - u))` of torch's AVX2 kernel.
+#[inline]
+fn radius(u: f32) -> f32 {
+    (-2.0 * avx_math::ln(1.0 - u)).sqrt()
+}
+
+/// `(sin θ, cos θ)` with `θ = 2π · u` as torch's AVX2 kernel computes them.
+#[inline]
+fn angle(u: f32) -> (f32, f32) {
+    avx_math::sin_cos(TWO_PI_F32 * u)
 }
 
 #[cfg(test)]
@@ -212,6 +230,121 @@ mod tests {
         assert_eq!(a.randn(&[0, 4]).len(), 0);
         let mut b = TorchCpuRng::new(1);
         assert_eq!(a.randn(&[5]), b.randn(&[5]));
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Tables {
+        k_unit: u32,
+        chunk: usize,
+        spot_k: Vec<u32>,
+        spot_radius_bits: Vec<u32>,
+        spot_cos_bits: Vec<u32>,
+        spot_sin_bits: Vec<u32>,
+        radius_fnv: Vec<u64>,
+        cos_fnv: Vec<u64>,
+        sin_fnv: Vec<u64>,
+    }
+
+    fn uniform(k: u32) -> f32 {
+        k as f32 * (1.0 / 16_777_216.0)
+    }
+
+    /// What torch's kernel outputs for one pair of uniforms `(k1, k2) / 2^24`: the first and
+    /// second element of the pair.
+    fn pair(k1: u32, k2: u32) -> (u32, u32) {
+        let mut d = [0.0f32; 16];
+        d[0] = uniform(k1);
+        d[8] = uniform(k2);
+        box_muller_16(&mut d);
+        (d[0].to_bits(), d[8].to_bits())
+    }
+
+    fn fnv1a64(h: u64, w: u32) -> u64 {
+        (h ^ w as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    }
+
+    /// Every one of the 2^24 possible uniforms through the radius, cosine and sine of the
+    /// vectorised path, against torch (`tests/golden/noise/box_muller_tables.json`, written by
+    /// `onnx/golden_noise.py` from torch's own kernel). The end-to-end goldens cannot see a
+    /// difference that occurs for one input in millions; this test sees every input.
+    #[test]
+    fn box_muller_matches_torch_for_every_uniform() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/golden/noise/box_muller_tables.json"
+        );
+        let text = std::fs::read_to_string(path).expect("golden tables (onnx/golden_noise.py)");
+        let t: Tables = serde_json::from_str(&text).expect("golden tables parse");
+        let chunks = (1usize << 24) / t.chunk;
+        assert_eq!(
+            [t.radius_fnv.len(), t.cos_fnv.len(), t.sin_fnv.len()],
+            [chunks; 3]
+        );
+        // The tables rely on cos(0) = 1 and on a radius of exactly 1.
+        assert_eq!(angle(0.0), (0.0, 1.0));
+        assert_eq!(radius(uniform(t.k_unit)), 1.0);
+
+        // radius[k] is the first output for the pair (k, 0); cos[k] and sin[k] are the outputs
+        // for (k_unit, k). Spot values go through box_muller_16 itself.
+        let mut failures = Vec::new();
+        for (i, &k) in t.spot_k.iter().enumerate() {
+            let (r, _) = pair(k, 0);
+            let (c, s) = pair(t.k_unit, k);
+            let want = (
+                t.spot_radius_bits[i],
+                t.spot_cos_bits[i],
+                t.spot_sin_bits[i],
+            );
+            if (r, c, s) != want {
+                failures.push(format!(
+                    "k {k}: (radius, cos, sin) bits {:?}, torch {want:?}",
+                    (r, c, s)
+                ));
+            }
+        }
+        // The full domain is 3 · 2^24 values: use both cores.
+        let hashes: Vec<(usize, [u64; 3])> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..2)
+                .map(|w| {
+                    let (k_unit, chunk) = (t.k_unit, t.chunk);
+                    scope.spawn(move || {
+                        (w..chunks)
+                            .step_by(2)
+                            .map(|c| {
+                                let mut h = [0xcbf2_9ce4_8422_2325u64; 3];
+                                let unit = radius(uniform(k_unit));
+                                for k in (c * chunk) as u32..((c + 1) * chunk) as u32 {
+                                    // The arithmetic of box_muller_16, without the copies.
+                                    let r = radius(uniform(k)) * 1.0 + 0.0;
+                                    let (s, co) = angle(uniform(k));
+                                    h[0] = fnv1a64(h[0], r.to_bits());
+                                    h[1] = fnv1a64(h[1], (unit * co + 0.0).to_bits());
+                                    h[2] = fnv1a64(h[2], (unit * s + 0.0).to_bits());
+                                }
+                                (c, h)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        for (c, h) in hashes {
+            let want = [t.radius_fnv[c], t.cos_fnv[c], t.sin_fnv[c]];
+            for (name, (got, want)) in ["radius", "cos", "sin"].iter().zip(h.iter().zip(want)) {
+                if *got != want {
+                    failures.push(format!(
+                        "{name} differs from torch for some k in {}..{}",
+                        c * t.chunk,
+                        (c + 1) * t.chunk
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
     #[test]
