@@ -17,3 +17,5 @@ pub mod yaml;
 pub mod model;
 pub mod commands;
 pub mod logging;
+pub mod job;
+pub mod pipeline;

@@ -1,0 +1,58 @@
+//! Latents to pictures: the VAE decoder, then [-1, 1] floats to 8-bit RGB as diffusers does
+//! (`(x / 2 + 0.5).clamp(0, 1)`, `* 255`, round half to even... see [`to_rgb8`]).
+
+use image::RgbImage;
+use ndarray::{ArrayD, ArrayViewD, Axis, s};
+
+use super::PipelineError;
+use super::tensors::{extract_float, float_tensor, ort_err};
+use crate::model::Part;
+
+/// Decodes `[n, 4, h, w]` latents one image at a time (fp16 VAE decoders have been seen to go
+/// wrong at batch > 1, and one image bounds the decoder's memory). Returns `[n, 3, 8h, 8w]` in
+/// [-1, 1] (not clamped).
+pub fn decode(vae_decoder: &mut Part, latents: ArrayViewD<'_, f32>, scaling_factor: f32) -> Result<ArrayD<f32>, PipelineError> {
+    let file = vae_decoder.loaded.file.clone();
+    let mut images = Vec::new();
+    for i in 0..latents.len_of(Axis(0)) {
+        let one = latents.slice_axis(Axis(0), (i..i + 1).into()).mapv(|v| v / scaling_factor);
+        let input = float_tensor(one.view(), vae_decoder.feeding.float).map_err(|e| ort_err(&file, e))?;
+        let outputs = vae_decoder
+            .loaded
+            .session
+            .run(ort::inputs!["latent_sample" => input])
+            .map_err(|e| ort_err(&file, e))?;
+        let image = extract_float(&outputs["sample"]).map_err(|e| ort_err(&file, e))?;
+        let (h, w) = (latents.shape()[2] * 8, latents.shape()[3] * 8);
+        if image.shape() != [1, 3, h, w] {
+            return Err(PipelineError::Shape {
+                file: file.display().to_string(),
+                what: format!("sample has shape {:?}, expected [1, 3, {h}, {w}]", image.shape()),
+            });
+        }
+        images.push(image);
+    }
+    let views: Vec<_> = images.iter().map(|a| a.view()).collect();
+    ndarray::concatenate(Axis(0), &views).map_err(|e| PipelineError::Shape {
+        file: file.display().to_string(),
+        what: e.to_string(),
+    })
+}
+
+/// One decoded image `[3, H, W]` in [-1, 1] to 8-bit RGB, as diffusers' image processor does:
+/// `(x / 2 + 0.5).clamp(0, 1)`, then numpy's `(x * 255).round()` (round half to even).
+pub fn to_rgb8(image: ArrayViewD<'_, f32>) -> RgbImage {
+    let (h, w) = (image.shape()[1], image.shape()[2]);
+    let mut out = RgbImage::new(w as u32, h as u32);
+    for y in 0..h {
+        for x in 0..w {
+            let px = image.slice(s![.., y, x]);
+            let rgb = [0, 1, 2].map(|c| {
+                let v = (px[c] / 2.0 + 0.5).clamp(0.0, 1.0);
+                (v * 255.0).round_ties_even() as u8
+            });
+            out.put_pixel(x as u32, y as u32, image::Rgb(rgb));
+        }
+    }
+    out
+}

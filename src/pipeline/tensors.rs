@@ -1,0 +1,73 @@
+//! Moving arrays in and out of ONNX Runtime in the element type each model wants.
+//!
+//! The pipeline computes in float32 (as diffusers does for its scheduler math); float16 models
+//! get float16 tensors and their float16 outputs are widened back.
+
+use half::f16;
+use ndarray::{ArrayD, ArrayViewD};
+use ort::value::{DynValue, Tensor};
+
+use crate::model::Elem;
+
+/// An ONNX Runtime failure, with the model file it happened in.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct OrtCallError {
+    pub file: String,
+    pub message: String,
+}
+
+pub(crate) fn ort_err(file: &std::path::Path, e: impl std::fmt::Display) -> OrtCallError {
+    OrtCallError {
+        file: file.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// A float tensor in the model's precision.
+pub fn float_tensor(a: ArrayViewD<'_, f32>, elem: Elem) -> ort::Result<DynValue> {
+    let shape: Vec<usize> = a.shape().to_vec();
+    Ok(match elem {
+        Elem::F16 => {
+            let data: Vec<f16> = a.iter().map(|v| f16::from_f32(*v)).collect();
+            Tensor::from_array((shape, data))?.into_dyn()
+        }
+        _ => {
+            let data: Vec<f32> = a.iter().copied().collect();
+            Tensor::from_array((shape, data))?.into_dyn()
+        }
+    })
+}
+
+/// Integer ids as int64 or int32, whichever the model takes.
+pub fn int_tensor(shape: &[usize], ids: &[i64], elem: Elem) -> ort::Result<DynValue> {
+    Ok(match elem {
+        Elem::I32 => {
+            let data: Vec<i32> = ids.iter().map(|v| *v as i32).collect();
+            Tensor::from_array((shape.to_vec(), data))?.into_dyn()
+        }
+        _ => Tensor::from_array((shape.to_vec(), ids.to_vec()))?.into_dyn(),
+    })
+}
+
+/// The UNet's timestep input: a scalar (optimum) or a `[batch]` vector (older exports), float or
+/// integer. Integer exports truncate fractional timesteps (Euler, LMS), as they did in diffusers.
+pub fn timestep_tensor(t: f32, elem: Elem, rank: usize, batch: usize) -> ort::Result<DynValue> {
+    let shape: Vec<usize> = if rank == 0 { vec![] } else { vec![batch] };
+    let n = if rank == 0 { 1 } else { batch };
+    Ok(match elem {
+        Elem::F16 => Tensor::from_array((shape, vec![f16::from_f32(t); n]))?.into_dyn(),
+        Elem::I64 => Tensor::from_array((shape, vec![t as i64; n]))?.into_dyn(),
+        Elem::I32 => Tensor::from_array((shape, vec![t as i32; n]))?.into_dyn(),
+        _ => Tensor::from_array((shape, vec![t; n]))?.into_dyn(),
+    })
+}
+
+/// Reads a float output (float32 or float16) as float32.
+pub fn extract_float(value: &DynValue) -> ort::Result<ArrayD<f32>> {
+    if let Ok(a) = value.try_extract_array::<f32>() {
+        return Ok(a.to_owned());
+    }
+    let a = value.try_extract_array::<f16>()?;
+    Ok(a.mapv(f16::to_f32))
+}

@@ -1,0 +1,52 @@
+//! Prompts to text embeddings: CLIP tokenizer, then the text encoder's `last_hidden_state`.
+
+use ndarray::{ArrayD, Axis};
+
+use super::PipelineError;
+use super::tensors::{extract_float, int_tensor, ort_err};
+use crate::model::Part;
+use crate::tokenizer::ClipTokenizer;
+
+/// The embeddings of some prompts, `[n, sequence, hidden]`, plus the text dropped by truncation.
+#[derive(Debug, Clone)]
+pub struct TextEmbeddings {
+    pub hidden: ArrayD<f32>,
+    /// For each prompt, the words cut off beyond the tokenizer's limit.
+    pub truncated: Vec<Option<String>>,
+}
+
+/// Tokenizes and encodes each prompt (one text-encoder run for all of them).
+pub fn encode(
+    tokenizer: &ClipTokenizer,
+    text_encoder: &mut Part,
+    prompts: &[&str],
+) -> Result<TextEmbeddings, PipelineError> {
+    let mut ids = Vec::new();
+    let mut truncated = Vec::new();
+    let mut seq = 0;
+    for p in prompts {
+        let enc = tokenizer.encode(p)?;
+        seq = enc.ids.len();
+        ids.extend_from_slice(&enc.ids);
+        truncated.push(enc.truncated);
+    }
+    let file = text_encoder.loaded.file.clone();
+    let input = int_tensor(&[prompts.len(), seq], &ids, text_encoder.feeding.aux).map_err(|e| ort_err(&file, e))?;
+    let outputs = text_encoder
+        .loaded
+        .session
+        .run(ort::inputs!["input_ids" => input])
+        .map_err(|e| ort_err(&file, e))?;
+    let hidden = extract_float(&outputs["last_hidden_state"]).map_err(|e| ort_err(&file, e))?;
+    if hidden.ndim() != 3 || hidden.len_of(Axis(0)) != prompts.len() {
+        return Err(PipelineError::Shape {
+            file: file.display().to_string(),
+            what: format!(
+                "last_hidden_state has shape {:?}, expected [{}, {seq}, hidden]",
+                hidden.shape(),
+                prompts.len()
+            ),
+        });
+    }
+    Ok(TextEmbeddings { hidden, truncated })
+}
