@@ -58,6 +58,12 @@ pub struct Config {
     /// The model a job gets when it names none; the only model when there is just one.
     #[serde(default)]
     pub default_model: Option<String>,
+    /// Root of the rendered output: one folder per job.
+    #[serde(default = "default_output_dir")]
+    pub output_dir: PathBuf,
+    /// The spool: incoming/, running/, done/, failed/.
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: PathBuf,
     /// Settings a job gets for the fields it leaves out.
     #[serde(default)]
     pub defaults: JobDefaults,
@@ -120,6 +126,14 @@ impl Default for ExecutionConfig {
             cuda: CudaConfig::default(),
         }
     }
+}
+
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("local/output")
+}
+
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from("local/spool")
 }
 
 fn default_providers() -> Vec<ProviderKind> {
@@ -341,6 +355,8 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        resolve(&mut self.output_dir);
+        resolve(&mut self.spool_dir);
         if let Some(lib) = self.onnxruntime.library.as_mut() {
             resolve(lib);
         }

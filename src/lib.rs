@@ -19,3 +19,4 @@ pub mod commands;
 pub mod logging;
 pub mod job;
 pub mod pipeline;
+pub mod output;

@@ -28,6 +28,14 @@ enum Command {
     /// Load every configured model, check its signatures, and show the execution provider that
     /// serves each session.
     Models,
+    /// Render one job file in the foreground, with a progress bar, and write its images.
+    Render {
+        /// The job file (YAML).
+        job: PathBuf,
+        /// Folder for the images (default: `<output_dir>/<job output>` from the config).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,5 +66,17 @@ fn main() -> ExitCode {
             print!("{out}");
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
+        Command::Render { job, output } => match sdspool::commands::render::run(&config, &job, output.as_deref()) {
+            Ok(written) => {
+                for w in &written {
+                    println!("{}", w.path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sdspool: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -1,3 +1,4 @@
 //! The `sdspool` subcommands.
 
 pub mod models;
+pub mod render;

@@ -1,0 +1,10 @@
+//! Writing results: atomic files ([`atomic`]) and PNGs carrying their settings ([`png`]).
+
+pub mod atomic;
+pub mod png;
+
+/// File name of a candidate image: prompt index, candidate index and seed, so a folder listing
+/// sorts by prompt and candidate and a file says how to reproduce it.
+pub fn image_file_name(prompt: usize, candidate: usize, seed: u64) -> String {
+    format!("p{prompt:03}-c{candidate:02}-s{seed}.png")
+}

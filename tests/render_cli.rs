@@ -1,0 +1,85 @@
+//! `sdspool render`: a job file in, PNGs out, pixels equal to diffusers' for the same settings,
+//! and the settings stored in each PNG as AUTOMATIC1111 writes them.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use ndarray::ArrayD;
+use ndarray_npy::read_npy;
+
+fn parameters_chunk(path: &Path) -> String {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    let info = reader.info();
+    info.uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .map(|t| t.text.clone())
+        .unwrap_or_else(|| panic!("{}: no parameters chunk", path.display()))
+}
+
+#[test]
+fn render_writes_the_images_diffusers_renders_for_the_same_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The settings of golden case sd-euler_a-7 (onnx/golden_pipeline.py).
+    let job = tmp.path().join("parity.yaml");
+    std::fs::write(
+        &job,
+        "prompts:\n  - a photo of a cat\ncandidates: 2\nseed: 42\nsteps: 7\nguidance: 7.5\nscheduler: euler_a\nwidth: 64\nheight: 64\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let status = Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(common::root().join("config.yaml"))
+        .arg("render")
+        .arg(&job)
+        .arg("--output")
+        .arg(&out)
+        .env("SDSPOOL_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&status.stderr));
+
+    let golden: ArrayD<u8> = read_npy(common::root().join("tests/golden/pipeline/sd-euler_a-7.pixels.npy")).unwrap();
+    for (candidate, seed) in [(0usize, 42u64), (1, 43)] {
+        let file = out.join(format!("p000-c{candidate:02}-s{seed}.png"));
+        assert!(stdout.contains(&file.display().to_string()), "{stdout}");
+        let image = image::open(&file).unwrap().to_rgb8();
+        assert_eq!(image.dimensions(), (64, 64));
+        let mut worst = 0i32;
+        for (x, y, px) in image.enumerate_pixels() {
+            for c in 0..3 {
+                let want = golden[[candidate, y as usize, x as usize, c]];
+                worst = worst.max((i32::from(px[c]) - i32::from(want)).abs());
+            }
+        }
+        assert!(worst <= 1, "{}: pixels differ from diffusers by up to {worst}", file.display());
+        assert_eq!(
+            parameters_chunk(&file),
+            format!("a photo of a cat\nSteps: 7, Sampler: Euler a, CFG scale: 7.5, Seed: {seed}, Size: 64x64, Model: tiny-sd")
+        );
+    }
+    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names.len(), 2, "only the two images, no temporary files: {names:?}");
+}
+
+#[test]
+fn render_of_a_bad_job_fails_with_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("bad.yaml");
+    std::fs::write(&job, "prompts: [a cat]\nwidth: 65\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(common::root().join("config.yaml"))
+        .arg("render")
+        .arg(&job)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("bad.yaml") && err.contains("`width` is 65") && err.contains("multiple of 8"), "{err}");
+}
