@@ -26,7 +26,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is {size} bytes; a configuration is at most {MAX_CONFIG_BYTES} bytes")]
+    #[error(
+        "config file {path} is {size} bytes; a configuration is at most {MAX_CONFIG_BYTES} bytes"
+    )]
     TooLarge { path: PathBuf, size: u64 },
     #[error("config file {path} is not valid: {error}")]
     Parse {
@@ -332,12 +334,14 @@ impl Config {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         config.resolve_paths(&base);
-        config.check().map_err(|(key, message)| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: key_line(text, &key),
-            key,
-            message,
-        })?;
+        config
+            .check()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: key_line(text, &key),
+                key,
+                message,
+            })?;
         Ok(config)
     }
 
@@ -415,10 +419,7 @@ impl Config {
         }
         for (i, p) in providers.iter().enumerate() {
             if providers[..i].contains(p) {
-                return Err(self.invalid(
-                    "execution.providers",
-                    format!("lists `{p}` twice"),
-                ));
+                return Err(self.invalid("execution.providers", format!("lists `{p}` twice")));
             }
         }
         if self.execution.require_gpu && !providers.iter().any(|p| p.is_gpu()) {
@@ -428,7 +429,10 @@ impl Config {
             ));
         }
         if self.execution.device_ids.is_empty() {
-            return Err(self.invalid("execution.device_ids", "is empty: list at least one device id, e.g. [0]"));
+            return Err(self.invalid(
+                "execution.device_ids",
+                "is empty: list at least one device id, e.g. [0]",
+            ));
         }
         if let Some(id) = self.execution.device_ids.iter().find(|id| **id < 0) {
             return Err(self.invalid(
@@ -444,7 +448,12 @@ impl Config {
         match &self.default_model {
             Some(name) => name,
             // check() guarantees exactly one model here.
-            None => self.models.keys().next().map(String::as_str).unwrap_or_default(),
+            None => self
+                .models
+                .keys()
+                .next()
+                .map(String::as_str)
+                .unwrap_or_default(),
         }
     }
 }

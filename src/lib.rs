@@ -8,15 +8,15 @@
 //! validates Stable Diffusion model folders as Hugging Face optimum exports them; [`config`] reads
 //! `config.yaml`.
 
+pub mod commands;
+pub mod config;
+pub mod job;
+pub mod logging;
+pub mod model;
 pub mod noise;
+pub mod output;
+pub mod pipeline;
+pub mod runtime;
 pub mod scheduler;
 pub mod tokenizer;
-pub mod config;
-pub mod runtime;
 pub mod yaml;
-pub mod model;
-pub mod commands;
-pub mod logging;
-pub mod job;
-pub mod pipeline;
-pub mod output;

@@ -14,7 +14,13 @@ use sdspool::runtime::Runtime;
 #[command(name = "sdspool", version, about)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, short, global = true, env = "SDSPOOL_CONFIG", default_value = "config.yaml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "SDSPOOL_CONFIG",
+        default_value = "config.yaml"
+    )]
     config: PathBuf,
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -64,19 +70,25 @@ fn main() -> ExitCode {
             let mut out = String::new();
             let ok = sdspool::commands::models::run(&config, &runtime, &mut out);
             print!("{out}");
-            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
-        }
-        Command::Render { job, output } => match sdspool::commands::render::run(&config, &job, output.as_deref()) {
-            Ok(written) => {
-                for w in &written {
-                    println!("{}", w.path.display());
-                }
+            if ok {
                 ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("sdspool: {e:#}");
+            } else {
                 ExitCode::FAILURE
             }
-        },
+        }
+        Command::Render { job, output } => {
+            match sdspool::commands::render::run(&config, &job, output.as_deref()) {
+                Ok(written) => {
+                    for w in &written {
+                        println!("{}", w.path.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sdspool: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

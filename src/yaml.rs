@@ -51,7 +51,10 @@ pub fn strict_options() -> serde_saphyr::Options {
 }
 
 /// Parses one YAML document into `T` under the given options.
-pub fn parse_with<T: DeserializeOwned>(text: &str, options: serde_saphyr::Options) -> Result<T, YamlError> {
+pub fn parse_with<T: DeserializeOwned>(
+    text: &str,
+    options: serde_saphyr::Options,
+) -> Result<T, YamlError> {
     let mut key = String::new();
     serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {

@@ -7,12 +7,18 @@ use std::process::{Command, Output};
 
 fn sdspool(config: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdspool"));
-    cmd.arg("--config").arg(config).args(args).env("SDSPOOL_LOG", "warn");
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("SDSPOOL_LOG", "warn");
     cmd
 }
 
 fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
@@ -34,7 +40,10 @@ fn missing_library_lists_every_place_tried_and_the_fix() {
             common::model_dir("tiny-sd").display()
         ),
     );
-    let out = sdspool(&config, &["models"]).env("ORT_DYLIB_PATH", &from_env).output().unwrap();
+    let out = sdspool(&config, &["models"])
+        .env("ORT_DYLIB_PATH", &from_env)
+        .output()
+        .unwrap();
     let (_, err) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     for needle in [
@@ -57,12 +66,21 @@ fn a_file_that_is_not_a_library_is_reported_with_the_loader_error() {
     std::fs::write(&fake, "not an ELF file").unwrap();
     let config = write_config(
         tmp.path(),
-        &format!("onnxruntime:\n  library: {}\nmodels:\n  tiny:\n    path: x\n", fake.display()),
+        &format!(
+            "onnxruntime:\n  library: {}\nmodels:\n  tiny:\n    path: x\n",
+            fake.display()
+        ),
     );
-    let out = sdspool(&config, &["models"]).env_remove("ORT_DYLIB_PATH").output().unwrap();
+    let out = sdspool(&config, &["models"])
+        .env_remove("ORT_DYLIB_PATH")
+        .output()
+        .unwrap();
     let (_, err) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains(&format!("failed to load from `{}`", fake.display())), "{err}");
+    assert!(
+        err.contains(&format!("failed to load from `{}`", fake.display())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -72,9 +90,15 @@ fn env_var_is_used_when_the_config_names_no_library() {
         .expect("`make setup` installs ONNX Runtime into .ort/");
     let config = write_config(
         tmp.path(),
-        &format!("models:\n  tiny:\n    path: {}\n", common::model_dir("tiny-sd").display()),
+        &format!(
+            "models:\n  tiny:\n    path: {}\n",
+            common::model_dir("tiny-sd").display()
+        ),
     );
-    let out = sdspool(&config, &["models"]).env("ORT_DYLIB_PATH", &lib).output().unwrap();
+    let out = sdspool(&config, &["models"])
+        .env("ORT_DYLIB_PATH", &lib)
+        .output()
+        .unwrap();
     let (stdout, err) = text(&out);
     assert!(out.status.success(), "{stdout}\n{err}");
     assert!(stdout.contains(&lib.display().to_string()), "{stdout}");
@@ -82,7 +106,10 @@ fn env_var_is_used_when_the_config_names_no_library() {
 
 #[test]
 fn models_shows_every_model_its_check_and_provider() {
-    let out = sdspool(&common::root().join("config.yaml"), &["models"]).env_remove("ORT_DYLIB_PATH").output().unwrap();
+    let out = sdspool(&common::root().join("config.yaml"), &["models"])
+        .env_remove("ORT_DYLIB_PATH")
+        .output()
+        .unwrap();
     let (stdout, err) = text(&out);
     assert!(out.status.success(), "{stdout}\n{err}");
     let config = sdspool::config::Config::load(&common::root().join("config.yaml")).unwrap();
@@ -94,9 +121,18 @@ fn models_shows_every_model_its_check_and_provider() {
             .to_string();
         assert!(section.contains("  ok: "), "{section}");
         for component in ["text_encoder", "unet", "vae_decoder", "vae_encoder"] {
-            assert!(section.contains(component), "{component} missing in:\n{section}");
+            assert!(
+                section.contains(component),
+                "{component} missing in:\n{section}"
+            );
         }
-        assert_eq!(section.matches("serving: cpu (CPUExecutionProvider").count(), 4, "{section}");
+        assert_eq!(
+            section
+                .matches("serving: cpu (CPUExecutionProvider")
+                .count(),
+            4,
+            "{section}"
+        );
     }
     assert!(stdout.contains("ONNX Runtime 1.31"), "{stdout}");
 }
@@ -108,7 +144,9 @@ fn a_broken_model_fails_models_but_the_others_are_still_reported() {
         tmp.path(),
         &format!(
             "onnxruntime:\n  library: {}\ndefault_model: good\nmodels:\n  good:\n    path: {}\n  broken:\n    path: {}\n",
-            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort")).unwrap().display(),
+            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort"))
+                .unwrap()
+                .display(),
             common::model_dir("tiny-sd").display(),
             tmp.path().join("missing-model").display()
         ),
@@ -116,8 +154,14 @@ fn a_broken_model_fails_models_but_the_others_are_still_reported() {
     let out = sdspool(&config, &["models"]).output().unwrap();
     let (stdout, err) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{err}");
-    assert!(stdout.contains("broken: ") && stdout.contains("FAILED: model `broken`: model folder"), "{stdout}");
-    assert!(stdout.contains("good (default): ") && stdout.contains("  ok: "), "{stdout}");
+    assert!(
+        stdout.contains("broken: ") && stdout.contains("FAILED: model `broken`: model folder"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("good (default): ") && stdout.contains("  ok: "),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -125,15 +169,34 @@ fn config_errors_name_the_key_and_the_line() {
     let tmp = tempfile::tempdir().unwrap();
     let cases = [
         // unknown key
-        ("models:\n  m:\n    path: x\nexecution:\n  providers: [cpu]\n  intra_thread: 2\n", &["`execution.intra_thread`", "line 6", "unknown field"][..]),
+        (
+            "models:\n  m:\n    path: x\nexecution:\n  providers: [cpu]\n  intra_thread: 2\n",
+            &["`execution.intra_thread`", "line 6", "unknown field"][..],
+        ),
         // wrong type
-        ("models:\n  m:\n    path: x\nexecution:\n  intra_threads: lots\n", &["`execution.intra_threads`", "line 5"][..]),
+        (
+            "models:\n  m:\n    path: x\nexecution:\n  intra_threads: lots\n",
+            &["`execution.intra_threads`", "line 5"][..],
+        ),
         // unknown provider
-        ("models:\n  m:\n    path: x\nexecution:\n  providers: [cuda, gpu]\n", &["`execution.providers[1]`", "line 5", "expected one of tensorrt"][..]),
+        (
+            "models:\n  m:\n    path: x\nexecution:\n  providers: [cuda, gpu]\n",
+            &[
+                "`execution.providers[1]`",
+                "line 5",
+                "expected one of tensorrt",
+            ][..],
+        ),
         // default model that is not configured
-        ("models:\n  m:\n    path: x\ndefault_model: other\n", &["line 4", "`default_model` names `other`"][..]),
+        (
+            "models:\n  m:\n    path: x\ndefault_model: other\n",
+            &["line 4", "`default_model` names `other`"][..],
+        ),
         // require_gpu without a GPU provider
-        ("execution:\n  providers: [cpu]\n  require_gpu: true\nmodels:\n  m:\n    path: x\n", &["line 3", "`execution.require_gpu`"][..]),
+        (
+            "execution:\n  providers: [cpu]\n  require_gpu: true\nmodels:\n  m:\n    path: x\n",
+            &["line 3", "`execution.require_gpu`"][..],
+        ),
         // no models
         ("execution:\n  providers: [cpu]\n", &["models"][..]),
         // broken YAML
@@ -144,7 +207,10 @@ fn config_errors_name_the_key_and_the_line() {
         let out = sdspool(&config, &["models"]).output().unwrap();
         let (_, err) = text(&out);
         assert_eq!(out.status.code(), Some(2), "{body}\n{err}");
-        assert!(err.contains(&config.display().to_string()), "config path missing:\n{err}");
+        assert!(
+            err.contains(&config.display().to_string()),
+            "config path missing:\n{err}"
+        );
         for n in needles {
             assert!(err.contains(n), "expected {n:?} for\n{body}\nin:\n{err}");
         }

@@ -61,28 +61,65 @@ fn explicit_seeds_and_a_missing_seed() {
     let j = load("prompts:\n  - prompt: a cat\n    seeds: [9, 3, 7]\n").unwrap();
     assert_eq!(j.prompts[0].seeds, vec![9, 3, 7]);
     let j = load("prompts: [a cat]\ncandidates: 2\n").unwrap();
-    assert_eq!(j.prompts[0].seeds, vec![j.seed, j.seed + 1], "a chosen seed is recorded in the job");
+    assert_eq!(
+        j.prompts[0].seeds,
+        vec![j.seed, j.seed + 1],
+        "a chosen seed is recorded in the job"
+    );
 }
 
 #[test]
 fn errors_name_the_field() {
     let cases: &[(&str, &[&str])] = &[
-        ("prompts: [a cat]\nstpes: 20\n", &["unknown field `stpes`", "did you mean `steps`?"]),
-        ("prompts:\n  - prompt: a cat\n    negativ: x\n", &["`prompts[0].negativ`", "did you mean `negative`?"]),
+        (
+            "prompts: [a cat]\nstpes: 20\n",
+            &["unknown field `stpes`", "did you mean `steps`?"],
+        ),
+        (
+            "prompts:\n  - prompt: a cat\n    negativ: x\n",
+            &["`prompts[0].negativ`", "did you mean `negative`?"],
+        ),
         ("prompts: [a cat]\nsteps: 0\n", &["`steps` is 0"]),
-        ("prompts: [a cat]\nsteps: 100000\n", &["`steps` is 100000", "limits.max_steps"]),
-        ("prompts: [a cat]\nwidth: 100\n", &["`width` is 100", "multiple of 8"]),
-        ("prompts: [a cat]\nwidth: 8192\nheight: 8192\n", &["limits.max_pixels"]),
+        (
+            "prompts: [a cat]\nsteps: 100000\n",
+            &["`steps` is 100000", "limits.max_steps"],
+        ),
+        (
+            "prompts: [a cat]\nwidth: 100\n",
+            &["`width` is 100", "multiple of 8"],
+        ),
+        (
+            "prompts: [a cat]\nwidth: 8192\nheight: 8192\n",
+            &["limits.max_pixels"],
+        ),
         ("prompts: [a cat]\nguidance: .nan\n", &["guidance"]),
         ("prompts: [a cat]\nguidance: -3\n", &["`guidance` is -3"]),
-        ("prompts: [a cat]\nscheduler: euler_b\n", &["`scheduler`", "euler_b"]),
-        ("prompts: [a cat]\nmodel: sdxl\n", &["`model`", "\"sdxl\" is not configured"]),
+        (
+            "prompts: [a cat]\nscheduler: euler_b\n",
+            &["`scheduler`", "euler_b"],
+        ),
+        (
+            "prompts: [a cat]\nmodel: sdxl\n",
+            &["`model`", "\"sdxl\" is not configured"],
+        ),
         ("prompts: [a cat]\nrng: philox9\n", &["`rng`"]),
         ("prompts: []\n", &["`prompts` is empty"]),
-        ("prompts:\n  - prompt: a cat\n    candidates: 2\n    seeds: [1]\n", &["`prompts[0].seeds`", "1 seeds for 2 candidates"]),
-        ("prompts: [a cat]\ncandidates: 1000\n", &["`candidates` is 1000", "limits.max_candidates"]),
-        ("prompts: [a cat]\nid: ../../etc\n", &["`id`", "not usable as a folder name"]),
-        ("prompts: [a cat]\noutput: /tmp/x\n", &["`output`", "plain folder name"]),
+        (
+            "prompts:\n  - prompt: a cat\n    candidates: 2\n    seeds: [1]\n",
+            &["`prompts[0].seeds`", "1 seeds for 2 candidates"],
+        ),
+        (
+            "prompts: [a cat]\ncandidates: 1000\n",
+            &["`candidates` is 1000", "limits.max_candidates"],
+        ),
+        (
+            "prompts: [a cat]\nid: ../../etc\n",
+            &["`id`", "not usable as a folder name"],
+        ),
+        (
+            "prompts: [a cat]\noutput: /tmp/x\n",
+            &["`output`", "plain folder name"],
+        ),
         ("prompts: [a cat]\nkeep_top: 0\n", &["`keep_top` is 0"]),
         ("prompts: [a cat]\nrejected: shred\n", &["`rejected`"]),
         ("prompts: [\"   \"]\n", &["`prompts[0]` is empty"]),
@@ -103,24 +140,45 @@ fn hostile_files_are_refused_before_parsing_gets_expensive() {
     let tmp = tempfile::tempdir().unwrap();
     let c = config();
     // billion laughs
-    let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     for i in 1..10 {
-        bomb.push_str(&format!("{}: &{} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n", (b'a' + i) as char, (b'a' + i) as char, p = (b'a' + i - 1) as char));
+        bomb.push_str(&format!(
+            "{}: &{} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n",
+            (b'a' + i) as char,
+            (b'a' + i) as char,
+            p = (b'a' + i - 1) as char
+        ));
     }
     bomb.push_str("prompts: [*j]\n");
-    let e = job::load(&write(tmp.path(), "bomb.yaml", &bomb), &c).unwrap_err().to_string();
-    assert!(e.contains("bomb.yaml") && e.contains("unknown field `a`"), "{e}");
+    let e = job::load(&write(tmp.path(), "bomb.yaml", &bomb), &c)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bomb.yaml") && e.contains("unknown field `a`"),
+        "{e}"
+    );
     // many aliases where the schema would accept them: the alias budget stops it
     let many = format!("prompts:\n  - &a lol\n{}", "  - *a\n".repeat(2000));
-    let e = job::load(&write(tmp.path(), "aliases.yaml", &many), &c).unwrap_err().to_string();
-    assert!(e.contains("aliases.yaml") && e.contains("budget breached"), "{e}");
+    let e = job::load(&write(tmp.path(), "aliases.yaml", &many), &c)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("aliases.yaml") && e.contains("budget breached"),
+        "{e}"
+    );
     // deep nesting
     let deep = format!("prompts: {}a{}\n", "[".repeat(200), "]".repeat(200));
-    let e = job::load(&write(tmp.path(), "deep.yaml", &deep), &c).unwrap_err().to_string();
+    let e = job::load(&write(tmp.path(), "deep.yaml", &deep), &c)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("deep.yaml") && e.contains("`prompts"), "{e}");
     // too large
     let big = format!("prompts: [\"{}\"]\n", "x".repeat(2 << 20));
-    let e = job::load(&write(tmp.path(), "big.yaml", &big), &c).unwrap_err().to_string();
+    let e = job::load(&write(tmp.path(), "big.yaml", &big), &c)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("limits.max_job_bytes"), "{e}");
     // not UTF-8
     let p = tmp.path().join("latin1.yaml");

@@ -27,18 +27,44 @@ fn assert_mentions(text: &str, parts: &[&str]) {
 
 #[test]
 fn committed_models_load_and_validate() {
-    for (name, precision) in [("tiny-sd", Elem::F32), ("tiny-sd-v", Elem::F32), ("tiny-sd-fp16", Elem::F16)] {
+    for (name, precision) in [
+        ("tiny-sd", Elem::F32),
+        ("tiny-sd-v", Elem::F32),
+        ("tiny-sd-fp16", Elem::F16),
+    ] {
         let m = load(&model_dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(m.precision(), precision, "{name}");
         assert!(m.vae_encoder.is_some(), "{name} has a vae_encoder");
         for part in m.parts() {
             assert_eq!(part.feeding.float, precision, "{name} {}", part.component);
-            assert_eq!(part.loaded.providers.serving(), "cpu", "{name} {}", part.component);
-            let a = part.loaded.providers.assignment.as_ref().expect("assignment is readable");
-            assert!(a.nodes_per_provider.get("CPUExecutionProvider").copied().unwrap_or(0) > 0);
+            assert_eq!(
+                part.loaded.providers.serving(),
+                "cpu",
+                "{name} {}",
+                part.component
+            );
+            let a = part
+                .loaded
+                .providers
+                .assignment
+                .as_ref()
+                .expect("assignment is readable");
+            assert!(
+                a.nodes_per_provider
+                    .get("CPUExecutionProvider")
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
+            );
         }
-        assert!((m.folder.vae_scaling_factor - 0.18215).abs() < 1e-7, "{name}");
-        assert!(m.folder.vae_scaling_source.is_some(), "{name}: scaling factor read from the VAE config");
+        assert!(
+            (m.folder.vae_scaling_factor - 0.18215).abs() < 1e-7,
+            "{name}"
+        );
+        assert!(
+            m.folder.vae_scaling_source.is_some(),
+            "{name}: scaling factor read from the VAE config"
+        );
     }
 }
 
@@ -46,7 +72,10 @@ fn committed_models_load_and_validate() {
 fn optimum_signature_is_what_the_pipeline_feeds() {
     let m = load(&model_dir("tiny-sd")).unwrap();
     assert_eq!(m.text_encoder.feeding.aux, Elem::I64);
-    assert_eq!((m.unet.feeding.aux, m.unet.feeding.aux_rank), (Elem::F32, 0));
+    assert_eq!(
+        (m.unet.feeding.aux, m.unet.feeding.aux_rank),
+        (Elem::F32, 0)
+    );
     assert!(m.unet.signature.output("out_sample").is_some());
     assert!(m.vae_decoder.signature.input("latent_sample").is_some());
 }
@@ -55,7 +84,10 @@ fn optimum_signature_is_what_the_pipeline_feeds() {
 fn missing_unet_names_the_file() {
     let (_tmp, dir) = model_copy("tiny-sd");
     std::fs::remove_file(dir.join("unet/model.onnx")).unwrap();
-    assert_mentions(&load_err(&dir), &["test-model", "unet/model.onnx", "missing"]);
+    assert_mentions(
+        &load_err(&dir),
+        &["test-model", "unet/model.onnx", "missing"],
+    );
 }
 
 #[test]
@@ -67,32 +99,72 @@ fn missing_tokenizer_and_scheduler_config_are_named() {
 
     let (_tmp2, dir2) = model_copy("tiny-sd");
     std::fs::remove_file(dir2.join("scheduler/scheduler_config.json")).unwrap();
-    assert_mentions(&load_err(&dir2), &["scheduler/scheduler_config.json", "missing"]);
+    assert_mentions(
+        &load_err(&dir2),
+        &["scheduler/scheduler_config.json", "missing"],
+    );
 }
 
 #[test]
 fn renamed_input_names_file_and_field() {
     let (_tmp, dir) = model_copy("tiny-sd");
-    std::fs::copy(common::root().join("tests/fixtures/signatures/unet_renamed_input.onnx"), dir.join("unet/model.onnx")).unwrap();
-    assert_mentions(&load_err(&dir), &["unet/model.onnx", "input 'sample'", "'latents'"]);
+    std::fs::copy(
+        common::root().join("tests/fixtures/signatures/unet_renamed_input.onnx"),
+        dir.join("unet/model.onnx"),
+    )
+    .unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &["unet/model.onnx", "input 'sample'", "'latents'"],
+    );
 }
 
 #[test]
 fn wrong_rank_names_file_and_field() {
     let (_tmp, dir) = model_copy("tiny-sd");
-    std::fs::copy(common::root().join("tests/fixtures/signatures/unet_wrong_rank.onnx"), dir.join("unet/model.onnx")).unwrap();
-    assert_mentions(&load_err(&dir), &["unet/model.onnx", "input 'sample'", "rank 3", "expected rank 4"]);
+    std::fs::copy(
+        common::root().join("tests/fixtures/signatures/unet_wrong_rank.onnx"),
+        dir.join("unet/model.onnx"),
+    )
+    .unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &[
+            "unet/model.onnx",
+            "input 'sample'",
+            "rank 3",
+            "expected rank 4",
+        ],
+    );
 }
 
 #[test]
 fn mixed_precision_and_float_ids_are_rejected() {
     let (_tmp, dir) = model_copy("tiny-sd");
-    std::fs::copy(common::root().join("tests/fixtures/signatures/unet_mixed_precision.onnx"), dir.join("unet/model.onnx")).unwrap();
-    assert_mentions(&load_err(&dir), &["unet/model.onnx", "output 'out_sample'", "float16"]);
+    std::fs::copy(
+        common::root().join("tests/fixtures/signatures/unet_mixed_precision.onnx"),
+        dir.join("unet/model.onnx"),
+    )
+    .unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &["unet/model.onnx", "output 'out_sample'", "float16"],
+    );
 
     let (_tmp2, dir2) = model_copy("tiny-sd");
-    std::fs::copy(common::root().join("tests/fixtures/signatures/text_encoder_float_ids.onnx"), dir2.join("text_encoder/model.onnx")).unwrap();
-    assert_mentions(&load_err(&dir2), &["text_encoder/model.onnx", "input 'input_ids'", "int64 or int32"]);
+    std::fs::copy(
+        common::root().join("tests/fixtures/signatures/text_encoder_float_ids.onnx"),
+        dir2.join("text_encoder/model.onnx"),
+    )
+    .unwrap();
+    assert_mentions(
+        &load_err(&dir2),
+        &[
+            "text_encoder/model.onnx",
+            "input 'input_ids'",
+            "int64 or int32",
+        ],
+    );
 }
 
 #[test]
@@ -101,13 +173,19 @@ fn corrupt_model_file_names_the_file() {
     let unet = dir.join("unet/model.onnx");
     let bytes = std::fs::read(&unet).unwrap();
     std::fs::write(&unet, &bytes[..bytes.len() / 3]).unwrap();
-    assert_mentions(&load_err(&dir), &["unet/model.onnx", "could not load this model"]);
+    assert_mentions(
+        &load_err(&dir),
+        &["unet/model.onnx", "could not load this model"],
+    );
 }
 
 #[test]
 fn missing_external_weights_name_the_model_file() {
     let (_tmp, dir) = model_copy("tiny-sd-fp16");
-    assert!(dir.join("unet/model.onnx_data").is_file(), "tiny-sd-fp16's UNet keeps its weights in model.onnx_data");
+    assert!(
+        dir.join("unet/model.onnx_data").is_file(),
+        "tiny-sd-fp16's UNet keeps its weights in model.onnx_data"
+    );
     std::fs::remove_file(dir.join("unet/model.onnx_data")).unwrap();
     assert_mentions(&load_err(&dir), &["unet/model.onnx", "model.onnx_data"]);
 }
@@ -120,7 +198,10 @@ fn bad_vae_scaling_factor_is_named() {
     let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
     json["scaling_factor"] = serde_json::json!("big");
     std::fs::write(&config, json.to_string()).unwrap();
-    assert_mentions(&load_err(&dir), &["vae_decoder/config.json", "scaling_factor"]);
+    assert_mentions(
+        &load_err(&dir),
+        &["vae_decoder/config.json", "scaling_factor"],
+    );
 }
 
 #[test]
@@ -131,6 +212,11 @@ fn text_encoder_from_another_pipeline_is_rejected() {
     std::fs::copy(other, dir.join("text_encoder/model.onnx")).unwrap();
     assert_mentions(
         &load_err(&dir),
-        &["unet/model.onnx", "input 'encoder_hidden_states'", "hidden size 32", "produces 48"],
+        &[
+            "unet/model.onnx",
+            "input 'encoder_hidden_states'",
+            "hidden size 32",
+            "produces 48",
+        ],
     );
 }

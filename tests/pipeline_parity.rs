@@ -26,7 +26,11 @@ fn npy(name: &str) -> ArrayD<f32> {
 
 fn rel_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
     assert_eq!(a.shape(), b.shape());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
     (num / den).sqrt()
 }
@@ -49,7 +53,12 @@ fn render(pipes: &mut HashMap<String, Pipeline>, case: &Value, from_files: bool)
     };
     let mut req = RenderRequest::new(
         case["prompt"].as_str().unwrap(),
-        case["seeds"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect(),
+        case["seeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap())
+            .collect(),
     );
     req.negative_prompt = case["negative"].as_str().unwrap().to_string();
     req.steps = case["steps"].as_u64().unwrap() as usize;
@@ -72,10 +81,16 @@ fn render(pipes: &mut HashMap<String, Pipeline>, case: &Value, from_files: bool)
             ControlFlow::Continue(())
         })
         .unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
-    assert_eq!(calls, case["unet_calls"].as_u64().unwrap() as usize, "{}: UNet calls", case["name"]);
+    assert_eq!(
+        calls,
+        case["unet_calls"].as_u64().unwrap() as usize,
+        "{}: UNet calls",
+        case["name"]
+    );
 
     let want_latents = npy(files["latents"].as_str().unwrap());
-    let want_pixels: ArrayD<u8> = read_npy(golden_dir().join(files["pixels"].as_str().unwrap())).unwrap();
+    let want_pixels: ArrayD<u8> =
+        read_npy(golden_dir().join(files["pixels"].as_str().unwrap())).unwrap();
     let mut max_pixel_diff = 0;
     for (i, img) in out.images.iter().enumerate() {
         for (x, y, px) in img.enumerate_pixels() {
@@ -105,11 +120,18 @@ fn every_scheduler_matches_diffusers() {
     for case in cases() {
         let name = case["name"].as_str().unwrap().to_string();
         // fp16: diffusers does the guidance arithmetic in float16, sdspool in float32.
-        let (latent_tol, pixel_tol) = if case["model"] == "tiny-sd-fp16" { (2e-3, 1) } else { (1e-4, 1) };
+        let (latent_tol, pixel_tol) = if case["model"] == "tiny-sd-fp16" {
+            (2e-3, 1)
+        } else {
+            (1e-4, 1)
+        };
         for from_files in [true, false] {
             let o = render(&mut pipes, &case, from_files);
             let mode = if from_files { "npy" } else { "seeds" };
-            report.push(format!("{name} ({mode}): latents {:.2e}, pixels {}", o.latent_err, o.max_pixel_diff));
+            report.push(format!(
+                "{name} ({mode}): latents {:.2e}, pixels {}",
+                o.latent_err, o.max_pixel_diff
+            ));
             if !(o.latent_err <= latent_tol) || o.max_pixel_diff > pixel_tol {
                 failures.push(format!(
                     "{name} ({mode}): latent rel L2 {:.3e} (limit {latent_tol:e}), max pixel diff {} (limit {pixel_tol})",
@@ -119,5 +141,10 @@ fn every_scheduler_matches_diffusers() {
         }
     }
     println!("{}", report.join("\n"));
-    assert!(failures.is_empty(), "{} of the cases differ from diffusers:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of the cases differ from diffusers:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -42,9 +42,14 @@ fn render_writes_the_images_diffusers_renders_for_the_same_job() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
 
-    let golden: ArrayD<u8> = read_npy(common::root().join("tests/golden/pipeline/sd-euler_a-7.pixels.npy")).unwrap();
+    let golden: ArrayD<u8> =
+        read_npy(common::root().join("tests/golden/pipeline/sd-euler_a-7.pixels.npy")).unwrap();
     for (candidate, seed) in [(0usize, 42u64), (1, 43)] {
         let file = out.join(format!("p000-c{candidate:02}-s{seed}.png"));
         assert!(stdout.contains(&file.display().to_string()), "{stdout}");
@@ -57,14 +62,27 @@ fn render_writes_the_images_diffusers_renders_for_the_same_job() {
                 worst = worst.max((i32::from(px[c]) - i32::from(want)).abs());
             }
         }
-        assert!(worst <= 1, "{}: pixels differ from diffusers by up to {worst}", file.display());
+        assert!(
+            worst <= 1,
+            "{}: pixels differ from diffusers by up to {worst}",
+            file.display()
+        );
         assert_eq!(
             parameters_chunk(&file),
-            format!("a photo of a cat\nSteps: 7, Sampler: Euler a, CFG scale: 7.5, Seed: {seed}, Size: 64x64, Model: tiny-sd")
+            format!(
+                "a photo of a cat\nSteps: 7, Sampler: Euler a, CFG scale: 7.5, Seed: {seed}, Size: 64x64, Model: tiny-sd"
+            )
         );
     }
-    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!(names.len(), 2, "only the two images, no temporary files: {names:?}");
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "only the two images, no temporary files: {names:?}"
+    );
 }
 
 #[test]
@@ -81,5 +99,8 @@ fn render_of_a_bad_job_fails_with_the_field() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("bad.yaml") && err.contains("`width` is 65") && err.contains("multiple of 8"), "{err}");
+    assert!(
+        err.contains("bad.yaml") && err.contains("`width` is 65") && err.contains("multiple of 8"),
+        "{err}"
+    );
 }

@@ -25,7 +25,11 @@ pub fn run(config: &Config, runtime: &Runtime, out: &mut String) -> bool {
     );
     let mut all_ok = true;
     for (name, model) in &config.models {
-        let default = if name == config.default_model_name() { " (default)" } else { "" };
+        let default = if name == config.default_model_name() {
+            " (default)"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "{name}{default}: {}", model.path.display());
         match SdModel::load(runtime, name, &model.path, device) {
             Ok(m) => {
@@ -42,14 +46,19 @@ pub fn run(config: &Config, runtime: &Runtime, out: &mut String) -> bool {
                     f.vae_scaling_factor,
                     match &f.tokenizer {
                         crate::model::TokenizerFiles::Json(_) => "tokenizer.json",
-                        crate::model::TokenizerFiles::VocabMerges { .. } => "vocab.json + merges.txt",
+                        crate::model::TokenizerFiles::VocabMerges { .. } =>
+                            "vocab.json + merges.txt",
                     }
                 );
                 for part in m.parts() {
                     write_part(out, part);
                 }
                 if m.vae_encoder.is_none() {
-                    let _ = writeln!(out, "  {:<13} absent (optional: only image-to-image needs it)", "vae_encoder");
+                    let _ = writeln!(
+                        out,
+                        "  {:<13} absent (optional: only image-to-image needs it)",
+                        "vae_encoder"
+                    );
                 }
             }
             Err(e) => {

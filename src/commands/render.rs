@@ -44,8 +44,9 @@ pub fn render_job(
     out_dir: &Path,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<Written>> {
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create the output folder {}: {e}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| {
+        anyhow::anyhow!("cannot create the output folder {}: {e}", out_dir.display())
+    })?;
     let mut written = Vec::new();
     let mut done_calls = 0u64;
     for (pi, prompt) in job.prompts.iter().enumerate() {
@@ -55,11 +56,18 @@ pub fn render_job(
         let _guard = span.enter();
         let rendered = pipeline.render(&req, &mut |p| {
             if p.step.index == 0 && p.first_candidate == 0 {
-                progress.set_length(done_calls + p.step.total as u64 * batches * (job.prompts.len() - pi) as u64);
+                progress.set_length(
+                    done_calls + p.step.total as u64 * batches * (job.prompts.len() - pi) as u64,
+                );
             }
             done_calls += 1;
             progress.set_position(done_calls);
-            tracing::debug!(step = p.step.index + 1, of = p.step.total, first_candidate = p.first_candidate, "denoising");
+            tracing::debug!(
+                step = p.step.index + 1,
+                of = p.step.total,
+                first_candidate = p.first_candidate,
+                "denoising"
+            );
             ControlFlow::Continue(())
         })?;
         let scheduler = rendered.scheduler;
@@ -98,9 +106,17 @@ pub fn render_job(
 }
 
 /// `sdspool render`: loads the job's model and renders the job; prints the files written.
-pub fn run(config: &Config, job_file: &Path, output: Option<&Path>) -> anyhow::Result<Vec<Written>> {
+pub fn run(
+    config: &Config,
+    job_file: &Path,
+    output: Option<&Path>,
+) -> anyhow::Result<Vec<Written>> {
     let job = crate::job::load(job_file, config)?;
-    let runtime = Runtime::init(config.onnxruntime.library.as_deref(), &config.base_dir(), &config.execution)?;
+    let runtime = Runtime::init(
+        config.onnxruntime.library.as_deref(),
+        &config.base_dir(),
+        &config.execution,
+    )?;
     let model_dir = &config.models[&job.model].path;
     let device = config.execution.device_ids[0];
     let model = SdModel::load(&runtime, &job.model, model_dir, device)?;
@@ -118,9 +134,11 @@ pub fn run(config: &Config, job_file: &Path, output: Option<&Path>) -> anyhow::R
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} UNet steps, {elapsed} elapsed, ETA {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} UNet steps, {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(job.id.clone());
     let written = render_job(&mut pipeline, &job, &out_dir, &bar);

@@ -73,7 +73,9 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 100
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Reads a job file: a regular file of at most `limits.max_job_bytes`, UTF-8, one YAML document
@@ -86,7 +88,10 @@ pub fn read_spec(path: &Path, max_bytes: u64) -> Result<JobSpec, JobError> {
     };
     let meta = std::fs::symlink_metadata(path).map_err(|e| whole(format!("cannot read: {e}")))?;
     if !meta.file_type().is_file() {
-        return Err(whole("is not a regular file (a folder, link, FIFO or device); job files must be plain files".into()));
+        return Err(whole(
+            "is not a regular file (a folder, link, FIFO or device); job files must be plain files"
+                .into(),
+        ));
     }
     if meta.len() > max_bytes {
         return Err(whole(format!(
@@ -99,10 +104,15 @@ pub fn read_spec(path: &Path, max_bytes: u64) -> Result<JobSpec, JobError> {
         .and_then(|f| f.take(max_bytes + 1).read_to_end(&mut bytes))
         .map_err(|e| whole(format!("cannot read: {e}")))?;
     if bytes.len() as u64 > max_bytes {
-        return Err(whole(format!("grew past {max_bytes} bytes while being read (limits.max_job_bytes)")));
+        return Err(whole(format!(
+            "grew past {max_bytes} bytes while being read (limits.max_job_bytes)"
+        )));
     }
     let text = String::from_utf8(bytes).map_err(|e| {
-        whole(format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+        whole(format!(
+            "is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
     })?;
     crate::yaml::parse_with::<JobSpec>(&text, crate::yaml::strict_options()).map_err(|e| {
         let mut message = e.message.clone();
@@ -121,7 +131,9 @@ pub fn read_spec(path: &Path, max_bytes: u64) -> Result<JobSpec, JobError> {
 fn did_you_mean(message: &str) -> Option<String> {
     let start = message.find("unknown field `")? + "unknown field `".len();
     let name = &message[start..start + message[start..].find('`')?];
-    let candidates = if message.contains("expected one of `prompt`") || message.contains("expected one of prompt,") {
+    let candidates = if message.contains("expected one of `prompt`")
+        || message.contains("expected one of prompt,")
+    {
         spec::PROMPT_FIELDS
     } else {
         spec::JOB_FIELDS
@@ -130,7 +142,8 @@ fn did_you_mean(message: &str) -> Option<String> {
         .iter()
         .map(|c| (strsim::damerau_levenshtein(name, c), *c))
         .min()?;
-    (best.0 <= 2 || (best.0 <= 3 && name.len() > 6)).then(|| format!(" (did you mean `{}`?)", best.1))
+    (best.0 <= 2 || (best.0 <= 3 && name.len() > 6))
+        .then(|| format!(" (did you mean `{}`?)", best.1))
 }
 
 /// Reads and resolves a job file against the configuration.
@@ -155,65 +168,110 @@ pub fn resolve(spec: JobSpec, stem: &str, file: &Path, config: &Config) -> Resul
         let field = if spec.id.is_some() { "id" } else { "" };
         return Err(err(
             field,
-            format!("job id {id:?} is not usable as a folder name: use letters, digits, '.', '_' and '-' (at most 100, not starting with '.')"),
+            format!(
+                "job id {id:?} is not usable as a folder name: use letters, digits, '.', '_' and '-' (at most 100, not starting with '.')"
+            ),
         ));
     }
     let output = spec.output.clone().unwrap_or_else(|| id.clone());
     if !valid_name(&output) {
         return Err(err(
             "output",
-            format!("{output:?} is not a plain folder name: use letters, digits, '.', '_' and '-' (no '/' or '..')"),
+            format!(
+                "{output:?} is not a plain folder name: use letters, digits, '.', '_' and '-' (no '/' or '..')"
+            ),
         ));
     }
-    let model = spec.model.clone().unwrap_or_else(|| config.default_model_name().to_string());
+    let model = spec
+        .model
+        .clone()
+        .unwrap_or_else(|| config.default_model_name().to_string());
     if !config.models.contains_key(&model) {
         let names: Vec<&str> = config.models.keys().map(String::as_str).collect();
-        return Err(err("model", format!("{model:?} is not configured; config.yaml has {}", names.join(", "))));
+        return Err(err(
+            "model",
+            format!(
+                "{model:?} is not configured; config.yaml has {}",
+                names.join(", ")
+            ),
+        ));
     }
 
     let steps = spec.steps.unwrap_or(d.steps);
     if steps == 0 || steps > l.max_steps {
-        return Err(err("steps", format!("is {steps}; it must be between 1 and {} (limits.max_steps)", l.max_steps)));
+        return Err(err(
+            "steps",
+            format!(
+                "is {steps}; it must be between 1 and {} (limits.max_steps)",
+                l.max_steps
+            ),
+        ));
     }
     let guidance = spec.guidance.unwrap_or(d.guidance);
     if !guidance.is_finite() || !(0.0..=100.0).contains(&guidance) {
-        return Err(err("guidance", format!("is {guidance}; it must be a number from 0 to 100 (7.5 is usual)")));
+        return Err(err(
+            "guidance",
+            format!("is {guidance}; it must be a number from 0 to 100 (7.5 is usual)"),
+        ));
     }
     let width = spec.width.unwrap_or(d.width);
     let height = spec.height.unwrap_or(d.height);
     for (field, v) in [("width", width), ("height", height)] {
         if v == 0 || v % 8 != 0 {
-            return Err(err(field, format!("is {v}; it must be a positive multiple of 8")));
+            return Err(err(
+                field,
+                format!("is {v}; it must be a positive multiple of 8"),
+            ));
         }
     }
     let pixels = u64::from(width) * u64::from(height);
     if pixels > l.max_pixels {
         return Err(err(
             "width",
-            format!("{width}x{height} is {pixels} pixels; the limit is {} (limits.max_pixels)", l.max_pixels),
+            format!(
+                "{width}x{height} is {pixels} pixels; the limit is {} (limits.max_pixels)",
+                l.max_pixels
+            ),
         ));
     }
     let scheduler = match &spec.scheduler {
         None => None,
-        Some(s) => Some(s.parse::<SchedulerKind>().map_err(|e| err("scheduler", e.to_string()))?),
+        Some(s) => Some(
+            s.parse::<SchedulerKind>()
+                .map_err(|e| err("scheduler", e.to_string()))?,
+        ),
     };
     let rng_name = spec.rng.clone().unwrap_or_else(|| d.rng.clone());
-    let rng = rng_name.parse::<RngKind>().map_err(|e| err("rng", e.to_string()))?;
+    let rng = rng_name
+        .parse::<RngKind>()
+        .map_err(|e| err("rng", e.to_string()))?;
     let seed = spec.seed.unwrap_or_else(random_seed);
     let candidates = spec.candidates.unwrap_or(d.candidates);
     let rejected = match spec.rejected.as_deref() {
         None | Some("move") => Rejected::Move,
         Some("delete") => Rejected::Delete,
-        Some(other) => return Err(err("rejected", format!("is {other:?}; use `move` (to rejected/) or `delete`"))),
+        Some(other) => {
+            return Err(err(
+                "rejected",
+                format!("is {other:?}; use `move` (to rejected/) or `delete`"),
+            ));
+        }
     };
 
     if spec.prompts.is_empty() {
-        return Err(err("prompts", "is empty: a job needs at least one prompt".into()));
+        return Err(err(
+            "prompts",
+            "is empty: a job needs at least one prompt".into(),
+        ));
     }
     if spec.prompts.len() > l.max_prompts as usize {
         return Err(err(
             "prompts",
-            format!("has {} prompts; the limit is {} (limits.max_prompts)", spec.prompts.len(), l.max_prompts),
+            format!(
+                "has {} prompts; the limit is {} (limits.max_prompts)",
+                spec.prompts.len(),
+                l.max_prompts
+            ),
         ));
     }
     let default_negative = spec.negative.clone().unwrap_or_default();
@@ -223,8 +281,11 @@ pub fn resolve(spec: JobSpec, stem: &str, file: &Path, config: &Config) -> Resul
             PromptSpec::Text(t) => (t.clone(), default_negative.clone(), candidates, seed, None),
             PromptSpec::Full(o) => (
                 o.prompt.clone(),
-                o.negative.clone().unwrap_or_else(|| default_negative.clone()),
-                o.candidates.unwrap_or_else(|| o.seeds.as_ref().map_or(candidates, |s| s.len() as u32)),
+                o.negative
+                    .clone()
+                    .unwrap_or_else(|| default_negative.clone()),
+                o.candidates
+                    .unwrap_or_else(|| o.seeds.as_ref().map_or(candidates, |s| s.len() as u32)),
                 o.seed.unwrap_or(seed),
                 o.seeds.clone(),
             ),
@@ -234,33 +295,56 @@ pub fn resolve(spec: JobSpec, stem: &str, file: &Path, config: &Config) -> Resul
             return Err(err(&format!("prompts[{i}]"), "is empty".into()));
         }
         if text.contains('\0') || negative.contains('\0') {
-            return Err(err(&format!("prompts[{i}]"), "contains a NUL character".into()));
+            return Err(err(
+                &format!("prompts[{i}]"),
+                "contains a NUL character".into(),
+            ));
         }
         let seeds = match seeds {
             Some(s) => {
                 if s.len() != count as usize {
                     return Err(err(
                         &field("seeds"),
-                        format!("lists {} seeds for {count} candidates; give one seed per candidate", s.len()),
+                        format!(
+                            "lists {} seeds for {count} candidates; give one seed per candidate",
+                            s.len()
+                        ),
                     ));
                 }
                 s
             }
-            None => (0..u64::from(count)).map(|k| base.wrapping_add(k)).collect(),
+            None => (0..u64::from(count))
+                .map(|k| base.wrapping_add(k))
+                .collect(),
         };
         if seeds.is_empty() || seeds.len() > l.max_candidates as usize {
-            let name = if matches!(p, PromptSpec::Full(_)) { field("candidates") } else { "candidates".to_string() };
+            let name = if matches!(p, PromptSpec::Full(_)) {
+                field("candidates")
+            } else {
+                "candidates".to_string()
+            };
             return Err(err(
                 &name,
-                format!("is {}; it must be between 1 and {} (limits.max_candidates)", seeds.len(), l.max_candidates),
+                format!(
+                    "is {}; it must be between 1 and {} (limits.max_candidates)",
+                    seeds.len(),
+                    l.max_candidates
+                ),
             ));
         }
-        prompts.push(JobPrompt { text, negative, seeds });
+        prompts.push(JobPrompt {
+            text,
+            negative,
+            seeds,
+        });
     }
     if let Some(k) = spec.keep_top
         && k == 0
     {
-        return Err(err("keep_top", "is 0; keep at least one image per prompt, or leave keep_top out".into()));
+        return Err(err(
+            "keep_top",
+            "is 0; keep at least one image per prompt, or leave keep_top out".into(),
+        ));
     }
 
     Ok(Job {
@@ -287,7 +371,12 @@ pub fn resolve(spec: JobSpec, stem: &str, file: &Path, config: &Config) -> Resul
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     // Keep seeds within what torch.manual_seed and other tools accept everywhere.
     h.finish() >> 32
 }

@@ -62,8 +62,12 @@ impl<'de> Deserialize<'de> for PromptSpec {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PromptSpec, E> {
                 Ok(PromptSpec::Text(v.to_string()))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<PromptSpec, A::Error> {
-                PromptObject::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(PromptSpec::Full)
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<PromptSpec, A::Error> {
+                PromptObject::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(PromptSpec::Full)
             }
         }
         d.deserialize_any(Visitor)
@@ -83,7 +87,22 @@ pub struct PromptObject {
 
 /// Field names, for "did you mean" suggestions.
 pub const JOB_FIELDS: &[&str] = &[
-    "id", "model", "prompts", "negative", "candidates", "steps", "guidance", "scheduler", "seed", "width",
-    "height", "rng", "priority", "output", "keep_top", "rerank", "rejected",
+    "id",
+    "model",
+    "prompts",
+    "negative",
+    "candidates",
+    "steps",
+    "guidance",
+    "scheduler",
+    "seed",
+    "width",
+    "height",
+    "rng",
+    "priority",
+    "output",
+    "keep_top",
+    "rerank",
+    "rejected",
 ];
 pub const PROMPT_FIELDS: &[&str] = &["prompt", "negative", "candidates", "seed", "seeds"];

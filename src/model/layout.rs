@@ -81,7 +81,10 @@ impl ModelFolder {
             return Err(LayoutError::NoFolder(root.to_path_buf()));
         }
         let index_path = root.join("model_index.json");
-        let index = read_json(&index_path, "model_index.json (the pipeline description optimum copies from the PyTorch model)")?;
+        let index = read_json(
+            &index_path,
+            "model_index.json (the pipeline description optimum copies from the PyTorch model)",
+        )?;
         let pipeline_class = match index.get("_class_name") {
             Some(Value::String(s)) => s.clone(),
             Some(_) => {
@@ -101,7 +104,9 @@ impl ModelFolder {
             } else {
                 Err(LayoutError::Missing {
                     path: p,
-                    what: format!("the {c} model (export the pipeline with optimum's `--task text-to-image`)"),
+                    what: format!(
+                        "the {c} model (export the pipeline with optimum's `--task text-to-image`)"
+                    ),
                 })
             }
         };
@@ -209,7 +214,10 @@ pub fn read_json(path: &Path, what: &str) -> Result<Value, LayoutError> {
         return Err(LayoutError::Field {
             path: path.to_path_buf(),
             field: "(file size)".into(),
-            problem: format!("is {} bytes; more than the {MAX_JSON_BYTES} bytes a config can be", meta.len()),
+            problem: format!(
+                "is {} bytes; more than the {MAX_JSON_BYTES} bytes a config can be",
+                meta.len()
+            ),
         });
     }
     let text = std::fs::read_to_string(path).map_err(|source| LayoutError::Read {

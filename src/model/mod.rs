@@ -62,7 +62,12 @@ pub struct SdModel {
 impl SdModel {
     /// Opens the folder, creates every session on `device_id`, and checks the signatures,
     /// including that the text encoder's hidden size is what the UNet's cross-attention takes.
-    pub fn load(runtime: &Runtime, name: &str, root: &Path, device_id: i32) -> Result<SdModel, ModelError> {
+    pub fn load(
+        runtime: &Runtime,
+        name: &str,
+        root: &Path,
+        device_id: i32,
+    ) -> Result<SdModel, ModelError> {
         let folder = ModelFolder::open(root).map_err(|source| ModelError::Layout {
             model: name.to_string(),
             source,
@@ -113,10 +118,11 @@ pub fn load_part(
             source,
         })?;
     let signature = Signature::of(&loaded.session);
-    let feeding = signature::check(component, file, &signature).map_err(|source| ModelError::Signature {
-        model: model.to_string(),
-        source,
-    })?;
+    let feeding =
+        signature::check(component, file, &signature).map_err(|source| ModelError::Signature {
+            model: model.to_string(),
+            source,
+        })?;
     tracing::info!(model, component = %component, file = %file.display(), providers = %loaded.providers, "session ready");
     Ok(Part {
         component,

@@ -206,12 +206,19 @@ impl Checker<'_> {
         let port = self.port(input, name)?;
         let field = format!("{} '{}'", if input { "input" } else { "output" }, name);
         if !port.elem.is_float() {
-            return Err(self.err(field, format!("is {}, expected float32 or float16", port.elem)));
+            return Err(self.err(
+                field,
+                format!("is {}, expected float32 or float16", port.elem),
+            ));
         }
         if port.rank() != rank {
             return Err(self.err(
                 field,
-                format!("has rank {} (shape {:?}), expected rank {rank}", port.rank(), port.dims),
+                format!(
+                    "has rank {} (shape {:?}), expected rank {rank}",
+                    port.rank(),
+                    port.dims
+                ),
             ));
         }
         match float {
@@ -219,7 +226,10 @@ impl Checker<'_> {
             Some(f) if *f != port.elem => {
                 return Err(self.err(
                     field,
-                    format!("is {} while the model's other float tensors are {f}", port.elem),
+                    format!(
+                        "is {} while the model's other float tensors are {f}",
+                        port.elem
+                    ),
                 ));
             }
             Some(_) => {}
@@ -227,12 +237,22 @@ impl Checker<'_> {
         Ok(port)
     }
 
-    fn dim(&self, port: &Port, input: bool, axis: usize, expected: i64, what: &str) -> Result<(), SignatureError> {
+    fn dim(
+        &self,
+        port: &Port,
+        input: bool,
+        axis: usize,
+        expected: i64,
+        what: &str,
+    ) -> Result<(), SignatureError> {
         let d = port.dims[axis];
         if d >= 0 && d != expected {
             return Err(self.err(
                 format!("{} '{}'", if input { "input" } else { "output" }, port.name),
-                format!("has {d} {what} (shape {:?}), expected {expected}", port.dims),
+                format!(
+                    "has {d} {what} (shape {:?}), expected {expected}",
+                    port.dims
+                ),
             ));
         }
         Ok(())
@@ -240,7 +260,12 @@ impl Checker<'_> {
 
     /// Inputs the pipeline does not feed make the model unusable.
     fn no_extra_inputs(&self, known: &[&str]) -> Result<(), SignatureError> {
-        if let Some(extra) = self.sig.inputs.iter().find(|p| !known.contains(&p.name.as_str())) {
+        if let Some(extra) = self
+            .sig
+            .inputs
+            .iter()
+            .find(|p| !known.contains(&p.name.as_str()))
+        {
             return Err(self.err(
                 format!("input '{}'", extra.name),
                 format!(
@@ -254,19 +279,30 @@ impl Checker<'_> {
 }
 
 /// Checks a component's signature and returns how to feed it.
-pub fn check(component: Component, file: &Path, sig: &Signature) -> Result<Feeding, SignatureError> {
+pub fn check(
+    component: Component,
+    file: &Path,
+    sig: &Signature,
+) -> Result<Feeding, SignatureError> {
     let c = Checker { file, sig };
     let mut float = None;
     match component {
         Component::TextEncoder => {
             let ids = c.port(true, "input_ids")?;
             if !matches!(ids.elem, Elem::I64 | Elem::I32) {
-                return Err(c.err("input 'input_ids'".into(), format!("is {}, expected int64 or int32", ids.elem)));
+                return Err(c.err(
+                    "input 'input_ids'".into(),
+                    format!("is {}, expected int64 or int32", ids.elem),
+                ));
             }
             if ids.rank() != 2 {
                 return Err(c.err(
                     "input 'input_ids'".into(),
-                    format!("has rank {} (shape {:?}), expected rank 2 [batch, sequence]", ids.rank(), ids.dims),
+                    format!(
+                        "has rank {} (shape {:?}), expected rank 2 [batch, sequence]",
+                        ids.rank(),
+                        ids.dims
+                    ),
                 ));
             }
             c.float(false, "last_hidden_state", 3, &mut float)?;
@@ -285,12 +321,19 @@ pub fn check(component: Component, file: &Path, sig: &Signature) -> Result<Feedi
             c.dim(out, false, 1, 4, "latent channels")?;
             let t = c.port(true, "timestep")?;
             if !matches!(t.elem, Elem::F32 | Elem::F16 | Elem::I64 | Elem::I32) {
-                return Err(c.err("input 'timestep'".into(), format!("is {}, expected a float or integer", t.elem)));
+                return Err(c.err(
+                    "input 'timestep'".into(),
+                    format!("is {}, expected a float or integer", t.elem),
+                ));
             }
             if t.rank() > 1 {
                 return Err(c.err(
                     "input 'timestep'".into(),
-                    format!("has rank {} (shape {:?}), expected a scalar or a 1-D [batch] tensor", t.rank(), t.dims),
+                    format!(
+                        "has rank {} (shape {:?}), expected a scalar or a 1-D [batch] tensor",
+                        t.rank(),
+                        t.dims
+                    ),
                 ));
             }
             c.no_extra_inputs(&["sample", "timestep", "encoder_hidden_states"])?;
@@ -307,7 +350,11 @@ pub fn check(component: Component, file: &Path, sig: &Signature) -> Result<Feedi
             c.dim(out, false, 1, 3, "image channels")?;
             c.no_extra_inputs(&["latent_sample"])?;
             let f = float.unwrap_or(Elem::F32);
-            Ok(Feeding { float: f, aux: f, aux_rank: 0 })
+            Ok(Feeding {
+                float: f,
+                aux: f,
+                aux_rank: 0,
+            })
         }
         Component::VaeEncoder => {
             let input = c.float(true, "sample", 4, &mut float)?;
@@ -316,7 +363,13 @@ pub fn check(component: Component, file: &Path, sig: &Signature) -> Result<Feedi
             match (sig.output("latent_parameters"), sig.output("latent_sample")) {
                 (Some(_), _) => {
                     let out = c.float(false, "latent_parameters", 4, &mut float)?;
-                    c.dim(out, false, 1, 8, "channels (mean and log-variance of 4 latent channels)")?;
+                    c.dim(
+                        out,
+                        false,
+                        1,
+                        8,
+                        "channels (mean and log-variance of 4 latent channels)",
+                    )?;
                 }
                 (None, Some(_)) => {
                     let out = c.float(false, "latent_sample", 4, &mut float)?;
@@ -334,7 +387,11 @@ pub fn check(component: Component, file: &Path, sig: &Signature) -> Result<Feedi
             }
             c.no_extra_inputs(&["sample"])?;
             let f = float.unwrap_or(Elem::F32);
-            Ok(Feeding { float: f, aux: f, aux_rank: 0 })
+            Ok(Feeding {
+                float: f,
+                aux: f,
+                aux_rank: 0,
+            })
         }
     }
 }
@@ -364,13 +421,30 @@ mod tests {
 
     #[test]
     fn optimum_unet_is_accepted_with_scalar_float_timestep() {
-        let f = check(Component::Unet, Path::new("u.onnx"), &unet(port("timestep", Elem::F32, &[]))).unwrap();
-        assert_eq!(f, Feeding { float: Elem::F32, aux: Elem::F32, aux_rank: 0 });
+        let f = check(
+            Component::Unet,
+            Path::new("u.onnx"),
+            &unet(port("timestep", Elem::F32, &[])),
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            Feeding {
+                float: Elem::F32,
+                aux: Elem::F32,
+                aux_rank: 0
+            }
+        );
     }
 
     #[test]
     fn old_export_unet_with_1d_int64_timestep_is_accepted() {
-        let f = check(Component::Unet, Path::new("u.onnx"), &unet(port("timestep", Elem::I64, &[-1]))).unwrap();
+        let f = check(
+            Component::Unet,
+            Path::new("u.onnx"),
+            &unet(port("timestep", Elem::I64, &[-1])),
+        )
+        .unwrap();
         assert_eq!((f.aux, f.aux_rank), (Elem::I64, 1));
     }
 
@@ -382,7 +456,10 @@ mod tests {
         assert_eq!(e.file, Path::new("m/unet/model.onnx"));
         assert_eq!(e.field, "input 'sample'");
         let text = e.to_string();
-        assert!(text.contains("m/unet/model.onnx") && text.contains("'latents'"), "{text}");
+        assert!(
+            text.contains("m/unet/model.onnx") && text.contains("'latents'"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -391,7 +468,11 @@ mod tests {
         sig.inputs[0].dims = vec![-1, 4, -1];
         let e = check(Component::Unet, Path::new("u.onnx"), &sig).unwrap_err();
         assert_eq!(e.field, "input 'sample'");
-        assert!(e.problem.contains("rank 3") && e.problem.contains("expected rank 4"), "{}", e.problem);
+        assert!(
+            e.problem.contains("rank 3") && e.problem.contains("expected rank 4"),
+            "{}",
+            e.problem
+        );
     }
 
     #[test]
@@ -426,7 +507,12 @@ mod tests {
             inputs: vec![port("sample", Elem::F16, &[-1, 3, -1, -1])],
             outputs: vec![port("latent_parameters", Elem::F16, &[-1, 8, -1, -1])],
         };
-        assert_eq!(check(Component::VaeEncoder, Path::new("e"), &optimum).unwrap().float, Elem::F16);
+        assert_eq!(
+            check(Component::VaeEncoder, Path::new("e"), &optimum)
+                .unwrap()
+                .float,
+            Elem::F16
+        );
         let old = Signature {
             inputs: vec![port("sample", Elem::F32, &[-1, 3, -1, -1])],
             outputs: vec![port("latent_sample", Elem::F32, &[-1, 4, -1, -1])],

@@ -10,8 +10,15 @@ pub const TEMP_PREFIX: &str = ".sdspool-tmp-";
 
 /// The temporary name used while `target` is written.
 pub fn temp_path(target: &Path) -> PathBuf {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let unique = format!("{TEMP_PREFIX}{}-{}-{name}", std::process::id(), next_counter());
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let unique = format!(
+        "{TEMP_PREFIX}{}-{}-{name}",
+        std::process::id(),
+        next_counter()
+    );
     target.with_file_name(unique)
 }
 
@@ -54,7 +61,10 @@ mod tests {
         write(&target, b"one").unwrap();
         write(&target, b"two").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 

@@ -86,10 +86,18 @@ mod tests {
         let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
         let reader = decoder.read_info().unwrap();
         let info = reader.info();
-        if let Some(t) = info.uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters") {
+        if let Some(t) = info
+            .uncompressed_latin1_text
+            .iter()
+            .find(|t| t.keyword == "parameters")
+        {
             return t.text.clone();
         }
-        let t = info.utf8_text.iter().find(|t| t.keyword == "parameters").unwrap();
+        let t = info
+            .utf8_text
+            .iter()
+            .find(|t| t.keyword == "parameters")
+            .unwrap();
         t.get_text().unwrap()
     }
 

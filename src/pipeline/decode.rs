@@ -11,12 +11,19 @@ use crate::model::Part;
 /// Decodes `[n, 4, h, w]` latents one image at a time (fp16 VAE decoders have been seen to go
 /// wrong at batch > 1, and one image bounds the decoder's memory). Returns `[n, 3, 8h, 8w]` in
 /// [-1, 1] (not clamped).
-pub fn decode(vae_decoder: &mut Part, latents: ArrayViewD<'_, f32>, scaling_factor: f32) -> Result<ArrayD<f32>, PipelineError> {
+pub fn decode(
+    vae_decoder: &mut Part,
+    latents: ArrayViewD<'_, f32>,
+    scaling_factor: f32,
+) -> Result<ArrayD<f32>, PipelineError> {
     let file = vae_decoder.loaded.file.clone();
     let mut images = Vec::new();
     for i in 0..latents.len_of(Axis(0)) {
-        let one = latents.slice_axis(Axis(0), (i..i + 1).into()).mapv(|v| v / scaling_factor);
-        let input = float_tensor(one.view(), vae_decoder.feeding.float).map_err(|e| ort_err(&file, e))?;
+        let one = latents
+            .slice_axis(Axis(0), (i..i + 1).into())
+            .mapv(|v| v / scaling_factor);
+        let input =
+            float_tensor(one.view(), vae_decoder.feeding.float).map_err(|e| ort_err(&file, e))?;
         let outputs = vae_decoder
             .loaded
             .session
@@ -27,7 +34,10 @@ pub fn decode(vae_decoder: &mut Part, latents: ArrayViewD<'_, f32>, scaling_fact
         if image.shape() != [1, 3, h, w] {
             return Err(PipelineError::Shape {
                 file: file.display().to_string(),
-                what: format!("sample has shape {:?}, expected [1, 3, {h}, {w}]", image.shape()),
+                what: format!(
+                    "sample has shape {:?}, expected [1, 3, {h}, {w}]",
+                    image.shape()
+                ),
             });
         }
         images.push(image);

@@ -49,20 +49,23 @@ pub fn denoise(
         parts.extend(std::iter::repeat_n(cond.cond.view(), n));
         ndarray::concatenate(Axis(0), &parts).map_err(|e| shape_err(&file, e))?
     };
-    let states = float_tensor(encoder_states.view(), unet.feeding.float).map_err(|e| ort_err(&file, e))?;
+    let states =
+        float_tensor(encoder_states.view(), unet.feeding.float).map_err(|e| ort_err(&file, e))?;
     let timesteps: Vec<f32> = scheduler.timesteps().to_vec();
     let total = timesteps.len();
     for (i, &t) in timesteps.iter().enumerate() {
         let model_input = if guided {
-            ndarray::concatenate(Axis(0), &[latents.view(), latents.view()]).map_err(|e| shape_err(&file, e))?
+            ndarray::concatenate(Axis(0), &[latents.view(), latents.view()])
+                .map_err(|e| shape_err(&file, e))?
         } else {
             latents.clone()
         };
         let model_input = scheduler.scale_model_input(model_input.view(), i);
         let batch = model_input.len_of(Axis(0));
-        let sample = float_tensor(model_input.view(), unet.feeding.float).map_err(|e| ort_err(&file, e))?;
-        let timestep =
-            timestep_tensor(t, unet.feeding.aux, unet.feeding.aux_rank, batch).map_err(|e| ort_err(&file, e))?;
+        let sample =
+            float_tensor(model_input.view(), unet.feeding.float).map_err(|e| ort_err(&file, e))?;
+        let timestep = timestep_tensor(t, unet.feeding.aux, unet.feeding.aux_rank, batch)
+            .map_err(|e| ort_err(&file, e))?;
         let outputs = unet
             .loaded
             .session
@@ -77,7 +80,11 @@ pub fn denoise(
         if out.shape() != model_input.shape() {
             return Err(PipelineError::Shape {
                 file: file.display().to_string(),
-                what: format!("out_sample has shape {:?}, expected {:?}", out.shape(), model_input.shape()),
+                what: format!(
+                    "out_sample has shape {:?}, expected {:?}",
+                    out.shape(),
+                    model_input.shape()
+                ),
             });
         }
         let noise_pred = if guided {
@@ -88,8 +95,17 @@ pub fn denoise(
         } else {
             out
         };
-        let step_noise = if scheduler.needs_noise(i) { Some(noise(i)?) } else { None };
-        latents = scheduler.try_step(noise_pred.view(), i, latents.view(), step_noise.as_ref().map(|a| a.view()))?;
+        let step_noise = if scheduler.needs_noise(i) {
+            Some(noise(i)?)
+        } else {
+            None
+        };
+        latents = scheduler.try_step(
+            noise_pred.view(),
+            i,
+            latents.view(),
+            step_noise.as_ref().map(|a| a.view()),
+        )?;
         if on_step(Step { index: i, total }).is_break() {
             return Err(PipelineError::Cancelled { step: i + 1, total });
         }

@@ -31,7 +31,10 @@ pub use tensors::OrtCallError;
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("`{field}` {problem}")]
-    Request { field: &'static str, problem: String },
+    Request {
+        field: &'static str,
+        problem: String,
+    },
     #[error("ONNX Runtime failed on {0}")]
     Ort(#[from] OrtCallError),
     #[error("{file}: unexpected output: {what}")]
@@ -152,7 +155,10 @@ impl Pipeline {
         let bad = |field, problem: String| Err(PipelineError::Request { field, problem });
         for (field, v) in [("width", req.width), ("height", req.height)] {
             if v == 0 || v % 8 != 0 {
-                return bad(field, format!("is {v}; it must be a positive multiple of 8"));
+                return bad(
+                    field,
+                    format!("is {v}; it must be a positive multiple of 8"),
+                );
             }
         }
         if req.steps == 0 {
@@ -162,7 +168,10 @@ impl Pipeline {
             return bad("eta", format!("is {}; it must be 0 or more", req.eta));
         }
         if !req.guidance_scale.is_finite() {
-            return bad("guidance", format!("is {}; it must be a finite number", req.guidance_scale));
+            return bad(
+                "guidance",
+                format!("is {}; it must be a finite number", req.guidance_scale),
+            );
         }
         if req.seeds.is_empty() {
             return bad("seeds", "is empty: no candidate to render".into());
@@ -174,12 +183,21 @@ impl Pipeline {
         if let Some(l) = &req.initial_latents
             && l.shape() != shape.as_slice()
         {
-            return bad("initial_latents", format!("have shape {:?}, expected {shape:?}", l.shape()));
+            return bad(
+                "initial_latents",
+                format!("have shape {:?}, expected {shape:?}", l.shape()),
+            );
         }
         if let Some(steps) = &req.step_noise
             && let Some(bad_one) = steps.iter().find(|a| a.shape() != shape.as_slice())
         {
-            return bad("step_noise", format!("has an array of shape {:?}, expected {shape:?}", bad_one.shape()));
+            return bad(
+                "step_noise",
+                format!(
+                    "has an array of shape {:?}, expected {shape:?}",
+                    bad_one.shape()
+                ),
+            );
         }
         Ok(())
     }
@@ -231,7 +249,10 @@ impl Pipeline {
             let mut config = self.scheduler_config.clone();
             config.eta = Some(f64::from(req.eta));
             let mut scheduler = scheduler::build(kind, &config, req.steps)?;
-            let mut generators: Vec<NoiseGenerator> = seeds.iter().map(|s| NoiseGenerator::new(req.rng, *s)).collect();
+            let mut generators: Vec<NoiseGenerator> = seeds
+                .iter()
+                .map(|s| NoiseGenerator::new(req.rng, *s))
+                .collect();
             let one = self.latent_shape(req, 1);
             let initial = match &req.initial_latents {
                 Some(l) => l.slice_axis(Axis(0), (first..first + n).into()).to_owned(),
@@ -276,7 +297,11 @@ impl Pipeline {
             timings.denoise += started.elapsed();
 
             let started = Instant::now();
-            let decoded = decode::decode(&mut self.model.vae_decoder, result.view(), self.model.folder.vae_scaling_factor)?;
+            let decoded = decode::decode(
+                &mut self.model.vae_decoder,
+                result.view(),
+                self.model.folder.vae_scaling_factor,
+            )?;
             for i in 0..n {
                 images.push(decode::to_rgb8(decoded.index_axis(Axis(0), i).into_dyn()));
             }

@@ -31,7 +31,8 @@ pub fn encode(
         truncated.push(enc.truncated);
     }
     let file = text_encoder.loaded.file.clone();
-    let input = int_tensor(&[prompts.len(), seq], &ids, text_encoder.feeding.aux).map_err(|e| ort_err(&file, e))?;
+    let input = int_tensor(&[prompts.len(), seq], &ids, text_encoder.feeding.aux)
+        .map_err(|e| ort_err(&file, e))?;
     let outputs = text_encoder
         .loaded
         .session

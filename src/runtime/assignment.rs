@@ -71,7 +71,9 @@ fn string(ptr: *const c_char) -> String {
         return String::new();
     }
     // SAFETY: ONNX Runtime returns NUL-terminated strings owned by the session.
-    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Reads the assignment of a session built with [`RECORD_KEY`] set to `1`.
@@ -97,7 +99,11 @@ pub fn read(session: &Session) -> Result<Assignment, String> {
         let mut n_nodes: usize = 0;
         unsafe {
             check((api.EpAssignedSubgraph_GetEpName)(sub, &mut name))?;
-            check((api.EpAssignedSubgraph_GetNodes)(sub, &mut nodes, &mut n_nodes))?;
+            check((api.EpAssignedSubgraph_GetNodes)(
+                sub,
+                &mut nodes,
+                &mut n_nodes,
+            ))?;
         }
         *out.nodes_per_provider.entry(string(name)).or_default() += n_nodes;
     }

@@ -58,7 +58,10 @@ pub struct LibraryNotFound {
 
 impl fmt::Display for LibraryNotFound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "could not load the ONNX Runtime library (libonnxruntime.so). Tried:")?;
+        writeln!(
+            f,
+            "could not load the ONNX Runtime library (libonnxruntime.so). Tried:"
+        )?;
         for a in &self.attempts {
             writeln!(f, "  - {} ({}): {}", a.path.display(), a.source, a.reason)?;
         }
@@ -122,10 +125,7 @@ pub fn find_in_local_dir(local: &Path) -> Option<PathBuf> {
 }
 
 /// Tries each candidate in turn and initialises `ort` from the first that loads.
-pub fn load(
-    configured: Option<&Path>,
-    base: &Path,
-) -> Result<Loaded, LibraryNotFound> {
+pub fn load(configured: Option<&Path>, base: &Path) -> Result<Loaded, LibraryNotFound> {
     let env = std::env::var_os(ENV_VAR);
     let mut attempts: Vec<Attempt> = Vec::new();
     for (source, path) in candidates(configured, env.as_deref(), base) {
@@ -151,7 +151,10 @@ pub fn load(
 
 fn try_load(path: &Path) -> Result<(), String> {
     if path.is_dir() {
-        return Err("is a folder with no onnxruntime/capi/libonnxruntime.so* inside (not installed yet?)".into());
+        return Err(
+            "is a folder with no onnxruntime/capi/libonnxruntime.so* inside (not installed yet?)"
+                .into(),
+        );
     }
     if !path.exists() {
         return Err("does not exist".into());

@@ -179,7 +179,10 @@ fn ort_version(library: &Path) -> String {
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_prefix("libonnxruntime.so."))
-        .filter(|v| v.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())))
+        .filter(|v| {
+            v.split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        })
         .map(str::to_string);
     from_name.unwrap_or_else(|| {
         ort::info()

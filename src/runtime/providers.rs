@@ -41,9 +41,13 @@ impl ProviderKind {
 
     /// Maps ONNX Runtime's provider name back.
     pub fn from_ort_name(name: &str) -> Option<ProviderKind> {
-        [ProviderKind::Tensorrt, ProviderKind::Cuda, ProviderKind::Cpu]
-            .into_iter()
-            .find(|p| p.ort_name() == name)
+        [
+            ProviderKind::Tensorrt,
+            ProviderKind::Cuda,
+            ProviderKind::Cpu,
+        ]
+        .into_iter()
+        .find(|p| p.ort_name() == name)
     }
 }
 
@@ -150,8 +154,12 @@ pub fn pip_cuda_dirs(library: &Path) -> Option<(PathBuf, PathBuf)> {
 pub fn preload_pip_cuda(library: &Path) {
     if let Some((cuda, cudnn)) = pip_cuda_dirs(library) {
         match ep::cuda::preload_dylibs(Some(&cuda), Some(&cudnn)) {
-            Ok(()) => tracing::info!(cuda = %cuda.display(), cudnn = %cudnn.display(), "preloaded CUDA and cuDNN libraries installed by pip"),
-            Err(e) => tracing::warn!(cuda = %cuda.display(), error = %e, "could not preload the CUDA libraries installed by pip; the CUDA provider will look on LD_LIBRARY_PATH"),
+            Ok(()) => {
+                tracing::info!(cuda = %cuda.display(), cudnn = %cudnn.display(), "preloaded CUDA and cuDNN libraries installed by pip")
+            }
+            Err(e) => {
+                tracing::warn!(cuda = %cuda.display(), error = %e, "could not preload the CUDA libraries installed by pip; the CUDA provider will look on LD_LIBRARY_PATH")
+            }
         }
     }
 }

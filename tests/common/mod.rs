@@ -22,8 +22,9 @@ pub fn model_dir(name: &str) -> PathBuf {
 pub fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        Runtime::init(None, &root(), &ExecutionConfig::default())
-            .unwrap_or_else(|e| panic!("ONNX Runtime must be installed for the tests (`make setup`): {e}"))
+        Runtime::init(None, &root(), &ExecutionConfig::default()).unwrap_or_else(|e| {
+            panic!("ONNX Runtime must be installed for the tests (`make setup`): {e}")
+        })
     })
 }
 
