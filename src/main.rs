@@ -41,6 +41,14 @@ enum Command {
         /// Folder for the images (default: `<output_dir>/<job output>` from the config).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Initial latents `[candidates, 4, h/8, w/8]` (float32 .npy) instead of drawing them
+        /// from the seeds; one-prompt jobs only.
+        #[arg(long, value_name = "NPY")]
+        latents: Option<PathBuf>,
+        /// Per-step noise `[draws, candidates, 4, h/8, w/8]` (float32 .npy) for stochastic
+        /// schedulers, instead of drawing it from the seeds.
+        #[arg(long, value_name = "NPY")]
+        step_noise: Option<PathBuf>,
     },
 }
 
@@ -76,8 +84,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Render { job, output } => {
-            match sdspool::commands::render::run(&config, &job, output.as_deref()) {
+        Command::Render {
+            job,
+            output,
+            latents,
+            step_noise,
+        } => {
+            let noise = sdspool::commands::render::NoiseFiles {
+                latents,
+                step_noise,
+            };
+            match sdspool::commands::render::run(&config, &job, output.as_deref(), &noise) {
                 Ok(written) => {
                     for w in &written {
                         println!("{}", w.path.display());

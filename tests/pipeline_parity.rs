@@ -148,3 +148,84 @@ fn every_scheduler_matches_diffusers() {
         failures.join("\n")
     );
 }
+
+/// Splitting the candidates into smaller UNet batches changes nothing: each candidate has its own
+/// generator, so its image does not depend on its batch.
+#[test]
+fn batch_splitting_gives_the_same_images() {
+    let case = cases()
+        .into_iter()
+        .find(|c| c["name"] == "sd-euler_a-7")
+        .unwrap();
+    let m = SdModel::load(
+        common::runtime(),
+        "tiny-sd",
+        &common::model_dir("tiny-sd"),
+        0,
+    )
+    .unwrap();
+    let mut pipe = Pipeline::new(m).unwrap();
+    let mut req = RenderRequest::new("a photo of a cat", vec![42, 43, 44]);
+    req.steps = 7;
+    req.scheduler = Some("euler_a".parse().unwrap());
+    req.width = 64;
+    req.height = 64;
+    let whole = pipe
+        .render(&req, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    req.max_batch = 1;
+    let mut batches = Vec::new();
+    let split = pipe
+        .render(&req, &mut |p| {
+            batches.push(p.first_candidate);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(
+        batches.iter().filter(|b| **b == 2).count(),
+        7,
+        "three batches of one"
+    );
+    assert!(rel_l2(&split.latents, &whole.latents) < 1e-6);
+    let golden = npy(case["files"]["latents"].as_str().unwrap());
+    let first_two = whole.latents.slice_axis(Axis(0), (0..2).into()).to_owned();
+    assert!(
+        rel_l2(&first_two, &golden) < 1e-4,
+        "candidates 0 and 1 are the golden ones"
+    );
+}
+
+#[test]
+fn a_callback_can_cancel_between_steps() {
+    let m = SdModel::load(
+        common::runtime(),
+        "tiny-sd",
+        &common::model_dir("tiny-sd"),
+        0,
+    )
+    .unwrap();
+    let mut pipe = Pipeline::new(m).unwrap();
+    let mut req = RenderRequest::new("a photo of a cat", vec![1]);
+    req.steps = 10;
+    req.width = 64;
+    req.height = 64;
+    let mut seen = 0;
+    let err = pipe
+        .render(&req, &mut |p| {
+            seen += 1;
+            if p.step.index == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap_err();
+    assert_eq!(seen, 3);
+    assert!(
+        matches!(
+            err,
+            sdspool::pipeline::PipelineError::Cancelled { step: 3, .. }
+        ),
+        "{err}"
+    );
+}

@@ -104,3 +104,69 @@ fn render_of_a_bad_job_fails_with_the_field() {
         "{err}"
     );
 }
+
+#[test]
+fn render_takes_initial_latents_and_step_noise_from_npy_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Golden case sd-euler_a-7 with a seed that differs from the golden ones (42, 43): the .npy
+    // files, not the seeds, must decide the result.
+    let job = tmp.path().join("npy.yaml");
+    std::fs::write(
+        &job,
+        "prompts:\n  - a photo of a cat\ncandidates: 2\nseed: 7\nsteps: 7\nguidance: 7.5\nscheduler: euler_a\nwidth: 64\nheight: 64\n",
+    )
+    .unwrap();
+    let golden = common::root().join("tests/golden/pipeline");
+    let out = tmp.path().join("out");
+    let render = |latents: &Path, noise: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdspool"));
+        cmd.arg("--config")
+            .arg(common::root().join("config.yaml"))
+            .arg("render")
+            .arg(&job)
+            .arg("--output")
+            .arg(&out)
+            .arg("--latents")
+            .arg(latents)
+            .env("SDSPOOL_LOG", "warn");
+        if let Some(n) = noise {
+            cmd.arg("--step-noise").arg(n);
+        }
+        cmd.output().unwrap()
+    };
+    let worst_diff = || {
+        let want: ArrayD<u8> = read_npy(golden.join("sd-euler_a-7.pixels.npy")).unwrap();
+        let image = image::open(out.join("p000-c01-s8.png")).unwrap().to_rgb8();
+        image
+            .enumerate_pixels()
+            .flat_map(|(x, y, px)| (0..3).map(move |c| (x, y, c, px[c])))
+            .map(|(x, y, c, v)| {
+                (i32::from(v) - i32::from(want[[1, y as usize, x as usize, c]])).abs()
+            })
+            .max()
+            .unwrap()
+    };
+    let o = render(
+        &golden.join("sd-euler_a-7.initial.npy"),
+        Some(&golden.join("sd-euler_a-7.noise.npy")),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        worst_diff() <= 1,
+        "latents and noise from the .npy files must decide the image"
+    );
+    // With the latents alone, the ancestral noise comes from seed 7 and the image differs.
+    let o = render(&golden.join("sd-euler_a-7.initial.npy"), None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(worst_diff() > 1, "the step noise must matter for Euler a");
+
+    // A file of the wrong shape is refused with the field and the shape.
+    let bad = tmp.path().join("bad.npy");
+    ndarray_npy::write_npy(&bad, &ndarray::Array3::<f32>::zeros((2, 4, 8))).unwrap();
+    let o = render(&bad, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("initial_latents") && err.contains("[2, 4, 8]"),
+        "{err}"
+    );
+}

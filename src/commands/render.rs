@@ -43,14 +43,18 @@ pub fn render_job(
     job: &Job,
     out_dir: &Path,
     progress: &ProgressBar,
+    overrides: Overrides,
 ) -> anyhow::Result<Vec<Written>> {
+    let (mut latents, mut step_noise) = overrides;
     std::fs::create_dir_all(out_dir).map_err(|e| {
         anyhow::anyhow!("cannot create the output folder {}: {e}", out_dir.display())
     })?;
     let mut written = Vec::new();
     let mut done_calls = 0u64;
     for (pi, prompt) in job.prompts.iter().enumerate() {
-        let req = request(job, pi);
+        let mut req = request(job, pi);
+        req.initial_latents = latents.take();
+        req.step_noise = step_noise.take();
         let batches = prompt.seeds.len().div_ceil(req.max_batch) as u64;
         let span = tracing::info_span!("prompt", job = %job.id, prompt = pi);
         let _guard = span.enter();
@@ -105,13 +109,74 @@ pub fn render_job(
     Ok(written)
 }
 
+/// Arrays that replace the seeded noise of a one-prompt job (parity tests against other tools).
+#[derive(Debug, Clone, Default)]
+pub struct NoiseFiles {
+    /// `[candidates, 4, h/8, w/8]` initial latents, before scaling by `init_noise_sigma`.
+    pub latents: Option<PathBuf>,
+    /// `[draws, candidates, 4, h/8, w/8]`: the per-step noise of stochastic schedulers.
+    pub step_noise: Option<PathBuf>,
+}
+
+type Overrides = (
+    Option<ndarray::ArrayD<f32>>,
+    Option<Vec<ndarray::ArrayD<f32>>>,
+);
+
+fn read_npy(path: &Path, what: &str) -> anyhow::Result<ndarray::ArrayD<f32>> {
+    ndarray_npy::read_npy(path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot read {what} (a float32 .npy file): {e}",
+            path.display()
+        )
+    })
+}
+
+fn read_overrides(job: &Job, job_file: &Path, noise: &NoiseFiles) -> anyhow::Result<Overrides> {
+    if noise.latents.is_none() && noise.step_noise.is_none() {
+        return Ok((None, None));
+    }
+    if job.prompts.len() != 1 {
+        anyhow::bail!(
+            "{}: --latents and --step-noise need a job with exactly one prompt (it has {})",
+            job_file.display(),
+            job.prompts.len()
+        );
+    }
+    let latents = match &noise.latents {
+        Some(p) => Some(read_npy(p, "initial latents")?),
+        None => None,
+    };
+    let step_noise = match &noise.step_noise {
+        Some(p) => {
+            let all = read_npy(p, "step noise")?;
+            if all.ndim() != 5 {
+                anyhow::bail!(
+                    "{}: step noise must be [draws, candidates, 4, h/8, w/8], got {:?}",
+                    p.display(),
+                    all.shape()
+                );
+            }
+            Some(
+                all.axis_iter(ndarray::Axis(0))
+                    .map(|a| a.to_owned())
+                    .collect(),
+            )
+        }
+        None => None,
+    };
+    Ok((latents, step_noise))
+}
+
 /// `sdspool render`: loads the job's model and renders the job; prints the files written.
 pub fn run(
     config: &Config,
     job_file: &Path,
     output: Option<&Path>,
+    noise: &NoiseFiles,
 ) -> anyhow::Result<Vec<Written>> {
     let job = crate::job::load(job_file, config)?;
+    let overrides = read_overrides(&job, job_file, noise)?;
     let runtime = Runtime::init(
         config.onnxruntime.library.as_deref(),
         &config.base_dir(),
@@ -141,7 +206,7 @@ pub fn run(
         .progress_chars("=> "),
     );
     bar.set_prefix(job.id.clone());
-    let written = render_job(&mut pipeline, &job, &out_dir, &bar);
+    let written = render_job(&mut pipeline, &job, &out_dir, &bar, overrides);
     bar.finish_and_clear();
     written
 }
