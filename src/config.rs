@@ -72,6 +72,9 @@ pub struct Config {
     /// Bounds every job must stay within, checked before any work starts.
     #[serde(default)]
     pub limits: Limits,
+    /// CLIP reranking of each prompt's candidates; none when absent.
+    #[serde(default)]
+    pub rerank: Option<crate::rerank::RerankConfig>,
     /// The file this configuration was read from (not part of the YAML).
     #[serde(skip)]
     pub source: PathBuf,
@@ -372,6 +375,9 @@ impl Config {
         }
         for model in self.models.values_mut() {
             resolve(&mut model.path);
+        }
+        if let Some(rerank) = self.rerank.as_mut() {
+            resolve(&mut rerank.model);
         }
     }
 

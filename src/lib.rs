@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod job;
 pub mod logging;
+pub mod rerank;
 pub mod model;
 pub mod noise;
 pub mod output;
