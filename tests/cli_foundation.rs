@@ -216,3 +216,29 @@ fn config_errors_name_the_key_and_the_line() {
         }
     }
 }
+
+#[test]
+fn require_gpu_on_a_cpu_build_is_a_startup_error_that_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort")).unwrap();
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "onnxruntime:\n  library: {}\nexecution:\n  providers: [tensorrt, cuda, cpu]\n  require_gpu: true\nmodels:\n  tiny:\n    path: {}\n",
+            lib.display(),
+            common::model_dir("tiny-sd").display()
+        ),
+    );
+    let out = sdspool(&config, &["models"]).output().unwrap();
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{err}");
+    for needle in [
+        "text_encoder/model.onnx",
+        "`execution.require_gpu` is true but no GPU provider serves this model",
+        "it runs on cpu (CPUExecutionProvider",
+        "cuda: not in this ONNX Runtime build",
+        "make setup GPU=1",
+    ] {
+        assert!(stdout.contains(needle), "expected {needle:?} in:\n{stdout}");
+    }
+}

@@ -26,11 +26,13 @@ pub enum RuntimeError {
     #[error("{file}: ONNX Runtime could not load this model: {message}")]
     Session { file: PathBuf, message: String },
     #[error(
-        "{file}: `execution.require_gpu` is true but no GPU provider serves this model ({report}). {hint}"
+        "{file}: `execution.require_gpu` is true but no GPU provider serves this model (it runs on {serving}). {hint}"
     )]
     GpuRequired {
         file: PathBuf,
-        report: String,
+        /// Where the nodes landed, e.g. `cpu (CPUExecutionProvider 156 nodes)`.
+        serving: String,
+        /// Why each GPU provider did not load.
         hint: String,
     },
 }
@@ -141,7 +143,7 @@ impl Runtime {
                     registrations.push((kind, Registration::Registered));
                 }
                 Err(e) => {
-                    let reason = e.message().to_string();
+                    let reason = e.message().trim().to_string();
                     builder = e.recover();
                     registrations.push((kind, Registration::Failed(reason)));
                 }
@@ -159,7 +161,7 @@ impl Runtime {
         if self.exec.require_gpu && !report.gpu_serves() {
             return Err(RuntimeError::GpuRequired {
                 file: file.to_path_buf(),
-                report: report.to_string(),
+                serving: report.serving_summary(),
                 hint: report.gpu_hint(),
             });
         }
@@ -266,13 +268,20 @@ impl ProviderReport {
     }
 }
 
+impl ProviderReport {
+    /// The serving provider with the node counts, e.g. `cuda (CUDAExecutionProvider 520 nodes,
+    /// CPUExecutionProvider 184 nodes)`.
+    pub fn serving_summary(&self) -> String {
+        match &self.assignment {
+            Ok(a) => format!("{} ({})", self.serving(), a.summary()),
+            Err(e) => format!("{} (node assignment unavailable: {e})", self.serving()),
+        }
+    }
+}
+
 impl fmt::Display for ProviderReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "serving: {}", self.serving())?;
-        match &self.assignment {
-            Ok(a) => write!(f, " ({})", a.summary())?,
-            Err(e) => write!(f, " (node assignment unavailable: {e})")?,
-        }
+        write!(f, "serving: {}", self.serving_summary())?;
         for (kind, reg) in &self.registrations {
             if *reg != Registration::Registered {
                 write!(f, "; {kind} {reg}")?;
