@@ -11,6 +11,7 @@
 pub mod commands;
 pub mod config;
 pub mod job;
+pub mod jobrun;
 pub mod logging;
 pub mod rerank;
 pub mod model;

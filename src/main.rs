@@ -95,10 +95,21 @@ fn main() -> ExitCode {
                 step_noise,
             };
             match sdspool::commands::render::run(&config, &job, output.as_deref(), &noise) {
-                Ok(written) => {
-                    for w in &written {
-                        println!("{}", w.path.display());
+                Ok(outcome) => {
+                    for c in outcome.manifest.candidates() {
+                        let Some(file) = &c.file else { continue };
+                        match (c.rank, c.clip_score) {
+                            (Some(r), Some(s)) => println!(
+                                "{}\trank {r}\tCLIPScore {s:.2}",
+                                outcome.dir.join(file).display()
+                            ),
+                            _ => println!("{}", outcome.dir.join(file).display()),
+                        }
                     }
+                    println!(
+                        "{}",
+                        outcome.dir.join(sdspool::jobrun::manifest::FILE).display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -74,14 +74,20 @@ fn render_writes_the_images_diffusers_renders_for_the_same_job() {
             )
         );
     }
-    let names: Vec<String> = std::fs::read_dir(&out)
+    let mut names: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
+    names.sort();
     assert_eq!(
-        names.len(),
-        2,
-        "only the two images, no temporary files: {names:?}"
+        names,
+        [
+            "manifest.json",
+            "p000-c00-s42.png",
+            "p000-c01-s43.png",
+            "p000-sheet.png"
+        ],
+        "the images, the contact sheet and the manifest; no temporary files"
     );
 }
 

@@ -338,6 +338,20 @@ pub fn resolve(spec: JobSpec, stem: &str, file: &Path, config: &Config) -> Resul
             seeds,
         });
     }
+    let rerank_available = config.rerank.as_ref().is_some_and(|r| r.enabled);
+    if spec.rerank == Some(true) && !rerank_available {
+        return Err(err(
+            "rerank",
+            "is true but no rerank model is configured (or `rerank.enabled` is false in config.yaml)".into(),
+        ));
+    }
+    let reranked = spec.rerank.unwrap_or(true) && rerank_available;
+    if spec.keep_top.is_some() && !reranked {
+        return Err(err(
+            "keep_top",
+            "needs CLIP scores, but reranking is off for this job (no rerank model configured, or `rerank: false`)".into(),
+        ));
+    }
     if let Some(k) = spec.keep_top
         && k == 0
     {

@@ -1,6 +1,7 @@
 //! Writing results: atomic files ([`atomic`]) and PNGs carrying their settings ([`png`]).
 
 pub mod atomic;
+pub mod contact_sheet;
 pub mod png;
 
 /// File name of a candidate image: prompt index, candidate index and seed, so a folder listing

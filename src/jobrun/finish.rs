@@ -1,0 +1,238 @@
+//! The second half of a prompt's work, run on its own thread while the next prompt denoises:
+//! PNG encoding and atomic writes, the manifest checkpoint, CLIP scoring, ranking, `keep_top`
+//! and the contact sheet.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use image::RgbImage;
+
+use super::JobRunError;
+use super::manifest::{CandidateEntry, Manifest};
+use crate::job::{Job, Rejected};
+use crate::output::{self, contact_sheet, png::Parameters};
+use crate::rerank::{self, Reranker};
+use crate::scheduler::SchedulerKind;
+
+/// Rendered candidates of one prompt, to be written.
+pub struct Batch {
+    pub prompt: usize,
+    pub scheduler: SchedulerKind,
+    pub truncated: Option<String>,
+    /// (candidate index, seed, image)
+    pub images: Vec<(usize, u64, RgbImage)>,
+}
+
+/// State of the finishing thread for one job.
+pub struct Finisher<'a> {
+    pub job: &'a Job,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub reranker: Option<&'a mut Reranker>,
+}
+
+impl Finisher<'_> {
+    fn io_err(step: String, e: impl std::fmt::Display) -> JobRunError {
+        JobRunError::Output {
+            step,
+            message: e.to_string(),
+        }
+    }
+
+    /// Writes a batch's PNGs and records them in the manifest (the checkpoint).
+    pub fn write_batch(&mut self, batch: Batch) -> Result<(), JobRunError> {
+        let started = Instant::now();
+        let job = self.job;
+        let prompt = &job.prompts[batch.prompt];
+        for (candidate, seed, image) in &batch.images {
+            let params = Parameters {
+                prompt: &prompt.text,
+                negative: &prompt.negative,
+                steps: job.steps,
+                scheduler: batch.scheduler,
+                guidance: job.guidance,
+                seed: *seed,
+                width: job.width,
+                height: job.height,
+                model: &job.model,
+            };
+            let name = output::image_file_name(batch.prompt, *candidate, *seed);
+            let bytes = output::png::encode(image, &params.a1111_text())
+                .map_err(|e| Self::io_err(format!("encoding {name}"), e))?;
+            output::atomic::write(&self.dir.join(&name), &bytes)
+                .map_err(|e| Self::io_err(format!("writing {name}"), e))?;
+            let entry = &mut self.manifest.prompts[batch.prompt];
+            entry.truncated = batch.truncated.clone();
+            entry.candidates.retain(|c| c.candidate != *candidate);
+            entry.candidates.push(CandidateEntry {
+                candidate: *candidate,
+                seed: *seed,
+                file: Some(name),
+                cosine: None,
+                clip_score: None,
+                rank: None,
+                kept: true,
+            });
+            entry.candidates.sort_by_key(|c| c.candidate);
+        }
+        self.manifest.scheduler = batch.scheduler.to_string();
+        self.manifest.timings.write_ms += started.elapsed().as_millis() as u64;
+        self.save("writing the manifest")
+    }
+
+    pub fn save(&self, step: &str) -> Result<(), JobRunError> {
+        self.manifest
+            .write(&self.dir)
+            .map_err(|e| Self::io_err(step.to_string(), e))
+    }
+
+    /// Scores, ranks, draws the contact sheet and applies keep_top for a prompt whose
+    /// candidates are all written. Idempotent and restartable: the scores and sheet are
+    /// checkpointed before any file is moved, and moving tolerates files already moved.
+    pub fn finish_prompt(&mut self, index: usize) -> Result<(), JobRunError> {
+        if self.manifest.prompts[index].finished {
+            return Ok(());
+        }
+        if self.manifest.prompts[index].contact_sheet.is_none() {
+            self.score_and_sheet(index)?;
+            self.save("writing the manifest")?;
+        }
+        self.apply_keep_top(index)?;
+        self.manifest.prompts[index].finished = true;
+        self.save("writing the manifest")
+    }
+
+    fn score_and_sheet(&mut self, index: usize) -> Result<(), JobRunError> {
+        let job = self.job;
+        let prompt_text = job.prompts[index].text.clone();
+        let images: Vec<RgbImage> = self.manifest.prompts[index]
+            .candidates
+            .iter()
+            .map(|c| match &c.file {
+                Some(f) => load(&self.dir.join(f)),
+                None => Err(JobRunError::Output {
+                    step: format!("scoring prompt {index}"),
+                    message: format!("candidate {} has no image file", c.candidate),
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        if let Some(reranker) = self.reranker.as_deref_mut() {
+            let started = Instant::now();
+            let scores =
+                reranker
+                    .score(&prompt_text, &images)
+                    .map_err(|e| JobRunError::Rerank {
+                        prompt: index,
+                        message: e.to_string(),
+                    })?;
+            self.manifest.timings.rerank_ms += started.elapsed().as_millis() as u64;
+            let cosines: Vec<f32> = scores.iter().map(|s| s.cosine).collect();
+            let ranks = rerank::rank(&cosines);
+            let entry = &mut self.manifest.prompts[index];
+            for ((c, score), r) in entry.candidates.iter_mut().zip(&scores).zip(&ranks) {
+                c.cosine = Some(score.cosine);
+                c.clip_score = Some(score.clip_score);
+                c.rank = Some(r + 1);
+                c.kept = job.keep_top.is_none_or(|k| *r < k as usize);
+            }
+        }
+        let sheet = self.contact_sheet(index, &images)?;
+        self.manifest.prompts[index].contact_sheet = Some(sheet);
+        Ok(())
+    }
+
+    fn contact_sheet(&mut self, index: usize, images: &[RgbImage]) -> Result<String, JobRunError> {
+        let entry = &self.manifest.prompts[index];
+        let mut order: Vec<usize> = (0..entry.candidates.len()).collect();
+        order.sort_by_key(|&i| {
+            (
+                entry.candidates[i].rank.unwrap_or(usize::MAX),
+                entry.candidates[i].candidate,
+            )
+        });
+        let tiles: Vec<contact_sheet::Tile<'_>> = order
+            .iter()
+            .map(|&i| {
+                let c = &entry.candidates[i];
+                let mut caption = Vec::new();
+                match (c.rank, c.clip_score) {
+                    (Some(r), Some(s)) => caption.push(format!("#{r} {s:.2}")),
+                    _ => caption.push(format!("c{}", c.candidate)),
+                }
+                caption.push(format!("seed {}", c.seed));
+                contact_sheet::Tile {
+                    image: &images[i],
+                    caption,
+                }
+            })
+            .collect();
+        let sheet = contact_sheet::render(&tiles, 8);
+        let name = format!("p{index:03}-sheet.png");
+        let bytes = output::png::encode(
+            &sheet,
+            &format!(
+                "contact sheet of prompt {index}: {}",
+                self.job.prompts[index].text
+            ),
+        )
+        .map_err(|e| Self::io_err(format!("encoding {name}"), e))?;
+        output::atomic::write(&self.dir.join(&name), &bytes)
+            .map_err(|e| Self::io_err(format!("writing {name}"), e))?;
+        Ok(name)
+    }
+
+    /// Moves (or deletes) the candidates outside keep_top.
+    fn apply_keep_top(&mut self, index: usize) -> Result<(), JobRunError> {
+        let rejected_dir = self.dir.join("rejected");
+        let how = self.job.rejected;
+        for c in self.manifest.prompts[index]
+            .candidates
+            .iter_mut()
+            .filter(|c| !c.kept)
+        {
+            let Some(file) = c.file.clone() else { continue };
+            if file.starts_with("rejected/") {
+                continue;
+            }
+            let from = self.dir.join(&file);
+            match how {
+                Rejected::Move => {
+                    std::fs::create_dir_all(&rejected_dir).map_err(|e| {
+                        Self::io_err(format!("creating {}", rejected_dir.display()), e)
+                    })?;
+                    let to = rejected_dir.join(&file);
+                    // A run that stopped after the move but before the manifest was saved has
+                    // already moved it.
+                    if !(to.exists() && !from.exists()) {
+                        std::fs::rename(&from, &to)
+                            .map_err(|e| Self::io_err(format!("moving {file} to rejected/"), e))?;
+                    }
+                    c.file = Some(format!("rejected/{file}"));
+                }
+                Rejected::Delete => {
+                    match std::fs::remove_file(&from) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Self::io_err(format!("deleting {file}"), e)),
+                    }
+                    c.file = None;
+                }
+            }
+        }
+        if how == Rejected::Move && rejected_dir.is_dir() {
+            output::atomic::sync_dir(&rejected_dir)
+                .map_err(|e| Self::io_err("syncing rejected/".into(), e))?;
+        }
+        output::atomic::sync_dir(&self.dir)
+            .map_err(|e| Self::io_err("syncing the output folder".into(), e))
+    }
+}
+
+fn load(path: &Path) -> Result<RgbImage, JobRunError> {
+    image::open(path)
+        .map(|i| i.to_rgb8())
+        .map_err(|e| JobRunError::Output {
+            step: format!("reading back {}", path.display()),
+            message: e.to_string(),
+        })
+}

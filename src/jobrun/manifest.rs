@@ -1,0 +1,97 @@
+//! `manifest.json`: what a job rendered, with which settings and provider, how long each phase
+//! took, and every candidate with its prompt, seed, file, scores and rank. It is rewritten
+//! (atomically) after every batch, so it is also the checkpoint a resumed job continues from.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// File name inside the job's output folder.
+pub const FILE: &str = "manifest.json";
+
+/// Milliseconds spent per phase, summed over the job (and over its resumed runs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTimings {
+    pub text_ms: u64,
+    pub denoise_ms: u64,
+    pub decode_ms: u64,
+    pub rerank_ms: u64,
+    pub write_ms: u64,
+    pub total_ms: u64,
+}
+
+/// One candidate image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateEntry {
+    pub candidate: usize,
+    pub seed: u64,
+    /// Path relative to the job's output folder (`rejected/...` once moved out by keep_top;
+    /// `null` once deleted by keep_top with `rejected: delete`).
+    pub file: Option<String>,
+    /// Raw cosine similarity between the image and its prompt (CLIP), when reranked.
+    pub cosine: Option<f32>,
+    /// `100 * max(cosine, 0)`.
+    pub clip_score: Option<f32>,
+    /// 1 is the best of its prompt; ties go to the lower candidate index.
+    pub rank: Option<usize>,
+    /// Within `keep_top` (or no keep_top).
+    pub kept: bool,
+}
+
+/// One prompt and its candidates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptEntry {
+    pub index: usize,
+    pub prompt: String,
+    pub negative: String,
+    /// Words the tokenizer cut off.
+    pub truncated: Option<String>,
+    pub candidates: Vec<CandidateEntry>,
+    /// Scored, ranked, keep_top applied and contact sheet written.
+    pub finished: bool,
+    pub contact_sheet: Option<String>,
+}
+
+/// The whole manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub job: String,
+    /// Identifies the job's settings; a resumed run continues only a manifest with the same one.
+    pub fingerprint: String,
+    pub model: String,
+    pub scheduler: String,
+    /// The provider ONNX Runtime really runs the UNet on.
+    pub execution_provider: String,
+    pub steps: u32,
+    pub guidance: f32,
+    pub width: u32,
+    pub height: u32,
+    pub rng: String,
+    pub rerank_model: Option<String>,
+    pub keep_top: Option<u32>,
+    pub complete: bool,
+    /// How many runs (the first and each resume) worked on it.
+    pub runs: u32,
+    pub timings: PhaseTimings,
+    pub prompts: Vec<PromptEntry>,
+}
+
+impl Manifest {
+    /// Reads a manifest; `None` when there is none or it cannot be parsed (a manifest is always
+    /// written atomically, so a broken one was not written by sdspool).
+    pub fn read(dir: &Path) -> Option<Manifest> {
+        let text = std::fs::read_to_string(dir.join(FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Writes the manifest atomically into `dir`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        crate::output::atomic::write(&dir.join(FILE), text.as_bytes())
+    }
+
+    /// Every candidate entry.
+    pub fn candidates(&self) -> impl Iterator<Item = &CandidateEntry> {
+        self.prompts.iter().flat_map(|p| p.candidates.iter())
+    }
+}

@@ -1,0 +1,445 @@
+//! Running one job: every prompt through the pipeline, then (on a second thread, overlapping the
+//! next prompt's denoising) the PNGs, the manifest checkpoint, CLIP scores, ranks, keep_top and
+//! the contact sheet. A job that stopped part-way (SIGTERM, a crash) continues from its
+//! manifest: candidates already written are not rendered again.
+
+pub mod finish;
+pub mod manifest;
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use crate::commands::render::request;
+use crate::config::Config;
+use crate::job::Job;
+use crate::model::SdModel;
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::rerank::Reranker;
+use crate::runtime::Runtime;
+use finish::{Batch, Finisher};
+use manifest::{Manifest, PhaseTimings, PromptEntry};
+
+/// Why a job did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum JobRunError {
+    #[error("model `{model}` is not loaded by this worker")]
+    UnknownModel { model: String },
+    #[error("prompt {prompt}: {source}")]
+    Pipeline {
+        prompt: usize,
+        #[source]
+        source: PipelineError,
+    },
+    #[error("reranking prompt {prompt}: {message}")]
+    Rerank { prompt: usize, message: String },
+    #[error("{step}: {message}")]
+    Output { step: String, message: String },
+    #[error("stopped before the job finished; it continues from its manifest on the next start")]
+    Stopped,
+}
+
+impl JobRunError {
+    /// The step that failed, for the error file next to a failed job.
+    pub fn step(&self) -> String {
+        match self {
+            JobRunError::UnknownModel { .. } => "loading the model".into(),
+            JobRunError::Pipeline { prompt, .. } => format!("rendering prompt {prompt}"),
+            JobRunError::Rerank { prompt, .. } => format!("reranking prompt {prompt}"),
+            JobRunError::Output { step, .. } => step.clone(),
+            JobRunError::Stopped => "stopping".into(),
+        }
+    }
+}
+
+/// Progress of a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub prompt: usize,
+    pub prompts: usize,
+    /// UNet call within the running batch, and how many the batch makes.
+    pub step: usize,
+    pub steps: usize,
+    pub images_done: usize,
+    pub images_total: usize,
+}
+
+/// What a finished job produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// Images rendered by this run (the rest were already there from an earlier run).
+    pub rendered: usize,
+}
+
+/// Per-run choices besides the job itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The job's output folder; default `<output_dir>/<job output>` (numbered when taken).
+    pub dir: Option<PathBuf>,
+    /// Initial latents for prompt 0 (parity tests; see `sdspool render --latents`).
+    pub initial_latents: Option<ndarray::ArrayD<f32>>,
+    /// Per-step noise for prompt 0 (see `sdspool render --step-noise`).
+    pub step_noise: Option<Vec<ndarray::ArrayD<f32>>>,
+}
+
+/// Loaded models and reranker of one device; sessions are created once and reused across jobs.
+pub struct Worker {
+    pub device: i32,
+    pipelines: BTreeMap<String, Pipeline>,
+    reranker: Option<Reranker>,
+    output_dir: PathBuf,
+}
+
+impl Worker {
+    /// Loads the configured models (all of them, or only `only`) and the rerank model when
+    /// configured and enabled, on `device`.
+    pub fn load(
+        runtime: &Runtime,
+        config: &Config,
+        device: i32,
+        only: Option<&str>,
+    ) -> anyhow::Result<Worker> {
+        let mut pipelines = BTreeMap::new();
+        for (name, model) in config
+            .models
+            .iter()
+            .filter(|(n, _)| only.is_none_or(|o| o == n.as_str()))
+        {
+            let m = SdModel::load(runtime, name, &model.path, device)?;
+            tracing::info!(model = %name, device, provider = %m.unet.loaded.providers.serving(), "model loaded");
+            pipelines.insert(name.clone(), Pipeline::new(m)?);
+        }
+        let reranker = match &config.rerank {
+            Some(cfg) if cfg.enabled => {
+                let r = Reranker::load(runtime, cfg, device)?;
+                tracing::info!(model = %cfg.model.display(), device, "rerank model loaded");
+                Some(r)
+            }
+            _ => None,
+        };
+        Ok(Worker {
+            device,
+            pipelines,
+            reranker,
+            output_dir: config.output_dir.clone(),
+        })
+    }
+
+    /// The provider serving a model's UNet.
+    pub fn provider(&self, model: &str) -> Option<String> {
+        self.pipelines
+            .get(model)
+            .map(|p| p.model.unet.loaded.providers.serving())
+    }
+
+    /// Whether reranking is available.
+    pub fn can_rerank(&self) -> bool {
+        self.reranker.is_some()
+    }
+
+    /// Runs (or continues) `job`. `stop` ends it between steps with [`JobRunError::Stopped`],
+    /// after the images already rendered are written.
+    pub fn run(
+        &mut self,
+        job: &Job,
+        options: &RunOptions,
+        stop: &AtomicBool,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Outcome, JobRunError> {
+        let started = Instant::now();
+        let fingerprint = fingerprint(job, options);
+        let dir = match &options.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).map_err(|e| JobRunError::Output {
+                    step: format!("creating the output folder {}", d.display()),
+                    message: e.to_string(),
+                })?;
+                d.clone()
+            }
+            None => output_folder(&self.output_dir, &job.output, &fingerprint)?,
+        };
+        let rerank = job.rerank.unwrap_or(true) && self.reranker.is_some();
+        let provider = self
+            .provider(&job.model)
+            .ok_or_else(|| JobRunError::UnknownModel {
+                model: job.model.clone(),
+            })?;
+        let mut manifest = match Manifest::read(&dir) {
+            Some(m) if m.fingerprint == fingerprint => m,
+            _ => new_manifest(
+                job,
+                &fingerprint,
+                &provider,
+                rerank.then(|| self.reranker_name()).flatten(),
+            ),
+        };
+        if manifest.complete {
+            tracing::info!(job = %job.id, dir = %dir.display(), "job already complete; nothing to render");
+            return Ok(Outcome {
+                dir,
+                manifest,
+                rendered: 0,
+            });
+        }
+        manifest.runs += 1;
+        manifest.execution_provider = provider;
+
+        // What is still to render, per prompt (candidate index, seed).
+        let pending: Vec<Vec<(usize, u64)>> = job
+            .prompts
+            .iter()
+            .enumerate()
+            .map(|(pi, p)| {
+                p.seeds
+                    .iter()
+                    .enumerate()
+                    .filter(|(ci, _)| {
+                        !manifest.prompts[pi].candidates.iter().any(|c| {
+                            c.candidate == *ci
+                                && c.file.as_ref().is_some_and(|f| dir.join(f).is_file())
+                        }) && !manifest.prompts[pi].finished
+                    })
+                    .map(|(ci, s)| (ci, *s))
+                    .collect()
+            })
+            .collect();
+        let images_total = job.image_count();
+        let mut images_done = images_total - pending.iter().map(Vec::len).sum::<usize>();
+        if images_done > 0 {
+            tracing::info!(job = %job.id, already = images_done, of = images_total, "resuming from the manifest");
+        }
+
+        let Worker {
+            pipelines,
+            reranker,
+            ..
+        } = self;
+        let pipeline = pipelines
+            .get_mut(&job.model)
+            .ok_or_else(|| JobRunError::UnknownModel {
+                model: job.model.clone(),
+            })?;
+        let mut finisher = Finisher {
+            job,
+            dir: dir.clone(),
+            manifest,
+            reranker: if rerank { reranker.as_mut() } else { None },
+        };
+        finisher.save("writing the manifest")?;
+        let mut rendered = 0;
+        let mut timings = PhaseTimings::default();
+
+        let result = std::thread::scope(|scope| {
+            // At most one prompt waits for the finisher while the next one denoises.
+            let (tx, rx) = mpsc::sync_channel::<Work>(1);
+            let finishing = scope.spawn(move || -> Result<Finisher<'_>, JobRunError> {
+                for work in rx {
+                    match work {
+                        Work::Batch(b) => finisher.write_batch(b)?,
+                        Work::Finish(i) => finisher.finish_prompt(i)?,
+                    }
+                }
+                Ok(finisher)
+            });
+            let mut render_result = Ok(());
+            'prompts: for (pi, todo) in pending.iter().enumerate() {
+                if !todo.is_empty() {
+                    let mut req = request(job, pi);
+                    req.seeds = todo.iter().map(|(_, s)| *s).collect();
+                    if pi == 0 {
+                        req.initial_latents = options.initial_latents.clone();
+                        req.step_noise = options.step_noise.clone();
+                    }
+                    let out = pipeline.render(&req, &mut |p| {
+                        progress(&Progress {
+                            prompt: pi,
+                            prompts: job.prompts.len(),
+                            step: p.step.index + 1,
+                            steps: p.step.total,
+                            images_done: images_done + p.first_candidate,
+                            images_total,
+                        });
+                        if stop.load(Ordering::Relaxed) {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    });
+                    let out = match out {
+                        Ok(o) => o,
+                        Err(PipelineError::Cancelled { .. }) => {
+                            render_result = Err(JobRunError::Stopped);
+                            break 'prompts;
+                        }
+                        Err(source) => {
+                            render_result = Err(JobRunError::Pipeline { prompt: pi, source });
+                            break 'prompts;
+                        }
+                    };
+                    timings.text_ms += out.timings.text.as_millis() as u64;
+                    timings.denoise_ms += out.timings.denoise.as_millis() as u64;
+                    timings.decode_ms += out.timings.decode.as_millis() as u64;
+                    rendered += todo.len();
+                    images_done += todo.len();
+                    let batch = Batch {
+                        prompt: pi,
+                        scheduler: out.scheduler,
+                        truncated: out.truncated_prompt,
+                        images: todo
+                            .iter()
+                            .zip(out.images)
+                            .map(|((c, s), img)| (*c, *s, img))
+                            .collect(),
+                    };
+                    if tx.send(Work::Batch(batch)).is_err() {
+                        break 'prompts; // the finisher failed; its error is reported below
+                    }
+                }
+                if tx.send(Work::Finish(pi)).is_err() {
+                    break 'prompts;
+                }
+            }
+            drop(tx);
+            let finished = finishing.join().unwrap_or_else(|_| {
+                Err(JobRunError::Output {
+                    step: "finishing".into(),
+                    message: "the finishing thread panicked".into(),
+                })
+            });
+            (render_result, finished)
+        });
+        let (render_result, finished) = result;
+        let mut finisher = finished?;
+        render_result?;
+        let m = &mut finisher.manifest;
+        m.timings.text_ms += timings.text_ms;
+        m.timings.denoise_ms += timings.denoise_ms;
+        m.timings.decode_ms += timings.decode_ms;
+        m.timings.total_ms += started.elapsed().as_millis() as u64;
+        m.complete = true;
+        finisher.save("writing the manifest")?;
+        Ok(Outcome {
+            dir,
+            manifest: finisher.manifest,
+            rendered,
+        })
+    }
+
+    fn reranker_name(&self) -> Option<String> {
+        self.reranker
+            .as_ref()
+            .map(|r| r.folder().root.display().to_string())
+    }
+}
+
+enum Work {
+    Batch(Batch),
+    Finish(usize),
+}
+
+fn new_manifest(
+    job: &Job,
+    fingerprint: &str,
+    provider: &str,
+    rerank_model: Option<String>,
+) -> Manifest {
+    Manifest {
+        job: job.id.clone(),
+        fingerprint: fingerprint.to_string(),
+        model: job.model.clone(),
+        scheduler: job.scheduler.map(|s| s.to_string()).unwrap_or_default(),
+        execution_provider: provider.to_string(),
+        steps: job.steps,
+        guidance: job.guidance,
+        width: job.width,
+        height: job.height,
+        rng: job.rng.to_string(),
+        rerank_model,
+        keep_top: job.keep_top,
+        complete: false,
+        runs: 0,
+        timings: PhaseTimings::default(),
+        prompts: job
+            .prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PromptEntry {
+                index: i,
+                prompt: p.text.clone(),
+                negative: p.negative.clone(),
+                truncated: None,
+                candidates: Vec::new(),
+                finished: false,
+                contact_sheet: None,
+            })
+            .collect(),
+    }
+}
+
+/// A stable identity of the job's settings and of any supplied noise (FNV-1a 64 over a
+/// canonical text and the arrays' bytes).
+pub fn fingerprint(job: &Job, options: &RunOptions) -> String {
+    let mut text = format!(
+        "{}|{}|{}|{}|{:?}|{}x{}|{}|{:?}|{:?}|{:?}",
+        job.id,
+        job.model,
+        job.steps,
+        job.guidance,
+        job.scheduler,
+        job.width,
+        job.height,
+        job.rng,
+        job.keep_top,
+        job.rejected,
+        job.rerank
+    );
+    for p in &job.prompts {
+        text.push_str(&format!("|{}|{}|{:?}", p.text, p.negative, p.seeds));
+    }
+    let arrays = options.initial_latents.iter().chain(options.step_noise.iter().flatten());
+    let noise_bytes = arrays.flat_map(|a| a.iter().flat_map(|v| v.to_le_bytes()));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes().chain(noise_bytes) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The job's output folder: `<root>/<name>`, or `<name>-2`, `-3`, ... when that folder holds
+/// another job's results (never mixed, never overwritten).
+fn output_folder(root: &Path, name: &str, fingerprint: &str) -> Result<PathBuf, JobRunError> {
+    for n in 1..10_000 {
+        let dir = if n == 1 {
+            root.join(name)
+        } else {
+            root.join(format!("{name}-{n}"))
+        };
+        let usable = match Manifest::read(&dir) {
+            Some(m) => m.fingerprint == fingerprint,
+            None => {
+                !dir.exists()
+                    || dir
+                        .read_dir()
+                        .map(|mut d| d.next().is_none())
+                        .unwrap_or(false)
+            }
+        };
+        if usable {
+            std::fs::create_dir_all(&dir).map_err(|e| JobRunError::Output {
+                step: format!("creating the output folder {}", dir.display()),
+                message: e.to_string(),
+            })?;
+            return Ok(dir);
+        }
+    }
+    Err(JobRunError::Output {
+        step: format!("choosing an output folder under {}", root.display()),
+        message: format!("{name} and 9,999 numbered variants are all taken"),
+    })
+}
