@@ -10,6 +10,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod hash;
 pub mod job;
 pub mod jobrun;
 pub mod logging;

@@ -150,11 +150,32 @@ fn did_you_mean(message: &str) -> Option<String> {
 pub fn load(path: &Path, config: &Config) -> Result<Job, JobError> {
     let spec = read_spec(path, config.limits.max_job_bytes)?;
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("job");
-    resolve(spec, stem, path, config)
+    resolve(spec, stem, path, config, file_seed(path))
+}
+
+/// The seed of a job file that names none: a hash of the file's bytes, inode and modification
+/// time. It stays the same while the file is claimed, resumed after a crash and moved (renames
+/// keep inode and mtime), so a resumed job continues with the same seeds; a new submission
+/// gets new ones. The manifest and every PNG record it, so the images can be reproduced.
+pub fn file_seed(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let (ino, mtime, mtime_ns) = std::fs::metadata(path)
+        .map(|m| (m.ino(), m.mtime(), m.mtime_nsec()))
+        .unwrap_or_default();
+    let tail = [ino.to_le_bytes(), mtime.to_le_bytes(), mtime_ns.to_le_bytes()];
+    // Within 32 bits, which torch.manual_seed and the tools users come from all accept.
+    crate::hash::fnv1a64(bytes.into_iter().chain(tail.into_iter().flatten())) >> 32
 }
 
 /// Fills in defaults and checks every field against the configuration's models and limits.
-pub fn resolve(spec: JobSpec, stem: &str, file: &Path, config: &Config) -> Result<Job, JobError> {
+pub fn resolve(
+    spec: JobSpec,
+    stem: &str,
+    file: &Path,
+    config: &Config,
+    fallback_seed: u64,
+) -> Result<Job, JobError> {
     let err = |field: &str, message: String| JobError {
         file: file.to_path_buf(),
         field: field.to_string(),
@@ -245,7 +266,7 @@ pub fn resolve(spec: JobSpec, stem: &str, file: &Path, config: &Config) -> Resul
     let rng = rng_name
         .parse::<RngKind>()
         .map_err(|e| err("rng", e.to_string()))?;
-    let seed = spec.seed.unwrap_or_else(random_seed);
+    let seed = spec.seed.unwrap_or(fallback_seed);
     let candidates = spec.candidates.unwrap_or(d.candidates);
     let rejected = match spec.rejected.as_deref() {
         None | Some("move") => Rejected::Move,
@@ -379,18 +400,4 @@ pub fn resolve(spec: JobSpec, stem: &str, file: &Path, config: &Config) -> Resul
         rejected,
         max_batch: d.max_batch.max(1),
     })
-}
-
-/// A seed for jobs that give none; recorded with the job so it reproduces.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    // Keep seeds within what torch.manual_seed and other tools accept everywhere.
-    h.finish() >> 32
 }

@@ -381,8 +381,8 @@ fn new_manifest(
     }
 }
 
-/// A stable identity of the job's settings and of any supplied noise (FNV-1a 64 over a
-/// canonical text and the arrays' bytes).
+/// A stable identity of the job's settings and of any supplied noise ([`crate::hash::fnv1a64`] over
+/// a canonical text and the arrays' bytes).
 pub fn fingerprint(job: &Job, options: &RunOptions) -> String {
     let mut text = format!(
         "{}|{}|{}|{}|{:?}|{}x{}|{}|{:?}|{:?}|{:?}",
@@ -403,12 +403,7 @@ pub fn fingerprint(job: &Job, options: &RunOptions) -> String {
     }
     let arrays = options.initial_latents.iter().chain(options.step_noise.iter().flatten());
     let noise_bytes = arrays.flat_map(|a| a.iter().flat_map(|v| v.to_le_bytes()));
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes().chain(noise_bytes) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::hash::fnv1a64(text.bytes().chain(noise_bytes)))
 }
 
 /// The job's output folder: `<root>/<name>`, or `<name>-2`, `-3`, ... when that folder holds
