@@ -63,9 +63,9 @@ pub struct Config {
     /// Root of the rendered output: one folder per job.
     #[serde(default = "default_output_dir")]
     pub output_dir: PathBuf,
-    /// The spool: incoming/, running/, done/, failed/.
-    #[serde(default = "default_spool_dir")]
-    pub spool_dir: PathBuf,
+    /// The spool (incoming/, running/, done/, failed/) and how it is watched.
+    #[serde(default)]
+    pub spool: crate::spool::SpoolConfig,
     /// Settings a job gets for the fields it leaves out.
     #[serde(default)]
     pub defaults: JobDefaults,
@@ -135,10 +135,6 @@ impl Default for ExecutionConfig {
 
 fn default_output_dir() -> PathBuf {
     PathBuf::from("local/output")
-}
-
-fn default_spool_dir() -> PathBuf {
-    PathBuf::from("local/spool")
 }
 
 fn default_providers() -> Vec<ProviderKind> {
@@ -363,7 +359,7 @@ impl Config {
             }
         };
         resolve(&mut self.output_dir);
-        resolve(&mut self.spool_dir);
+        resolve(&mut self.spool.dir);
         if let Some(lib) = self.onnxruntime.library.as_mut() {
             resolve(lib);
         }

@@ -21,5 +21,6 @@ pub mod output;
 pub mod pipeline;
 pub mod runtime;
 pub mod scheduler;
+pub mod spool;
 pub mod tokenizer;
 pub mod yaml;

@@ -50,6 +50,25 @@ enum Command {
         #[arg(long, value_name = "NPY")]
         step_noise: Option<PathBuf>,
     },
+    /// Check a job file and copy it atomically into the spool's incoming/ folder.
+    Submit {
+        /// The job file (YAML).
+        job: PathBuf,
+        /// Replace a job of the same name still waiting in incoming/.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Show the spool: jobs per state, running jobs with progress, the queue in run order.
+    Status {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a job file and explain what it will render (no models are loaded).
+    Check {
+        /// The job file (YAML).
+        job: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +82,41 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Submit { job, replace } => {
+            match sdspool::commands::submit::run(&config, &job, replace) {
+                Ok(s) => {
+                    println!("{}", s.path.display());
+                    if s.waits_for_running {
+                        eprintln!("sdspool: a job of the same name is running; this one runs after it");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sdspool: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status { json } => match sdspool::commands::status::run(&config, json) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sdspool: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { job } => match sdspool::commands::check::run(&config, &job) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sdspool: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Models => {
             let runtime = match Runtime::init(
                 config.onnxruntime.library.as_deref(),
