@@ -23,7 +23,7 @@ STAMP := $(ORT_DIR)/.installed
 
 help:
 	@echo "make setup   install ONNX Runtime $(ORT_VERSION) from PyPI into $(ORT_DIR)/ (GPU=1 for CUDA/TensorRT)"
-	@echo "make demo    build sdspool and run it on the committed demo models"
+	@echo "make demo    build sdspool, submit examples/*.yaml, run the daemon until the spool is empty"
 	@echo "make test    run the test suite (what CI runs)"
 
 # Idempotent: reinstalls only when the wanted package set changes.
@@ -42,8 +42,15 @@ setup:
 build: setup
 	$(CARGO) build --release --locked
 
+# The main job on the committed demo models: submit the example jobs into the spool, run the
+# daemon until the spool is empty, then show where the images and manifests landed.
+SDSPOOL := ./target/release/sdspool --config config.yaml
 demo: build
-	./target/release/sdspool --config config.yaml models
+	@for job in examples/*.yaml; do $(SDSPOOL) submit --replace $$job || exit 1; done
+	$(SDSPOOL) run --until-idle
+	@$(SDSPOOL) status
+	@echo; echo "Manifests (images, CLIP scores and ranks) and contact sheets:"
+	@ls -1 local/output/*/manifest.json local/output/*/p*-sheet.png
 
 test: setup
 	$(CARGO) test --locked

@@ -66,6 +66,9 @@ pub struct Config {
     /// The spool (incoming/, running/, done/, failed/) and how it is watched.
     #[serde(default)]
     pub spool: crate::spool::SpoolConfig,
+    /// How the daemon starts and stops.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
     /// Settings a job gets for the fields it leaves out.
     #[serde(default)]
     pub defaults: JobDefaults,
@@ -226,6 +229,21 @@ pub enum ConvSearch {
 
 fn yes() -> bool {
     true
+}
+
+/// `daemon:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// After SIGTERM or SIGINT, how long running jobs may take to finish before they are stopped
+    /// at their next step (and resumed on the next start).
+    pub grace_seconds: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig { grace_seconds: 60 }
+    }
 }
 
 /// `defaults:` section: what a job gets for the fields it leaves out.

@@ -10,15 +10,16 @@
 
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod hash;
 pub mod job;
 pub mod jobrun;
 pub mod logging;
-pub mod rerank;
 pub mod model;
 pub mod noise;
 pub mod output;
 pub mod pipeline;
+pub mod rerank;
 pub mod runtime;
 pub mod scheduler;
 pub mod spool;

@@ -29,8 +29,10 @@ pub fn init(format: LogFormat) {
         eprintln!("sdspool: ignoring {FILTER_ENV}={spec:?}: {e}");
         EnvFilter::new("info,ort=warn")
     });
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -31,6 +31,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the spool daemon: claim jobs from incoming/, render them, file them in done/ or
+    /// failed/. SIGTERM or SIGINT stop it gracefully.
+    Run {
+        /// Exit once incoming/ and running/ are empty instead of waiting for more jobs.
+        #[arg(long)]
+        until_idle: bool,
+    },
     /// Load every configured model, check its signatures, and show the execution provider that
     /// serves each session.
     Models,
@@ -87,7 +94,9 @@ fn main() -> ExitCode {
                 Ok(s) => {
                     println!("{}", s.path.display());
                     if s.waits_for_running {
-                        eprintln!("sdspool: a job of the same name is running; this one runs after it");
+                        eprintln!(
+                            "sdspool: a job of the same name is running; this one runs after it"
+                        );
                     }
                     ExitCode::SUCCESS
                 }
@@ -117,6 +126,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Run { until_idle } => {
+            match sdspool::daemon::run(&config, sdspool::daemon::DaemonOptions { until_idle }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "sdspool stopped with an error");
+                    eprintln!("sdspool: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Models => {
             let runtime = match Runtime::init(
                 config.onnxruntime.library.as_deref(),

@@ -163,7 +163,11 @@ pub fn file_seed(path: &Path) -> u64 {
     let (ino, mtime, mtime_ns) = std::fs::metadata(path)
         .map(|m| (m.ino(), m.mtime(), m.mtime_nsec()))
         .unwrap_or_default();
-    let tail = [ino.to_le_bytes(), mtime.to_le_bytes(), mtime_ns.to_le_bytes()];
+    let tail = [
+        ino.to_le_bytes(),
+        mtime.to_le_bytes(),
+        mtime_ns.to_le_bytes(),
+    ];
     // Within 32 bits, which torch.manual_seed and the tools users come from all accept.
     crate::hash::fnv1a64(bytes.into_iter().chain(tail.into_iter().flatten())) >> 32
 }

@@ -401,9 +401,15 @@ pub fn fingerprint(job: &Job, options: &RunOptions) -> String {
     for p in &job.prompts {
         text.push_str(&format!("|{}|{}|{:?}", p.text, p.negative, p.seeds));
     }
-    let arrays = options.initial_latents.iter().chain(options.step_noise.iter().flatten());
+    let arrays = options
+        .initial_latents
+        .iter()
+        .chain(options.step_noise.iter().flatten());
     let noise_bytes = arrays.flat_map(|a| a.iter().flat_map(|v| v.to_le_bytes()));
-    format!("{:016x}", crate::hash::fnv1a64(text.bytes().chain(noise_bytes)))
+    format!(
+        "{:016x}",
+        crate::hash::fnv1a64(text.bytes().chain(noise_bytes))
+    )
 }
 
 /// The job's output folder: `<root>/<name>`, or `<name>-2`, `-3`, ... when that folder holds
