@@ -289,3 +289,32 @@ fn jobs_asking_for_scores_without_a_rerank_model_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn a_job_can_turn_reranking_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with_output(&tmp.path().join("out"));
+    let j = job(
+        &config,
+        tmp.path(),
+        "prompts: [a cat]\ncandidates: 2\nseed: 1\nsteps: 2\nwidth: 64\nheight: 64\nrerank: false\n",
+    );
+    let o = worker(&config)
+        .run(
+            &j,
+            &RunOptions::default(),
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(o.manifest.rerank_model, None);
+    for c in o.manifest.candidates() {
+        assert!(c.cosine.is_none() && c.clip_score.is_none() && c.rank.is_none() && c.kept);
+        assert!(o.dir.join(c.file.as_ref().unwrap()).is_file());
+    }
+    assert!(
+        o.dir
+            .join(o.manifest.prompts[0].contact_sheet.as_ref().unwrap())
+            .is_file()
+    );
+}

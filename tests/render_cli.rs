@@ -176,3 +176,36 @@ fn render_takes_initial_latents_and_step_noise_from_npy_files() {
         "{err}"
     );
 }
+
+#[test]
+fn json_logs_carry_the_job_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("jsonjob.yaml");
+    std::fs::write(
+        &job,
+        "prompts: [a cat]\ncandidates: 1\nseed: 1\nsteps: 2\nwidth: 64\nheight: 64\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(common::root().join("config.yaml"))
+        .args(["--log-format", "json", "render"])
+        .arg(&job)
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        .env("SDSPOOL_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let rendering = lines
+        .iter()
+        .find(|l| l["message"] == "rendering")
+        .expect("a 'rendering' line");
+    assert_eq!(rendering["job"], "jsonjob");
+    assert_eq!(rendering["provider"], "cpu");
+}
