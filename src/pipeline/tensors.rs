@@ -26,16 +26,20 @@ pub(crate) fn ort_err(file: &std::path::Path, e: impl std::fmt::Display) -> OrtC
 
 /// A float tensor in the model's precision.
 pub fn float_tensor(a: ArrayViewD<'_, f32>, elem: Elem) -> ort::Result<DynValue> {
-    let shape: Vec<usize> = a.shape().to_vec();
+    match a.as_slice() {
+        Some(data) => float_tensor_from(a.shape(), data, elem),
+        None => float_tensor_from(a.shape(), &a.iter().copied().collect::<Vec<_>>(), elem),
+    }
+}
+
+/// Float data of `shape` (row-major) as float32, or float16 for a float16 model.
+pub fn float_tensor_from(shape: &[usize], data: &[f32], elem: Elem) -> ort::Result<DynValue> {
     Ok(match elem {
         Elem::F16 => {
-            let data: Vec<f16> = a.iter().map(|v| f16::from_f32(*v)).collect();
-            Tensor::from_array((shape, data))?.into_dyn()
+            let data: Vec<f16> = data.iter().map(|v| f16::from_f32(*v)).collect();
+            Tensor::from_array((shape.to_vec(), data))?.into_dyn()
         }
-        _ => {
-            let data: Vec<f32> = a.iter().copied().collect();
-            Tensor::from_array((shape, data))?.into_dyn()
-        }
+        _ => Tensor::from_array((shape.to_vec(), data.to_vec()))?.into_dyn(),
     })
 }
 

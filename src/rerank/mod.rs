@@ -35,7 +35,7 @@
 pub mod model;
 pub mod preprocess;
 pub mod resample;
-mod tensors;
+use crate::pipeline::tensors;
 
 use std::borrow::Cow;
 use std::num::NonZeroUsize;
@@ -545,7 +545,7 @@ impl Reranker {
         let mut inputs = Self::text_inputs(text, tokens, &file)?;
         inputs.push((
             Cow::Borrowed("pixel_values"),
-            tensors::float_tensor(&[n, 3, h, w], pixels, vision.float)
+            tensors::float_tensor_from(&[n, 3, h, w], pixels, vision.float)
                 .map_err(|e| run_err(&file, e))?
                 .into(),
         ));
@@ -613,7 +613,7 @@ impl Reranker {
             unreachable!("run_vision is only called for the two-tower layout")
         };
         let file = vision_session.file.clone();
-        let input = tensors::float_tensor(&[n, 3, h, w], pixels, vision.float)
+        let input = tensors::float_tensor_from(&[n, 3, h, w], pixels, vision.float)
             .map_err(|e| run_err(&file, e))?;
         let outputs = vision_session
             .session
