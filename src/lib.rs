@@ -11,6 +11,7 @@
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod eta;
 pub mod hash;
 pub mod job;
 pub mod jobrun;

@@ -71,6 +71,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pause the spool: running jobs finish, no job starts until `sdspool resume` (a flag file
+    /// in the spool: it holds across daemon restarts).
+    Pause {
+        /// Why, shown by `sdspool status`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a paused spool.
+    Resume,
+    /// Cancel a job: one still queued goes straight to failed/; a running one stops at its next
+    /// step and goes to failed/ as cancelled, keeping its finished images and manifest.
+    Cancel {
+        /// The job's name in the spool (`cats`, `cats.yaml`) or a running job's id.
+        job: String,
+    },
     /// Check a job file and explain what it will render (no models are loaded).
     Check {
         /// The job file (YAML).
@@ -109,6 +124,63 @@ fn main() -> ExitCode {
         Command::Status { json } => match sdspool::commands::status::run(&config, json) {
             Ok(text) => {
                 print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sdspool: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Pause { reason } => match sdspool::commands::control::pause(&config, reason) {
+            Ok((record, true)) => {
+                println!(
+                    "paused: running jobs finish, no job starts until `sdspool resume` ({})",
+                    record.by
+                );
+                ExitCode::SUCCESS
+            }
+            Ok((record, false)) => {
+                println!(
+                    "already paused since {} by {}",
+                    sdspool::spool::control::format_time(record.paused_at),
+                    record.by
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sdspool: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Resume => match sdspool::commands::control::resume(&config) {
+            Ok(Some(_)) => {
+                println!("resumed: jobs start again");
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                println!("not paused");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sdspool: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Cancel { job } => match sdspool::commands::control::cancel(&config, &job) {
+            Ok(c) => {
+                for f in &c.queued {
+                    println!(
+                        "cancelled {} before it started: {}",
+                        c.stem,
+                        f.job.display()
+                    );
+                }
+                if c.running.is_some() {
+                    println!(
+                        "cancel requested for the running job {}: its daemon stops it at the next step and files it in failed/ (finished images and manifest kept)",
+                        c.stem
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

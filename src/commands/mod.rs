@@ -1,6 +1,7 @@
 //! The `sdspool` subcommands.
 
 pub mod check;
+pub mod control;
 pub mod models;
 pub mod render;
 pub mod status;

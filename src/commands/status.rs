@@ -5,12 +5,14 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::eta::{self, Timings};
 use crate::spool::SpoolError;
 use crate::spool::status::{self, Overview};
 
 /// The spool's state as text (or JSON with `json`).
 pub fn run(config: &Config, json: bool) -> Result<String, SpoolError> {
-    let overview = status::overview(&config.spool, config.limits.max_job_bytes)?;
+    let mut overview = status::overview(&config.spool, config.limits.max_job_bytes)?;
+    estimate_queue(config, &mut overview);
     if json {
         let mut text = serde_json::to_string_pretty(&overview).map_err(|e| {
             SpoolError::new(
@@ -23,6 +25,55 @@ pub fn run(config: &Config, json: bool) -> Result<String, SpoolError> {
         return Ok(text);
     }
     Ok(render(&overview))
+}
+
+/// Fills in each queued job's estimate from the spool's measured timings, and when it starts
+/// and finishes: the queue is laid out in order over the workers (one per configured device),
+/// each free once its running job's ETA has passed.
+pub fn estimate_queue(config: &Config, o: &mut Overview) {
+    let timings = Timings::read(&Timings::path(&o.spool_dir));
+    let mut counter = eta::StepCounter::new(config);
+    let workers = config.execution.device_ids.len().max(1);
+    // Seconds until each worker is free; `None`: unknown.
+    let mut free: Vec<Option<f64>> = o
+        .running
+        .iter()
+        .filter(|r| !r.stale)
+        .map(|r| r.finishes_in_seconds.map(|s| s as f64))
+        .collect();
+    while free.len() < workers {
+        free.push(Some(0.0));
+    }
+    for q in &mut o.queued {
+        if q.note
+            .as_deref()
+            .is_some_and(|n| n.starts_with("will fail"))
+        {
+            continue;
+        }
+        let path = o.spool_dir.join(crate::spool::INCOMING).join(&q.name);
+        let Ok(job) = crate::job::load(&path, config) else {
+            continue;
+        };
+        let estimate = eta::estimate_job(&timings, &mut counter, &job);
+        // The worker free first; unknown ones last.
+        let (i, start) = free
+            .iter()
+            .enumerate()
+            .min_by(|a, b| match (a.1, b.1) {
+                (Some(x), Some(y)) => x.total_cmp(y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            })
+            .map(|(i, s)| (i, *s))
+            .unwrap_or((0, None));
+        let end = start.zip(estimate.seconds).map(|(a, b)| a + b);
+        q.starts_in_seconds = start.map(|s| s.round() as u64);
+        q.finishes_in_seconds = end.map(|s| s.round() as u64);
+        free[i] = end;
+        q.estimate = Some(estimate);
+    }
 }
 
 fn duration(secs: u64) -> String {
@@ -39,6 +90,23 @@ pub fn render(o: &Overview) -> String {
         "incoming {}, running {}, done {}, failed {}",
         c.incoming, c.running, c.done, c.failed
     );
+    if let Some(p) = &o.paused {
+        let by = if p.by.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", p.by)
+        };
+        let reason = p
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "PAUSED since {}{by}{reason}: no job starts until `sdspool resume`; running jobs finish",
+            crate::spool::fsops::rfc3339::format(p.paused_at)
+        );
+    }
     if !o.running.is_empty() {
         let _ = writeln!(out, "\nrunning:");
     }
@@ -93,7 +161,16 @@ pub fn render(o: &Overview) -> String {
                 _ => String::new(),
             }
         };
-        let _ = writeln!(out, "  {}  {progress}  ({attempt}{owner}){stale}", r.name);
+        let cancel = r
+            .cancel_requested
+            .as_ref()
+            .map(|c| format!("  CANCEL requested by {}: stops at its next step", c.by))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {}  {progress}  ({attempt}{owner}){stale}{cancel}",
+            r.name
+        );
     }
     if !o.queued.is_empty() {
         let _ = writeln!(out, "\nqueued, in the order they will run:");
@@ -105,10 +182,45 @@ pub fn render(o: &Overview) -> String {
             .as_deref()
             .map(|n| format!("  -- {n}"))
             .unwrap_or_default();
+        let work = match &q.estimate {
+            Some(e) => {
+                let time = match e.seconds {
+                    Some(s) => {
+                        let scaled = if e.basis == Some(eta::Basis::Scaled) {
+                            ", scaled from other sizes"
+                        } else {
+                            ""
+                        };
+                        let when = match (q.starts_in_seconds, q.finishes_in_seconds) {
+                            (Some(a), Some(b)) => format!(
+                                "; {}starts in ~{}, done in ~{}",
+                                if o.paused.is_some() {
+                                    "once resumed, "
+                                } else {
+                                    ""
+                                },
+                                eta::human(a as f64),
+                                eta::human(b as f64)
+                            ),
+                            _ => String::new(),
+                        };
+                        format!("takes ~{}{scaled}{when}", eta::human(s))
+                    }
+                    None => "no speed measured for its model yet".to_string(),
+                };
+                format!(
+                    "  {} image{}, {} UNet steps, {time}",
+                    e.images,
+                    if e.images == 1 { "" } else { "s" },
+                    e.unet_calls
+                )
+            }
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {:>3}. {}  priority {}  submitted {} ago{note}",
-            i + 1,
+            "  {:>3}. {}  priority {}  submitted {} ago{work}{note}",
+            q.position.max(i + 1),
             q.name,
             q.priority,
             duration(age)

@@ -18,8 +18,10 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::eta::{self, Measurements, Timings};
 use crate::jobrun::{JobRunError, Progress, RunOptions, Worker};
 use crate::runtime::Runtime;
+use crate::spool::control::{CancelRequest, Control};
 use crate::spool::{Claimed, Failure, JobStatus, Spool, SpoolOptions};
 
 /// `sdspool run` options.
@@ -233,11 +235,37 @@ fn worker_thread(
     let mut worker = Worker::load(runtime, config, device, None)
         .with_context(|| format!("loading the models on device {device}"))?;
     let _ = loaded.send(Ok(device));
+    let control = Control::of(spool.layout());
+    let mut paused_since: Option<Instant> = None;
     loop {
         if shared.stop_taking.load(Ordering::Relaxed) {
             return Ok(());
         }
         shared.beat();
+        // Paused: nothing starts, new or resumed; the running jobs (of other workers) finish.
+        if control.is_paused() {
+            if paused_since.is_none() {
+                let by = control.paused().map(|r| r.by).unwrap_or_default();
+                tracing::info!(device, by = %by, "the spool is paused; no job starts until `sdspool resume`");
+                notify::status("paused: no job starts until `sdspool resume`");
+                paused_since = Some(Instant::now());
+            }
+            if options.until_idle {
+                tracing::info!(device, "the spool is paused; exiting (--until-idle)");
+                shared.stop_taking.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            continue;
+        }
+        if let Some(since) = paused_since.take() {
+            tracing::info!(
+                device,
+                paused_seconds = since.elapsed().as_secs(),
+                "the spool is resumed"
+            );
+            notify::status("resumed");
+        }
         let next = shared
             .resumable
             .lock()
@@ -301,18 +329,34 @@ fn process(
 ) -> anyhow::Result<()> {
     let span = tracing::info_span!("job", job = %claimed.stem);
     let _enter = span.enter();
+    let control = Control::of(spool.layout());
+    let stem = claimed.stem.clone();
+    // Cancelled while it waited (resumed after a restart, or claimed as the request came).
+    if let Some(request) = control.cancel_requested(&stem, &claimed.path_in_running) {
+        let message = format!(
+            "cancelled by {} with `sdspool cancel` at {} before it started",
+            request.by,
+            crate::spool::fsops::rfc3339::format(request.requested_at)
+        );
+        let finished = spool.finish_failed(claimed, &Failure::new("cancelled", message))?;
+        control.clear_cancel(&stem);
+        tracing::info!(path = %finished.job.display(), "cancelled");
+        return Ok(());
+    }
     let job = match crate::job::load(&claimed.path_in_running, config) {
         Ok(j) => j,
         Err(e) => {
             tracing::warn!(error = %e, "job file is not valid; moving it to failed/");
             let finished = spool.finish_failed(claimed, &Failure::from(&e))?;
+            control.clear_cancel(&stem);
             tracing::info!(path = %finished.job.display(), "failed");
             return Ok(());
         }
     };
+    let provider = worker.provider(&job.model).unwrap_or_default();
     tracing::info!(
         id = %job.id, model = %job.model, images = job.image_count(), attempt = claimed.attempts,
-        resumed = claimed.resumed, provider = %worker.provider(&job.model).unwrap_or_default(),
+        resumed = claimed.resumed, provider = %provider,
         "starting job"
     );
     let steps_estimate = job.steps;
@@ -325,14 +369,52 @@ fn process(
     );
     let _ = spool.write_status(&claimed, &status);
     notify::status(&format!("job {}: starting", job.id));
+
+    // What the job will cost, from the speed measured on this spool before.
+    let timings_path = Timings::path(&spool.layout().root);
+    let timings = Timings::read(&timings_path);
+    let work = eta::StepCounter::new(config).job_work(&job);
+    let work_of_prompt = |prompt: usize| &work[prompt.min(work.len().saturating_sub(1))];
+    let mut measured = Measurements::default();
+    // UNet calls seen per (width, height, UNet batch), the first of each batch included.
+    let mut calls: std::collections::BTreeMap<(u32, u32, u32), u64> = Default::default();
+    // The previous step: (prompt, images done before its batch, step) and when it ended.
+    let mut previous: Option<((usize, usize, usize), Instant)> = None;
+    let mut cancelled: Option<CancelRequest> = None;
+    let mut last_progress: Option<Progress> = None;
+    let job_stop = AtomicBool::new(false);
+
     let started = Instant::now();
     let mut last_write = Instant::now();
     let result = worker.run(
         &job,
         &RunOptions::default(),
-        &shared.stop_now,
+        &job_stop,
         &mut |p: &Progress| {
             shared.beat();
+            let now = Instant::now();
+            let w = work_of_prompt(p.prompt);
+            let unet_batch = (p.batch * if w.guided { 2 } else { 1 }) as u32;
+            *calls.entry((w.width, w.height, unet_batch)).or_default() += 1;
+            if let Some(((prompt, done, step), at)) = previous
+                && prompt == p.prompt
+                && done == p.images_done
+                && step + 1 == p.step
+            {
+                let seconds = now.duration_since(at).as_secs_f64();
+                measured.add_step(&job.model, w.width, w.height, unet_batch, seconds);
+            }
+            previous = Some(((p.prompt, p.images_done, p.step), now));
+            last_progress = Some(*p);
+            if cancelled.is_none()
+                && let Some(request) = control.cancel_requested(&stem, &claimed.path_in_running)
+            {
+                tracing::info!(by = %request.by, "cancel requested; stopping the job at this step");
+                cancelled = Some(request);
+            }
+            if cancelled.is_some() || shared.stop_now.load(Ordering::Relaxed) {
+                job_stop.store(true, Ordering::Relaxed);
+            }
             if last_write.elapsed() < Duration::from_millis(500) && p.step != p.steps {
                 return;
             }
@@ -342,11 +424,22 @@ fn process(
             status.step_total = p.steps as u32;
             status.images_done = p.images_done;
             status.updated_at = SystemTime::now();
-            let batch = (job.max_batch as usize).min(p.images_total.max(1));
-            let done = p.images_done as f64 + batch as f64 * p.step as f64 / p.steps.max(1) as f64;
-            let fraction = (done / p.images_total.max(1) as f64).clamp(1e-6, 1.0);
-            status.eta_seconds =
-                Some((started.elapsed().as_secs_f64() * (1.0 - fraction) / fraction) as u64);
+            let fraction_of_batch = p.step as f64 / p.steps.max(1) as f64;
+            status.eta_seconds = eta::remaining_seconds(
+                &timings.with_live(&measured),
+                &job.model,
+                &work,
+                job.max_batch as usize,
+                p.images_done,
+                (p.batch, fraction_of_batch),
+            )
+            .map(|s| s.round() as u64)
+            .or_else(|| {
+                // Nothing measured yet: extrapolate from the time spent so far.
+                let done = p.images_done as f64 + p.batch as f64 * fraction_of_batch;
+                let fraction = (done / p.images_total.max(1) as f64).clamp(1e-6, 1.0);
+                Some((started.elapsed().as_secs_f64() * (1.0 - fraction) / fraction) as u64)
+            });
             if let Err(e) = spool.write_status(&claimed, &status) {
                 tracing::warn!(error = %e, "could not write the job status");
             }
@@ -369,6 +462,35 @@ fn process(
             );
         },
     );
+
+    // Fold this job's speed into the spool's timings (also for a job stopped part-way).
+    let rendered = result.as_ref().map(|o| o.rendered).unwrap_or(0);
+    if rendered > 0 {
+        let unet_seconds: f64 = calls
+            .iter()
+            .filter_map(|((w, h, b), n)| {
+                measured
+                    .mean_step(&job.model, *w, *h, *b)
+                    .map(|r| r * *n as f64)
+            })
+            .sum();
+        let per_image = (started.elapsed().as_secs_f64() - unet_seconds) / rendered as f64;
+        let mut sizes: Vec<(u32, u32)> = work.iter().map(|w| (w.width, w.height)).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        for (w, h) in sizes {
+            measured.add_images(&job.model, w, h, per_image, 1);
+        }
+    }
+    if let Err(e) = Timings::record(
+        &timings_path,
+        &measured,
+        &crate::spool::hostname(),
+        &provider,
+    ) {
+        tracing::warn!(file = %timings_path.display(), error = %e, "cannot record the job's timings");
+    }
+
     match result {
         Ok(outcome) => {
             let m = &outcome.manifest;
@@ -391,8 +513,41 @@ fn process(
             };
             let yaml = serde_saphyr::to_string(&summary).unwrap_or_default();
             let finished = spool.finish_done(claimed, &yaml)?;
+            control.clear_cancel(&stem);
             tracing::info!(output = %outcome.dir.display(), images = summary.images, rendered = outcome.rendered, seconds = summary.seconds, path = %finished.job.display(), "job done");
             notify::status(&format!("job {} done", job.id));
+        }
+        Err(JobRunError::Stopped) if cancelled.is_some() => {
+            let request = cancelled.unwrap_or_else(|| unreachable!());
+            let at = last_progress
+                .map(|p| {
+                    format!(
+                        " at prompt {}/{}, step {}/{}",
+                        p.prompt + 1,
+                        p.prompts,
+                        p.step,
+                        p.steps
+                    )
+                })
+                .unwrap_or_default();
+            let done = last_progress.map_or(0, |p| p.images_done);
+            let kept = match worker.last_output_dir() {
+                Some(dir) => format!(
+                    "; {done} of {} images were finished and are kept in {} with its manifest.json",
+                    job.image_count(),
+                    dir.display()
+                ),
+                None => String::new(),
+            };
+            let message = format!(
+                "cancelled by {} with `sdspool cancel` at {}; it stopped{at}{kept}",
+                request.by,
+                crate::spool::fsops::rfc3339::format(request.requested_at)
+            );
+            let finished = spool.finish_failed(claimed, &Failure::new("cancelled", message))?;
+            control.clear_cancel(&stem);
+            tracing::info!(path = %finished.job.display(), "cancelled");
+            notify::status(&format!("job {} cancelled", job.id));
         }
         Err(JobRunError::Stopped) => {
             tracing::info!(
@@ -403,6 +558,7 @@ fn process(
         Err(e) => {
             tracing::error!(error = %e, step = %e.step(), "job failed; moving it to failed/");
             let finished = spool.finish_failed(claimed, &Failure::new(e.step(), e.to_string()))?;
+            control.clear_cancel(&stem);
             tracing::info!(path = %finished.job.display(), "failed");
         }
     }

@@ -63,6 +63,8 @@ pub struct Progress {
     /// UNet call within the running batch, and how many the batch makes.
     pub step: usize,
     pub steps: usize,
+    /// Candidates in the running batch.
+    pub batch: usize,
     pub images_done: usize,
     pub images_total: usize,
 }
@@ -93,6 +95,8 @@ pub struct Worker {
     pipelines: BTreeMap<String, Pipeline>,
     reranker: Option<Reranker>,
     output_dir: PathBuf,
+    /// The output folder of the latest job [`Worker::run`] started.
+    last_dir: Option<PathBuf>,
 }
 
 impl Worker {
@@ -127,6 +131,7 @@ impl Worker {
             pipelines,
             reranker,
             output_dir: config.output_dir.clone(),
+            last_dir: None,
         })
     }
 
@@ -135,6 +140,12 @@ impl Worker {
         self.pipelines
             .get(model)
             .map(|p| p.model.unet.loaded.providers.serving())
+    }
+
+    /// The output folder of the latest job [`Worker::run`] started (also when it stopped or
+    /// failed part-way).
+    pub fn last_output_dir(&self) -> Option<&Path> {
+        self.last_dir.as_deref()
     }
 
     /// Whether reranking is available.
@@ -163,6 +174,7 @@ impl Worker {
             }
             None => output_folder(&self.output_dir, &job.output, &fingerprint)?,
         };
+        self.last_dir = Some(dir.clone());
         let rerank = job.rerank.unwrap_or(true) && self.reranker.is_some();
         let provider = self
             .provider(&job.model)
@@ -261,6 +273,7 @@ impl Worker {
                             prompts: job.prompts.len(),
                             step: p.step.index + 1,
                             steps: p.step.total,
+                            batch: p.batch,
                             images_done: images_done + p.first_candidate,
                             images_total,
                         });

@@ -72,6 +72,7 @@
 //! ```
 
 pub mod config;
+pub mod control;
 mod finish;
 pub(crate) mod fsops;
 pub mod names;

@@ -384,6 +384,18 @@ impl Spool {
     fn apply(&self, q: &mut Queue, signals: Vec<Signal>) {
         for s in signals {
             let now = Instant::now();
+            // Any event on a file may be an edit of its `priority:`, even one that keeps its
+            // size and (on a file system with coarse timestamps) its mtime: read it again.
+            if let Signal::Ready(name)
+            | Signal::Look(name)
+            | Signal::Writing(name)
+            | Signal::Removed(name) = &s
+            {
+                q.priorities.remove(name);
+            }
+            if matches!(s, Signal::Rescan) {
+                q.priorities.clear();
+            }
             match s {
                 Signal::Rescan => q.next_rescan = None,
                 Signal::Ready(name) => {

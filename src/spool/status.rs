@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::control::{CancelRequest, Control, PauseRecord};
 use super::fsops::{self, rfc3339};
 use super::names::{self, ATTEMPTS_SUFFIX, NameKind, STATUS_SUFFIX};
 use super::queue::{not_regular_reason, order_key, read_priority};
@@ -124,6 +125,11 @@ pub struct RunningJob {
     pub seconds_since_update: Option<u64>,
     /// Not updated for a minute and its process, on this host, is gone.
     pub stale: bool,
+    /// `sdspool cancel` asked for it to stop; the daemon does at its next step.
+    pub cancel_requested: Option<CancelRequest>,
+    /// Seconds until it is done, from its status (`eta_seconds`, less the time since it was
+    /// written).
+    pub finishes_in_seconds: Option<u64>,
 }
 
 /// A job in `incoming/`, in the order the daemon will take them.
@@ -138,6 +144,17 @@ pub struct QueuedJob {
     /// What will happen to it besides running: waits for a running job of the same name, will
     /// fail (does not parse, not a usable file).
     pub note: Option<String>,
+    /// 1 for the job that runs next.
+    pub position: usize,
+    /// Images, UNet calls and seconds it takes, from the measured timings (filled in by
+    /// `sdspool status`, which knows the configuration).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<crate::eta::Estimate>,
+    /// Seconds until it starts and until it is done, counting the jobs before it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starts_in_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finishes_in_seconds: Option<u64>,
 }
 
 /// The whole spool at a glance.
@@ -147,6 +164,8 @@ pub struct Overview {
     /// This host, for judging whose processes can be checked.
     pub host: String,
     pub counts: Counts,
+    /// `sdspool pause`: no job starts until `sdspool resume`.
+    pub paused: Option<PauseRecord>,
     pub running: Vec<RunningJob>,
     pub queued: Vec<QueuedJob>,
 }
@@ -154,6 +173,7 @@ pub struct Overview {
 /// Reads the spool at `config.dir` without changing anything. Missing folders count as empty.
 pub fn overview(config: &SpoolConfig, max_job_bytes: u64) -> Result<Overview, SpoolError> {
     let layout = Layout::new(&config.dir);
+    let control = Control::of(&layout);
     let host = fsops::hostname();
     let list = |dir: &Path| -> Result<Vec<(String, std::fs::Metadata)>, SpoolError> {
         let entries = match std::fs::read_dir(dir) {
@@ -210,6 +230,14 @@ pub fn overview(config: &SpoolConfig, max_job_bytes: u64) -> Result<Overview, Sp
             }
             _ => false,
         };
+        let cancel_requested = control.cancel_request_of(stem).filter(|r| {
+            fsops::FileId::at(&layout.running.join(&name))
+                .is_some_and(|id| id.dev == r.dev && id.ino == r.ino)
+        });
+        let finishes_in_seconds = progress.as_ref().and_then(|p| {
+            p.eta_seconds
+                .map(|eta| eta.saturating_sub(p.update_age().as_secs()))
+        });
         running.push(RunningJob {
             name,
             attempts: attempts.map(|a| a.attempts),
@@ -219,6 +247,8 @@ pub fn overview(config: &SpoolConfig, max_job_bytes: u64) -> Result<Overview, Sp
             pid,
             seconds_since_update: age.map(|a| a.as_secs()),
             stale,
+            cancel_requested,
+            finishes_in_seconds,
         });
     }
 
@@ -256,6 +286,10 @@ pub fn overview(config: &SpoolConfig, max_job_bytes: u64) -> Result<Overview, Sp
             submitted: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             size: meta.len(),
             note,
+            position: 0,
+            estimate: None,
+            starts_in_seconds: None,
+            finishes_in_seconds: None,
         });
     }
     queued.sort_by(|a, b| {
@@ -265,6 +299,9 @@ pub fn overview(config: &SpoolConfig, max_job_bytes: u64) -> Result<Overview, Sp
             &b.name,
         ))
     });
+    for (i, q) in queued.iter_mut().enumerate() {
+        q.position = i + 1;
+    }
 
     Ok(Overview {
         spool_dir: layout.root.clone(),
@@ -275,6 +312,7 @@ pub fn overview(config: &SpoolConfig, max_job_bytes: u64) -> Result<Overview, Sp
             done: finished(&layout.done)?,
             failed: finished(&layout.failed)?,
         },
+        paused: control.paused(),
         running,
         queued,
     })

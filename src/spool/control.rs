@@ -1,0 +1,305 @@
+//! Queue control through files in `<spool>/control/`, so that it works from any host that sees
+//! the spool and survives daemon restarts:
+//!
+//! ```text
+//! <spool.dir>/control/
+//!   paused              present: no job starts (the running ones finish); `sdspool pause`/`resume`
+//!   cancel/cats.yaml    a request to cancel the running job `cats` (`sdspool cancel cats`)
+//!   timings.json        measured seconds per UNet step, for ETAs ([`crate::eta`])
+//! ```
+//!
+//! A cancel request names the job's file by device and inode as well as by name, so a request
+//! left over from an earlier job of the same name never cancels a later one. Daemons poll the
+//! request at every denoising step of the job and remove it once the job is filed.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::fsops::{self, FileId, rfc3339};
+use super::{Layout, SpoolError};
+
+/// The control folder inside the spool.
+pub const CONTROL: &str = "control";
+/// The pause flag file inside the control folder.
+pub const PAUSED: &str = "paused";
+/// The folder of cancel requests inside the control folder.
+pub const CANCEL: &str = "cancel";
+
+/// `control/paused`: who paused the spool and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseRecord {
+    #[serde(with = "rfc3339")]
+    pub paused_at: SystemTime,
+    /// `user@host`.
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `control/cancel/<stem>.yaml`: a request to cancel one running job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    /// The job's name in the spool (the stem of its file).
+    pub job: String,
+    /// Identity of `running/<stem>.yaml` when the request was made.
+    pub dev: u64,
+    pub ino: u64,
+    #[serde(with = "rfc3339")]
+    pub requested_at: SystemTime,
+    /// `user@host`.
+    pub by: String,
+}
+
+/// The control folder of one spool. Reading never creates anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    pub dir: PathBuf,
+}
+
+/// A time as `2026-11-24T03:12:00Z`.
+pub fn format_time(t: SystemTime) -> String {
+    rfc3339::format(t)
+}
+
+/// `user@host` of this process.
+pub fn who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "someone".to_string());
+    format!("{user}@{}", fsops::hostname())
+}
+
+impl Control {
+    /// The control folder of the spool at `root`.
+    pub fn new(root: &Path) -> Control {
+        Control {
+            dir: root.join(CONTROL),
+        }
+    }
+
+    /// The control folder of a spool's layout.
+    pub fn of(layout: &Layout) -> Control {
+        Control::new(&layout.root)
+    }
+
+    fn paused_path(&self) -> PathBuf {
+        self.dir.join(PAUSED)
+    }
+
+    /// The request file of job `stem`.
+    pub fn cancel_path(&self, stem: &str) -> PathBuf {
+        self.dir.join(CANCEL).join(format!("{stem}.yaml"))
+    }
+
+    fn err(path: &Path, op: &str, e: io::Error) -> SpoolError {
+        SpoolError::new(path, op, e)
+    }
+
+    /// Pauses the spool: no daemon starts a job until [`Control::resume`]. Returns the record in
+    /// place: the existing one (and `false`) when it was already paused.
+    pub fn pause(&self, reason: Option<String>) -> Result<(PauseRecord, bool), SpoolError> {
+        if let Some(existing) = self.paused() {
+            return Ok((existing, false));
+        }
+        let record = PauseRecord {
+            paused_at: SystemTime::now(),
+            by: who(),
+            reason,
+        };
+        let path = self.paused_path();
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Self::err(&self.dir, "creating the control folder", e))?;
+        let text = serde_saphyr::to_string(&record)
+            .map_err(|e| Self::err(&path, "writing the pause flag", io::Error::other(e)))?;
+        crate::output::atomic::write(&path, text.as_bytes())
+            .map_err(|e| Self::err(&path, "writing the pause flag", e))?;
+        Ok((record, true))
+    }
+
+    /// Resumes a paused spool. Returns the pause record that was removed, `None` when it was not
+    /// paused.
+    pub fn resume(&self) -> Result<Option<PauseRecord>, SpoolError> {
+        let path = self.paused_path();
+        let record = self.paused();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                let _ = crate::output::atomic::sync_dir(&self.dir);
+                Ok(Some(record.unwrap_or(PauseRecord {
+                    paused_at: SystemTime::UNIX_EPOCH,
+                    by: String::new(),
+                    reason: None,
+                })))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::err(&path, "removing the pause flag", e)),
+        }
+    }
+
+    /// Whether the spool is paused: the flag file exists (whatever it holds; an unreadable one
+    /// still pauses, with an empty record).
+    pub fn is_paused(&self) -> bool {
+        std::fs::symlink_metadata(self.paused_path()).is_ok()
+    }
+
+    /// The pause record, when paused.
+    pub fn paused(&self) -> Option<PauseRecord> {
+        if !self.is_paused() {
+            return None;
+        }
+        let text = std::fs::read_to_string(self.paused_path()).unwrap_or_default();
+        Some(
+            crate::yaml::parse::<PauseRecord>(&text).unwrap_or(PauseRecord {
+                paused_at: std::fs::symlink_metadata(self.paused_path())
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+                by: String::new(),
+                reason: None,
+            }),
+        )
+    }
+
+    /// Asks the daemon running `running_job` (the path of `running/<stem>.yaml`) to cancel it.
+    pub fn request_cancel(
+        &self,
+        stem: &str,
+        running_job: &Path,
+    ) -> Result<CancelRequest, SpoolError> {
+        let meta = std::fs::symlink_metadata(running_job)
+            .map_err(|e| Self::err(running_job, "looking at the running job", e))?;
+        let id = FileId::of(&meta);
+        let request = CancelRequest {
+            job: stem.to_string(),
+            dev: id.dev,
+            ino: id.ino,
+            requested_at: SystemTime::now(),
+            by: who(),
+        };
+        let path = self.cancel_path(stem);
+        let folder = self.dir.join(CANCEL);
+        std::fs::create_dir_all(&folder)
+            .map_err(|e| Self::err(&folder, "creating the cancel folder", e))?;
+        let text = serde_saphyr::to_string(&request)
+            .map_err(|e| Self::err(&path, "writing the cancel request", io::Error::other(e)))?;
+        crate::output::atomic::write(&path, text.as_bytes())
+            .map_err(|e| Self::err(&path, "writing the cancel request", e))?;
+        Ok(request)
+    }
+
+    /// The cancel request for the job whose file is `running_job` (`running/<stem>.yaml`), if
+    /// there is one for that very file. One `stat` when there is none: cheap enough for every
+    /// step.
+    pub fn cancel_requested(&self, stem: &str, running_job: &Path) -> Option<CancelRequest> {
+        let path = self.cancel_path(stem);
+        std::fs::symlink_metadata(&path).ok()?;
+        let text = std::fs::read_to_string(&path).ok()?;
+        let request = crate::yaml::parse::<CancelRequest>(&text).ok()?;
+        let id = FileId::at(running_job)?;
+        (request.dev == id.dev && request.ino == id.ino).then_some(request)
+    }
+
+    /// The request for `stem` whatever file it names (for `sdspool status`).
+    pub fn cancel_request_of(&self, stem: &str) -> Option<CancelRequest> {
+        let text = std::fs::read_to_string(self.cancel_path(stem)).ok()?;
+        crate::yaml::parse::<CancelRequest>(&text).ok()
+    }
+
+    /// Removes the request of `stem` (after its job was filed; any request left for that name
+    /// then names a file that is gone).
+    pub fn clear_cancel(&self, stem: &str) {
+        let path = self.cancel_path(stem);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove the cancel request")
+            }
+        }
+    }
+}
+
+/// Cancels a job still waiting in `incoming/` (the file `name` there): moves it straight to
+/// `failed/` with an error file that says it was cancelled. `Ok(None)`: it is no longer there
+/// (a daemon claimed it meanwhile, or it was removed).
+pub fn cancel_queued(
+    layout: &Layout,
+    name: &str,
+    stem: &str,
+) -> Result<Option<super::Finished>, SpoolError> {
+    let src = layout.incoming.join(name);
+    let record = super::ErrorFile {
+        job: name.to_string(),
+        step: "cancelled".into(),
+        field: None,
+        error: format!(
+            "cancelled by {} with `sdspool cancel` before it started",
+            who()
+        ),
+        failed_at: SystemTime::now(),
+        attempts: 0,
+        host: fsops::hostname(),
+        pid: std::process::id(),
+    };
+    let mover = fsops::Mover::new(fsops::ClaimMethod::Auto);
+    let placed = super::finish::place(
+        &mover,
+        &src,
+        &layout.failed,
+        stem,
+        super::names::ERROR_SUFFIX,
+        record.to_yaml().as_bytes(),
+    )
+    .map_err(|e| SpoolError::new(&src, "moving the cancelled job to failed/", e))?;
+    if placed.is_some() {
+        let _ = crate::output::atomic::sync_dir(&layout.incoming);
+    }
+    Ok(placed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_and_resume_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Control::new(tmp.path());
+        assert!(!c.is_paused() && c.paused().is_none());
+        assert!(c.resume().unwrap().is_none());
+        let (record, new) = c.pause(Some("GPU needed".into())).unwrap();
+        assert!(new);
+        assert!(c.is_paused());
+        let back = c.paused().unwrap();
+        assert_eq!(back.by, record.by);
+        assert_eq!(back.reason.as_deref(), Some("GPU needed"));
+        let (_, new) = c.pause(None).unwrap();
+        assert!(!new, "already paused");
+        assert!(c.resume().unwrap().is_some());
+        assert!(!c.is_paused());
+        // An unreadable flag still pauses.
+        std::fs::write(tmp.path().join("control/paused"), "{{{").unwrap();
+        assert!(c.paused().is_some());
+    }
+
+    #[test]
+    fn a_cancel_request_applies_only_to_the_file_it_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Control::new(tmp.path());
+        let job = tmp.path().join("cats.yaml");
+        std::fs::write(&job, "prompts: [a]\n").unwrap();
+        assert!(c.cancel_requested("cats", &job).is_none());
+        c.request_cancel("cats", &job).unwrap();
+        assert_eq!(c.cancel_requested("cats", &job).unwrap().job, "cats");
+        // A later job of the same name is another file (the first one still exists elsewhere,
+        // so its inode cannot be reused): the old request does not apply to it.
+        std::fs::rename(&job, tmp.path().join("old.yaml")).unwrap();
+        std::fs::write(&job, "prompts: [b]\n").unwrap();
+        assert!(c.cancel_requested("cats", &job).is_none());
+        assert!(c.cancel_request_of("cats").is_some());
+        c.clear_cancel("cats");
+        assert!(c.cancel_request_of("cats").is_none());
+        c.clear_cancel("cats");
+    }
+}
