@@ -325,6 +325,20 @@ pub fn resolve(
                 "contains a NUL character".into(),
             ));
         }
+        let out_of_limits = |n: u64| {
+            let name = if matches!(p, PromptSpec::Full(_)) {
+                field("candidates")
+            } else {
+                "candidates".to_string()
+            };
+            err(
+                &name,
+                format!(
+                    "is {n}; it must be between 1 and {} (limits.max_candidates)",
+                    l.max_candidates
+                ),
+            )
+        };
         let seeds = match seeds {
             Some(s) => {
                 if s.len() != count as usize {
@@ -338,24 +352,16 @@ pub fn resolve(
                 }
                 s
             }
+            // Checked before the seeds are made: `candidates: 4000000000` must not allocate them.
+            None if count == 0 || count > l.max_candidates => {
+                return Err(out_of_limits(u64::from(count)));
+            }
             None => (0..u64::from(count))
                 .map(|k| base.wrapping_add(k))
                 .collect(),
         };
         if seeds.is_empty() || seeds.len() > l.max_candidates as usize {
-            let name = if matches!(p, PromptSpec::Full(_)) {
-                field("candidates")
-            } else {
-                "candidates".to_string()
-            };
-            return Err(err(
-                &name,
-                format!(
-                    "is {}; it must be between 1 and {} (limits.max_candidates)",
-                    seeds.len(),
-                    l.max_candidates
-                ),
-            ));
+            return Err(out_of_limits(seeds.len() as u64));
         }
         prompts.push(JobPrompt {
             text,
