@@ -59,8 +59,14 @@ pub fn parse_with<T: DeserializeOwned>(
     serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            if path != "." {
-                key = path;
+            // `?` stands for a map key not read yet (a duplicate key, a broken mapping): it
+            // names nothing, so the path stops before it.
+            let known = path
+                .trim_end_matches('?')
+                .trim_end_matches('.')
+                .trim_end_matches('?');
+            if !known.is_empty() && known != "." {
+                key = known.to_string();
             }
             e.into_inner()
         })
