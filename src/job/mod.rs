@@ -236,7 +236,15 @@ pub fn resolve(
     if !guidance.is_finite() || !(0.0..=100.0).contains(&guidance) {
         return Err(err(
             "guidance",
-            format!("is {guidance}; it must be a number from 0 to 100 (7.5 is usual)"),
+            // `1e308` is not written out as 309 digits.
+            format!(
+                "is {}; it must be a number from 0 to 100 (7.5 is usual)",
+                if guidance.abs() >= 1e6 {
+                    format!("{guidance:e}")
+                } else {
+                    guidance.to_string()
+                }
+            ),
         ));
     }
     let width = spec.width.unwrap_or(d.width);
