@@ -155,13 +155,17 @@ pub struct Feeding {
     pub aux_rank: usize,
 }
 
-struct Checker<'a> {
-    file: &'a Path,
-    sig: &'a Signature,
+/// Checks of single inputs and outputs, shared by the Stable Diffusion components and the CLIP
+/// rerank models. Every error names the file and the field.
+pub(crate) struct PortChecker<'a> {
+    pub file: &'a Path,
+    pub sig: &'a Signature,
+    /// Said after the list of names when an input or output is missing.
+    pub hint: &'static str,
 }
 
-impl Checker<'_> {
-    fn err(&self, field: String, problem: impl Into<String>) -> SignatureError {
+impl PortChecker<'_> {
+    pub(crate) fn err(&self, field: String, problem: impl Into<String>) -> SignatureError {
         SignatureError {
             file: self.file.to_path_buf(),
             field,
@@ -169,7 +173,12 @@ impl Checker<'_> {
         }
     }
 
-    fn names(ports: &[Port]) -> String {
+    /// `input 'name'` or `output 'name'`.
+    pub(crate) fn field(input: bool, name: &str) -> String {
+        format!("{} '{}'", if input { "input" } else { "output" }, name)
+    }
+
+    pub(crate) fn names(ports: &[Port]) -> String {
         let names: Vec<String> = ports.iter().map(|p| format!("'{}'", p.name)).collect();
         if names.is_empty() {
             "none".to_string()
@@ -178,7 +187,7 @@ impl Checker<'_> {
         }
     }
 
-    fn port(&self, input: bool, name: &str) -> Result<&Port, SignatureError> {
+    pub(crate) fn port(&self, input: bool, name: &str) -> Result<&Port, SignatureError> {
         let (ports, kind) = if input {
             (&self.sig.inputs, "input")
         } else {
@@ -188,44 +197,62 @@ impl Checker<'_> {
             self.err(
                 format!("{kind} '{name}'"),
                 format!(
-                    "missing; the model's {kind}s are {} (is this an optimum Stable Diffusion export?)",
-                    Self::names(ports)
+                    "missing; the model's {kind}s are {} ({})",
+                    Self::names(ports),
+                    self.hint
                 ),
             )
         })
     }
 
-    /// A float tensor of the given rank whose element type matches `float` once known.
-    fn float(
+    /// `port` has rank `rank`; `what` describes the axes (may be empty).
+    pub(crate) fn rank(
         &self,
         input: bool,
-        name: &str,
+        port: &Port,
         rank: usize,
-        float: &mut Option<Elem>,
-    ) -> Result<&Port, SignatureError> {
-        let port = self.port(input, name)?;
-        let field = format!("{} '{}'", if input { "input" } else { "output" }, name);
-        if !port.elem.is_float() {
-            return Err(self.err(
-                field,
-                format!("is {}, expected float32 or float16", port.elem),
-            ));
-        }
+        what: &str,
+    ) -> Result<(), SignatureError> {
         if port.rank() != rank {
+            let what = if what.is_empty() {
+                String::new()
+            } else {
+                format!(" {what}")
+            };
             return Err(self.err(
-                field,
+                Self::field(input, &port.name),
                 format!(
-                    "has rank {} (shape {:?}), expected rank {rank}",
+                    "has rank {} (shape {:?}), expected rank {rank}{what}",
                     port.rank(),
                     port.dims
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// A float tensor of the given rank whose element type matches `float` once known.
+    pub(crate) fn float(
+        &self,
+        input: bool,
+        name: &str,
+        rank: usize,
+        what: &str,
+        float: &mut Option<Elem>,
+    ) -> Result<&Port, SignatureError> {
+        let port = self.port(input, name)?;
+        if !port.elem.is_float() {
+            return Err(self.err(
+                Self::field(input, name),
+                format!("is {}, expected float32 or float16", port.elem),
+            ));
+        }
+        self.rank(input, port, rank, what)?;
         match float {
             None => *float = Some(port.elem),
             Some(f) if *f != port.elem => {
                 return Err(self.err(
-                    field,
+                    Self::field(input, name),
                     format!(
                         "is {} while the model's other float tensors are {f}",
                         port.elem
@@ -237,7 +264,8 @@ impl Checker<'_> {
         Ok(port)
     }
 
-    fn dim(
+    /// A fixed size on `axis` must be `expected` (dynamic axes pass).
+    pub(crate) fn dim(
         &self,
         port: &Port,
         input: bool,
@@ -248,7 +276,7 @@ impl Checker<'_> {
         let d = port.dims[axis];
         if d >= 0 && d != expected {
             return Err(self.err(
-                format!("{} '{}'", if input { "input" } else { "output" }, port.name),
+                Self::field(input, &port.name),
                 format!(
                     "has {d} {what} (shape {:?}), expected {expected}",
                     port.dims
@@ -258,24 +286,38 @@ impl Checker<'_> {
         Ok(())
     }
 
-    /// Inputs the pipeline does not feed make the model unusable.
-    fn no_extra_inputs(&self, known: &[&str]) -> Result<(), SignatureError> {
-        if let Some(extra) = self
-            .sig
+    /// The first input not in `known`.
+    pub(crate) fn extra_input(&self, known: &[&str]) -> Option<&Port> {
+        self.sig
             .inputs
             .iter()
             .find(|p| !known.contains(&p.name.as_str()))
-        {
-            return Err(self.err(
-                format!("input '{}'", extra.name),
-                format!(
-                    "is not one sdspool feeds (it feeds {}); SDXL and other pipelines with extra conditioning are not supported",
-                    known.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
-        Ok(())
     }
+
+    /// `'a', 'b'`.
+    pub(crate) fn quoted(known: &[&str]) -> String {
+        known
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+type Checker<'a> = PortChecker<'a>;
+
+/// Inputs the pipeline does not feed make the model unusable.
+fn no_extra_inputs(c: &Checker<'_>, known: &[&str]) -> Result<(), SignatureError> {
+    if let Some(extra) = c.extra_input(known) {
+        return Err(c.err(
+            Checker::field(true, &extra.name),
+            format!(
+                "is not one sdspool feeds (it feeds {}); SDXL and other pipelines with extra conditioning are not supported",
+                Checker::quoted(known)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a component's signature and returns how to feed it.
@@ -284,7 +326,11 @@ pub fn check(
     file: &Path,
     sig: &Signature,
 ) -> Result<Feeding, SignatureError> {
-    let c = Checker { file, sig };
+    let c = Checker {
+        file,
+        sig,
+        hint: "is this an optimum Stable Diffusion export?",
+    };
     let mut float = None;
     match component {
         Component::TextEncoder => {
@@ -305,8 +351,8 @@ pub fn check(
                     ),
                 ));
             }
-            c.float(false, "last_hidden_state", 3, &mut float)?;
-            c.no_extra_inputs(&["input_ids"])?;
+            c.float(false, "last_hidden_state", 3, "", &mut float)?;
+            no_extra_inputs(&c, &["input_ids"])?;
             Ok(Feeding {
                 float: float.unwrap_or(Elem::F32),
                 aux: ids.elem,
@@ -314,10 +360,10 @@ pub fn check(
             })
         }
         Component::Unet => {
-            let sample = c.float(true, "sample", 4, &mut float)?;
+            let sample = c.float(true, "sample", 4, "", &mut float)?;
             c.dim(sample, true, 1, 4, "latent channels")?;
-            c.float(true, "encoder_hidden_states", 3, &mut float)?;
-            let out = c.float(false, "out_sample", 4, &mut float)?;
+            c.float(true, "encoder_hidden_states", 3, "", &mut float)?;
+            let out = c.float(false, "out_sample", 4, "", &mut float)?;
             c.dim(out, false, 1, 4, "latent channels")?;
             let t = c.port(true, "timestep")?;
             if !matches!(t.elem, Elem::F32 | Elem::F16 | Elem::I64 | Elem::I32) {
@@ -336,7 +382,7 @@ pub fn check(
                     ),
                 ));
             }
-            c.no_extra_inputs(&["sample", "timestep", "encoder_hidden_states"])?;
+            no_extra_inputs(&c, &["sample", "timestep", "encoder_hidden_states"])?;
             Ok(Feeding {
                 float: float.unwrap_or(Elem::F32),
                 aux: t.elem,
@@ -344,11 +390,11 @@ pub fn check(
             })
         }
         Component::VaeDecoder => {
-            let latent = c.float(true, "latent_sample", 4, &mut float)?;
+            let latent = c.float(true, "latent_sample", 4, "", &mut float)?;
             c.dim(latent, true, 1, 4, "latent channels")?;
-            let out = c.float(false, "sample", 4, &mut float)?;
+            let out = c.float(false, "sample", 4, "", &mut float)?;
             c.dim(out, false, 1, 3, "image channels")?;
-            c.no_extra_inputs(&["latent_sample"])?;
+            no_extra_inputs(&c, &["latent_sample"])?;
             let f = float.unwrap_or(Elem::F32);
             Ok(Feeding {
                 float: f,
@@ -357,12 +403,12 @@ pub fn check(
             })
         }
         Component::VaeEncoder => {
-            let input = c.float(true, "sample", 4, &mut float)?;
+            let input = c.float(true, "sample", 4, "", &mut float)?;
             c.dim(input, true, 1, 3, "image channels")?;
             // optimum: mean and log-variance concatenated (8 channels); older exports: a sample.
             match (sig.output("latent_parameters"), sig.output("latent_sample")) {
                 (Some(_), _) => {
-                    let out = c.float(false, "latent_parameters", 4, &mut float)?;
+                    let out = c.float(false, "latent_parameters", 4, "", &mut float)?;
                     c.dim(
                         out,
                         false,
@@ -372,7 +418,7 @@ pub fn check(
                     )?;
                 }
                 (None, Some(_)) => {
-                    let out = c.float(false, "latent_sample", 4, &mut float)?;
+                    let out = c.float(false, "latent_sample", 4, "", &mut float)?;
                     c.dim(out, false, 1, 4, "latent channels")?;
                 }
                 (None, None) => {
@@ -385,7 +431,7 @@ pub fn check(
                     ));
                 }
             }
-            c.no_extra_inputs(&["sample"])?;
+            no_extra_inputs(&c, &["sample"])?;
             let f = float.unwrap_or(Elem::F32);
             Ok(Feeding {
                 float: f,

@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::signature::Port;
+use crate::model::signature::{Port, PortChecker};
 use crate::model::{Elem, Signature, SignatureError};
 
 /// Which files make up the model.
@@ -129,60 +129,27 @@ pub struct VisionFeed {
     pub dim: Option<usize>,
 }
 
-struct Checker<'a> {
-    file: &'a Path,
-    sig: &'a Signature,
+/// The shared port checks plus the CLIP-specific ones.
+struct Checker<'a>(PortChecker<'a>);
+
+impl<'a> std::ops::Deref for Checker<'a> {
+    type Target = PortChecker<'a>;
+    fn deref(&self) -> &PortChecker<'a> {
+        &self.0
+    }
 }
 
-impl Checker<'_> {
-    fn err(&self, field: String, problem: impl Into<String>) -> SignatureError {
-        SignatureError {
-            file: self.file.to_path_buf(),
-            field,
-            problem: problem.into(),
-        }
-    }
-
-    fn port(&self, input: bool, name: &str) -> Result<&Port, SignatureError> {
-        let (ports, kind) = if input {
-            (&self.sig.inputs, "input")
-        } else {
-            (&self.sig.outputs, "output")
-        };
-        ports.iter().find(|p| p.name == name).ok_or_else(|| {
-            let names: Vec<String> = ports.iter().map(|p| format!("'{}'", p.name)).collect();
-            self.err(
-                format!("{kind} '{name}'"),
-                format!(
-                    "missing; the model's {kind}s are {} (is this a CLIP export as sdspool reads it? see the rerank docs)",
-                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
-                ),
-            )
+impl<'a> Checker<'a> {
+    fn new(file: &'a Path, sig: &'a Signature) -> Checker<'a> {
+        Checker(PortChecker {
+            file,
+            sig,
+            hint: "is this a CLIP export as sdspool reads it? see the rerank docs",
         })
     }
 
     fn field(input: bool, name: &str) -> String {
-        format!("{} '{}'", if input { "input" } else { "output" }, name)
-    }
-
-    fn rank(
-        &self,
-        input: bool,
-        port: &Port,
-        rank: usize,
-        what: &str,
-    ) -> Result<(), SignatureError> {
-        if port.rank() != rank {
-            return Err(self.err(
-                Self::field(input, &port.name),
-                format!(
-                    "has rank {} (shape {:?}), expected rank {rank} {what}",
-                    port.rank(),
-                    port.dims
-                ),
-            ));
-        }
-        Ok(())
+        PortChecker::field(input, name)
     }
 
     fn integer(&self, port: &Port) -> Result<(Elem, Option<usize>), SignatureError> {
@@ -196,54 +163,13 @@ impl Checker<'_> {
         Ok((port.elem, fixed(port.dims[1])))
     }
 
-    fn float(
-        &self,
-        input: bool,
-        name: &str,
-        rank: usize,
-        what: &str,
-        float: &mut Option<Elem>,
-    ) -> Result<&Port, SignatureError> {
-        let port = self.port(input, name)?;
-        if !port.elem.is_float() {
-            return Err(self.err(
-                Self::field(input, name),
-                format!("is {}, expected float32 or float16", port.elem),
-            ));
-        }
-        self.rank(input, port, rank, what)?;
-        match float {
-            None => *float = Some(port.elem),
-            Some(f) if *f != port.elem => {
-                return Err(self.err(
-                    Self::field(input, name),
-                    format!(
-                        "is {} while the model's other float tensors are {f}",
-                        port.elem
-                    ),
-                ));
-            }
-            Some(_) => {}
-        }
-        Ok(port)
-    }
-
     fn no_extra_inputs(&self, known: &[&str]) -> Result<(), SignatureError> {
-        if let Some(extra) = self
-            .sig
-            .inputs
-            .iter()
-            .find(|p| !known.contains(&p.name.as_str()))
-        {
+        if let Some(extra) = self.extra_input(known) {
             return Err(self.err(
                 Self::field(true, &extra.name),
                 format!(
                     "is not one sdspool feeds (it feeds {})",
-                    known
-                        .iter()
-                        .map(|n| format!("'{n}'"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    PortChecker::quoted(known)
                 ),
             ));
         }
@@ -356,7 +282,7 @@ pub fn check_joint(
     seq_len: usize,
     crop: Option<(u32, u32)>,
 ) -> Result<(TextFeed, VisionFeed), SignatureError> {
-    let c = Checker { file, sig };
+    let c = Checker::new(file, sig);
     let mut float = None;
     let vision = c.vision(crop, &mut float)?;
     let text = c.text(seq_len, &mut float)?;
@@ -371,7 +297,7 @@ pub fn check_text(
     sig: &Signature,
     seq_len: usize,
 ) -> Result<TextFeed, SignatureError> {
-    let c = Checker { file, sig };
+    let c = Checker::new(file, sig);
     let text = c.text(seq_len, &mut None)?;
     c.no_extra_inputs(&["input_ids", "attention_mask"])?;
     Ok(text)
@@ -384,10 +310,10 @@ pub fn check_vision(
     crop: Option<(u32, u32)>,
     text: (&Path, &TextFeed),
 ) -> Result<VisionFeed, SignatureError> {
-    let c = Checker { file, sig };
+    let c = Checker::new(file, sig);
     let vision = c.vision(crop, &mut None)?;
     c.no_extra_inputs(&["pixel_values"])?;
-    let t = Checker { file: text.0, sig };
+    let t = Checker::new(text.0, sig);
     t.same_dim(text.1, &vision, file)?;
     Ok(vision)
 }
