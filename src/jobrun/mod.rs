@@ -175,6 +175,19 @@ impl Worker {
             None => output_folder(&self.output_dir, &job.output, &fingerprint)?,
         };
         self.last_dir = Some(dir.clone());
+        // A run killed while writing an image or the manifest left its temporary file behind.
+        for folder in [dir.clone(), dir.join("rejected")] {
+            match crate::output::atomic::remove_leftovers(&folder) {
+                Ok(removed) => {
+                    for path in removed {
+                        tracing::info!(file = %path.display(), "removed a temporary file left by an earlier run");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(folder = %folder.display(), error = %e, "cannot clean up temporary files")
+                }
+            }
+        }
         let rerank = job.rerank.unwrap_or(true) && self.reranker.is_some();
         let provider = self
             .provider(&job.model)
@@ -436,13 +449,8 @@ fn output_folder(root: &Path, name: &str, fingerprint: &str) -> Result<PathBuf, 
         };
         let usable = match Manifest::read(&dir) {
             Some(m) => m.fingerprint == fingerprint,
-            None => {
-                !dir.exists()
-                    || dir
-                        .read_dir()
-                        .map(|mut d| d.next().is_none())
-                        .unwrap_or(false)
-            }
+            // Empty, or holding only what a run killed during its first write left behind.
+            None => !dir.exists() || crate::output::atomic::only_leftovers(&dir).unwrap_or(false),
         };
         if usable {
             std::fs::create_dir_all(&dir).map_err(|e| JobRunError::Output {

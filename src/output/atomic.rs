@@ -45,6 +45,70 @@ pub fn write(target: &Path, bytes: &[u8]) -> io::Result<()> {
     result.map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", target.display())))
 }
 
+/// A temporary file this old is a leftover whatever process wrote it.
+pub const STALE_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Whether `name` is a temporary file whose writer is gone: a process of this host that no
+/// longer exists (killed during a write), or any writer when the file is older than
+/// [`STALE_AGE`]. This process's own temporaries never are.
+pub fn is_leftover(name: &str, meta: &fs::Metadata) -> bool {
+    let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+        return false;
+    };
+    let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+    if pid == Some(std::process::id()) {
+        return false;
+    }
+    let old = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= STALE_AGE);
+    old || pid.is_none_or(|pid| !crate::spool::pid_alive(pid))
+}
+
+/// Removes the leftover temporary files ([`is_leftover`]) in `dir` (not below it) and returns
+/// their paths. A folder that does not exist has none.
+pub fn remove_leftovers(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_file() && is_leftover(&name, &meta) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed.push(entry.path()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether `dir` holds nothing but leftover temporary files ([`is_leftover`]), or nothing.
+pub fn only_leftovers(dir: &Path) -> io::Result<bool> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let leftover = entry
+            .metadata()
+            .is_ok_and(|m| m.is_file() && is_leftover(&name, &m));
+        if !leftover {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// fsyncs a folder so that renames into it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -66,6 +130,31 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn leftovers_of_dead_writers_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // pid 0 is never a process: the writer is gone.
+        let dead = dir.path().join(format!("{TEMP_PREFIX}0-3-a.png"));
+        let mine = temp_path(&dir.path().join("b.png"));
+        let other = dir.path().join("c.png");
+        for p in [&dead, &mine, &other] {
+            fs::write(p, b"x").unwrap();
+        }
+        assert!(!only_leftovers(dir.path()).unwrap());
+        let removed = remove_leftovers(dir.path()).unwrap();
+        assert_eq!(removed, vec![dead.clone()]);
+        assert!(!dead.exists() && mine.exists() && other.exists());
+        fs::remove_file(&other).unwrap();
+        fs::remove_file(&mine).unwrap();
+        fs::write(&dead, b"x").unwrap();
+        assert!(only_leftovers(dir.path()).unwrap());
+        assert!(
+            remove_leftovers(&dir.path().join("missing"))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
