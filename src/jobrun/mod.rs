@@ -194,13 +194,16 @@ impl Worker {
             .ok_or_else(|| JobRunError::UnknownModel {
                 model: job.model.clone(),
             })?;
-        let mut manifest = match Manifest::read(&dir) {
-            Some(m) if m.fingerprint == fingerprint => m,
-            _ => new_manifest(
-                job,
-                &fingerprint,
-                &provider,
-                rerank.then(|| self.reranker_name()).flatten(),
+        let (mut manifest, continued) = match Manifest::read(&dir) {
+            Some(m) if m.fingerprint == fingerprint => (m, true),
+            _ => (
+                new_manifest(
+                    job,
+                    &fingerprint,
+                    &provider,
+                    rerank.then(|| self.reranker_name()).flatten(),
+                ),
+                false,
             ),
         };
         if manifest.complete {
@@ -213,6 +216,12 @@ impl Worker {
         }
         manifest.runs += 1;
         manifest.execution_provider = provider;
+        if continued {
+            let adopted = adopt_unrecorded_images(job, &dir, &mut manifest);
+            if adopted > 0 {
+                tracing::info!(job = %job.id, images = adopted, "kept images written before the last checkpoint");
+            }
+        }
 
         // What is still to render, per prompt (candidate index, seed).
         let pending: Vec<Vec<(usize, u64)>> = job
@@ -361,6 +370,45 @@ impl Worker {
             .as_ref()
             .map(|r| r.folder().root.display().to_string())
     }
+}
+
+/// Adds to the manifest the images of unfinished prompts that are on disk but not in it: a run
+/// killed after writing a batch's images and before its manifest checkpoint. Images are written
+/// by rename, so a file under its final name is whole, and the name holds the prompt, the
+/// candidate and the seed; the manifest's fingerprint says the settings are this job's. Without
+/// this they would be rendered again. Returns how many were added.
+fn adopt_unrecorded_images(job: &Job, dir: &Path, manifest: &mut Manifest) -> usize {
+    let mut adopted = 0;
+    for (pi, p) in job.prompts.iter().enumerate() {
+        let Some(entry) = manifest.prompts.get_mut(pi) else {
+            continue;
+        };
+        if entry.finished {
+            continue;
+        }
+        for (ci, seed) in p.seeds.iter().enumerate() {
+            if entry.candidates.iter().any(|c| c.candidate == ci) {
+                continue;
+            }
+            let name = crate::output::image_file_name(pi, ci, *seed);
+            let whole = std::fs::symlink_metadata(dir.join(&name))
+                .is_ok_and(|m| m.file_type().is_file() && m.len() > 0);
+            if whole {
+                entry.candidates.push(manifest::CandidateEntry {
+                    candidate: ci,
+                    seed: *seed,
+                    file: Some(name),
+                    cosine: None,
+                    clip_score: None,
+                    rank: None,
+                    kept: true,
+                });
+                adopted += 1;
+            }
+        }
+        entry.candidates.sort_by_key(|c| c.candidate);
+    }
+    adopted
 }
 
 enum Work {
