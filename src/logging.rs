@@ -39,3 +39,43 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// An error and its causes on one line, `a: b: c`, leaving out a cause whose text the line
+/// already holds (many errors here print their source in their own message, which `{:#}` would
+/// then repeat).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_leaves_out_causes_already_in_the_message() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("model `m`: {source}")]
+        struct Outer {
+            #[source]
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Outer {
+            source: std::io::Error::other("unet.onnx: bad protobuf"),
+        })
+        .context("loading the models");
+        assert_eq!(
+            super::error_chain(&e),
+            "loading the models: model `m`: unet.onnx: bad protobuf"
+        );
+        assert_eq!(format!("{e:#}").matches("bad protobuf").count(), 2);
+    }
+}

@@ -202,8 +202,9 @@ fn main() -> ExitCode {
             match sdspool::daemon::run(&config, sdspool::daemon::DaemonOptions { until_idle }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "sdspool stopped with an error");
-                    eprintln!("sdspool: {e:#}");
+                    let text = logging::error_chain(&e);
+                    tracing::error!(error = %text, "sdspool stopped with an error");
+                    eprintln!("sdspool: {text}");
                     ExitCode::FAILURE
                 }
             }

@@ -95,7 +95,7 @@ pub fn run(config: &Config, options: DaemonOptions) -> anyhow::Result<()> {
     let devices = config.execution.device_ids.clone();
     let grace = Duration::from_secs(config.daemon.grace_seconds);
 
-    std::thread::scope(|scope| -> anyhow::Result<()> {
+    let result = std::thread::scope(|scope| -> anyhow::Result<()> {
         for &device in &devices {
             let (runtime, spool, shared, loaded_tx, done_tx) = (
                 &runtime,
@@ -108,7 +108,7 @@ pub fn run(config: &Config, options: DaemonOptions) -> anyhow::Result<()> {
                 let result =
                     worker_thread(config, runtime, spool, shared, device, options, &loaded_tx);
                 if let Err(e) = &result {
-                    let _ = loaded_tx.send(Err(format!("{e:#}")));
+                    let _ = loaded_tx.send(Err(crate::logging::error_chain(e)));
                 }
                 let _ = done_tx.send((device, result));
             });
@@ -182,7 +182,7 @@ pub fn run(config: &Config, options: DaemonOptions) -> anyhow::Result<()> {
                     Some((device, result)) = done_rx.recv() => {
                         workers_left -= 1;
                         if let Err(e) = result {
-                            tracing::error!(device, error = %format!("{e:#}"), "worker stopped with an error");
+                            tracing::error!(device, error = %crate::logging::error_chain(&e), "worker stopped with an error");
                             shared.stop_taking.store(true, Ordering::Relaxed);
                             first_error.get_or_insert(e);
                         }
@@ -194,7 +194,23 @@ pub fn run(config: &Config, options: DaemonOptions) -> anyhow::Result<()> {
                 None => Ok(()),
             }
         })
-    })?;
+    });
+    // Jobs recovered at startup that no worker took (a worker could not load its models, or a
+    // signal came first) did not run: their attempt is taken back instead of counting as a
+    // crash, or a broken model file would send every running job to failed/ after
+    // `max_crashes` restarts.
+    let left: Vec<Claimed> = shared
+        .resumable
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain(..)
+        .collect();
+    for claimed in left {
+        if let Err(e) = spool.release(claimed) {
+            tracing::warn!(error = %e, "cannot release a job recovered at startup");
+        }
+    }
+    result?;
     notify::stopping("stopped");
     tracing::info!("sdspool stopped");
     Ok(())
