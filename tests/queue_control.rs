@@ -343,8 +343,10 @@ fn cancel_a_queued_job_and_a_running_one_keeping_its_finished_images() {
     );
     let said = env.ok(&["cancel", "long.yaml"]);
     assert!(said.contains("cancel requested"), "{said}");
+    // Filed (error file first, then the job file) and the request cleared.
     wait_for("long in failed/", Duration::from_secs(60), || {
-        env.spool("failed").join("long.error.yaml").exists()
+        env.spool("failed").join("long.yaml").exists()
+            && names(&env.spool("control").join("cancel")).is_empty()
     });
     let error = std::fs::read_to_string(env.spool("failed").join("long.error.yaml")).unwrap();
     assert!(
