@@ -284,7 +284,10 @@ pub struct Limits {
     pub max_pixels: u64,
     /// Candidates of one prompt.
     pub max_candidates: u32,
+    /// Prompts of one job once sweeps and prompt matrices are expanded.
     pub max_prompts: u32,
+    /// Images of one job (all prompts' candidates, sweeps expanded).
+    pub max_images: u64,
     /// Size of a job file in bytes.
     pub max_job_bytes: u64,
 }
@@ -296,6 +299,7 @@ impl Default for Limits {
             max_pixels: 1024 * 1024,
             max_candidates: 32,
             max_prompts: 1000,
+            max_images: 10_000,
             max_job_bytes: 1 << 20,
         }
     }

@@ -389,10 +389,10 @@ impl<'a> StepCounter<'a> {
         job.prompts
             .iter()
             .map(|p| PromptWork {
-                width: job.width,
-                height: job.height,
-                guided: job.guidance > 1.0,
-                calls_per_batch: self.calls(&job.model, job.scheduler, job.steps),
+                width: p.width,
+                height: p.height,
+                guided: p.guidance > 1.0,
+                calls_per_batch: self.calls(&job.model, p.scheduler, p.steps),
                 candidates: p.seeds.len(),
             })
             .collect()

@@ -7,9 +7,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::config::Config;
+use crate::eta::{self, Timings};
 use crate::job::{self, Job, JobError};
 use crate::model::layout::ModelFolder;
-use crate::scheduler::{self, SchedulerConfig};
+use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
 
 /// Checks `job_file`; the explanation, or the first error with the file and the field.
 pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
@@ -35,46 +36,80 @@ pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
             ),
         )
     })?;
-    let (kind, how) = match job.scheduler {
-        Some(kind) => (kind, "set by the job".to_string()),
-        None => {
-            let kind = scheduler_config.kind().map_err(|e| {
+    let model_kind = scheduler_config.kind();
+    let set = job.prompts.iter().filter(|p| p.scheduler.is_some()).count();
+    let how = if set == job.prompts.len() {
+        "set by the job".to_string()
+    } else {
+        format!(
+            "the model's own, {} in {}{}",
+            scheduler_config.class_name.as_deref().unwrap_or("?"),
+            folder.scheduler_config.display(),
+            if set > 0 {
+                ", where the job sets none"
+            } else {
+                ""
+            }
+        )
+    };
+    // Every scheduler and step count the prompts use must build with this model's
+    // configuration.
+    let mut kinds: Vec<SchedulerKind> = Vec::new();
+    let mut checked: Vec<(SchedulerKind, u32)> = Vec::new();
+    for p in &job.prompts {
+        let kind = match p.scheduler {
+            Some(k) => k,
+            None => *model_kind.as_ref().map_err(|e| {
                 err(
                     "scheduler",
                     format!("is not set, and the model's own scheduler cannot be used: {e}"),
                 )
-            })?;
-            (
-                kind,
+            })?,
+        };
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+        if checked.contains(&(kind, p.steps)) {
+            continue;
+        }
+        checked.push((kind, p.steps));
+        scheduler::build(kind, &scheduler_config, p.steps as usize).map_err(|e| {
+            err(
+                if p.scheduler.is_some() {
+                    "scheduler"
+                } else {
+                    "steps"
+                },
                 format!(
-                    "the model's own, {} in {}",
-                    scheduler_config.class_name.as_deref().unwrap_or("?"),
-                    folder.scheduler_config.display()
+                    "{kind} cannot run {} steps with this model's scheduler configuration: {e}",
+                    p.steps
                 ),
             )
-        }
-    };
-    scheduler::build(kind, &scheduler_config, job.steps as usize).map_err(|e| {
-        err(
-            if job.scheduler.is_some() {
-                "scheduler"
-            } else {
-                "steps"
-            },
-            format!(
-                "{kind} cannot run {} steps with this model's scheduler configuration: {e}",
-                job.steps
-            ),
-        )
-    })?;
+        })?;
+    }
+    let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+    let timings = Timings::read(&Timings::path(&config.spool.dir));
+    let estimate = eta::estimate_job(&timings, &mut eta::StepCounter::new(config), &job);
     Ok(explain(
         config,
         job_file,
         &job,
-        kind.name(),
+        &names.join(", "),
         &how,
         model_dir,
+        &estimate,
     ))
+}
+
+/// The distinct values, in order of appearance.
+fn distinct<T: PartialEq>(values: impl Iterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for v in values {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
 }
 
 fn explain(
@@ -84,6 +119,7 @@ fn explain(
     scheduler: &str,
     how: &str,
     model_dir: &Path,
+    estimate: &eta::Estimate,
 ) -> String {
     let mut out = String::new();
     let images = job.image_count();
@@ -92,6 +128,30 @@ fn explain(
         .iter()
         .map(|p| p.seeds.len().to_string())
         .collect();
+    let join = |v: Vec<String>| v.join(", ");
+    let sizes = join(
+        distinct(job.prompts.iter().map(|p| (p.width, p.height)))
+            .into_iter()
+            .map(|(w, h)| format!("{w}x{h}"))
+            .collect(),
+    );
+    let steps = join(
+        distinct(job.prompts.iter().map(|p| p.steps))
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect(),
+    );
+    let guidance = join(
+        distinct(job.prompts.iter().map(|p| p.guidance))
+            .into_iter()
+            .map(|g| g.to_string())
+            .collect(),
+    );
+    let sweeps = distinct(
+        job.prompts
+            .iter()
+            .filter_map(|p| p.sweep.as_ref().map(|s| s.group)),
+    );
     let _ = writeln!(out, "{}: ok", job_file.display());
     let mut line = |key: &str, value: String| {
         let _ = writeln!(out, "  {key:<10} {value}");
@@ -99,9 +159,21 @@ fn explain(
     line("id", job.id.clone());
     line("model", format!("{} ({})", job.model, model_dir.display()));
     line("scheduler", format!("{scheduler} ({how})"));
-    line("size", format!("{}x{}", job.width, job.height));
-    line("steps", format!("{}, guidance {}", job.steps, job.guidance));
-    line("prompts", job.prompts.len().to_string());
+    line("size", sizes);
+    line("steps", format!("{steps}, guidance {guidance}"));
+    line(
+        "prompts",
+        if sweeps.is_empty() {
+            job.prompts.len().to_string()
+        } else {
+            format!(
+                "{} ({} swept prompt{} expanded; each sweep gets a grid)",
+                job.prompts.len(),
+                sweeps.len(),
+                if sweeps.len() == 1 { "" } else { "s" }
+            )
+        },
+    );
     line(
         "images",
         format!(
@@ -113,6 +185,25 @@ fn explain(
             },
             job.max_batch
         ),
+    );
+    line(
+        "eta",
+        match estimate.seconds {
+            Some(s) => format!(
+                "~{} for {} UNet steps (speed measured on this spool{})",
+                eta::human(s),
+                estimate.unet_calls,
+                if estimate.basis == Some(eta::Basis::Scaled) {
+                    ", scaled from other sizes or batches"
+                } else {
+                    ""
+                }
+            ),
+            None => format!(
+                "unknown: {} UNet steps; no speed measured for {} on this spool yet",
+                estimate.unet_calls, job.model
+            ),
+        },
     );
     line("rng", format!("{}, seed {}", job.rng, job.seed));
     line("priority", job.priority.to_string());
@@ -126,21 +217,37 @@ fn explain(
     if let Some(r) = job.rerank {
         line("rerank", r.to_string());
     }
-    for (i, p) in job.prompts.iter().enumerate() {
+    const SHOWN: usize = 100;
+    for (i, p) in job.prompts.iter().enumerate().take(SHOWN) {
         let negative = if p.negative.is_empty() {
             String::new()
         } else {
             format!(" (negative {:?})", shorten(&p.negative))
         };
+        let settings = if p.has_job_settings(job) {
+            String::new()
+        } else {
+            format!(
+                ", {}x{}, {} steps, guidance {}, {}",
+                p.width,
+                p.height,
+                p.steps,
+                p.guidance,
+                p.scheduler.map_or("the model's scheduler", |k| k.name())
+            )
+        };
         let _ = writeln!(
             out,
-            "  prompt {:<3} {:?}{negative}: {} image{}, seeds {}",
+            "  prompt {:<3} {:?}{negative}: {} image{}, seeds {}{settings}",
             i + 1,
             shorten(&p.text),
             p.seeds.len(),
             if p.seeds.len() == 1 { "" } else { "s" },
             seed_list(&p.seeds)
         );
+    }
+    if job.prompts.len() > SHOWN {
+        let _ = writeln!(out, "  ... and {} more prompts", job.prompts.len() - SHOWN);
     }
     out
 }

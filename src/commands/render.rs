@@ -17,11 +17,11 @@ pub fn request(job: &Job, index: usize) -> RenderRequest {
     let p = &job.prompts[index];
     let mut req = RenderRequest::new(p.text.clone(), p.seeds.clone());
     req.negative_prompt = p.negative.clone();
-    req.steps = job.steps as usize;
-    req.guidance_scale = job.guidance;
-    req.scheduler = job.scheduler;
-    req.width = job.width;
-    req.height = job.height;
+    req.steps = p.steps as usize;
+    req.guidance_scale = p.guidance;
+    req.scheduler = p.scheduler;
+    req.width = p.width;
+    req.height = p.height;
     req.rng = job.rng;
     req.max_batch = job.max_batch as usize;
     req

@@ -52,7 +52,7 @@ pub fn estimate_queue(config: &Config, o: &mut Overview) {
             continue;
         }
         let path = o.spool_dir.join(crate::spool::INCOMING).join(&q.name);
-        let Ok(job) = crate::job::load(&path, config) else {
+        let Ok(job) = crate::job::load_spooled(&path, config) else {
             continue;
         };
         let estimate = eta::estimate_job(&timings, &mut counter, &job);

@@ -36,6 +36,48 @@ pub struct Submitted {
     pub waits_for_running: bool,
 }
 
+/// `text` as a YAML double-quoted scalar: characters YAML does not allow as they are (controls,
+/// DEL, C1 controls, ...) are escaped.
+fn yaml_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        let printable = matches!(c, '\u{20}'..='\u{7E}' | '\u{85}' | '\u{A0}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+            && c != '\u{FEFF}';
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if printable => out.push(c),
+            c if (c as u32) <= 0xFFFF => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push_str(&format!("\\U{:08X}", c as u32)),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The job file's text with `prompt_lines:` appended: the lines of its prompt file as YAML
+/// double-quoted strings.
+pub fn embed_prompt_lines(mut bytes: Vec<u8>, name: &str, lines: &[String]) -> Vec<u8> {
+    if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+        bytes.push(b'\n');
+    }
+    let mut block = format!(
+        "# The lines of prompt_file {}, embedded by `sdspool submit`:\nprompt_lines:\n",
+        yaml_quoted(name)
+    );
+    if lines.is_empty() {
+        block = block.replace("prompt_lines:\n", "prompt_lines: []\n");
+    }
+    for line in lines {
+        block.push_str("  - ");
+        block.push_str(&yaml_quoted(line));
+        block.push('\n');
+    }
+    bytes.extend_from_slice(block.as_bytes());
+    bytes
+}
+
 /// Validates `job_file` and copies it into `incoming/` under its own name. An existing
 /// `incoming/` file of that name is replaced only with `replace` (if the daemon claimed that
 /// one meanwhile, the new file simply becomes the next job of that name).
@@ -63,6 +105,16 @@ pub fn run(config: &Config, job_file: &Path, replace: bool) -> Result<Submitted,
     std::fs::File::open(job_file)
         .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
         .map_err(|e| refused(format!("cannot read: {e}")))?;
+    // A job in the spool never reads other files: its prompt file's lines go with it.
+    let spec = job::read_spec(job_file, max)?;
+    if let (Some(name), None) = (&spec.prompt_file, &spec.prompt_lines) {
+        let lines = job::prompt_file::read(job_file, name, max).map_err(|message| JobError {
+            file: job_file.to_path_buf(),
+            field: "prompt_file".into(),
+            message,
+        })?;
+        bytes = embed_prompt_lines(bytes, name, &lines);
+    }
 
     let layout = Layout::new(&config.spool.dir);
     layout.create()?;
@@ -127,4 +179,40 @@ pub fn run(config: &Config, job_file: &Path, replace: bool) -> Result<Submitted,
         replaced: replace && existed,
         waits_for_running,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_prompt_lines_read_back_exactly() {
+        let lines: Vec<String> = [
+            "a cat",
+            "--prompt \"a \\\"dog\\\"\" --steps 3",
+            "tab\there, del\u{7f}, c1\u{85}\u{9b}, bom\u{feff}, emoji 🐱, \\ back",
+            "# a comment",
+            "",
+            "key: value: not yaml",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let bytes = embed_prompt_lines(b"prompts: []\nseed: 1".to_vec(), "p\n.txt", &lines);
+        let spec: JobSpecLines = crate::yaml::parse(std::str::from_utf8(&bytes).unwrap()).unwrap();
+        assert_eq!(spec.prompt_lines, lines);
+        let empty = embed_prompt_lines(b"prompts: [a]\n".to_vec(), "p.txt", &[]);
+        let spec: JobSpecLines = crate::yaml::parse(std::str::from_utf8(&empty).unwrap()).unwrap();
+        assert!(spec.prompt_lines.is_empty());
+    }
+
+    #[derive(serde::Deserialize)]
+    struct JobSpecLines {
+        prompt_lines: Vec<String>,
+        #[allow(dead_code)]
+        prompts: Vec<String>,
+        #[allow(dead_code)]
+        #[serde(default)]
+        seed: u64,
+    }
 }

@@ -359,7 +359,7 @@ fn process(
         tracing::info!(path = %finished.job.display(), "cancelled");
         return Ok(());
     }
-    let job = match crate::job::load(&claimed.path_in_running, config) {
+    let job = match crate::job::load_spooled(&claimed.path_in_running, config) {
         Ok(j) => j,
         Err(e) => {
             tracing::warn!(error = %e, "job file is not valid; moving it to failed/");

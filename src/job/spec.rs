@@ -18,6 +18,12 @@
 //! width: 512
 //! height: 512
 //! ```
+//!
+//! Sweeps: `steps`, `guidance`, `scheduler` and `size` (`512x768`, instead of width and height)
+//! take a list as well as one value, at job level and per prompt; every prompt is rendered with
+//! every combination (see [`super::sweep`]). `seeds: [..]` or `seed_count: n` give every prompt
+//! its candidates' seeds. `prompt_matrix: true` reads `a | b | c` as AUTOMATIC1111's prompt
+//! matrix; `prompt_file: prompts.txt` adds one prompt a line (see [`super::prompt_file`]).
 
 use serde::Deserialize;
 
@@ -27,13 +33,28 @@ use serde::Deserialize;
 pub struct JobSpec {
     pub id: Option<String>,
     pub model: Option<String>,
+    /// May be empty when `prompt_file` gives the prompts.
+    #[serde(default)]
     pub prompts: Vec<PromptSpec>,
+    /// A text file beside the job file, one prompt a line.
+    pub prompt_file: Option<String>,
+    /// The lines of `prompt_file`, embedded by `sdspool submit` so that a job in the spool never
+    /// reads files; also usable directly.
+    pub prompt_lines: Option<Vec<String>>,
+    /// Read `a | b | c` in prompts as a prompt matrix.
+    pub prompt_matrix: Option<bool>,
     pub negative: Option<String>,
     pub candidates: Option<u32>,
-    pub steps: Option<u32>,
-    pub guidance: Option<f64>,
-    pub scheduler: Option<String>,
+    pub steps: Option<OneOrMany<u32>>,
+    pub guidance: Option<OneOrMany<f64>>,
+    pub scheduler: Option<OneOrMany<String>>,
+    /// `512x768`, or a list of sizes; instead of width and height.
+    pub size: Option<OneOrMany<String>>,
     pub seed: Option<u64>,
+    /// The seeds of every prompt's candidates.
+    pub seeds: Option<Vec<u64>>,
+    /// Candidates per prompt with seeds `seed`, `seed + 1`, ...
+    pub seed_count: Option<u32>,
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub rng: Option<String>,
@@ -83,6 +104,80 @@ pub struct PromptObject {
     pub candidates: Option<u32>,
     pub seed: Option<u64>,
     pub seeds: Option<Vec<u64>>,
+    pub steps: Option<OneOrMany<u32>>,
+    pub guidance: Option<OneOrMany<f64>>,
+    pub scheduler: Option<OneOrMany<String>>,
+    pub size: Option<OneOrMany<String>>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+}
+
+/// One value, or a list of values to sweep over.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    /// The values, in order.
+    pub fn values(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+
+    /// Whether it was written as a list.
+    pub fn is_list(&self) -> bool {
+        matches!(self, OneOrMany::Many(_))
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::IntoDeserializer as _;
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(OneOrMany::Many(out))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(OneOrMany::One)
+            }
+        }
+        d.deserialize_any(Visitor(std::marker::PhantomData))
+    }
 }
 
 /// Field names, for "did you mean" suggestions.
@@ -90,6 +185,12 @@ pub const JOB_FIELDS: &[&str] = &[
     "id",
     "model",
     "prompts",
+    "prompt_file",
+    "prompt_lines",
+    "prompt_matrix",
+    "size",
+    "seeds",
+    "seed_count",
     "negative",
     "candidates",
     "steps",
@@ -105,4 +206,16 @@ pub const JOB_FIELDS: &[&str] = &[
     "rerank",
     "rejected",
 ];
-pub const PROMPT_FIELDS: &[&str] = &["prompt", "negative", "candidates", "seed", "seeds"];
+pub const PROMPT_FIELDS: &[&str] = &[
+    "prompt",
+    "negative",
+    "candidates",
+    "seed",
+    "seeds",
+    "steps",
+    "guidance",
+    "scheduler",
+    "size",
+    "width",
+    "height",
+];

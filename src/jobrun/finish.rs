@@ -48,12 +48,12 @@ impl Finisher<'_> {
             let params = Parameters {
                 prompt: &prompt.text,
                 negative: &prompt.negative,
-                steps: job.steps,
+                steps: prompt.steps,
                 scheduler: batch.scheduler,
-                guidance: job.guidance,
+                guidance: prompt.guidance,
                 seed: *seed,
-                width: job.width,
-                height: job.height,
+                width: prompt.width,
+                height: prompt.height,
                 model: &job.model,
             };
             let name = output::image_file_name(batch.prompt, *candidate, *seed);
@@ -63,6 +63,7 @@ impl Finisher<'_> {
                 .map_err(|e| Self::io_err(format!("writing {name}"), e))?;
             let entry = &mut self.manifest.prompts[batch.prompt];
             entry.truncated = batch.truncated.clone();
+            entry.scheduler = batch.scheduler.to_string();
             entry.candidates.retain(|c| c.candidate != *candidate);
             entry.candidates.push(CandidateEntry {
                 candidate: *candidate,
@@ -75,7 +76,9 @@ impl Finisher<'_> {
             });
             entry.candidates.sort_by_key(|c| c.candidate);
         }
-        self.manifest.scheduler = batch.scheduler.to_string();
+        if batch.prompt == 0 {
+            self.manifest.scheduler = batch.scheduler.to_string();
+        }
         self.manifest.timings.write_ms += started.elapsed().as_millis() as u64;
         self.save("writing the manifest")
     }

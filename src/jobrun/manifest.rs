@@ -44,6 +44,21 @@ pub struct PromptEntry {
     pub index: usize,
     pub prompt: String,
     pub negative: String,
+    /// The settings this prompt is rendered with (a sweep gives each prompt its own).
+    #[serde(default)]
+    pub steps: u32,
+    #[serde(default)]
+    pub guidance: f32,
+    /// The scheduler that ran (the model's own when the job names none); empty until then.
+    #[serde(default)]
+    pub scheduler: String,
+    #[serde(default)]
+    pub width: u32,
+    #[serde(default)]
+    pub height: u32,
+    /// Its sweep and its value on each axis of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<crate::job::SweepCell>,
     /// Words the tokenizer cut off.
     pub truncated: Option<String>,
     pub candidates: Vec<CandidateEntry>,
@@ -59,6 +74,8 @@ pub struct Manifest {
     /// Identifies the job's settings; a resumed run continues only a manifest with the same one.
     pub fingerprint: String,
     pub model: String,
+    /// `scheduler`, `steps`, `guidance`, `width` and `height`: those of the first prompt; each
+    /// prompt's own are in `prompts` (they differ in a sweep).
     pub scheduler: String,
     /// The provider ONNX Runtime really runs the UNet on.
     pub execution_provider: String,

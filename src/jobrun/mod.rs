@@ -446,6 +446,12 @@ fn new_manifest(
                 index: i,
                 prompt: p.text.clone(),
                 negative: p.negative.clone(),
+                steps: p.steps,
+                guidance: p.guidance,
+                scheduler: p.scheduler.map(|s| s.to_string()).unwrap_or_default(),
+                width: p.width,
+                height: p.height,
+                sweep: p.sweep.clone(),
                 truncated: None,
                 candidates: Vec::new(),
                 finished: false,
@@ -474,6 +480,14 @@ pub fn fingerprint(job: &Job, options: &RunOptions) -> String {
     );
     for p in &job.prompts {
         text.push_str(&format!("|{}|{}|{:?}", p.text, p.negative, p.seeds));
+        // Only a prompt with settings of its own adds them: the fingerprints of jobs without
+        // sweeps stay what they were.
+        if !p.has_job_settings(job) {
+            text.push_str(&format!(
+                "|{}|{}|{:?}|{}x{}",
+                p.steps, p.guidance, p.scheduler, p.width, p.height
+            ));
+        }
     }
     let arrays = options
         .initial_latents

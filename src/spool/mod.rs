@@ -65,7 +65,7 @@
 //!             None => continue, // timeout: a chance to check for shutdown
 //!         },
 //!     };
-//!     // job::load(&claimed.path_in_running, &config), render, write_status(...) while running
+//!     // job::load_spooled(&claimed.path_in_running, &config), render, write_status(...) while running
 //!     spool.finish_failed(claimed, &Failure::new("render", "not implemented here"))?;
 //! }
 //! # }
