@@ -49,8 +49,8 @@ demo: build
 	@for job in examples/*.yaml; do $(SDSPOOL) submit --replace $$job || exit 1; done
 	$(SDSPOOL) run --until-idle
 	@$(SDSPOOL) status
-	@echo; echo "Manifests (images, CLIP scores and ranks) and contact sheets:"
-	@ls -1 local/output/*/manifest.json local/output/*/p*-sheet.png
+	@echo; echo "Manifests (images, CLIP scores and ranks), contact sheets and sweep grids:"
+	@ls -1 local/output/*/manifest.json local/output/*/p*-sheet.png local/output/*/sweep*-grid.png
 
 test: setup
 	$(CARGO) test --locked

@@ -382,6 +382,21 @@ fn submit_embeds_the_prompt_file_and_check_counts_images_and_eta() {
     assert_eq!(v["queued"][0]["estimate"]["seconds"], 15.0);
 }
 
+/// Where `needle` appears in `hay` as an exact sub-image (top-left corner).
+fn find(hay: &image::RgbImage, needle: &image::RgbImage) -> Option<(u32, u32)> {
+    let (w, h) = needle.dimensions();
+    for y in 0..=hay.height().checked_sub(h)? {
+        for x in 0..=hay.width().checked_sub(w)? {
+            if (0..h).all(|dy| {
+                (0..w).all(|dx| hay.get_pixel(x + dx, y + dy) == needle.get_pixel(dx, dy))
+            }) {
+                return Some((x, y));
+            }
+        }
+    }
+    None
+}
+
 fn parameters_chunk(path: &Path) -> String {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
     let reader = decoder.read_info().unwrap();
@@ -417,6 +432,7 @@ fn each_variant_is_rendered_with_its_own_settings() {
         )
         .unwrap();
     assert_eq!(o.rendered, 16);
+    let mut cells_at = Vec::new();
     for (p, entry) in j.prompts.iter().zip(&o.manifest.prompts) {
         assert_eq!(
             (entry.steps, entry.guidance, entry.width, entry.height),
@@ -437,6 +453,40 @@ fn each_variant_is_rendered_with_its_own_settings() {
             "{params}"
         );
     }
+    // One grid for the sweep: steps and guidance across, size and scheduler down; each cell
+    // is candidate 0 (not scored) of its variant, found in the grid where the layout puts it.
+    assert_eq!(o.manifest.grids.len(), 1);
+    let g = &o.manifest.grids[0];
+    assert_eq!((g.group, g.file.as_str()), (0, "sweep000-grid.png"));
+    assert_eq!(g.across, ["steps", "guidance"]);
+    assert_eq!(g.down, ["size", "scheduler"]);
+    assert_eq!(g.cells.len(), 16);
+    let grid = image::open(o.dir.join(&g.file)).unwrap().to_rgb8();
+    for cell in &g.cells {
+        assert_eq!(cell.candidate, 0);
+        let p = &j.prompts[cell.prompt];
+        let sched = usize::from(p.scheduler == Some(SchedulerKind::EulerAncestral));
+        assert_eq!(cell.row, usize::from(p.width == 32) * 2 + sched);
+        assert_eq!(
+            cell.column,
+            usize::from(p.steps == 3) * 2 + usize::from(p.guidance == 7.5)
+        );
+        let img = image::open(o.dir.join(&cell.file)).unwrap().to_rgb8();
+        let at = find(&grid, &img).unwrap_or_else(|| panic!("cell {cell:?} not in the grid"));
+        cells_at.push((cell.column, cell.row, at));
+    }
+    // Columns left to right, rows top to bottom.
+    for a in &cells_at {
+        for b in &cells_at {
+            if a.0 < b.0 {
+                assert!(a.2.0 < b.2.0, "{a:?} {b:?}");
+            }
+            if a.1 < b.1 {
+                assert!(a.2.1 < b.2.1, "{a:?} {b:?}");
+            }
+        }
+    }
+
     // A variant's image is the one a job with just its settings renders.
     let single = write(
         tmp.path(),
@@ -474,4 +524,62 @@ fn each_variant_is_rendered_with_its_own_settings() {
         pixels(&o.dir, &o.manifest.prompts[index - 1]),
         "another variant differs"
     );
+}
+
+#[test]
+fn sdspool_render_draws_a_prompt_matrix_grid_of_the_best_candidates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job_file = write(
+        tmp.path(),
+        "matrix.yaml",
+        "prompts: [a red circle | on blue | large]\nprompt_matrix: true\ncandidates: 3\nseed: 5\nsteps: 3\nkeep_top: 1\n",
+    );
+    let out_dir = tmp.path().join("out");
+    let out = Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(common::root().join("config.yaml"))
+        .args(["render", job_file.to_str().unwrap(), "--output"])
+        .arg(&out_dir)
+        .env("SDSPOOL_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["prompts"].as_array().unwrap().len(), 4);
+    let grid = &m["grids"][0];
+    assert_eq!(grid["file"], "sweep000-grid.png");
+    // The first optional part across, the second down, as AUTOMATIC1111 lays a matrix out.
+    assert_eq!(grid["across"], serde_json::json!(["on blue"]));
+    assert_eq!(grid["down"], serde_json::json!(["large"]));
+    let picture = image::open(out_dir.join("sweep000-grid.png"))
+        .unwrap()
+        .to_rgb8();
+    for cell in grid["cells"].as_array().unwrap() {
+        let prompt = &m["prompts"][cell["prompt"].as_u64().unwrap() as usize];
+        let candidate = prompt["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["candidate"] == cell["candidate"])
+            .unwrap();
+        assert_eq!(candidate["rank"], 1, "the best-ranked candidate: {cell}");
+        assert_eq!(candidate["file"], cell["file"]);
+        let img = image::open(out_dir.join(cell["file"].as_str().unwrap()))
+            .unwrap()
+            .to_rgb8();
+        assert!(find(&picture, &img).is_some(), "{cell}");
+        let text = prompt["prompt"].as_str().unwrap();
+        assert_eq!(
+            cell["column"],
+            u64::from(text.contains("on blue")),
+            "{text}"
+        );
+        assert_eq!(cell["row"], u64::from(text.contains("large")), "{text}");
+    }
 }

@@ -8,9 +8,9 @@ use std::time::Instant;
 use image::RgbImage;
 
 use super::JobRunError;
-use super::manifest::{CandidateEntry, Manifest};
+use super::manifest::{CandidateEntry, GridCell, GridEntry, Manifest};
 use crate::job::{Job, Rejected};
-use crate::output::{self, contact_sheet, png::Parameters};
+use crate::output::{self, contact_sheet, grid, png::Parameters};
 use crate::rerank::{self, Reranker};
 use crate::scheduler::SchedulerKind;
 
@@ -94,7 +94,7 @@ impl Finisher<'_> {
     /// checkpointed before any file is moved, and moving tolerates files already moved.
     pub fn finish_prompt(&mut self, index: usize) -> Result<(), JobRunError> {
         if self.manifest.prompts[index].finished {
-            return Ok(());
+            return self.sweep_grid(index);
         }
         if self.manifest.prompts[index].contact_sheet.is_none() {
             self.score_and_sheet(index)?;
@@ -102,6 +102,127 @@ impl Finisher<'_> {
         }
         self.apply_keep_top(index)?;
         self.manifest.prompts[index].finished = true;
+        self.save("writing the manifest")?;
+        self.sweep_grid(index)
+    }
+
+    /// Once every prompt of the sweep that prompt `index` belongs to is finished, draws the
+    /// sweep's grid: one cell per variant, its best-ranked candidate (candidate 0 when not
+    /// scored), labelled with the swept values across and down.
+    fn sweep_grid(&mut self, index: usize) -> Result<(), JobRunError> {
+        let job = self.job;
+        let Some(group) = job.prompts[index].sweep.as_ref().map(|s| s.group) else {
+            return Ok(());
+        };
+        if self.manifest.grids.iter().any(|g| g.group == group) {
+            return Ok(());
+        }
+        let members: Vec<usize> = job
+            .prompts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.sweep.as_ref().is_some_and(|s| s.group == group))
+            .map(|(i, _)| i)
+            .collect();
+        if !members.iter().all(|&i| self.manifest.prompts[i].finished) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let step = format!("drawing the grid of sweep {group}");
+        let cell_of = |i: usize| &job.prompts[i].sweep.as_ref().expect("a member").axes;
+        let first = cell_of(members[0]);
+        // Each axis's labels in order of appearance.
+        let mut axes: Vec<grid::Axis> = first
+            .iter()
+            .map(|_| grid::Axis { labels: Vec::new() })
+            .collect();
+        for &i in &members {
+            for (k, v) in cell_of(i).iter().enumerate().take(axes.len()) {
+                if !axes[k].labels.contains(&v.label) {
+                    axes[k].labels.push(v.label.clone());
+                }
+            }
+        }
+        let mut picked = Vec::new();
+        let mut images = Vec::new();
+        for &i in &members {
+            let entry = &self.manifest.prompts[i];
+            let best = entry
+                .candidates
+                .iter()
+                .find(|c| c.rank == Some(1))
+                .or_else(|| entry.candidates.iter().find(|c| c.candidate == 0))
+                .or_else(|| entry.candidates.first())
+                .ok_or_else(|| Self::io_err(step.clone(), format!("prompt {i} has no image")))?;
+            let file = best.file.clone().ok_or_else(|| {
+                Self::io_err(
+                    step.clone(),
+                    format!("prompt {i}: candidate {} has no file", best.candidate),
+                )
+            })?;
+            images.push(load(&self.dir.join(&file))?);
+            let coords: Vec<usize> = cell_of(i)
+                .iter()
+                .enumerate()
+                .take(axes.len())
+                .map(|(k, v)| {
+                    axes[k]
+                        .labels
+                        .iter()
+                        .position(|l| *l == v.label)
+                        .unwrap_or(0)
+                })
+                .collect();
+            picked.push((i, best.candidate, file, coords));
+        }
+        let cells: Vec<grid::Cell<'_>> = picked
+            .iter()
+            .zip(&images)
+            .map(|((_, _, _, coords), image)| grid::Cell {
+                coords: coords.clone(),
+                image,
+            })
+            .collect();
+        let picture = grid::render(&axes, &cells);
+        let (across, down) = grid::split_axes(axes.len());
+        let name = format!("sweep{group:03}-grid.png");
+        let bytes = output::png::encode(
+            &picture,
+            &format!(
+                "grid of sweep {group}: {}\nacross: {}\ndown: {}",
+                job.prompts[members[0]].text,
+                across
+                    .iter()
+                    .map(|&k| first[k].axis.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                down.iter()
+                    .map(|&k| first[k].axis.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .map_err(|e| Self::io_err(format!("encoding {name}"), e))?;
+        output::atomic::write(&self.dir.join(&name), &bytes)
+            .map_err(|e| Self::io_err(format!("writing {name}"), e))?;
+        self.manifest.grids.push(GridEntry {
+            group,
+            file: name,
+            prompt: job.prompts[members[0]].text.clone(),
+            across: across.iter().map(|&k| first[k].axis.clone()).collect(),
+            down: down.iter().map(|&k| first[k].axis.clone()).collect(),
+            cells: picked
+                .into_iter()
+                .map(|(prompt, candidate, file, coords)| GridCell {
+                    prompt,
+                    candidate,
+                    file,
+                    column: grid::position(&coords, &across, &axes),
+                    row: grid::position(&coords, &down, &axes),
+                })
+                .collect(),
+        });
+        self.manifest.timings.write_ms += started.elapsed().as_millis() as u64;
         self.save("writing the manifest")
     }
 

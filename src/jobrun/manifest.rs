@@ -91,6 +91,34 @@ pub struct Manifest {
     pub runs: u32,
     pub timings: PhaseTimings,
     pub prompts: Vec<PromptEntry>,
+    /// One grid image per sweep, written once all its prompts are finished.
+    #[serde(default)]
+    pub grids: Vec<GridEntry>,
+}
+
+/// The grid image of a sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GridEntry {
+    /// The sweep (`sweep.group` of its prompts).
+    pub group: usize,
+    /// `sweep000-grid.png`.
+    pub file: String,
+    /// The text of the sweep's first prompt.
+    pub prompt: String,
+    /// The axes across (column headings) and down (row headings), outermost first.
+    pub across: Vec<String>,
+    pub down: Vec<String>,
+    pub cells: Vec<GridCell>,
+}
+
+/// One cell of a grid: the prompt (variant) and which of its candidates it shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GridCell {
+    pub prompt: usize,
+    pub candidate: usize,
+    pub file: String,
+    pub column: usize,
+    pub row: usize,
 }
 
 impl Manifest {

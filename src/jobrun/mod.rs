@@ -438,6 +438,7 @@ fn new_manifest(
         complete: false,
         runs: 0,
         timings: PhaseTimings::default(),
+        grids: Vec::new(),
         prompts: job
             .prompts
             .iter()

@@ -14,8 +14,8 @@ pub struct Tile<'a> {
 
 const GAP: u32 = 8;
 const LINE: u32 = 10;
-const BACKGROUND: Rgb<u8> = Rgb([24, 24, 24]);
-const TEXT: Rgb<u8> = Rgb([235, 235, 235]);
+pub(crate) const BACKGROUND: Rgb<u8> = Rgb([24, 24, 24]);
+pub(crate) const TEXT: Rgb<u8> = Rgb([235, 235, 235]);
 
 /// Lays the tiles out in rows of at most `columns`, in the given order. Text is drawn at twice
 /// the font size when the tiles are wide enough for it.
@@ -56,7 +56,14 @@ pub fn render(tiles: &[Tile<'_>], columns: usize) -> RgbImage {
 }
 
 /// Draws `text` at (x, y), clipped to `max_width` pixels.
-fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, max_width: u32) {
+pub(crate) fn draw_text(
+    img: &mut RgbImage,
+    x: u32,
+    y: u32,
+    text: &str,
+    scale: u32,
+    max_width: u32,
+) {
     let mut cx = 0;
     for ch in text.chars() {
         if cx + 8 * scale > max_width {

@@ -2,6 +2,7 @@
 
 pub mod atomic;
 pub mod contact_sheet;
+pub mod grid;
 pub mod png;
 
 /// File name of a candidate image: prompt index, candidate index and seed, so a folder listing
