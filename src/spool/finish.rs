@@ -17,7 +17,7 @@ use super::{Claimed, Spool, SpoolError};
 use crate::job::JobError;
 
 /// Most `-N` suffixes tried for a free name.
-const MAX_SUFFIX: u32 = 100_000;
+pub(crate) const MAX_SUFFIX: u32 = 100_000;
 
 /// Why a job failed: the step, the field of the job file when one is at fault, and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -107,6 +107,30 @@ impl Spool {
                 tracing::info!(job = %name, "already filed in done/ or failed/; removed from running/");
                 continue;
             }
+            if let Some(r) = &record
+                && let Some(dest) = self.interrupted_filing(stem, r)
+            {
+                // The daemon died between writing the side file and moving the job beside it:
+                // finish what it was doing instead of running the job again.
+                match self.mover.move_noreplace(&path, &dest) {
+                    Ok(fsops::Moved::Done) => {
+                        for p in [
+                            attempts_path.clone(),
+                            running.join(format!("{stem}{STATUS_SUFFIX}")),
+                        ] {
+                            let _ = std::fs::remove_file(p);
+                        }
+                        let _ = fsops::sync_parent(&dest);
+                        let _ = fsops::sync_parent(&path);
+                        tracing::info!(job = %name, filed_as = %dest.display(), "finished filing a job that a daemon died while filing");
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(job = %name, error = %e, "cannot finish filing the job; it runs again")
+                    }
+                }
+            }
             let before = record.as_ref().map_or(0, |r| r.attempts);
             let mut claimed = Claimed {
                 name: name.clone(),
@@ -210,6 +234,43 @@ impl Spool {
             }
         }
         Ok(())
+    }
+
+    /// Where a daemon that died while filing `stem` meant to put it: a side file
+    /// (`x.result.yaml` in done/, `x.error.yaml` in failed/, or a `-N` name) without its job
+    /// file, written after the job's latest attempt started (so not one an earlier job of the
+    /// same name left behind).
+    fn interrupted_filing(&self, stem: &str, record: &Attempts) -> Option<std::path::PathBuf> {
+        // Whole seconds are recorded: a side file of the same second counts.
+        let started = record
+            .started_at
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        for (dir, suffix) in [
+            (&self.layout.done, names::RESULT_SUFFIX),
+            (&self.layout.failed, names::ERROR_SUFFIX),
+        ] {
+            for k in 1..=super::finish::MAX_SUFFIX {
+                let n = if k == 1 {
+                    stem.to_string()
+                } else {
+                    format!("{stem}-{k}")
+                };
+                let job = dir.join(format!("{n}.yaml"));
+                let side = std::fs::symlink_metadata(dir.join(format!("{n}{suffix}")));
+                let job_exists = std::fs::symlink_metadata(&job).is_ok();
+                match side {
+                    Ok(m) if !job_exists => {
+                        if m.modified().is_ok_and(|t| t >= started) {
+                            return Some(job);
+                        }
+                    }
+                    Err(_) if !job_exists => break,
+                    _ => {}
+                }
+            }
+        }
+        None
     }
 
     fn finished_ids(&self) -> HashSet<FileId> {
