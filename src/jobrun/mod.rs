@@ -235,7 +235,12 @@ impl Worker {
                     .filter(|(ci, _)| {
                         !manifest.prompts[pi].candidates.iter().any(|c| {
                             c.candidate == *ci
-                                && c.file.as_ref().is_some_and(|f| dir.join(f).is_file())
+                                && c.file.as_ref().is_some_and(|f| {
+                                    // keep_top may have moved it to rejected/ just before a
+                                    // kill, before the manifest said so.
+                                    dir.join(f).is_file()
+                                        || (!c.kept && dir.join("rejected").join(f).is_file())
+                                })
                         }) && !manifest.prompts[pi].finished
                     })
                     .map(|(ci, s)| (ci, *s))
