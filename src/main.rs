@@ -259,7 +259,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("sdspool: {e:#}");
+                    eprintln!("sdspool: {}", logging::error_chain(&e));
                     ExitCode::FAILURE
                 }
             }
