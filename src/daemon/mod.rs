@@ -253,6 +253,7 @@ fn worker_thread(
     let _ = loaded.send(Ok(device));
     let control = Control::of(spool.layout());
     let mut paused_since: Option<Instant> = None;
+    let mut storage_wait = STORAGE_RETRY_FIRST;
     loop {
         if shared.stop_taking.load(Ordering::Relaxed) {
             return Ok(());
@@ -301,8 +302,94 @@ fn worker_thread(
                 }
             },
         };
-        process(config, spool, shared, &mut worker, claimed)?;
+        match process(config, spool, shared, &mut worker, claimed) {
+            Ok(()) => storage_wait = STORAGE_RETRY_FIRST,
+            Err(e) => match e.downcast::<WaitForStorage>() {
+                Ok(waiting) => {
+                    if !wait_for_storage(spool, shared, device, waiting, &mut storage_wait) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            },
+        }
     }
+}
+
+/// First and longest wait before a job that could not write its output runs again.
+const STORAGE_RETRY_FIRST: Duration = Duration::from_secs(2);
+const STORAGE_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// A job that stopped because its output (or its filing in done/ or failed/) could not be
+/// written: the disk is full, the quota used up, the file system read-only, or a folder not
+/// writable. The job is not at fault, so it is not failed: it stays claimed in running/ and the
+/// worker runs it again after a wait (doubling up to [`STORAGE_RETRY_MAX`]); it continues from
+/// its manifest.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+struct WaitForStorage {
+    claimed: Claimed,
+    reason: String,
+}
+
+/// A job could not be filed in done/ or failed/: wait if the spool's disk is full or read-only,
+/// else the error stops the worker as before.
+fn filing_error(e: crate::spool::FinishError) -> anyhow::Error {
+    use std::io::ErrorKind as K;
+    if matches!(
+        e.error.source.kind(),
+        K::StorageFull | K::QuotaExceeded | K::ReadOnlyFilesystem | K::PermissionDenied
+    ) {
+        let reason = e.error.to_string();
+        return WaitForStorage {
+            claimed: *e.claimed,
+            reason,
+        }
+        .into();
+    }
+    e.into()
+}
+
+/// Waits before running `waiting` again; `false` when the daemon stops meanwhile (the job is
+/// released: it stays in running/ for the next start, no crash counted).
+fn wait_for_storage(
+    spool: &Spool,
+    shared: &Shared,
+    device: i32,
+    waiting: WaitForStorage,
+    wait: &mut Duration,
+) -> bool {
+    let WaitForStorage { claimed, reason } = waiting;
+    tracing::warn!(
+        device,
+        job = %claimed.stem,
+        error = %reason,
+        retry_seconds = wait.as_secs(),
+        "cannot write the job's files (disk full, read-only or not writable?); the job is not failed: it stays in running/ and runs again, from its manifest, after the wait"
+    );
+    notify::status(&format!(
+        "job {} waits: cannot write its files ({reason}); trying again in {} s",
+        claimed.stem,
+        wait.as_secs()
+    ));
+    let until = Instant::now() + *wait;
+    while Instant::now() < until {
+        if shared.stop_taking.load(Ordering::Relaxed) {
+            if let Err(e) = spool.release(claimed) {
+                tracing::warn!(error = %e, "cannot release the waiting job");
+            }
+            return false;
+        }
+        shared.beat();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    *wait = (*wait * 2).min(STORAGE_RETRY_MAX);
+    shared
+        .resumable
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push_front(claimed);
+    true
 }
 
 /// Whether incoming/ and running/ hold nothing left to do.
@@ -363,7 +450,9 @@ fn process(
         Ok(j) => j,
         Err(e) => {
             tracing::warn!(error = %e, "job file is not valid; moving it to failed/");
-            let finished = spool.finish_failed(claimed, &Failure::from(&e))?;
+            let finished = spool
+                .finish_failed(claimed, &Failure::from(&e))
+                .map_err(filing_error)?;
             control.clear_cancel(&stem);
             tracing::info!(path = %finished.job.display(), "failed");
             return Ok(());
@@ -528,7 +617,7 @@ fn process(
                 finished_at: SystemTime::now(),
             };
             let yaml = serde_saphyr::to_string(&summary).unwrap_or_default();
-            let finished = spool.finish_done(claimed, &yaml)?;
+            let finished = spool.finish_done(claimed, &yaml).map_err(filing_error)?;
             control.clear_cancel(&stem);
             tracing::info!(output = %outcome.dir.display(), images = summary.images, rendered = outcome.rendered, seconds = summary.seconds, path = %finished.job.display(), "job done");
             notify::status(&format!("job {} done", job.id));
@@ -571,9 +660,18 @@ fn process(
             );
             spool.release(claimed)?;
         }
+        Err(e) if e.is_storage() => {
+            return Err(WaitForStorage {
+                claimed,
+                reason: e.to_string(),
+            }
+            .into());
+        }
         Err(e) => {
             tracing::error!(error = %e, step = %e.step(), "job failed; moving it to failed/");
-            let finished = spool.finish_failed(claimed, &Failure::new(e.step(), e.to_string()))?;
+            let finished = spool
+                .finish_failed(claimed, &Failure::new(e.step(), e.to_string()))
+                .map_err(filing_error)?;
             control.clear_cancel(&stem);
             tracing::info!(path = %finished.job.display(), "failed");
         }

@@ -32,7 +32,11 @@ pub struct Finisher<'a> {
 }
 
 impl Finisher<'_> {
-    fn io_err(step: String, e: impl std::fmt::Display) -> JobRunError {
+    fn io_err(step: String, e: impl std::fmt::Display + 'static) -> JobRunError {
+        // A full or read-only disk is not the job's fault (see `JobRunError::Storage`).
+        if let Some(io) = (&e as &dyn std::any::Any).downcast_ref::<std::io::Error>() {
+            return JobRunError::writing(step, io);
+        }
         JobRunError::Output {
             step,
             message: e.to_string(),

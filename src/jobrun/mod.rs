@@ -38,6 +38,15 @@ pub enum JobRunError {
     Rerank { prompt: usize, message: String },
     #[error("{step}: {message}")]
     Output { step: String, message: String },
+    /// The output folder cannot take the files now: the disk is full, the quota used up, the
+    /// file system read-only, or the folder not writable for this user. Not the job's fault: it
+    /// can run again, from its manifest, once that is fixed ([`JobRunError::is_storage`]).
+    #[error("{step}: {message}")]
+    Storage {
+        step: String,
+        message: String,
+        kind: std::io::ErrorKind,
+    },
     #[error("stopped before the job finished; it continues from its manifest on the next start")]
     Stopped,
 }
@@ -49,8 +58,36 @@ impl JobRunError {
             JobRunError::UnknownModel { .. } => "loading the model".into(),
             JobRunError::Pipeline { prompt, .. } => format!("rendering prompt {prompt}"),
             JobRunError::Rerank { prompt, .. } => format!("reranking prompt {prompt}"),
-            JobRunError::Output { step, .. } => step.clone(),
+            JobRunError::Output { step, .. } | JobRunError::Storage { step, .. } => step.clone(),
             JobRunError::Stopped => "stopping".into(),
+        }
+    }
+
+    /// Whether writing the output failed for a reason outside the job (see
+    /// [`JobRunError::Storage`]): retrying later can work.
+    pub fn is_storage(&self) -> bool {
+        matches!(self, JobRunError::Storage { .. })
+    }
+
+    /// A failed write of the output: [`JobRunError::Storage`] for a full, read-only or
+    /// unwritable folder, else [`JobRunError::Output`].
+    pub fn writing(step: String, e: &std::io::Error) -> JobRunError {
+        use std::io::ErrorKind as K;
+        let kind = e.kind();
+        if matches!(
+            kind,
+            K::StorageFull | K::QuotaExceeded | K::ReadOnlyFilesystem | K::PermissionDenied
+        ) {
+            JobRunError::Storage {
+                step,
+                message: e.to_string(),
+                kind,
+            }
+        } else {
+            JobRunError::Output {
+                step,
+                message: e.to_string(),
+            }
         }
     }
 }
@@ -166,9 +203,8 @@ impl Worker {
         let fingerprint = fingerprint(job, options);
         let dir = match &options.dir {
             Some(d) => {
-                std::fs::create_dir_all(d).map_err(|e| JobRunError::Output {
-                    step: format!("creating the output folder {}", d.display()),
-                    message: e.to_string(),
+                std::fs::create_dir_all(d).map_err(|e| {
+                    JobRunError::writing(format!("creating the output folder {}", d.display()), &e)
                 })?;
                 d.clone()
             }
@@ -521,9 +557,8 @@ fn output_folder(root: &Path, name: &str, fingerprint: &str) -> Result<PathBuf, 
             None => !dir.exists() || crate::output::atomic::only_leftovers(&dir).unwrap_or(false),
         };
         if usable {
-            std::fs::create_dir_all(&dir).map_err(|e| JobRunError::Output {
-                step: format!("creating the output folder {}", dir.display()),
-                message: e.to_string(),
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                JobRunError::writing(format!("creating the output folder {}", dir.display()), &e)
             })?;
             return Ok(dir);
         }
