@@ -181,7 +181,16 @@ impl Spool {
     }
 
     fn remove_stale_temps(&self) -> Result<(), SpoolError> {
-        for dir in self.layout.folders() {
+        // The control folder (pause, cancel requests, timings) is written the same way.
+        let control = self.layout.root.join(super::control::CONTROL);
+        let cancel = control.join(super::control::CANCEL);
+        let extra = [control.as_path(), cancel.as_path()];
+        let dirs = self
+            .layout
+            .folders()
+            .into_iter()
+            .chain(extra.into_iter().filter(|d| d.is_dir()));
+        for dir in dirs {
             for (name, meta) in list(dir)? {
                 if !names::is_temp(std::ffi::OsStr::new(&name)) {
                     continue;

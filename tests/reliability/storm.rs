@@ -190,3 +190,26 @@ fn crash_storm_full() {
     let kills = harness::env_usize("SDSPOOL_STORM_KILLS", 40);
     crash_storm(jobs, kills, seed);
 }
+
+#[test]
+fn startup_removes_temporaries_a_kill_left_in_the_control_folder() {
+    // Seen in a storm: a kill while control/timings.json was written left its temporary file.
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = sdspool::spool::Spool::open(&sdspool::spool::SpoolConfig::new(tmp.path())).unwrap();
+    let control = tmp.path().join("control");
+    std::fs::create_dir_all(control.join("cancel")).unwrap();
+    // pid 0 is never a live process.
+    let left = [
+        control.join(".sdspool-tmp-0-27-timings.json"),
+        control.join("cancel/.sdspool-tmp-0-3-job.yaml"),
+    ];
+    for p in &left {
+        std::fs::write(p, "{").unwrap();
+    }
+    std::fs::write(control.join("timings.json"), "{}").unwrap();
+    spool.recover().unwrap();
+    for p in &left {
+        assert!(!p.exists(), "{} is still there", p.display());
+    }
+    assert!(control.join("timings.json").exists());
+}
