@@ -31,6 +31,7 @@
 
 mod avx_math;
 mod mt19937;
+pub mod philox;
 mod torch_cpu;
 
 use std::fmt;
@@ -42,8 +43,11 @@ pub use torch_cpu::{TorchCpuRng, VECTORISED_MIN_NUMEL};
 
 /// Which random number generator produces the noise.
 ///
-/// Parsed from (and displayed as) the strings `"torch_cpu"`; other generators, such as the
-/// Philox generator of torch's CUDA backend, may be added later, hence `#[non_exhaustive]`.
+/// Parsed from (and displayed as) the strings `"torch_cpu"`; other generators may be added
+/// later, hence `#[non_exhaustive]`. The Philox generator of torch's CUDA backend
+/// (AUTOMATIC1111's "GPU" seeds) is ported in [`philox`] and checked bit for bit against torch
+/// up to its last step, the GPU's hardware sine and cosine, which is not reproduced: so it is
+/// not offered here.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RngKind {
@@ -73,7 +77,11 @@ impl fmt::Display for RngKind {
 
 /// An unknown [`RngKind`] name.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown random number generator {name:?}; supported: torch_cpu")]
+#[error("unknown random number generator {name:?}; supported: torch_cpu{}", if name == "philox" || name == "torch_cuda" {
+    " (AUTOMATIC1111's GPU seeds, torch's CUDA generator, cannot be reproduced bit for bit off the GPU: see sdspool::noise::philox)"
+} else {
+    ""
+})]
 pub struct ParseRngKindError {
     /// The name that was given.
     pub name: String,
@@ -179,6 +187,11 @@ mod tests {
         let err = "native".parse::<RngKind>().unwrap_err();
         assert_eq!(err.name, "native");
         assert!(err.to_string().contains("torch_cpu"));
+        let philox = "philox".parse::<RngKind>().unwrap_err().to_string();
+        assert!(
+            philox.contains("GPU seeds") && philox.contains("noise::philox"),
+            "{philox}"
+        );
         assert!("Torch_CPU".parse::<RngKind>().is_err());
     }
 

@@ -1,0 +1,135 @@
+//! torch's CUDA generator against torch 2.11 on an H100 (`tests/golden/noise/philox_cuda.json`,
+//! made by `onnx/golden_philox.py`): the Philox4x32-10 stream, the offsets successive draws
+//! leave, the kernel's layout (thread, round, which half of which Box-Muller pair), the uniform,
+//! libdevice's `logf` and the square root, bit for bit, given the GPU's own sine and cosine of
+//! each element's angle (recorded by the script; see `sdspool::noise::philox` for why they are
+//! not computed here).
+
+mod common;
+
+use sdspool::noise::philox::{CudaGrid, TorchCudaRng, normal};
+
+fn base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let mut out = Vec::new();
+    for chunk in text.as_bytes().chunks(4) {
+        let data: Vec<u8> = chunk.iter().copied().filter(|c| *c != b'=').collect();
+        let mut acc = 0u32;
+        for (i, c) in data.iter().enumerate() {
+            acc |= value(*c) << (18 - 6 * i);
+        }
+        for i in 0..data.len().saturating_sub(1) {
+            out.push((acc >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+fn words(text: &str) -> Vec<u32> {
+    base64(text)
+        .chunks(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn fnv(words: &[u32]) -> String {
+    let h = sdspool::hash::fnv1a64(words.iter().flat_map(|w| w.to_le_bytes()));
+    format!("{h:016x}")
+}
+
+#[test]
+fn torch_cuda_randn_bit_for_bit_given_the_gpus_sine_and_cosine() {
+    let path = common::root().join("tests/golden/noise/philox_cuda.json");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        golden["selfcheck"]["equal"],
+        golden["selfcheck"]["elements"]
+    );
+    let grid = CudaGrid {
+        max_blocks: golden["multiprocessors"].as_u64().unwrap()
+            * (golden["max_threads_per_multiprocessor"].as_u64().unwrap() / 256),
+    };
+    assert_eq!(grid, CudaGrid::H100_SXM);
+    let (mut checked, mut draws) = (0usize, 0usize);
+    for case in golden["cases"].as_array().unwrap() {
+        let seed = case["seed"].as_u64().unwrap();
+        let mut rng = TorchCudaRng::new(seed, grid);
+        for draw in case["draws"].as_array().unwrap() {
+            let n = draw["numel"].as_u64().unwrap();
+            assert_eq!(
+                rng.offset(),
+                draw["offset_before"].as_u64().unwrap(),
+                "seed {seed}"
+            );
+            let elements = rng.draw(n);
+            assert_eq!(
+                rng.offset(),
+                draw["offset_after"].as_u64().unwrap(),
+                "seed {seed}"
+            );
+            let bits = words(draw["bits"].as_str().unwrap());
+            let sfu = words(draw["sfu_bits"].as_str().unwrap());
+            let indices: Vec<usize> = match &draw["indices"] {
+                serde_json::Value::String(all) if all == "all" => {
+                    // The stored values are the whole draw.
+                    assert_eq!(fnv(&bits), draw["fnv1a64"].as_str().unwrap());
+                    (0..n as usize).collect()
+                }
+                list => list
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_u64().unwrap() as usize)
+                    .collect(),
+            };
+            assert_eq!((bits.len(), sfu.len()), (indices.len(), indices.len()));
+            for ((&i, &want), &trig) in indices.iter().zip(&bits).zip(&sfu) {
+                let got = normal(elements[i], f32::from_bits(trig));
+                assert_eq!(
+                    got.to_bits(),
+                    want,
+                    "seed {seed}, shape {}, element {i}: {got} vs {}",
+                    draw["shape"],
+                    f32::from_bits(want)
+                );
+                checked += 1;
+            }
+            draws += 1;
+        }
+    }
+    assert_eq!(draws, 37);
+    assert_eq!(checked, 20022);
+}
+
+#[test]
+fn the_first_normals_of_seed_0_are_the_ones_automatic1111_documents() {
+    // modules/rng_philox.py: "RNG imitating torch cuda randn on CPU", seed 0, shape (3, 4).
+    let mut rng = TorchCudaRng::new(0, CudaGrid::H100_SXM);
+    let got = rng.randn_with(8, &mut |v, cosine| {
+        let v = f64::from(v);
+        (if cosine { v.cos() } else { v.sin() }) as f32
+    });
+    let want = [
+        -0.924_662_59,
+        -0.425_344_15,
+        -2.643_845_7,
+        0.145_183_88,
+        -0.120_866_47,
+        -0.579_725_64,
+        -0.622_851_22,
+        -0.328_387_09,
+    ];
+    for (g, w) in got.iter().zip(want) {
+        assert!((f64::from(*g) - w).abs() < 1e-6, "{got:?}");
+    }
+}
