@@ -95,7 +95,7 @@ fn memory_stays_flat_over_100_jobs() {
 
 /// The long run (README, Reliability); `SDSPOOL_MEMORY_JOBS` changes the count.
 #[test]
-#[ignore = "long: about 10 minutes; run with --ignored"]
+#[ignore = "long: about 5 minutes; run with --ignored"]
 fn memory_stays_flat_over_1000_jobs() {
     assert_flat(&rss_over_jobs(harness::env_usize(
         "SDSPOOL_MEMORY_JOBS",
