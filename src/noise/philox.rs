@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn the_sfu_argument_rounds_toward_zero() {
-        for v in [1e-9f32, 0.1, 1.0, 3.0, 6.283] {
+        for v in [1e-9f32, 0.1, 1.0, 3.0, 6.2] {
             let t = sfu_argument(v);
             let exact = f64::from(v) * f64::from(f32::from_bits(0x3E22_F983));
             assert!(f64::from(t) <= exact);
