@@ -44,17 +44,19 @@ impl Env {
         self.root.join("spool").join(sub)
     }
 
-    fn start(&self, args: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_sdspool"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("run")
-            .args(args)
-            .env("SDSPOOL_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+    fn start(&self, args: &[&str]) -> Running {
+        Running(
+            Command::new(env!("CARGO_BIN_EXE_sdspool"))
+                .arg("--config")
+                .arg(&self.config)
+                .arg("run")
+                .args(args)
+                .env("SDSPOOL_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
     }
 
     /// Drops a job the way users are told to: written elsewhere, renamed in.
@@ -63,6 +65,31 @@ impl Env {
         let tmp = self.root.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, body).unwrap();
         std::fs::rename(&tmp, self.spool("incoming").join(name)).unwrap();
+    }
+}
+
+/// A daemon that is killed when the test ends, passed or not (no orphans left running).
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
