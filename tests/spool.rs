@@ -685,21 +685,44 @@ fn leftover_temporary_files_are_removed_at_startup() {
     let spool = Spool::open(&config(tmp.path(), 1, 0)).unwrap();
     let l = spool.layout().clone();
     let me = std::process::id();
+    let tag = sdspool::output::atomic::host_tag();
+    let other = if tag == "00000000" {
+        "11111111"
+    } else {
+        "00000000"
+    };
     for dir in l.folders() {
-        // Written by a process that no longer exists.
-        fs::write(dir.join(".sdspool-tmp-4000000-0-x.yaml"), "x").unwrap();
+        // Written by a process of this host that no longer exists.
+        fs::write(
+            dir.join(format!(".sdspool-tmp-{tag}-4000000-0-x.yaml")),
+            "x",
+        )
+        .unwrap();
         // Ours, but an hour old.
-        let old = dir.join(format!(".sdspool-tmp-{me}-999-y.yaml"));
+        let old = dir.join(format!(".sdspool-tmp-{tag}-{me}-999-y.yaml"));
         fs::write(&old, "y").unwrap();
         set_age(&old, 3600);
         // Ours and fresh: another thread may be writing it.
-        fs::write(dir.join(format!(".sdspool-tmp-{me}-998-z.yaml")), "z").unwrap();
+        fs::write(dir.join(format!(".sdspool-tmp-{tag}-{me}-998-z.yaml")), "z").unwrap();
+        // Another machine's, fresh: its process id means nothing here.
+        fs::write(
+            dir.join(format!(".sdspool-tmp-{other}-4000000-0-w.yaml")),
+            "w",
+        )
+        .unwrap();
+        // Another machine's, an hour old: its writer is gone.
+        let stale = dir.join(format!(".sdspool-tmp-{other}-4000000-1-v.yaml"));
+        fs::write(&stale, "v").unwrap();
+        set_age(&stale, 3600);
     }
     spool.recover().unwrap();
     for dir in l.folders() {
         assert_eq!(
             names_in(dir),
-            set(&[&format!(".sdspool-tmp-{me}-998-z.yaml")]),
+            set(&[
+                &format!(".sdspool-tmp-{tag}-{me}-998-z.yaml"),
+                &format!(".sdspool-tmp-{other}-4000000-0-w.yaml")
+            ]),
             "{}",
             dir.display()
         );

@@ -8,18 +8,39 @@ use std::path::{Path, PathBuf};
 /// Prefix of temporary files; a folder scan may remove leftovers with it after a crash.
 pub const TEMP_PREFIX: &str = ".sdspool-tmp-";
 
-/// The temporary name used while `target` is written.
+/// The temporary name used while `target` is written:
+/// `.sdspool-tmp-<host tag>-<pid>-<n>-<name>`. The host tag (a hash of the host name) lets a
+/// daemon on one machine of a shared spool tell its own leftovers from another machine's files
+/// in progress, whose process ids mean nothing here.
 pub fn temp_path(target: &Path) -> PathBuf {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let unique = format!(
-        "{TEMP_PREFIX}{}-{}-{name}",
+        "{TEMP_PREFIX}{}-{}-{}-{name}",
+        host_tag(),
         std::process::id(),
         next_counter()
     );
     target.with_file_name(unique)
+}
+
+/// This host's tag in temporary names: 8 hex digits of a hash of the host name.
+pub fn host_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let h = crate::hash::fnv1a64(crate::spool::hostname().into_bytes());
+        format!("{:08x}", h >> 32)
+    })
+}
+
+/// The host tag and process id in a temporary file name, when it has them.
+fn temp_owner(name: &str) -> Option<(&str, u32)> {
+    let mut parts = name.strip_prefix(TEMP_PREFIX)?.splitn(3, '-');
+    let host = parts.next()?;
+    let pid = parts.next()?.parse().ok()?;
+    (host.len() == 8 && host.chars().all(|c| c.is_ascii_hexdigit())).then_some((host, pid))
 }
 
 fn next_counter() -> u64 {
@@ -48,15 +69,12 @@ pub fn write(target: &Path, bytes: &[u8]) -> io::Result<()> {
 /// A temporary file this old is a leftover whatever process wrote it.
 pub const STALE_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Whether `name` is a temporary file whose writer is gone: a process of this host that no
-/// longer exists (killed during a write), or any writer when the file is older than
-/// [`STALE_AGE`]. This process's own temporaries never are.
+/// Whether `name` is a temporary file whose writer is gone: any writer, of any host, when the
+/// file is older than [`STALE_AGE`]; else a process of this host that no longer exists (killed
+/// during a write). This process's recent temporaries are not, and neither are another host's
+/// recent ones (its process ids cannot be checked from here).
 pub fn is_leftover(name: &str, meta: &fs::Metadata) -> bool {
-    let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
-        return false;
-    };
-    let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-    if pid == Some(std::process::id()) {
+    if !name.starts_with(TEMP_PREFIX) {
         return false;
     }
     let old = meta
@@ -64,7 +82,15 @@ pub fn is_leftover(name: &str, meta: &fs::Metadata) -> bool {
         .ok()
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|age| age >= STALE_AGE);
-    old || pid.is_none_or(|pid| !crate::spool::pid_alive(pid))
+    if old {
+        return true;
+    }
+    match temp_owner(name) {
+        Some((host, pid)) if host == host_tag() => {
+            pid != std::process::id() && !crate::spool::pid_alive(pid)
+        }
+        _ => false,
+    }
 }
 
 /// Removes the leftover temporary files ([`is_leftover`]) in `dir` (not below it) and returns
@@ -119,6 +145,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn leftovers_are_this_hosts_dead_writers_or_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = |name: &str| {
+            let p = dir.path().join(name);
+            fs::write(&p, b"x").unwrap();
+            fs::metadata(&p).unwrap()
+        };
+        let mine = temp_path(&dir.path().join("a.png"));
+        let mine = mine.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(!is_leftover(&mine, &meta(&mine)), "this process's own file");
+        let dead = format!("{TEMP_PREFIX}{}-4194304-0-a.png", host_tag());
+        assert!(
+            is_leftover(&dead, &meta(&dead)),
+            "a dead process of this host"
+        );
+        let other_tag = if host_tag() == "00000000" {
+            "11111111"
+        } else {
+            "00000000"
+        };
+        let other = format!("{TEMP_PREFIX}{other_tag}-4194304-0-a.png");
+        assert!(
+            !is_leftover(&other, &meta(&other)),
+            "another host's recent file"
+        );
+        assert!(!is_leftover("a.png", &meta("a.png")));
+    }
+
+    #[test]
     fn writes_and_replaces_without_leaving_temporaries() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("a.json");
@@ -136,7 +191,9 @@ mod tests {
     fn leftovers_of_dead_writers_are_removed_and_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
         // pid 0 is never a process: the writer is gone.
-        let dead = dir.path().join(format!("{TEMP_PREFIX}0-3-a.png"));
+        let dead = dir
+            .path()
+            .join(format!("{TEMP_PREFIX}{}-0-3-a.png", host_tag()));
         let mine = temp_path(&dir.path().join("b.png"));
         let other = dir.path().join("c.png");
         for p in [&dead, &mine, &other] {

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use rustix::fs::{AtFlags, CWD, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use crate::output::atomic::{self, TEMP_PREFIX};
+use crate::output::atomic;
 
 /// How a file is moved from one spool folder to another without replacing what is there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -253,15 +253,6 @@ pub fn pid_alive(pid: u32) -> bool {
     pid != 0 && Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// The process id embedded in a temporary file name (`.sdspool-tmp-<pid>-<n>-<name>`).
-pub(crate) fn temp_pid(name: &str) -> Option<u32> {
-    name.strip_prefix(TEMP_PREFIX)?
-        .split('-')
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Seconds from `t` to now; 0 when `t` is in the future.
 pub(crate) fn age(t: SystemTime) -> std::time::Duration {
     SystemTime::now().duration_since(t).unwrap_or_default()
@@ -360,13 +351,5 @@ mod tests {
         assert_eq!(write_file(&p, b"three", true, &mover).unwrap(), Moved::Done);
         assert_eq!(std::fs::read(&p).unwrap(), b"three");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn temp_names_carry_the_pid() {
-        let t = atomic::temp_path(Path::new("/x/job.yaml"));
-        let name = t.file_name().unwrap().to_str().unwrap();
-        assert_eq!(temp_pid(name), Some(std::process::id()));
-        assert_eq!(temp_pid("job.yaml"), None);
     }
 }

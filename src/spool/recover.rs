@@ -11,9 +11,6 @@ use super::names::{self, ATTEMPTS_SUFFIX, NameKind, STATUS_SUFFIX};
 use super::queue::{order_key, read_priority};
 use super::{Attempts, Claimed, Spool, SpoolError};
 
-/// A temporary file this old is a leftover whatever process wrote it.
-pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
-
 impl Spool {
     /// Cleans up after a crash and returns the jobs to resume, already claimed (locked) with
     /// their attempt counted, best first. Call it once at startup, before [`Spool::next_job`].
@@ -195,9 +192,7 @@ impl Spool {
                 if !names::is_temp(std::ffi::OsStr::new(&name)) {
                     continue;
                 }
-                let old = meta.modified().map(fsops::age).unwrap_or_default() >= STALE_TEMP_AGE;
-                let dead = fsops::temp_pid(&name).is_none_or(|pid| !fsops::pid_alive(pid));
-                if old || dead {
+                if crate::output::atomic::is_leftover(&name, &meta) {
                     let path = dir.join(&name);
                     match std::fs::remove_file(&path) {
                         Ok(()) => {

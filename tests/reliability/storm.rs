@@ -199,9 +199,10 @@ fn startup_removes_temporaries_a_kill_left_in_the_control_folder() {
     let control = tmp.path().join("control");
     std::fs::create_dir_all(control.join("cancel")).unwrap();
     // pid 0 is never a live process.
+    let tag = sdspool::output::atomic::host_tag();
     let left = [
-        control.join(".sdspool-tmp-0-27-timings.json"),
-        control.join("cancel/.sdspool-tmp-0-3-job.yaml"),
+        control.join(format!(".sdspool-tmp-{tag}-0-27-timings.json")),
+        control.join(format!("cancel/.sdspool-tmp-{tag}-0-3-job.yaml")),
     ];
     for p in &left {
         std::fs::write(p, "{").unwrap();
