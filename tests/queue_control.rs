@@ -5,9 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::{Running, names, stderr_of, wait_exit, wait_for};
+
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -46,17 +48,19 @@ impl Env {
         self.root.join("spool").join(sub)
     }
 
-    fn start(&self, args: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_sdspool"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("run")
-            .args(args)
-            .env("SDSPOOL_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+    fn start(&self, args: &[&str]) -> Running {
+        Running(
+            Command::new(env!("CARGO_BIN_EXE_sdspool"))
+                .arg("--config")
+                .arg(&self.config)
+                .arg("run")
+                .args(args)
+                .env("SDSPOOL_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -98,48 +102,6 @@ impl Env {
         }
         self.ok(&args);
     }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("the daemon did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    use std::io::Read;
-    let mut s = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut s);
-    }
-    s
 }
 
 fn terminate(child: &mut Child) -> String {

@@ -3,22 +3,13 @@
 
 mod common;
 
+use common::parameters_chunk;
+
 use std::path::Path;
 use std::process::Command;
 
 use ndarray::ArrayD;
 use ndarray_npy::read_npy;
-
-fn parameters_chunk(path: &Path) -> String {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let reader = decoder.read_info().unwrap();
-    let info = reader.info();
-    info.uncompressed_latin1_text
-        .iter()
-        .find(|t| t.keyword == "parameters")
-        .map(|t| t.text.clone())
-        .unwrap_or_else(|| panic!("{}: no parameters chunk", path.display()))
-}
 
 #[test]
 fn render_writes_the_images_diffusers_renders_for_the_same_job() {

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::parameters_chunk;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -395,18 +397,6 @@ fn find(hay: &image::RgbImage, needle: &image::RgbImage) -> Option<(u32, u32)> {
         }
     }
     None
-}
-
-fn parameters_chunk(path: &Path) -> String {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let reader = decoder.read_info().unwrap();
-    reader
-        .info()
-        .uncompressed_latin1_text
-        .iter()
-        .find(|t| t.keyword == "parameters")
-        .map(|t| t.text.clone())
-        .unwrap()
 }
 
 #[test]
