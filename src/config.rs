@@ -282,6 +282,9 @@ pub struct Limits {
     pub max_steps: u32,
     /// Width times height.
     pub max_pixels: u64,
+    /// Longest side in pixels, width or height. `max_pixels` alone lets a 131072x8 image
+    /// through, whose attention maps do not fit in memory.
+    pub max_side: u32,
     /// Candidates of one prompt.
     pub max_candidates: u32,
     /// Prompts of one job once sweeps and prompt matrices are expanded.
@@ -297,6 +300,7 @@ impl Default for Limits {
         Limits {
             max_steps: 150,
             max_pixels: 1024 * 1024,
+            max_side: 2048,
             max_candidates: 32,
             max_prompts: 1000,
             max_images: 10_000,

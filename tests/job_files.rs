@@ -90,7 +90,15 @@ fn errors_name_the_field() {
         ),
         (
             "prompts: [a cat]\nwidth: 8192\nheight: 8192\n",
+            &["limits.max_side"],
+        ),
+        (
+            "prompts: [a cat]\nwidth: 2048\nheight: 1024\n",
             &["limits.max_pixels"],
+        ),
+        (
+            "prompts: [a cat]\nwidth: 131072\nheight: 8\n",
+            &["`width` is 131072", "limits.max_side"],
         ),
         ("prompts: [a cat]\nguidance: .nan\n", &["guidance"]),
         ("prompts: [a cat]\nguidance: -3\n", &["`guidance` is -3"]),

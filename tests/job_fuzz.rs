@@ -48,7 +48,7 @@ fn check_job(j: &Job, c: &Config) -> Result<(), String> {
             return fail(format!("guidance {}", p.guidance));
         }
         for v in [p.width, p.height] {
-            if v == 0 || v % 8 != 0 {
+            if v == 0 || v % 8 != 0 || v > l.max_side {
                 return fail(format!("size {}x{}", p.width, p.height));
             }
         }

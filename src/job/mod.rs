@@ -365,6 +365,20 @@ pub fn resolve_with(
                     format!("{what}is {v}; it must be a positive multiple of 8"),
                 ));
             }
+            if v > l.max_side {
+                let (field, what) = if field.ends_with("size") || field.contains("size[") {
+                    (field.to_string(), format!("{name} "))
+                } else {
+                    (format!("{field}{name}"), String::new())
+                };
+                return Err(err(
+                    &field,
+                    format!(
+                        "{what}is {v}; the longest side allowed is {} (limits.max_side)",
+                        l.max_side
+                    ),
+                ));
+            }
         }
         let pixels = u64::from(width) * u64::from(height);
         if pixels > l.max_pixels {
