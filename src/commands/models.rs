@@ -40,10 +40,11 @@ pub fn run(config: &Config, runtime: &Runtime, out: &mut String) -> bool {
                 };
                 let _ = writeln!(
                     out,
-                    "  ok: {}, {}, VAE scaling factor {} ({scale_from}), tokenizer {}",
+                    "  ok: {}, {}, VAE scaling factor {} ({scale_from}), {}x downsampling, tokenizer {}",
                     f.pipeline_class,
                     m.precision(),
                     f.vae_scaling_factor,
+                    f.vae_downsampling,
                     match &f.tokenizer {
                         crate::model::TokenizerFiles::Json(_) => "tokenizer.json",
                         crate::model::TokenizerFiles::VocabMerges { .. } =>

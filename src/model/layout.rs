@@ -18,6 +18,8 @@ use super::signature::Component;
 
 /// SD 1.x and 2.x VAEs; used when an export carries no VAE config.
 pub const DEFAULT_VAE_SCALING_FACTOR: f32 = 0.18215;
+/// SD's VAE: four levels, three downsamplings.
+pub const DEFAULT_VAE_DOWNSAMPLING: usize = 8;
 
 /// Largest JSON file read from a model folder (configs are a few kilobytes; tokenizer.json of
 /// CLIP is about 2 MB).
@@ -72,6 +74,9 @@ pub struct ModelFolder {
     pub vae_scaling_factor: f32,
     /// Where the scaling factor came from: the config file, or `None` for the default.
     pub vae_scaling_source: Option<PathBuf>,
+    /// Image pixels per latent pixel along each side: `2^(levels - 1)` for a VAE config with
+    /// `block_out_channels` of `levels` entries (diffusers' `vae_scale_factor`); 8 without one.
+    pub vae_downsampling: usize,
 }
 
 impl ModelFolder {
@@ -121,7 +126,7 @@ impl ModelFolder {
         let scheduler_config = root.join("scheduler").join("scheduler_config.json");
         read_json(&scheduler_config, "the scheduler configuration")?;
 
-        let (vae_scaling_factor, vae_scaling_source) = vae_scaling_factor(root)?;
+        let vae = vae_config(root)?;
 
         Ok(ModelFolder {
             root: root.to_path_buf(),
@@ -133,8 +138,9 @@ impl ModelFolder {
             tokenizer_dir,
             tokenizer,
             scheduler_config,
-            vae_scaling_factor,
-            vae_scaling_source,
+            vae_scaling_factor: vae.scaling_factor,
+            vae_scaling_source: vae.source,
+            vae_downsampling: vae.downsampling,
         })
     }
 
@@ -170,27 +176,61 @@ fn tokenizer_files(dir: &Path) -> Result<TokenizerFiles, LayoutError> {
     }
 }
 
-/// The VAE's latent scaling factor: optimum writes the VAE config beside each VAE model.
-fn vae_scaling_factor(root: &Path) -> Result<(f32, Option<PathBuf>), LayoutError> {
+/// What the pipeline needs from the VAE's config.json.
+struct VaeConfig {
+    scaling_factor: f32,
+    source: Option<PathBuf>,
+    downsampling: usize,
+}
+
+/// The VAE's latent scaling factor and downsampling: optimum writes the VAE config beside each
+/// VAE model. Without one, SD's values (0.18215, 8).
+fn vae_config(root: &Path) -> Result<VaeConfig, LayoutError> {
     for dir in ["vae_decoder", "vae_encoder", "vae"] {
         let path = root.join(dir).join("config.json");
         if !path.is_file() {
             continue;
         }
         let config = read_json(&path, "the VAE configuration")?;
-        return match config.get("scaling_factor") {
-            None => Ok((DEFAULT_VAE_SCALING_FACTOR, None)),
-            Some(v) => match v.as_f64() {
-                Some(f) if f.is_finite() && f > 0.0 => Ok((f as f32, Some(path))),
-                _ => Err(LayoutError::Field {
+        let downsampling = match config.get("block_out_channels") {
+            None => DEFAULT_VAE_DOWNSAMPLING,
+            Some(Value::Array(levels)) if (1..=6).contains(&levels.len()) => {
+                1 << (levels.len() - 1)
+            }
+            Some(v) => {
+                return Err(LayoutError::Field {
                     path,
-                    field: "scaling_factor".into(),
-                    problem: format!("is {v}, expected a positive number such as 0.18215"),
-                }),
+                    field: "block_out_channels".into(),
+                    problem: format!(
+                        "is {v}, expected a list of 1 to 6 channel counts (one per VAE level)"
+                    ),
+                });
+            }
+        };
+        let (scaling_factor, source) = match config.get("scaling_factor") {
+            None => (DEFAULT_VAE_SCALING_FACTOR, None),
+            Some(v) => match v.as_f64() {
+                Some(f) if f.is_finite() && f > 0.0 => (f as f32, Some(path)),
+                _ => {
+                    return Err(LayoutError::Field {
+                        path,
+                        field: "scaling_factor".into(),
+                        problem: format!("is {v}, expected a positive number such as 0.18215"),
+                    });
+                }
             },
         };
+        return Ok(VaeConfig {
+            scaling_factor,
+            source,
+            downsampling,
+        });
     }
-    Ok((DEFAULT_VAE_SCALING_FACTOR, None))
+    Ok(VaeConfig {
+        scaling_factor: DEFAULT_VAE_SCALING_FACTOR,
+        source: None,
+        downsampling: DEFAULT_VAE_DOWNSAMPLING,
+    })
 }
 
 /// Reads a JSON file of a model folder; `what` says what the file is for in the error.

@@ -9,12 +9,13 @@ use super::tensors::{extract_float, float_tensor, ort_err};
 use crate::model::Part;
 
 /// Decodes `[n, 4, h, w]` latents one image at a time (fp16 VAE decoders have been seen to go
-/// wrong at batch > 1, and one image bounds the decoder's memory). Returns `[n, 3, 8h, 8w]` in
-/// [-1, 1] (not clamped).
+/// wrong at batch > 1, and one image bounds the decoder's memory). Returns `[n, 3, f·h, f·w]` in
+/// [-1, 1] (not clamped), `f` being the VAE's `downsampling` (8 for SD's VAE).
 pub fn decode(
     vae_decoder: &mut Part,
     latents: ArrayViewD<'_, f32>,
     scaling_factor: f32,
+    downsampling: usize,
 ) -> Result<ArrayD<f32>, PipelineError> {
     let file = vae_decoder.loaded.file.clone();
     let mut images = Vec::new();
@@ -30,7 +31,10 @@ pub fn decode(
             .run(ort::inputs!["latent_sample" => input])
             .map_err(|e| ort_err(&file, e))?;
         let image = extract_float(&outputs["sample"]).map_err(|e| ort_err(&file, e))?;
-        let (h, w) = (latents.shape()[2] * 8, latents.shape()[3] * 8);
+        let (h, w) = (
+            latents.shape()[2] * downsampling,
+            latents.shape()[3] * downsampling,
+        );
         if image.shape() != [1, 3, h, w] {
             return Err(PipelineError::Shape {
                 file: file.display().to_string(),

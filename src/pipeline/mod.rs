@@ -153,11 +153,12 @@ impl Pipeline {
 
     fn check(&self, req: &RenderRequest) -> Result<(), PipelineError> {
         let bad = |field, problem: String| Err(PipelineError::Request { field, problem });
+        let multiple = self.model.folder.vae_downsampling.max(8);
         for (field, v) in [("width", req.width), ("height", req.height)] {
-            if v == 0 || v % 8 != 0 {
+            if v == 0 || v as usize % multiple != 0 {
                 return bad(
                     field,
-                    format!("is {v}; it must be a positive multiple of 8"),
+                    format!("is {v}; it must be a positive multiple of {multiple}"),
                 );
             }
         }
@@ -203,7 +204,8 @@ impl Pipeline {
     }
 
     fn latent_shape(&self, req: &RenderRequest, n: usize) -> Vec<usize> {
-        vec![n, 4, req.height as usize / 8, req.width as usize / 8]
+        let f = self.model.folder.vae_downsampling;
+        vec![n, 4, req.height as usize / f, req.width as usize / f]
     }
 
     /// Renders every candidate of `req`. `on_progress` is called after each UNet call and may
@@ -301,6 +303,7 @@ impl Pipeline {
                 &mut self.model.vae_decoder,
                 result.view(),
                 self.model.folder.vae_scaling_factor,
+                self.model.folder.vae_downsampling,
             )?;
             for i in 0..n {
                 images.push(decode::to_rgb8(decoded.index_axis(Axis(0), i).into_dyn()));
