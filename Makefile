@@ -19,12 +19,14 @@ else
 endif
 STAMP := $(ORT_DIR)/.installed
 
-.PHONY: help setup demo test build clean-ort
+.PHONY: help setup demo test build clean-ort venv demo-model check-demo
 
 help:
 	@echo "make setup   install ONNX Runtime $(ORT_VERSION) from PyPI into $(ORT_DIR)/ (GPU=1 for CUDA/TensorRT)"
 	@echo "make demo    build sdspool, submit examples/*.yaml, run the daemon until the spool is empty"
 	@echo "make test    run the test suite (what CI runs)"
+	@echo "make demo-model  retrain the demo models from scratch (onnx/train_demo_model.py, about 1 h on 2 cores)"
+	@echo "make check-demo  measure the demo model's prompt adherence and rerank lift (onnx/check_demo_model.py)"
 
 # Idempotent: reinstalls only when the wanted package set changes.
 setup:
@@ -54,6 +56,21 @@ demo: build
 
 test: setup
 	$(CARGO) test --locked
+
+# The Python reference stack (torch, diffusers, transformers, optimum; about 6 GB) for the scripts
+# in onnx/: training the demo models, golden files. Neither CI nor the daemon needs it.
+VENV_PY := onnx/.venv/bin/python
+venv: $(VENV_PY)
+$(VENV_PY): onnx/requirements.txt
+	$(PYTHON) -m venv onnx/.venv
+	onnx/.venv/bin/pip install --quiet --disable-pip-version-check -r onnx/requirements.txt
+	touch $(VENV_PY)
+
+demo-model: venv
+	$(VENV_PY) onnx/train_demo_model.py
+
+check-demo: venv build
+	$(VENV_PY) onnx/check_demo_model.py
 
 clean-ort:
 	rm -rf $(ORT_DIR)

@@ -54,6 +54,7 @@ PROMPT = "a photo of a cat"
 NEGATIVE = "blurry, low quality"
 WIDTH = HEIGHT = 64
 SEEDS = [42, 43]
+SHAPES_PROMPT = "a large red circle in the center on a blue background"
 
 
 class NoiseRecorder:
@@ -105,12 +106,13 @@ def initial_latents(seeds, shape):
     return torch.cat([torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
 
 
-def run_case(name, model, scheduler, steps, guidance, negative, cases):
+def run_case(name, model, scheduler, steps, guidance, negative, cases, prompt=PROMPT):
     pipe, base_config = pipeline(model)
     cls, config_extra, call_extra = SCHEDULERS[scheduler]
     pipe.scheduler = cls.from_config(base_config, **config_extra)
 
-    shape = (4, HEIGHT // 8, WIDTH // 8)
+    # diffusers: vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1); 4 for shapes-sd
+    shape = (4, HEIGHT // pipe.vae_scale_factor, WIDTH // pipe.vae_scale_factor)
     latents0 = initial_latents(SEEDS, shape)
     # The generators continue from where the initial latents left them, as in diffusers.
     generators = [torch.Generator("cpu").manual_seed(s) for s in SEEDS]
@@ -125,7 +127,7 @@ def run_case(name, model, scheduler, steps, guidance, negative, cases):
     RECORDER.draws = []
     RECORDER.active = True
     out = pipe(
-        prompt=PROMPT,
+        prompt=prompt,
         negative_prompt=negative,
         num_images_per_prompt=len(SEEDS),
         num_inference_steps=steps,
@@ -164,7 +166,7 @@ def run_case(name, model, scheduler, steps, guidance, negative, cases):
             "eta": call_extra.get("eta", 0.0),
             "steps": steps,
             "guidance": guidance,
-            "prompt": PROMPT,
+            "prompt": prompt,
             "negative": negative or "",
             "width": WIDTH,
             "height": HEIGHT,
@@ -192,6 +194,10 @@ def main():
     for scheduler in ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc"):
         run_case(f"v-{scheduler}-7", "tiny-sd-v", scheduler, 7, 5.0, None, cases)
     run_case("fp16-pndm-7", "tiny-sd-fp16", "pndm", 7, 7.5, None, cases)
+    # The trained demo model (onnx/train_demo_model.py): VAE with 4x downsampling, 24 tokens.
+    if (MODELS / "shapes-sd").is_dir():
+        for scheduler, steps in (("pndm", 20), ("euler_a", 20), ("dpmpp_2m", 7)):
+            run_case(f"shapes-{scheduler}-{steps}", "shapes-sd", scheduler, steps, 7.5, None, cases, prompt=SHAPES_PROMPT)
     index = {
         "generator": "onnx/golden_pipeline.py",
         "diffusers": diffusers.__version__,

@@ -26,7 +26,8 @@ do_split_on_punc=False)``, ``self.fix_text = None``) and ``_tokenize`` then runs
 ftfy importable is NOT enough in transformers 4.57.6: ``self.nlp`` only exists on the ImportError
 branch, so ``_tokenize`` would raise AttributeError. The script asserts the branch taken.
 
-Usage: onnx/.venv/bin/python onnx/golden_tokenizer.py [vocab|tables|goldens|all]
+Usage: onnx/.venv/bin/python onnx/golden_tokenizer.py [vocab|tables|goldens|shapes|all]
+(shapes: the trained demo model's tokenizer, onnx/models/shapes-sd/tokenizer)
 """
 
 from __future__ import annotations
@@ -702,7 +703,7 @@ def first_diff(a: list[int], b: list[int]) -> int:
     return min(len(a), len(b)) if len(a) != len(b) else -1
 
 
-def encode_ref(tok, prompt: str) -> dict:
+def encode_ref(tok, prompt: str, MAX_LENGTH: int = MAX_LENGTH) -> dict:  # noqa: N803
     ids = tok(prompt, padding="max_length", max_length=MAX_LENGTH, truncation=True).input_ids
     untruncated = tok(prompt).input_ids  # bos + all tokens + eos
     body = untruncated[1:-1]
@@ -868,9 +869,46 @@ def build_goldens() -> None:
     )
 
 
+SHAPES_TOKENIZER = os.path.join(ROOT, "onnx", "models", "shapes-sd", "tokenizer")
+
+
+def build_shapes() -> None:
+    """``shapes_tokens.json``: the trained demo model's own BPE (onnx/train_demo_model.py, 24 positions)."""
+    import transformers
+
+    sys.path.insert(0, os.path.join(ROOT, "onnx"))
+    import shapes_data
+
+    tok = load_slow(SHAPES_TOKENIZER)
+    n = tok.model_max_length
+    captions = [s.caption() for s in shapes_data.heldout_scenes(100)]
+    prompts = []
+    for p in captions + corpus():
+        if p not in prompts:
+            prompts.append(p)
+    entries = [encode_ref(tok, p, n) for p in prompts]
+    result = {
+        "generator": "onnx/golden_tokenizer.py shapes",
+        "reference": (
+            f"transformers {transformers.__version__} CLIPTokenizer (slow), ftfy not importable, "
+            f"onnx/models/shapes-sd/tokenizer, padding='max_length', max_length={n}, truncation=True"
+        ),
+        "max_length": n,
+        "prompts": prompts,
+        "variants": {
+            "shapes": {"pad_id": tok.pad_token_id, "bos_id": tok.bos_token_id, "eos_id": tok.eos_token_id, "encodings": entries}
+        },
+    }
+    print(f"shapes: {len(prompts)} prompts, {sum(1 for e in entries if 'dropped' in e)} truncated at {n}")
+    text = json.dumps(result, ensure_ascii=True, indent=1)
+    text = regex.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + regex.sub(r"\s+", "", m.group(1)) + "]", text)
+    with open(os.path.join(GOLDEN_DIR, "shapes_tokens.json"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", nargs="?", default="all", choices=["vocab", "tables", "goldens", "all"])
+    ap.add_argument("what", nargs="?", default="all", choices=["vocab", "tables", "goldens", "shapes", "all"])
     args = ap.parse_args()
     if args.what in ("vocab", "all"):
         build_vocab()
@@ -878,6 +916,8 @@ def main() -> None:
         build_tables()
     if args.what in ("goldens", "all"):
         build_goldens()
+    if args.what in ("shapes", "all"):
+        build_shapes()
 
 
 if __name__ == "__main__":

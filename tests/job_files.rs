@@ -33,15 +33,15 @@ fn err(body: &str) -> String {
 #[test]
 fn the_example_job_resolves_with_defaults_and_seeds() {
     let c = config();
-    let j = job::load(&common::root().join("examples/cats.yaml"), &c).unwrap();
-    assert_eq!(j.id, "cats");
-    assert_eq!(j.output, "cats");
+    let j = job::load(&common::root().join("examples/first.yaml"), &c).unwrap();
+    assert_eq!(j.id, "first");
+    assert_eq!(j.output, "first");
     assert_eq!(j.model, c.default_model_name());
     assert_eq!(j.prompts.len(), 2);
     assert_eq!(j.prompts[0].seeds, vec![1234, 1235, 1236, 1237]);
     assert_eq!(j.prompts[0].negative, "");
     assert_eq!(j.prompts[1].seeds, vec![1234, 1235]);
-    assert_eq!(j.prompts[1].negative, "blurry, low quality");
+    assert_eq!(j.prompts[1].negative, "a white background");
     assert_eq!(j.image_count(), 6);
     assert_eq!(j.steps, 20);
 }

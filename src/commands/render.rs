@@ -70,7 +70,7 @@ fn read_overrides(job: &Job, job_file: &Path, noise: &NoiseFiles) -> anyhow::Res
             let all = read_npy(p, "step noise")?;
             if all.ndim() != 5 {
                 anyhow::bail!(
-                    "{}: step noise must be [draws, candidates, 4, h/8, w/8], got {:?}",
+                    "{}: step noise must be [draws, candidates, 4, h/f, w/f] (f: the VAE downsampling, 8 for SD), got {:?}",
                     p.display(),
                     all.shape()
                 );
