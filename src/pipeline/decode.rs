@@ -27,7 +27,6 @@ pub fn decode(
             float_tensor(one.view(), vae_decoder.feeding.float).map_err(|e| ort_err(&file, e))?;
         let outputs = vae_decoder
             .loaded
-            .session
             .run(ort::inputs!["latent_sample" => input])
             .map_err(|e| ort_err(&file, e))?;
         let image = extract_float(&outputs["sample"]).map_err(|e| ort_err(&file, e))?;

@@ -68,7 +68,6 @@ pub fn denoise(
             .map_err(|e| ort_err(&file, e))?;
         let outputs = unet
             .loaded
-            .session
             .run(ort::inputs![
                 "sample" => sample,
                 "timestep" => timestep,

@@ -35,7 +35,6 @@ pub fn encode(
         .map_err(|e| ort_err(&file, e))?;
     let outputs = text_encoder
         .loaded
-        .session
         .run(ort::inputs!["input_ids" => input])
         .map_err(|e| ort_err(&file, e))?;
     let hidden = extract_float(&outputs["last_hidden_state"]).map_err(|e| ort_err(&file, e))?;

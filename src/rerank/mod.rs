@@ -549,7 +549,7 @@ impl Reranker {
                 .map_err(|e| run_err(&file, e))?
                 .into(),
         ));
-        let outputs = session.session.run(inputs).map_err(|e| run_err(&file, e))?;
+        let outputs = session.run(inputs).map_err(|e| run_err(&file, e))?;
         let t = normalized_rows(
             output(&outputs, "text_embeds", &file)?,
             &file,
@@ -588,7 +588,6 @@ impl Reranker {
         let file = text_session.file.clone();
         let inputs = Self::text_inputs(text, tokens, &file)?;
         let outputs = text_session
-            .session
             .run(inputs)
             .map_err(|e| run_err(&file, e))?;
         let t = normalized_rows(
@@ -616,7 +615,6 @@ impl Reranker {
         let input = tensors::float_tensor_from(&[n, 3, h, w], pixels, vision.float)
             .map_err(|e| run_err(&file, e))?;
         let outputs = vision_session
-            .session
             .run(ort::inputs!["pixel_values" => input])
             .map_err(|e| run_err(&file, e))?;
         let i = normalized_rows(

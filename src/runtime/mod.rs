@@ -2,18 +2,22 @@
 //! reporting which provider really serves each one.
 
 pub mod assignment;
+pub mod clock;
 pub mod library;
 pub mod providers;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
-use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{IoBinding, Session, SessionInputs, SessionOutputs};
 
 use crate::config::{ExecutionConfig, GraphOptimization};
 use assignment::Assignment;
+use clock::{BusyClock, SessionClock};
 use providers::{ProviderKind, Registration};
 
 /// Why a session could not be created.
@@ -43,6 +47,8 @@ pub struct Runtime {
     version: String,
     env: Environment,
     exec: ExecutionConfig,
+    /// Wall time with at least one session run in progress (see [`clock`]).
+    busy: Arc<BusyClock>,
 }
 
 impl fmt::Debug for Runtime {
@@ -79,7 +85,14 @@ impl Runtime {
             version,
             env,
             exec: exec.clone(),
+            busy: Arc::new(BusyClock::default()),
         })
+    }
+
+    /// Wall time so far during which at least one of this runtime's sessions was running, on
+    /// any thread (overlapping runs counted once).
+    pub fn busy_time(&self) -> Duration {
+        self.busy.total()
     }
 
     pub fn library_path(&self) -> &Path {
@@ -169,6 +182,8 @@ impl Runtime {
             session,
             file: file.to_path_buf(),
             providers: report,
+            clock: SessionClock::default(),
+            busy: Arc::clone(&self.busy),
         })
     }
 }
@@ -200,6 +215,43 @@ pub struct LoadedSession {
     pub session: Session,
     pub file: PathBuf,
     pub providers: ProviderReport,
+    /// Runs of this session through [`LoadedSession::run`] and their wall time.
+    pub clock: SessionClock,
+    busy: Arc<BusyClock>,
+}
+
+impl LoadedSession {
+    /// `session.run`, timed into [`LoadedSession::clock`] and the runtime's busy time.
+    pub fn run<'s, 'i, 'v: 'i, const N: usize>(
+        &'s mut self,
+        inputs: impl Into<SessionInputs<'i, 'v, N>>,
+    ) -> ort::Result<SessionOutputs<'s>> {
+        let inputs = inputs.into();
+        let started = Instant::now();
+        self.busy.enter(started);
+        let result = self.session.run(inputs);
+        let ended = Instant::now();
+        self.busy.exit(ended);
+        self.clock.add(ended - started);
+        result
+    }
+
+    /// `session.run_binding`, timed like [`LoadedSession::run`].
+    pub fn run_binding<'s, 'b>(
+        &'s mut self,
+        binding: &'b IoBinding,
+    ) -> ort::Result<SessionOutputs<'b>>
+    where
+        's: 'b,
+    {
+        let started = Instant::now();
+        self.busy.enter(started);
+        let result = self.session.run_binding(binding);
+        let ended = Instant::now();
+        self.busy.exit(ended);
+        self.clock.add(ended - started);
+        result
+    }
 }
 
 impl fmt::Debug for LoadedSession {
