@@ -3,7 +3,7 @@
 //! and the contact sheet.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
@@ -29,6 +29,22 @@ pub struct Finisher<'a> {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub reranker: Option<&'a mut Reranker>,
+    /// Where the finishing thread's time went.
+    pub clock: FinishClock,
+}
+
+/// Wall time of the finishing thread's phases (the rest of its time: manifest checkpoints,
+/// reading images back, contact sheets, keep_top, grids).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FinishClock {
+    /// CLIP scoring ([`Reranker::score`]).
+    pub rerank: Duration,
+    /// PNG encoding of the candidates.
+    pub png_encode: Duration,
+    /// Writing the candidates' PNG files (temporary file, fsync, rename).
+    pub png_write: Duration,
+    /// When the first candidate's file was in place.
+    pub first_image: Option<Instant>,
 }
 
 impl Finisher<'_> {
@@ -61,10 +77,16 @@ impl Finisher<'_> {
                 model: &job.model,
             };
             let name = output::image_file_name(batch.prompt, *candidate, *seed);
+            let t0 = Instant::now();
             let bytes = output::png::encode(image, &params.a1111_text())
                 .map_err(|e| Self::io_err(format!("encoding {name}"), e))?;
+            let t1 = Instant::now();
             output::atomic::write(&self.dir.join(&name), &bytes)
                 .map_err(|e| Self::io_err(format!("writing {name}"), e))?;
+            let t2 = Instant::now();
+            self.clock.png_encode += t1 - t0;
+            self.clock.png_write += t2 - t1;
+            self.clock.first_image.get_or_insert(t2);
             let entry = &mut self.manifest.prompts[batch.prompt];
             entry.truncated = batch.truncated.clone();
             entry.scheduler = batch.scheduler.to_string();
@@ -253,7 +275,9 @@ impl Finisher<'_> {
                         prompt: index,
                         message: e.to_string(),
                     })?;
-            self.manifest.timings.rerank_ms += started.elapsed().as_millis() as u64;
+            let took = started.elapsed();
+            self.clock.rerank += took;
+            self.manifest.timings.rerank_ms += took.as_millis() as u64;
             let cosines: Vec<f32> = scores.iter().map(|s| s.cosine).collect();
             let ranks = rerank::rank(&cosines);
             let entry = &mut self.manifest.prompts[index];

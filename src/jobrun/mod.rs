@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::commands::render::request;
 use crate::config::Config;
@@ -20,7 +20,7 @@ use crate::model::SdModel;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::rerank::Reranker;
 use crate::runtime::Runtime;
-use finish::{Batch, Finisher};
+use finish::{Batch, FinishClock, Finisher};
 use manifest::{Manifest, PhaseTimings, PromptEntry};
 
 /// Why a job did not complete.
@@ -113,6 +113,37 @@ pub struct Outcome {
     pub manifest: Manifest,
     /// Images rendered by this run (the rest were already there from an earlier run).
     pub rendered: usize,
+    /// Where this run's time went.
+    pub phases: PhaseDurations,
+}
+
+/// Wall time per phase of one [`Worker::run`] (`sdspool bench` reports them). The render
+/// thread's phases are sequential; the finishing thread's run beside them (overlapping the next
+/// prompt's denoising), one after another.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseDurations {
+    /// Render thread: the CLIP tokenizer.
+    pub tokenize: Duration,
+    /// Render thread: the text encoder (and building its input).
+    pub text_encode: Duration,
+    /// Render thread: scheduler set-up, initial latents, the denoising loop.
+    pub denoise: Duration,
+    /// Render thread: the VAE decoder and conversion to 8-bit RGB.
+    pub decode: Duration,
+    /// Render thread: waiting to hand a prompt to the finishing thread while it was still busy
+    /// with the previous one.
+    pub handoff_wait: Duration,
+    /// Finishing thread: CLIP scoring.
+    pub rerank: Duration,
+    /// Finishing thread: PNG encoding of the candidates.
+    pub png_encode: Duration,
+    /// Finishing thread: writing the candidates' files (temporary file, fsync, rename).
+    pub png_write: Duration,
+    /// Finishing thread, the rest: manifest checkpoints, reading images back, contact sheets,
+    /// keep_top, grids.
+    pub finish_other: Duration,
+    /// From the start of the run until the first image file was in place.
+    pub first_image: Option<Duration>,
 }
 
 /// Per-run choices besides the job itself.
@@ -248,6 +279,7 @@ impl Worker {
                 dir,
                 manifest,
                 rendered: 0,
+                phases: PhaseDurations::default(),
             });
         }
         manifest.runs += 1;
@@ -304,23 +336,29 @@ impl Worker {
             dir: dir.clone(),
             manifest,
             reranker: if rerank { reranker.as_mut() } else { None },
+            clock: FinishClock::default(),
         };
         finisher.save("writing the manifest")?;
         let mut rendered = 0;
         let mut timings = PhaseTimings::default();
+        let mut phases = PhaseDurations::default();
 
         let result = std::thread::scope(|scope| {
             // At most one prompt waits for the finisher while the next one denoises.
             let (tx, rx) = mpsc::sync_channel::<Work>(1);
-            let finishing = scope.spawn(move || -> Result<Finisher<'_>, JobRunError> {
-                for work in rx {
-                    match work {
-                        Work::Batch(b) => finisher.write_batch(b)?,
-                        Work::Finish(i) => finisher.finish_prompt(i)?,
+            let finishing =
+                scope.spawn(move || -> Result<(Finisher<'_>, Duration), JobRunError> {
+                    let mut busy = Duration::ZERO;
+                    for work in rx {
+                        let started = Instant::now();
+                        match work {
+                            Work::Batch(b) => finisher.write_batch(b)?,
+                            Work::Finish(i) => finisher.finish_prompt(i)?,
+                        }
+                        busy += started.elapsed();
                     }
-                }
-                Ok(finisher)
-            });
+                    Ok((finisher, busy))
+                });
             let mut render_result = Ok(());
             'prompts: for (pi, todo) in pending.iter().enumerate() {
                 if !todo.is_empty() {
@@ -360,6 +398,10 @@ impl Worker {
                     timings.text_ms += out.timings.text.as_millis() as u64;
                     timings.denoise_ms += out.timings.denoise.as_millis() as u64;
                     timings.decode_ms += out.timings.decode.as_millis() as u64;
+                    phases.tokenize += out.timings.tokenize;
+                    phases.text_encode += out.timings.text.saturating_sub(out.timings.tokenize);
+                    phases.denoise += out.timings.denoise;
+                    phases.decode += out.timings.decode;
                     rendered += todo.len();
                     images_done += todo.len();
                     let batch = Batch {
@@ -372,11 +414,17 @@ impl Worker {
                             .map(|((c, s), img)| (*c, *s, img))
                             .collect(),
                     };
-                    if tx.send(Work::Batch(batch)).is_err() {
+                    let handoff = Instant::now();
+                    let sent = tx.send(Work::Batch(batch));
+                    phases.handoff_wait += handoff.elapsed();
+                    if sent.is_err() {
                         break 'prompts; // the finisher failed; its error is reported below
                     }
                 }
-                if tx.send(Work::Finish(pi)).is_err() {
+                let handoff = Instant::now();
+                let sent = tx.send(Work::Finish(pi));
+                phases.handoff_wait += handoff.elapsed();
+                if sent.is_err() {
                     break 'prompts;
                 }
             }
@@ -390,8 +438,15 @@ impl Worker {
             (render_result, finished)
         });
         let (render_result, finished) = result;
-        let mut finisher = finished?;
+        let (mut finisher, finish_busy) = finished?;
         render_result?;
+        let clock = finisher.clock;
+        phases.rerank = clock.rerank;
+        phases.png_encode = clock.png_encode;
+        phases.png_write = clock.png_write;
+        phases.finish_other =
+            finish_busy.saturating_sub(clock.rerank + clock.png_encode + clock.png_write);
+        phases.first_image = clock.first_image.map(|t| t.saturating_duration_since(started));
         let m = &mut finisher.manifest;
         m.timings.text_ms += timings.text_ms;
         m.timings.denoise_ms += timings.denoise_ms;
@@ -403,6 +458,7 @@ impl Worker {
             dir,
             manifest: finisher.manifest,
             rendered,
+            phases,
         })
     }
 

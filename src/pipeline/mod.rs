@@ -108,8 +108,13 @@ pub struct Progress {
 /// Wall time per phase.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timings {
+    /// Tokenizer and text encoder.
     pub text: Duration,
+    /// The tokenizer's part of `text`.
+    pub tokenize: Duration,
+    /// Scheduler set-up, initial latents and the denoising loop.
     pub denoise: Duration,
+    /// VAE decoder and conversion to 8-bit RGB.
     pub decode: Duration,
 }
 
@@ -240,6 +245,7 @@ impl Pipeline {
             guidance_scale: req.guidance_scale,
         };
         timings.text = started.elapsed();
+        timings.tokenize = embeddings.tokenize;
 
         let mut finals = Vec::new();
         let mut decoded_all = Vec::new();
@@ -248,6 +254,7 @@ impl Pipeline {
         for first in (0..req.seeds.len()).step_by(req.max_batch) {
             let seeds = &req.seeds[first..(first + req.max_batch).min(req.seeds.len())];
             let n = seeds.len();
+            let started = Instant::now();
             let mut config = self.scheduler_config.clone();
             config.eta = Some(f64::from(req.eta));
             let mut scheduler = scheduler::build(kind, &config, req.steps)?;
@@ -263,7 +270,6 @@ impl Pipeline {
             let sigma = scheduler.init_noise_sigma();
             let latents = initial.mapv(|v| v * sigma);
 
-            let started = Instant::now();
             let step_noise = req.step_noise.as_ref();
             let mut draw_noise = |_step: usize| -> Result<ArrayD<f32>, PipelineError> {
                 let k = noise_draws;

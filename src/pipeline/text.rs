@@ -1,5 +1,7 @@
 //! Prompts to text embeddings: CLIP tokenizer, then the text encoder's `last_hidden_state`.
 
+use std::time::{Duration, Instant};
+
 use ndarray::{ArrayD, Axis};
 
 use super::PipelineError;
@@ -13,6 +15,8 @@ pub struct TextEmbeddings {
     pub hidden: ArrayD<f32>,
     /// For each prompt, the words cut off beyond the tokenizer's limit.
     pub truncated: Vec<Option<String>>,
+    /// Time spent in the tokenizer.
+    pub tokenize: Duration,
 }
 
 /// Tokenizes and encodes each prompt (one text-encoder run for all of them).
@@ -21,6 +25,7 @@ pub fn encode(
     text_encoder: &mut Part,
     prompts: &[&str],
 ) -> Result<TextEmbeddings, PipelineError> {
+    let started = Instant::now();
     let mut ids = Vec::new();
     let mut truncated = Vec::new();
     let mut seq = 0;
@@ -30,6 +35,7 @@ pub fn encode(
         ids.extend_from_slice(&enc.ids);
         truncated.push(enc.truncated);
     }
+    let tokenize = started.elapsed();
     let file = text_encoder.loaded.file.clone();
     let input = int_tensor(&[prompts.len(), seq], &ids, text_encoder.feeding.aux)
         .map_err(|e| ort_err(&file, e))?;
@@ -48,5 +54,9 @@ pub fn encode(
             ),
         });
     }
-    Ok(TextEmbeddings { hidden, truncated })
+    Ok(TextEmbeddings {
+        hidden,
+        truncated,
+        tokenize,
+    })
 }
