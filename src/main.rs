@@ -91,9 +91,66 @@ enum Command {
         /// The job file (YAML).
         job: PathBuf,
     },
+    /// Render a fixed workload through the daemon's pipeline and report images per second,
+    /// seconds per UNet step, time in ONNX Runtime against wall time, peak memory, time per
+    /// phase and time to first image (a table, and JSON with --json).
+    Bench(BenchArgs),
+}
+
+/// `sdspool bench` options; the defaults are the documented workload.
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// A model name from the config, or a model folder (default: the config's default model).
+    #[arg(long)]
+    model: Option<String>,
+    /// Prompts (fixed texts, see `sdspool::commands::bench::PROMPTS`).
+    #[arg(long, default_value_t = 4)]
+    prompts: usize,
+    /// Candidates per prompt.
+    #[arg(long, default_value_t = 2)]
+    candidates: usize,
+    #[arg(long, default_value_t = 20)]
+    steps: u32,
+    /// Classifier-free guidance scale (1 or less: no guidance, half the UNet batch).
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f32,
+    /// Scheduler (default: the model's own).
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Image size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "256x256")]
+    size: String,
+    /// Candidates per UNet batch (default: all candidates of a prompt in one batch).
+    #[arg(long, alias = "max-batch")]
+    batch: Option<usize>,
+    /// ONNX Runtime intra-op threads (default: `execution.intra_threads`; 0 lets it choose).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Measured runs of the whole workload.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Runs before the measured ones (not measured; the first run gives the cold figures).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Render without CLIP reranking.
+    #[arg(long)]
+    no_rerank: bool,
+    /// Seed of candidate 0 of each prompt.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Folder for the images (kept); default `<output_dir>/bench-<pid>`, removed afterwards.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Keep the default output folder.
+    #[arg(long)]
+    keep: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let config = match Config::load(&cli.config) {
@@ -198,6 +255,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Bench(args) => match bench(&config, args, started) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sdspool: {}", logging::error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { until_idle } => {
             match sdspool::daemon::run(&config, sdspool::daemon::DaemonOptions { until_idle }) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -265,4 +329,41 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn bench(config: &Config, args: BenchArgs, started: std::time::Instant) -> anyhow::Result<()> {
+    use sdspool::commands::bench::{self, BenchOptions};
+    let (width, height) =
+        bench::parse_size(&args.size).map_err(|e| anyhow::anyhow!("--size: {e}"))?;
+    let scheduler = match &args.scheduler {
+        Some(s) => Some(s.parse().map_err(|e| anyhow::anyhow!("--scheduler: {e}"))?),
+        None => None,
+    };
+    let opts = BenchOptions {
+        model: args.model,
+        prompts: args.prompts,
+        candidates: args.candidates,
+        steps: args.steps,
+        guidance: args.guidance,
+        scheduler,
+        width,
+        height,
+        batch: args.batch,
+        threads: args.threads,
+        runs: args.runs,
+        warmup: args.warmup,
+        rerank: !args.no_rerank,
+        seed: args.seed,
+        output: args.output,
+        keep: args.keep,
+    };
+    let report = bench::run(config, &opts, started)?;
+    print!("{}", bench::table(&report));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)? + "\n";
+        std::fs::write(path, text).map_err(|e| {
+            anyhow::anyhow!("{}: cannot write the JSON report: {e}", path.display())
+        })?;
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! The `sdspool` subcommands.
 
+pub mod bench;
 pub mod check;
 pub mod control;
 pub mod models;

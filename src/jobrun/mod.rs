@@ -20,6 +20,7 @@ use crate::model::SdModel;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::rerank::Reranker;
 use crate::runtime::Runtime;
+use crate::runtime::clock::SessionClock;
 use finish::{Batch, FinishClock, Finisher};
 use manifest::{Manifest, PhaseTimings, PromptEntry};
 
@@ -133,6 +134,8 @@ pub struct PhaseDurations {
     /// Render thread: waiting to hand a prompt to the finishing thread while it was still busy
     /// with the previous one.
     pub handoff_wait: Duration,
+    /// Render thread: after the last prompt, waiting for the finishing thread to be done.
+    pub finish_wait: Duration,
     /// Finishing thread: CLIP scoring.
     pub rerank: Duration,
     /// Finishing thread: PNG encoding of the candidates.
@@ -219,6 +222,38 @@ impl Worker {
     /// Whether reranking is available.
     pub fn can_rerank(&self) -> bool {
         self.reranker.is_some()
+    }
+
+    /// The scheduler `model` uses when a job asks for `requested` (its own when `None`).
+    pub fn scheduler_of(
+        &self,
+        model: &str,
+        requested: Option<crate::scheduler::SchedulerKind>,
+    ) -> Option<crate::scheduler::SchedulerKind> {
+        self.pipelines
+            .get(model)
+            .map(|p| requested.unwrap_or(p.default_scheduler))
+    }
+
+    /// Runs and wall time so far of each session of `model` (`text_encoder`, `unet`,
+    /// `vae_decoder`) and of the rerank model's sessions together (`rerank`), for
+    /// `sdspool bench`.
+    pub fn session_clocks(&self, model: &str) -> Vec<(&'static str, SessionClock)> {
+        let mut out = Vec::new();
+        if let Some(p) = self.pipelines.get(model) {
+            out.push(("text_encoder", p.model.text_encoder.loaded.clock));
+            out.push(("unet", p.model.unet.loaded.clock));
+            out.push(("vae_decoder", p.model.vae_decoder.loaded.clock));
+        }
+        if let Some(r) = &self.reranker {
+            let mut sum = SessionClock::default();
+            for s in r.sessions() {
+                sum.calls += s.clock.calls;
+                sum.time += s.clock.time;
+            }
+            out.push(("rerank", sum));
+        }
+        out
     }
 
     /// Runs (or continues) `job`. `stop` ends it between steps with [`JobRunError::Stopped`],
@@ -429,12 +464,14 @@ impl Worker {
                 }
             }
             drop(tx);
+            let waiting = Instant::now();
             let finished = finishing.join().unwrap_or_else(|_| {
                 Err(JobRunError::Output {
                     step: "finishing".into(),
                     message: "the finishing thread panicked".into(),
                 })
             });
+            phases.finish_wait = waiting.elapsed();
             (render_result, finished)
         });
         let (render_result, finished) = result;
@@ -446,7 +483,9 @@ impl Worker {
         phases.png_write = clock.png_write;
         phases.finish_other =
             finish_busy.saturating_sub(clock.rerank + clock.png_encode + clock.png_write);
-        phases.first_image = clock.first_image.map(|t| t.saturating_duration_since(started));
+        phases.first_image = clock
+            .first_image
+            .map(|t| t.saturating_duration_since(started));
         let m = &mut finisher.manifest;
         m.timings.text_ms += timings.text_ms;
         m.timings.denoise_ms += timings.denoise_ms;

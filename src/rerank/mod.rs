@@ -587,9 +587,7 @@ impl Reranker {
         };
         let file = text_session.file.clone();
         let inputs = Self::text_inputs(text, tokens, &file)?;
-        let outputs = text_session
-            .run(inputs)
-            .map_err(|e| run_err(&file, e))?;
+        let outputs = text_session.run(inputs).map_err(|e| run_err(&file, e))?;
         let t = normalized_rows(
             output(&outputs, "text_embeds", &file)?,
             &file,
