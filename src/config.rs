@@ -115,6 +115,14 @@ pub struct ExecutionConfig {
     /// ONNX Runtime graph optimisation level.
     #[serde(default)]
     pub graph_optimization: GraphOptimization,
+    /// ONNX Runtime's CPU memory arena (its own default; the `ort` crate turns it off unless
+    /// asked): activations stay allocated between runs.
+    #[serde(default = "yes")]
+    pub cpu_arena: bool,
+    /// When set, every session also writes its optimised graph below this folder (for
+    /// inspection; see [`crate::runtime::Runtime::optimized_model_path`]).
+    #[serde(default)]
+    pub optimized_model_dir: Option<PathBuf>,
     #[serde(default)]
     pub tensorrt: TensorRtConfig,
     #[serde(default)]
@@ -130,6 +138,8 @@ impl Default for ExecutionConfig {
             intra_threads: 0,
             inter_threads: 0,
             graph_optimization: GraphOptimization::default(),
+            cpu_arena: true,
+            optimized_model_dir: None,
             tensorrt: TensorRtConfig::default(),
             cuda: CudaConfig::default(),
         }
@@ -388,6 +398,9 @@ impl Config {
         resolve(&mut self.spool.dir);
         if let Some(lib) = self.onnxruntime.library.as_mut() {
             resolve(lib);
+        }
+        if let Some(p) = self.execution.optimized_model_dir.as_mut() {
+            resolve(p);
         }
         if let Some(p) = self.execution.tensorrt.engine_cache.as_mut() {
             resolve(p);

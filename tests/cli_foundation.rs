@@ -165,6 +165,45 @@ fn a_broken_model_fails_models_but_the_others_are_still_reported() {
 }
 
 #[test]
+fn optimized_model_dir_makes_every_session_save_its_optimized_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    let saved = tmp.path().join("optimized");
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "onnxruntime:\n  library: {}\nexecution:\n  optimized_model_dir: optimized\nmodels:\n  tiny-sd:\n    path: {}\n",
+            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort"))
+                .unwrap()
+                .display(),
+            common::model_dir("tiny-sd").display(),
+        ),
+    );
+    let out = sdspool(&config, &["models"])
+        .env("SDSPOOL_LOG", "info")
+        .output()
+        .unwrap();
+    let (stdout, err) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{err}");
+    // Relative to the config file's folder; the model file's last two folders and its name.
+    for part in ["text_encoder", "unet", "vae_decoder", "vae_encoder"] {
+        let file = saved.join("tiny-sd").join(part).join("model.onnx");
+        let len = std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{err}", file.display()))
+            .len();
+        assert!(len > 0, "{} is empty", file.display());
+        assert!(
+            err.contains(&format!("optimized={}", file.display())),
+            "no log line for {}:\n{err}",
+            file.display()
+        );
+    }
+    // Weights beside it (the layout that also takes models over 2 GB), and it loads again.
+    let unet = saved.join("tiny-sd/unet/model.onnx");
+    assert!(saved.join("tiny-sd/unet/model.onnx.data").is_file());
+    common::runtime().session(&unet, 0).unwrap();
+}
+
+#[test]
 fn config_errors_name_the_key_and_the_line() {
     let tmp = tempfile::tempdir().unwrap();
     let cases = [

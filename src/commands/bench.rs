@@ -270,7 +270,7 @@ fn choose_model(config: &mut Config, wanted: Option<&str>) -> anyhow::Result<Str
             .unwrap_or("bench-model")
             .to_string();
         if let Some(existing) = config.models.get(&name)
-            && existing.path != path
+            && std::fs::canonicalize(&existing.path).ok().as_deref() != Some(path.as_path())
         {
             name = "bench-model".to_string();
         }

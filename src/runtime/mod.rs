@@ -115,32 +115,124 @@ impl Runtime {
 
     /// Creates a session for `file` on `device_id` with the configured providers, in order, and
     /// reports what serves it. With `execution.require_gpu`, a session that no GPU provider
-    /// serves is an error that says why.
+    /// serves is an error that says why. With `execution.optimized_model_dir`, ONNX Runtime also
+    /// writes the optimised graph there ([`Runtime::optimized_model_path`]); when it cannot, the
+    /// session is created without saving and a warning says why.
     pub fn session(&self, file: &Path, device_id: i32) -> Result<LoadedSession, RuntimeError> {
         let session_err = |message: String| RuntimeError::Session {
             file: file.to_path_buf(),
             message,
         };
-        let mut builder = Session::builder(&self.env).map_err(|e| session_err(e.to_string()))?;
-        builder = builder
+        let save = self.optimized_model_path(file);
+        let (session, registrations) = match &save {
+            Some(path) => {
+                let prepared = path
+                    .parent()
+                    .map(std::fs::create_dir_all)
+                    .unwrap_or(Ok(()))
+                    .map_err(|e| format!("cannot create {}: {e}", path.display()))
+                    .and_then(|()| {
+                        self.build_session(file, device_id, Some(path))
+                            .map_err(|e| e.to_string())
+                    });
+                match prepared {
+                    Ok(built) => {
+                        tracing::info!(file = %file.display(), optimized = %path.display(), "saved the optimized model");
+                        built
+                    }
+                    Err(reason) => {
+                        // A model that does not load at all fails again here, with its own error.
+                        let built = self
+                            .build_session(file, device_id, None)
+                            .map_err(|e| session_err(e.to_string()))?;
+                        tracing::warn!(file = %file.display(), optimized = %path.display(), reason = %reason, "could not save the optimized model; the session runs without it");
+                        built
+                    }
+                }
+            }
+            None => self
+                .build_session(file, device_id, None)
+                .map_err(|e| session_err(e.to_string()))?,
+        };
+        let assignment = assignment::read(&session);
+        let report = ProviderReport {
+            registrations,
+            assignment,
+        };
+        if self.exec.require_gpu && !report.gpu_serves() {
+            return Err(RuntimeError::GpuRequired {
+                file: file.to_path_buf(),
+                serving: report.serving_summary(),
+                hint: report.gpu_hint(),
+            });
+        }
+        Ok(LoadedSession {
+            session,
+            file: file.to_path_buf(),
+            providers: report,
+            clock: SessionClock::default(),
+            busy: Arc::clone(&self.busy),
+        })
+    }
+}
+
+impl Runtime {
+    /// Where `execution.optimized_model_dir` puts the optimised graph of `file`: the model file's
+    /// last two folders and its name below the configured folder, e.g.
+    /// `<dir>/tiny-sd/unet/model.onnx` for `.../tiny-sd/unet/model.onnx`. `None` when not
+    /// configured.
+    pub fn optimized_model_path(&self, file: &Path) -> Option<PathBuf> {
+        let dir = self.exec.optimized_model_dir.as_ref()?;
+        let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        let mut tail: Vec<&std::ffi::OsStr> = real
+            .iter()
+            .rev()
+            .filter(|c| !c.is_empty() && *c != "/")
+            .take(3)
+            .collect();
+        tail.reverse();
+        Some(tail.iter().fold(dir.clone(), |p, c| p.join(c)))
+    }
+
+    /// A session builder with the configured options and providers, committed from `file`.
+    fn build_session(
+        &self,
+        file: &Path,
+        device_id: i32,
+        save_optimized: Option<&Path>,
+    ) -> ort::Result<(Session, Vec<(ProviderKind, Registration)>)> {
+        let mut builder = Session::builder(&self.env)?
             .with_optimization_level(match self.exec.graph_optimization {
                 GraphOptimization::Disable => GraphOptimizationLevel::Disable,
                 GraphOptimization::Basic => GraphOptimizationLevel::Level1,
                 GraphOptimization::Extended => GraphOptimizationLevel::Level2,
                 GraphOptimization::All => GraphOptimizationLevel::All,
-            })
-            .map_err(|e| session_err(e.to_string()))?
-            .with_config_entry(assignment::RECORD_KEY, "1")
-            .map_err(|e| session_err(e.to_string()))?;
+            })?
+            .with_config_entry(assignment::RECORD_KEY, "1")?;
         if self.exec.intra_threads > 0 {
-            builder = builder
-                .with_intra_threads(self.exec.intra_threads)
-                .map_err(|e| session_err(e.to_string()))?;
+            builder = builder.with_intra_threads(self.exec.intra_threads)?;
         }
         if self.exec.inter_threads > 0 {
+            builder = builder.with_inter_threads(self.exec.inter_threads)?;
+        }
+        if let Some(path) = save_optimized {
+            // Weights go to a file beside it, so models over 2 GB can be saved too.
+            let data = format!(
+                "{}.data",
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "model.onnx".into())
+            );
             builder = builder
-                .with_inter_threads(self.exec.inter_threads)
-                .map_err(|e| session_err(e.to_string()))?;
+                .with_optimized_model_path(path)?
+                .with_config_entry(
+                    "session.optimized_model_external_initializers_file_name",
+                    data,
+                )?
+                .with_config_entry(
+                    "session.optimized_model_external_initializers_min_size_in_bytes",
+                    "1024",
+                )?;
         }
 
         let mut registrations = Vec::new();
@@ -162,29 +254,8 @@ impl Runtime {
                 }
             }
         }
-
-        let session = builder
-            .commit_from_file(file)
-            .map_err(|e| session_err(e.to_string()))?;
-        let assignment = assignment::read(&session);
-        let report = ProviderReport {
-            registrations,
-            assignment,
-        };
-        if self.exec.require_gpu && !report.gpu_serves() {
-            return Err(RuntimeError::GpuRequired {
-                file: file.to_path_buf(),
-                serving: report.serving_summary(),
-                hint: report.gpu_hint(),
-            });
-        }
-        Ok(LoadedSession {
-            session,
-            file: file.to_path_buf(),
-            providers: report,
-            clock: SessionClock::default(),
-            busy: Arc::clone(&self.busy),
-        })
+        let session = builder.commit_from_file(file)?;
+        Ok((session, registrations))
     }
 }
 

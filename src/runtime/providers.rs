@@ -127,7 +127,10 @@ pub fn dispatch(
             }
             cuda.build().error_on_failure()
         }
-        ProviderKind::Cpu => ep::CPU::default().build().error_on_failure(),
+        ProviderKind::Cpu => ep::CPU::default()
+            .with_arena_allocator(exec.cpu_arena)
+            .build()
+            .error_on_failure(),
     }
 }
 
