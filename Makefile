@@ -19,7 +19,7 @@ else
 endif
 STAMP := $(ORT_DIR)/.installed
 
-.PHONY: help setup demo test build clean-ort venv demo-model check-demo
+.PHONY: help setup demo test build bench clean-ort venv demo-model check-demo
 
 help:
 	@echo "make setup   install ONNX Runtime $(ORT_VERSION) from PyPI into $(ORT_DIR)/ (GPU=1 for CUDA/TensorRT)"
@@ -27,6 +27,7 @@ help:
 	@echo "make test    run the test suite (what CI runs)"
 	@echo "make demo-model  retrain the demo models from scratch (onnx/train_demo_model.py, about 1 h on 2 cores)"
 	@echo "make check-demo  measure the demo model's prompt adherence and rerank lift (onnx/check_demo_model.py)"
+	@echo "make bench   CPU benchmark: sdspool bench against optimum's pipeline (onnx/bench_cpu.sh; needs onnx/.venv)"
 
 # Idempotent: reinstalls only when the wanted package set changes.
 setup:
@@ -71,6 +72,9 @@ demo-model: venv
 
 check-demo: venv build
 	$(VENV_PY) onnx/check_demo_model.py
+# sdspool bench beside the Python reference on the same models; results in local/bench/.
+bench: build
+	onnx/bench_cpu.sh
 
 clean-ort:
 	rm -rf $(ORT_DIR)

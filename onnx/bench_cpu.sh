@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Side-by-side CPU benchmark: `sdspool bench --no-rerank` against optimum's
+# ORTStableDiffusionPipeline (onnx/bench_reference.py) on the same model folders, workloads and
+# thread count, one case after the other; then onnx/bench_summary.py writes summary.json and
+# summary.md (the ratio of wall time per image, reference / sdspool) into the output folder.
+#
+#   onnx/bench_cpu.sh                      # every case, into local/bench/cpu-<UTC time>/
+#   CASES="tiny-sd-64" onnx/bench_cpu.sh   # a subset
+#   THREADS=2 OUT=local/bench/x onnx/bench_cpu.sh
+#   BENCH_PYTHON=/path/to/venv/bin/python onnx/bench_cpu.sh   # another Python (default onnx/.venv)
+#
+# Needs: the release build (`make build`), the Python stack in onnx/.venv (onnx/README.md), and
+# for mid-sd-256 the model that onnx/build_bench_model.py builds into local/models/mid-sd (built
+# here when missing). Run it on a quiet machine: every figure is wall time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${BENCH_PYTHON:-onnx/.venv/bin/python}
+SDSPOOL=${SDSPOOL:-./target/release/sdspool}
+CONFIG=${CONFIG:-config.yaml}
+THREADS=${THREADS:-$(nproc)}
+OUT=${OUT:-local/bench/cpu-$(date -u +%Y%m%dT%H%M%SZ)}
+CASES=${CASES:-"tiny-sd-64 tiny-sd-256 mid-sd-256"}
+
+# name: model folder, size, prompts, candidates, steps, measured runs, warm-up runs
+case_args() {
+  case "$1" in
+    tiny-sd-64)  echo "onnx/models/tiny-sd 64x64 4 2 20 5 1" ;;
+    tiny-sd-256) echo "onnx/models/tiny-sd 256x256 4 2 20 3 1" ;;
+    mid-sd-256)  echo "local/models/mid-sd 256x256 2 2 20 2 1" ;;
+    *) echo "unknown case $1 (tiny-sd-64, tiny-sd-256, mid-sd-256)" >&2; return 1 ;;
+  esac
+}
+
+[ -x "$SDSPOOL" ] || { echo "no $SDSPOOL: run \`make build\` first" >&2; exit 1; }
+[ -x "$PY" ] || { echo "no $PY: set up the Python stack (onnx/README.md)" >&2; exit 1; }
+mkdir -p "$OUT"
+echo "writing into $OUT ($THREADS intra-op threads, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg))"
+
+for name in $CASES; do
+  read -r model size prompts candidates steps runs warmup < <(case_args "$name")
+  if [ "$name" = mid-sd-256 ] && [ ! -f "$model/unet/model.onnx" ]; then
+    echo "== building $model"
+    "$PY" onnx/build_bench_model.py
+  fi
+  common=(--prompts "$prompts" --candidates "$candidates" --steps "$steps" --size "$size"
+          --threads "$THREADS" --runs "$runs" --warmup "$warmup")
+  echo "== $name: sdspool bench"
+  SDSPOOL_LOG=${SDSPOOL_LOG:-warn} "$SDSPOOL" --config "$CONFIG" bench --model "$model" "${common[@]}" \
+      --no-rerank --json "$OUT/$name.sdspool.json" | tee "$OUT/$name.sdspool.txt"
+  echo "== $name: reference (optimum ORTStableDiffusionPipeline)"
+  "$PY" onnx/bench_reference.py --model "$model" "${common[@]}" --json "$OUT/$name.reference.json" \
+      2> >(grep -v -e "safety checker" -e "Multiple distributions" >&2)
+done
+
+"$PY" onnx/bench_summary.py "$OUT"
