@@ -177,6 +177,9 @@ pub struct RunReport {
     pub unet_s_per_call: f64,
     /// UNet session time per image and step (a call of batch b counts b image-steps).
     pub unet_s_per_image_step: f64,
+    /// The denoise phase outside the UNet session (scheduler, noise, tensors, guidance) per
+    /// UNet call.
+    pub denoise_overhead_s_per_call: f64,
     pub sessions: Sessions,
     /// Time during which at least one session ran (any thread).
     pub session_s: f64,
@@ -502,6 +505,8 @@ fn run_report(
         unet_calls,
         unet_s_per_call: sessions.unet.seconds / unet_calls.max(1.0),
         unet_s_per_image_step: sessions.unet.seconds / image_steps.max(1.0),
+        denoise_overhead_s_per_call: (p.denoise - sessions.unet.seconds).max(0.0)
+            / unet_calls.max(1.0),
         session_s,
         overhead_s: total_s - session_s,
         overhead_pct: 100.0 * (total_s - session_s) / total_s,
@@ -536,6 +541,7 @@ fn mean(runs: &[RunReport]) -> RunReport {
         unet_calls: avg(&|r| r.unet_calls),
         unet_s_per_call: avg(&|r| r.unet_s_per_call),
         unet_s_per_image_step: avg(&|r| r.unet_s_per_image_step),
+        denoise_overhead_s_per_call: avg(&|r| r.denoise_overhead_s_per_call),
         sessions: Sessions {
             text_encoder: session(&|r| &r.sessions.text_encoder),
             unet: session(&|r| &r.sessions.unet),
@@ -608,7 +614,7 @@ pub fn table(r: &BenchReport) -> String {
     );
     let _ = writeln!(out);
     let row = |out: &mut String, k: &str, v: String| {
-        let _ = writeln!(out, "  {k:<34} {v}");
+        let _ = writeln!(out, "  {k:<36} {v}");
     };
     row(&mut out, "wall time per run", format!("{:.3} s", m.total_s));
     row(
@@ -635,6 +641,11 @@ pub fn table(r: &BenchReport) -> String {
         &mut out,
         "UNet s per image-step",
         format!("{:.5}", m.unet_s_per_image_step),
+    );
+    row(
+        &mut out,
+        "denoise outside UNet, per call",
+        format!("{:.1} us", 1e6 * m.denoise_overhead_s_per_call),
     );
     row(
         &mut out,
