@@ -5,7 +5,10 @@ use std::ops::ControlFlow;
 use ndarray::{ArrayD, ArrayViewD, Axis};
 
 use super::PipelineError;
-use super::tensors::{extract_float, float_tensor, ort_err, timestep_tensor};
+use super::tensors::{
+    extract_float, fill_float, float_tensor, float_tensor_from, ort_err, set_timestep,
+    timestep_tensor,
+};
 use crate::model::Part;
 use crate::scheduler::Scheduler;
 
@@ -53,47 +56,44 @@ pub fn denoise(
         float_tensor(encoder_states.view(), unet.feeding.float).map_err(|e| ort_err(&file, e))?;
     let timesteps: Vec<f32> = scheduler.timesteps().to_vec();
     let total = timesteps.len();
+    // The UNet's inputs are allocated once and refilled at every step: the scaled latents
+    // (twice with guidance: [uncond…, cond…] see the same latents) and the timestep.
+    let batch = if guided { 2 * n } else { n };
+    let mut shape = latents.shape().to_vec();
+    shape[0] = batch;
+    let mut sample = float_tensor_from(
+        &shape,
+        &vec![0.0; shape.iter().product()],
+        unet.feeding.float,
+    )
+    .map_err(|e| ort_err(&file, e))?;
+    let mut timestep = timestep_tensor(0.0, unet.feeding.aux, unet.feeding.aux_rank, batch)
+        .map_err(|e| ort_err(&file, e))?;
     for (i, &t) in timesteps.iter().enumerate() {
-        let model_input = if guided {
-            ndarray::concatenate(Axis(0), &[latents.view(), latents.view()])
-                .map_err(|e| shape_err(&file, e))?
-        } else {
-            latents.clone()
-        };
-        let model_input = scheduler.scale_model_input(model_input.view(), i);
-        let batch = model_input.len_of(Axis(0));
-        let sample =
-            float_tensor(model_input.view(), unet.feeding.float).map_err(|e| ort_err(&file, e))?;
-        let timestep = timestep_tensor(t, unet.feeding.aux, unet.feeding.aux_rank, batch)
-            .map_err(|e| ort_err(&file, e))?;
+        // scale_model_input is element-wise: scaling the n latents once is scaling both halves.
+        let scaled = scheduler.scale_model_input(latents.view(), i);
+        let scaled = scaled.as_standard_layout();
+        let data = scaled.as_slice().expect("standard layout");
+        let parts: &[&[f32]] = if guided { &[data, data] } else { &[data] };
+        fill_float(&mut sample, parts, unet.feeding.float).map_err(|e| ort_err(&file, e))?;
+        set_timestep(&mut timestep, t, unet.feeding.aux).map_err(|e| ort_err(&file, e))?;
         let outputs = unet
             .loaded
             .run(ort::inputs![
-                "sample" => sample,
-                "timestep" => timestep,
+                "sample" => &sample,
+                "timestep" => &timestep,
                 "encoder_hidden_states" => &states,
             ])
             .map_err(|e| ort_err(&file, e))?;
-        let out = extract_float(&outputs["out_sample"]).map_err(|e| ort_err(&file, e))?;
-        drop(outputs);
-        if out.shape() != model_input.shape() {
-            return Err(PipelineError::Shape {
-                file: file.display().to_string(),
-                what: format!(
-                    "out_sample has shape {:?}, expected {:?}",
-                    out.shape(),
-                    model_input.shape()
-                ),
-            });
-        }
-        let noise_pred = if guided {
-            let uncond = out.slice_axis(Axis(0), (0..n).into());
-            let text = out.slice_axis(Axis(0), (n..2 * n).into());
-            let g = cond.guidance_scale;
-            &uncond + &((&text - &uncond) * g)
-        } else {
-            out
+        let value = &outputs["out_sample"];
+        let noise_pred = match value.try_extract_array::<f32>() {
+            Ok(out) => guide(out, n, cond, &shape, &file)?,
+            Err(_) => {
+                let out = extract_float(value).map_err(|e| ort_err(&file, e))?;
+                guide(out.view(), n, cond, &shape, &file)?
+            }
         };
+        drop(outputs);
         let step_noise = if scheduler.needs_noise(i) {
             Some(noise(i)?)
         } else {
@@ -110,6 +110,34 @@ pub fn denoise(
         }
     }
     Ok(latents)
+}
+
+/// The noise prediction from the UNet's output `[batch, 4, h, w]`: `u + g·(c − u)` over the
+/// `[uncond…, cond…]` halves with guidance, else the output itself.
+fn guide(
+    out: ArrayViewD<'_, f32>,
+    n: usize,
+    cond: &Conditioning<'_>,
+    expected: &[usize],
+    file: &std::path::Path,
+) -> Result<ArrayD<f32>, PipelineError> {
+    if out.shape() != expected {
+        return Err(PipelineError::Shape {
+            file: file.display().to_string(),
+            what: format!(
+                "out_sample has shape {:?}, expected {:?}",
+                out.shape(),
+                expected
+            ),
+        });
+    }
+    if cond.uncond.is_none() {
+        return Ok(out.to_owned());
+    }
+    let uncond = out.slice_axis(Axis(0), (0..n).into());
+    let text = out.slice_axis(Axis(0), (n..2 * n).into());
+    let g = cond.guidance_scale;
+    Ok(&uncond + &((&text - &uncond) * g))
 }
 
 fn shape_err(file: &std::path::Path, e: impl std::fmt::Display) -> PipelineError {

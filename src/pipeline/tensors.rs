@@ -43,6 +43,57 @@ pub fn float_tensor_from(shape: &[usize], data: &[f32], elem: Elem) -> ort::Resu
     })
 }
 
+/// Overwrites a float tensor made by [`float_tensor_from`] with `parts`, one after the other
+/// (float16 for a float16 model): the UNet's input is allocated once per batch and refilled at
+/// every step.
+pub fn fill_float(tensor: &mut DynValue, parts: &[&[f32]], elem: Elem) -> ort::Result<()> {
+    let given: usize = parts.iter().map(|p| p.len()).sum();
+    let mismatch = |len: usize| {
+        ort::Error::new(format!(
+            "a tensor of {len} elements cannot take {given} values"
+        ))
+    };
+    match elem {
+        Elem::F16 => {
+            let (_, data) = tensor.try_extract_tensor_mut::<f16>()?;
+            if data.len() != given {
+                return Err(mismatch(data.len()));
+            }
+            let values = parts.iter().flat_map(|p| p.iter());
+            for (d, v) in data.iter_mut().zip(values) {
+                *d = f16::from_f32(*v);
+            }
+        }
+        _ => {
+            let (_, data) = tensor.try_extract_tensor_mut::<f32>()?;
+            if data.len() != given {
+                return Err(mismatch(data.len()));
+            }
+            let mut at = 0;
+            for p in parts {
+                data[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets every element of a tensor made by [`timestep_tensor`] to `t` (truncated for integer
+/// exports, as [`timestep_tensor`] does).
+pub fn set_timestep(tensor: &mut DynValue, t: f32, elem: Elem) -> ort::Result<()> {
+    match elem {
+        Elem::F16 => tensor
+            .try_extract_tensor_mut::<f16>()?
+            .1
+            .fill(f16::from_f32(t)),
+        Elem::I64 => tensor.try_extract_tensor_mut::<i64>()?.1.fill(t as i64),
+        Elem::I32 => tensor.try_extract_tensor_mut::<i32>()?.1.fill(t as i32),
+        _ => tensor.try_extract_tensor_mut::<f32>()?.1.fill(t),
+    }
+    Ok(())
+}
+
 /// Integer ids as int64 or int32, whichever the model takes.
 pub fn int_tensor(shape: &[usize], ids: &[i64], elem: Elem) -> ort::Result<DynValue> {
     Ok(match elem {
