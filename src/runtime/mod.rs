@@ -73,6 +73,16 @@ impl Runtime {
         {
             providers::preload_pip_cuda(&loaded.path);
         }
+        if exec.providers.contains(&ProviderKind::Tensorrt) {
+            // Made beforehand: whether the TensorRT provider creates missing folders (and their
+            // parents) depends on its version.
+            let t = &exec.tensorrt;
+            for dir in [&t.engine_cache, &t.timing_cache].into_iter().flatten() {
+                if let Err(e) = std::fs::create_dir_all(dir) {
+                    tracing::warn!(folder = %dir.display(), error = %e, "cannot create the TensorRT cache folder");
+                }
+            }
+        }
         let env = ort::init()
             .with_name("sdspool")
             .with_telemetry(false)
