@@ -379,8 +379,10 @@ impl Worker {
         let mut phases = PhaseDurations::default();
 
         let result = std::thread::scope(|scope| {
-            // At most one prompt waits for the finisher while the next one denoises.
-            let (tx, rx) = mpsc::sync_channel::<Work>(1);
+            // At most one prompt waits for the finisher while the next one denoises: room for a
+            // prompt's two messages (its batch, then its finish), so that handing them over
+            // never waits for the finishing thread to wake up and take the first.
+            let (tx, rx) = mpsc::sync_channel::<Work>(2);
             let finishing =
                 scope.spawn(move || -> Result<(Finisher<'_>, Duration), JobRunError> {
                     let mut busy = Duration::ZERO;
