@@ -132,7 +132,9 @@ fn every_scheduler_matches_diffusers() {
                 "{name} ({mode}): latents {:.2e}, pixels {}",
                 o.latent_err, o.max_pixel_diff
             ));
-            if !(o.latent_err <= latent_tol) || o.max_pixel_diff > pixel_tol {
+            // NaN fails too.
+            let latents_ok = o.latent_err <= latent_tol;
+            if !latents_ok || o.max_pixel_diff > pixel_tol {
                 failures.push(format!(
                     "{name} ({mode}): latent rel L2 {:.3e} (limit {latent_tol:e}), max pixel diff {} (limit {pixel_tol})",
                     o.latent_err, o.max_pixel_diff

@@ -702,8 +702,7 @@ pub fn table(r: &BenchReport) -> String {
         ("vae_decoder", &s.vae_decoder),
         ("rerank (CLIP)", &s.rerank),
     ];
-    for i in 0..left.len() {
-        let (ln, lv) = left[i];
+    for (i, &(ln, lv)) in left.iter().enumerate() {
         let mut line = format!("  {ln:<22} {lv:>10.4} {:>7.2}%", pct(lv));
         if let Some((rn, rv)) = right.get(i) {
             let _ = write!(line, "   {rn:<26} {:>10.4} {:>8.0}", rv.seconds, rv.calls);

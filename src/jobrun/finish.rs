@@ -355,7 +355,7 @@ impl Finisher<'_> {
                     let to = rejected_dir.join(&file);
                     // A run that stopped after the move but before the manifest was saved has
                     // already moved it.
-                    if !(to.exists() && !from.exists()) {
+                    if !to.exists() || from.exists() {
                         std::fs::rename(&from, &to)
                             .map_err(|e| Self::io_err(format!("moving {file} to rejected/"), e))?;
                     }

@@ -264,10 +264,8 @@ impl Spool {
                 let side = std::fs::symlink_metadata(dir.join(format!("{n}{suffix}")));
                 let job_exists = std::fs::symlink_metadata(&job).is_ok();
                 match side {
-                    Ok(m) if !job_exists => {
-                        if m.modified().is_ok_and(|t| t >= started) {
-                            return Some(job);
-                        }
+                    Ok(m) if !job_exists && m.modified().is_ok_and(|t| t >= started) => {
+                        return Some(job);
                     }
                     Err(_) if !job_exists => break,
                     _ => {}

@@ -425,7 +425,7 @@ fn hostile_job_files_land_in_failed_with_their_reason_and_the_daemon_keeps_going
     want.sort();
     outputs.sort();
     assert_eq!(outputs, want, "output folders");
-    assert_eq!(std::fs::read_to_string("/etc/passwd").is_ok(), true);
+    assert!(std::fs::read_to_string("/etc/passwd").is_ok());
 
     harness::report(
         "hostile",
