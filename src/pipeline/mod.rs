@@ -160,7 +160,7 @@ impl Pipeline {
         let bad = |field, problem: String| Err(PipelineError::Request { field, problem });
         let multiple = self.model.folder.vae_downsampling.max(8);
         for (field, v) in [("width", req.width), ("height", req.height)] {
-            if v == 0 || v as usize % multiple != 0 {
+            if v == 0 || !(v as usize).is_multiple_of(multiple) {
                 return bad(
                     field,
                     format!("is {v}; it must be a positive multiple of {multiple}"),
