@@ -225,6 +225,24 @@ def heldout_scenes(n: int = 100, seed: int = 4321) -> list[Scene]:
     return out
 
 
+def heldout_eval_scenes(n: int = 100, seed: int = 4321) -> list[Scene]:
+    """n held-out scenes for measuring adherence, the five kinds equally often (as in training;
+    the held-out combinations themselves are 10 digits in 14).  A combination may come twice,
+    in both sizes; no caption repeats.  (heldout_scenes() above is what the tokenizer stage saw; kept
+    unchanged.)"""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    pools = {}
+    for kind in KINDS:
+        pool = [
+            Scene(shape=s, colour=c, size=z, position=p, background=b)
+            for (s, c, b, p) in sorted(heldout_combos())
+            if (s.startswith("digit") if kind == "digit" else s == kind)
+            for z in SIZES
+        ]
+        pools[kind] = [pool[i] for i in rng.permutation(len(pool))]
+    return [pools[KINDS[i % len(KINDS)]][i // len(KINDS)] for i in range(n)]
+
+
 def caption_words() -> list[str]:
     words = {"a", "in", "the", "on", "background", "digit"}
     words |= set(COLOUR_NAMES) | set(SIZES)
