@@ -576,7 +576,8 @@ def main(argv=None) -> int:
     for stage in STAGES:
         if stage not in only:
             continue
-        if done_marker(stage).exists() and stage not in force:
+        # Export is cheap and writes to --out: it always runs.  Training stages are skipped once done.
+        if stage != "export" and done_marker(stage).exists() and stage not in force:
             log(f"[{stage}] already done in {work} (--force {stage} redoes it)")
             continue
         t = time.time()
@@ -594,7 +595,8 @@ def main(argv=None) -> int:
             stage_decoder(args, work, device)
         elif stage == "export":
             stage_export(args, work)
-        done_marker(stage).write_text(f"{time.time() - t:.0f} s\n")
+        if stage != "export":
+            done_marker(stage).write_text(f"{time.time() - t:.0f} s\n")
     log(f"all stages done in {time.time() - t0:.0f} s (device {device}, {args.threads} threads)")
     return 0
 
