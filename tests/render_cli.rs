@@ -102,6 +102,33 @@ fn render_of_a_bad_job_fails_with_the_field() {
     );
 }
 
+/// 72 is a multiple of 8, but tiny-sd's latent (72 / 8 = 9) cannot go through its UNet's one
+/// 2x downsampling and back: refused before any model runs, naming the field and the rule,
+/// instead of an ONNX Runtime shape error from inside the UNet.
+#[test]
+fn a_size_the_unet_cannot_take_is_refused_with_the_models_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("odd.yaml");
+    std::fs::write(&job, "prompts: [a cat]\nwidth: 72\nheight: 64\nsteps: 2\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(common::root().join("config.yaml"))
+        .arg("render")
+        .arg(&job)
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("width")
+            && err.contains("is 72")
+            && err.contains("multiple of 16 (VAE downsampling 8 x UNet downsampling 2)"),
+        "{err}"
+    );
+}
+
 #[test]
 fn render_takes_initial_latents_and_step_noise_from_npy_files() {
     let tmp = tempfile::tempdir().unwrap();

@@ -77,6 +77,10 @@ pub struct ModelFolder {
     /// Image pixels per latent pixel along each side: `2^(levels - 1)` for a VAE config with
     /// `block_out_channels` of `levels` entries (diffusers' `vae_scale_factor`); 8 without one.
     pub vae_downsampling: usize,
+    /// Latent pixels per pixel of the UNet's coarsest level: `2^(levels - 1)` for a UNet config
+    /// with `block_out_channels` of `levels` entries; 1 (no rule) without one. An exported UNet
+    /// takes only latents divisible by it (the trace fixes each upsampling at 2x).
+    pub unet_downsampling: usize,
 }
 
 impl ModelFolder {
@@ -127,6 +131,7 @@ impl ModelFolder {
         read_json(&scheduler_config, "the scheduler configuration")?;
 
         let vae = vae_config(root)?;
+        let unet_downsampling = unet_downsampling(root)?;
 
         Ok(ModelFolder {
             root: root.to_path_buf(),
@@ -141,6 +146,7 @@ impl ModelFolder {
             vae_scaling_factor: vae.scaling_factor,
             vae_scaling_source: vae.source,
             vae_downsampling: vae.downsampling,
+            unet_downsampling,
         })
     }
 
@@ -173,6 +179,28 @@ fn tokenizer_files(dir: &Path) -> Result<TokenizerFiles, LayoutError> {
             path: dir.to_path_buf(),
             what: "the tokenizer: vocab.json + merges.txt, or tokenizer.json".into(),
         })
+    }
+}
+
+/// `2^(levels - 1)` from unet/config.json's `block_out_channels`; 1 when there is no config.
+fn unet_downsampling(root: &Path) -> Result<usize, LayoutError> {
+    let path = root.join("unet").join("config.json");
+    if !path.is_file() {
+        return Ok(1);
+    }
+    let config = read_json(&path, "the UNet configuration")?;
+    match config.get("block_out_channels") {
+        None => Ok(1),
+        Some(Value::Array(levels)) if (1..=6).contains(&levels.len()) => {
+            Ok(1 << (levels.len() - 1))
+        }
+        Some(v) => Err(LayoutError::Field {
+            path,
+            field: "block_out_channels".into(),
+            problem: format!(
+                "is {v}, expected a list of 1 to 6 channel counts (one per UNet level)"
+            ),
+        }),
     }
 }
 
