@@ -189,16 +189,22 @@ fn unet_downsampling(root: &Path) -> Result<usize, LayoutError> {
         return Ok(1);
     }
     let config = read_json(&path, "the UNet configuration")?;
+    Ok(downsampling(&config, &path, "UNet")?.unwrap_or(1))
+}
+
+/// `2^(levels - 1)` for a diffusers config whose `block_out_channels` lists `levels` channel
+/// counts (one downsampling between levels); `None` without the key.
+fn downsampling(config: &Value, path: &Path, part: &str) -> Result<Option<usize>, LayoutError> {
     match config.get("block_out_channels") {
-        None => Ok(1),
+        None => Ok(None),
         Some(Value::Array(levels)) if (1..=6).contains(&levels.len()) => {
-            Ok(1 << (levels.len() - 1))
+            Ok(Some(1 << (levels.len() - 1)))
         }
         Some(v) => Err(LayoutError::Field {
-            path,
+            path: path.to_path_buf(),
             field: "block_out_channels".into(),
             problem: format!(
-                "is {v}, expected a list of 1 to 6 channel counts (one per UNet level)"
+                "is {v}, expected a list of 1 to 6 channel counts (one per {part} level)"
             ),
         }),
     }
@@ -220,21 +226,7 @@ fn vae_config(root: &Path) -> Result<VaeConfig, LayoutError> {
             continue;
         }
         let config = read_json(&path, "the VAE configuration")?;
-        let downsampling = match config.get("block_out_channels") {
-            None => DEFAULT_VAE_DOWNSAMPLING,
-            Some(Value::Array(levels)) if (1..=6).contains(&levels.len()) => {
-                1 << (levels.len() - 1)
-            }
-            Some(v) => {
-                return Err(LayoutError::Field {
-                    path,
-                    field: "block_out_channels".into(),
-                    problem: format!(
-                        "is {v}, expected a list of 1 to 6 channel counts (one per VAE level)"
-                    ),
-                });
-            }
-        };
+        let downsampling = downsampling(&config, &path, "VAE")?.unwrap_or(DEFAULT_VAE_DOWNSAMPLING);
         let (scaling_factor, source) = match config.get("scaling_factor") {
             None => (DEFAULT_VAE_SCALING_FACTOR, None),
             Some(v) => match v.as_f64() {
