@@ -49,7 +49,8 @@ for name in $CASES; do
   SDSPOOL_LOG=${SDSPOOL_LOG:-warn} "$SDSPOOL" --config "$CONFIG" bench --model "$model" "${common[@]}" \
       --no-rerank --json "$OUT/$name.sdspool.json" | tee "$OUT/$name.sdspool.txt"
   echo "== $name: reference (optimum ORTStableDiffusionPipeline)"
-  "$PY" onnx/bench_reference.py --model "$model" "${common[@]}" --json "$OUT/$name.reference.json" \
+  "$PY" onnx/bench_reference.py --model "$model" "${common[@]}" --prompts-from "$OUT/$name.sdspool.json" \
+      --json "$OUT/$name.reference.json" \
       2> >(grep -v -e "safety checker" -e "Multiple distributions" >&2)
 done
 

@@ -3,8 +3,8 @@
 (diffusers' StableDiffusionPipeline.__call__ over ONNX Runtime sessions) on the same model
 folder with the same workload, timed the same way.
 
-Workload, as `sdspool bench` defines it: `--prompts` prompts (the same fixed texts, cycled with
-" (variant k)" past the eighth), `--candidates` images per prompt (num_images_per_prompt; initial
+Workload, as `sdspool bench` defines it: `--prompts` prompts (the texts read from the
+`sdspool bench --json` file given with `--prompts-from`, so both render the same), `--candidates` images per prompt (num_images_per_prompt; initial
 latents from torch CPU generators seeded seed + i, as sdspool draws them), `--steps`,
 `--guidance` (classifier-free guidance: the UNet runs on 2 x candidates), `--scheduler` (the
 diffusers class sdspool's name stands for, built from the model's own scheduler_config.json),
@@ -20,7 +20,8 @@ Reports per run: wall time, seconds per image, UNet calls and their session time
 session's `run` is wrapped with a timer), as JSON (`--json`) and a line on stdout.
 
     onnx/.venv/bin/python onnx/bench_reference.py --model onnx/models/tiny-sd --size 64x64 \\
-        --prompts 4 --candidates 2 --steps 20 --threads 2 --runs 3 --warmup 1 --json out.json
+        --prompts 4 --prompts-from sdspool.json --candidates 2 --steps 20 --threads 2 --runs 3 \\
+        --warmup 1 --json out.json
 """
 
 from __future__ import annotations
@@ -40,23 +41,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
-# Keep in step with src/commands/bench.rs PROMPTS.
-PROMPTS = [
-    "a photo of a cat",
-    "a watercolor painting of a lighthouse at dusk",
-    "an astronaut riding a horse on the moon",
-    "a bowl of ramen, studio lighting",
-    "a red circle on a blue background",
-    "an oil painting of a harbor in the rain",
-    "a cozy cabin in a snowy forest",
-    "a macro photograph of a dragonfly",
-]
-
-
-def prompt(i: int) -> str:
-    base = PROMPTS[i % len(PROMPTS)]
-    k = i // len(PROMPTS)
-    return base if k == 0 else f"{base} (variant {k})"
+def prompt_texts(sdspool_json: Path, n: int) -> list[str]:
+    """The first n prompt texts of the workload an `sdspool bench --json` file records (its
+    `workload.prompt_texts`): the reference renders exactly what sdspool rendered."""
+    texts = json.loads(sdspool_json.read_text())["workload"]["prompt_texts"]
+    if len(texts) < n:
+        raise SystemExit(f"{sdspool_json}: workload.prompt_texts has {len(texts)} prompts, --prompts asks for {n}")
+    return texts[:n]
 
 
 def parse_size(s: str) -> tuple[int, int]:
@@ -121,6 +112,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True, help="model folder (optimum export)")
     ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument(
+        "--prompts-from",
+        type=Path,
+        required=True,
+        metavar="JSON",
+        help="an `sdspool bench --json` file: the prompt texts come from its workload",
+    )
     ap.add_argument("--candidates", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=7.5)
@@ -164,7 +162,7 @@ def main(argv=None) -> int:
     batch = args.batch or args.candidates
     vae_factor = 2 ** (len(pipe.vae_decoder.config.block_out_channels) - 1)
     shape = (4, height // vae_factor, width // vae_factor)
-    prompts = [prompt(i) for i in range(args.prompts)]
+    prompts = prompt_texts(args.prompts_from, args.prompts)
     images = args.prompts * args.candidates
 
     def one_run():
