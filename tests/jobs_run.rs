@@ -15,6 +15,9 @@ use sdspool::rerank::Reranker;
 fn config_with_output(out: &Path) -> Config {
     let mut c = Config::load(&common::root().join("config.yaml")).unwrap();
     c.output_dir = out.to_path_buf();
+    // The runner's tests render with the small random-weight fixture (the worker below loads
+    // it); config.yaml's default is the trained demo model.
+    c.default_model = Some("tiny-sd".into());
     c
 }
 

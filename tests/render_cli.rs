@@ -18,7 +18,7 @@ fn render_writes_the_images_diffusers_renders_for_the_same_job() {
     let job = tmp.path().join("parity.yaml");
     std::fs::write(
         &job,
-        "prompts:\n  - a photo of a cat\ncandidates: 2\nseed: 42\nsteps: 7\nguidance: 7.5\nscheduler: euler_a\nwidth: 64\nheight: 64\n",
+        "model: tiny-sd\nprompts:\n  - a photo of a cat\ncandidates: 2\nseed: 42\nsteps: 7\nguidance: 7.5\nscheduler: euler_a\nwidth: 64\nheight: 64\n",
     )
     .unwrap();
     let out = tmp.path().join("out");
@@ -109,7 +109,11 @@ fn render_of_a_bad_job_fails_with_the_field() {
 fn a_size_the_unet_cannot_take_is_refused_with_the_models_rule() {
     let tmp = tempfile::tempdir().unwrap();
     let job = tmp.path().join("odd.yaml");
-    std::fs::write(&job, "prompts: [a cat]\nwidth: 72\nheight: 64\nsteps: 2\n").unwrap();
+    std::fs::write(
+        &job,
+        "model: tiny-sd\nprompts: [a cat]\nwidth: 72\nheight: 64\nsteps: 2\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sdspool"))
         .arg("--config")
         .arg(common::root().join("config.yaml"))
@@ -137,7 +141,7 @@ fn render_takes_initial_latents_and_step_noise_from_npy_files() {
     let job = tmp.path().join("npy.yaml");
     std::fs::write(
         &job,
-        "prompts:\n  - a photo of a cat\ncandidates: 2\nseed: 7\nsteps: 7\nguidance: 7.5\nscheduler: euler_a\nwidth: 64\nheight: 64\n",
+        "model: tiny-sd\nprompts:\n  - a photo of a cat\ncandidates: 2\nseed: 7\nsteps: 7\nguidance: 7.5\nscheduler: euler_a\nwidth: 64\nheight: 64\n",
     )
     .unwrap();
     let golden = common::root().join("tests/golden/pipeline");

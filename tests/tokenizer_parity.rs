@@ -40,7 +40,11 @@ fn repo() -> PathBuf {
 }
 
 fn golden() -> Golden {
-    let path = repo().join("tests/golden/tokenizer/clip_tokens.json");
+    golden_file("clip_tokens.json")
+}
+
+fn golden_file(name: &str) -> Golden {
+    let path = repo().join("tests/golden/tokenizer").join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -113,7 +117,23 @@ fn compare(tok: &ClipTokenizer, golden: &Golden, expected: &Variant) -> Vec<Stri
 }
 
 fn check(variant: &str, configs: &str, vocab_files: &[&str]) {
-    let golden = golden();
+    let dir = folder(configs, vocab_files);
+    check_folder(
+        &golden(),
+        variant,
+        dir.path(),
+        configs,
+        &vocab_files.join(" + "),
+    );
+}
+
+fn check_folder(
+    golden: &Golden,
+    variant: &str,
+    dir: &std::path::Path,
+    configs: &str,
+    vocab_files: &str,
+) {
     assert!(
         golden.prompts.len() >= 250,
         "corpus has only {} prompts",
@@ -121,8 +141,7 @@ fn check(variant: &str, configs: &str, vocab_files: &[&str]) {
     );
     let expected = &golden.variants[variant];
     assert_eq!(expected.encodings.len(), golden.prompts.len());
-    let dir = folder(configs, vocab_files);
-    let tok = ClipTokenizer::from_dir(dir.path()).unwrap();
+    let tok = ClipTokenizer::from_dir(dir).unwrap();
     assert_eq!(
         (
             tok.bos_id(),
@@ -138,11 +157,10 @@ fn check(variant: &str, configs: &str, vocab_files: &[&str]) {
         ),
         "special ids of {configs}"
     );
-    let failures = compare(&tok, &golden, expected);
+    let failures = compare(&tok, golden, expected);
     let n = golden.prompts.len();
     eprintln!(
-        "{configs} folder ({}): {}/{n} prompts identical to {}",
-        vocab_files.join(" + "),
+        "{configs} folder ({vocab_files}): {}/{n} prompts identical to {}",
         n - failures.len(),
         golden.reference
     );
@@ -163,6 +181,22 @@ fn check(variant: &str, configs: &str, vocab_files: &[&str]) {
 #[test]
 fn sd1_tokenizer_matches_clip_tokenizer() {
     check("sd1", "sd1", &["vocab.json", "merges.txt"]);
+}
+
+/// The trained demo model's own BPE (86 merges learnt from the captions, 24 positions), as
+/// committed in onnx/models/shapes-sd/tokenizer.
+#[test]
+fn shapes_demo_tokenizer_matches_clip_tokenizer() {
+    let golden = golden_file("shapes_tokens.json");
+    assert_eq!(golden.max_length, 24);
+    let dir = repo().join("onnx/models/shapes-sd/tokenizer");
+    check_folder(
+        &golden,
+        "shapes",
+        &dir,
+        "shapes-sd",
+        "vocab.json + merges.txt",
+    );
 }
 
 #[test]
