@@ -25,7 +25,7 @@ help:
 	@echo "make setup   install ONNX Runtime $(ORT_VERSION) from PyPI into $(ORT_DIR)/ (GPU=1 for CUDA/TensorRT)"
 	@echo "make demo    build sdspool, submit examples/*.yaml, run the daemon until the spool is empty"
 	@echo "make test    run the test suite (what CI runs)"
-	@echo "make demo-model  retrain the demo models from scratch (onnx/train_demo_model.py, about 1 h on 2 cores)"
+	@echo "make demo-model  retrain the demo models from scratch (onnx/train_demo_model.py, about 1 h 40 min on 2 cores)"
 	@echo "make check-demo  measure the demo model's prompt adherence and rerank lift (onnx/check_demo_model.py)"
 	@echo "make bench   CPU benchmark: sdspool bench against optimum's pipeline (onnx/bench_cpu.sh; needs onnx/.venv)"
 
