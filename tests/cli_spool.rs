@@ -171,6 +171,50 @@ fn check_explains_a_job_without_onnx_runtime() {
     );
 }
 
+/// 72 is a multiple of 8 but not of tiny-sd's 16 (VAE 8 x UNet 2): `check` and `submit` apply
+/// the model's own rule, read from its folder, so such a job never reaches the spool (before,
+/// it failed only when the daemon claimed it). A size sweep is checked cell by cell.
+#[test]
+fn check_and_submit_apply_the_models_size_rule() {
+    let s = setup();
+    let rule = "multiple of 16 (VAE downsampling 8 x UNet downsampling 2)";
+    for (name, body, field) in [
+        (
+            "odd.yaml",
+            "prompts: [a cat]\nwidth: 72\nheight: 64\n",
+            "`width`",
+        ),
+        (
+            "sweep.yaml",
+            "prompts: [a cat]\nsize: [64x64, 64x40]\n",
+            "`height`",
+        ),
+    ] {
+        let job = write_job(&s.root, name, body);
+        for command in ["check", "submit"] {
+            let out = sdspool(&s, &[command, job.to_str().unwrap()]);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command} {name}: {err}");
+            assert!(
+                err.contains(name) && err.contains(field) && err.contains(rule),
+                "{command} {name}: {err}"
+            );
+        }
+    }
+    let incoming = s.spool.join("incoming");
+    assert!(!incoming.exists() || names(&incoming).is_empty());
+    // A size that fits is accepted by both.
+    let good = write_job(
+        &s.root,
+        "ok.yaml",
+        "prompts: [a cat]\nwidth: 80\nheight: 48\n",
+    );
+    for command in ["check", "submit"] {
+        let out = sdspool(&s, &[command, good.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+}
+
 #[test]
 fn check_fails_naming_the_file_and_field() {
     let s = setup();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::job::{self, JobError};
+use crate::model::layout::ModelFolder;
 use crate::output::atomic;
 use crate::spool::fsops::{self, Moved, Mover};
 use crate::spool::names::{self, NameKind};
@@ -98,7 +99,14 @@ pub fn run(config: &Config, job_file: &Path, replace: bool) -> Result<Submitted,
             ));
         }
     };
-    job::load(job_file, config)?;
+    let job = job::load(job_file, config)?;
+    // The model's size rule, when its folder can be read here; a folder that cannot is the
+    // daemon's to report when it claims the job (it may be mounted only there).
+    if let Some(model) = config.models.get(&job.model)
+        && let Ok(folder) = ModelFolder::open(&model.path)
+    {
+        super::check::sizes_fit(&job, &folder, job_file)?;
+    }
 
     let max = config.limits.max_job_bytes;
     let mut bytes = Vec::new();

@@ -150,6 +150,25 @@ impl ModelFolder {
         })
     }
 
+    /// What every image side must be a multiple of: the VAE's downsampling times the UNet's
+    /// (at least 8).
+    pub fn size_multiple(&self) -> usize {
+        (self.vae_downsampling * self.unet_downsampling).max(8)
+    }
+
+    /// Checks one image side (`width` or `height`) against [`Self::size_multiple`]; the problem,
+    /// worded to follow the field's name, when it does not fit.
+    pub fn check_side(&self, v: u32) -> Result<(), String> {
+        let multiple = self.size_multiple();
+        if v == 0 || !(v as usize).is_multiple_of(multiple) {
+            return Err(format!(
+                "is {v}; this model needs a positive multiple of {multiple} (VAE downsampling {} x UNet downsampling {})",
+                self.vae_downsampling, self.unet_downsampling
+            ));
+        }
+        Ok(())
+    }
+
     /// The ONNX file of a component.
     pub fn onnx(&self, c: Component) -> Option<&Path> {
         match c {

@@ -159,16 +159,9 @@ impl Pipeline {
     fn check(&self, req: &RenderRequest) -> Result<(), PipelineError> {
         let bad = |field, problem: String| Err(PipelineError::Request { field, problem });
         let folder = &self.model.folder;
-        let multiple = (folder.vae_downsampling * folder.unet_downsampling).max(8);
         for (field, v) in [("width", req.width), ("height", req.height)] {
-            if v == 0 || !(v as usize).is_multiple_of(multiple) {
-                return bad(
-                    field,
-                    format!(
-                        "is {v}; this model needs a positive multiple of {multiple} (VAE downsampling {} x UNet downsampling {})",
-                        folder.vae_downsampling, folder.unet_downsampling
-                    ),
-                );
+            if let Err(problem) = folder.check_side(v) {
+                return bad(field, problem);
             }
         }
         if req.steps == 0 {
