@@ -130,7 +130,7 @@ fn the_default_model_draws_the_named_colours() {
         req.width = 64;
         req.height = 64;
         req.steps = 20;
-        req.guidance_scale = 7.5;
+        req.guidance_scale = 4.0; // config.yaml's default, which suits this model
         let out = pipe
             .render(&req, &mut |_| ControlFlow::Continue(()))
             .unwrap_or_else(|e| panic!("{caption}: {e}"));
@@ -152,9 +152,9 @@ fn the_default_model_draws_the_named_colours() {
     let total = CASES.len() * SEEDS.len();
     eprintln!("{correct}/{total} renders have the named colours");
     // Random weights, a broken VAE scale or a text encoder that is ignored give about 1 in 64
-    // per render (8 colours for each); the trained model gets most of them right.
+    // per render (8 colours for each); the trained model got 24 of 24 (17 at guidance 7.5).
     assert!(
-        correct * 2 >= total,
+        correct * 4 >= total * 3,
         "only {correct} of {total} renders have the named colours:\n{}",
         failures.join("\n")
     );
