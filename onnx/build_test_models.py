@@ -239,7 +239,7 @@ def sd_pipeline(variant: str, seed: int, workdir: Path):
 
 
 def clip_model(seed: int, workdir: Path):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPVisionConfig
 
     tok = make_tokenizer(workdir, pad_token="<|endoftext|>")
     tcfg = text_config(tok, 32, "quick_gelu", proj=16)
@@ -257,12 +257,20 @@ def clip_model(seed: int, workdir: Path):
     cfg = CLIPConfig(text_config=tcfg.to_dict(), vision_config=vcfg.to_dict(), projection_dim=16)
     torch.manual_seed(seed)
     model = CLIPModel(cfg)
-    proc = CLIPImageProcessor(
+    return model, CLIPProcessor(image_processor=openai_clip_image_processor(224), tokenizer=tok)
+
+
+def openai_clip_image_processor(size: int):
+    """OpenAI CLIP's preprocessing at `size` px: bicubic resize of the short side, centre crop,
+    /255, OpenAI mean and std (the preprocessor_config.json of openai/clip-vit-*)."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(
         do_resize=True,
-        size={"shortest_edge": 224},
+        size={"shortest_edge": size},
         resample=3,  # PIL bicubic
         do_center_crop=True,
-        crop_size={"height": 224, "width": 224},
+        crop_size={"height": size, "width": size},
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,
@@ -270,7 +278,6 @@ def clip_model(seed: int, workdir: Path):
         image_std=OPENAI_CLIP_STD,
         do_convert_rgb=True,
     )
-    return model, CLIPProcessor(image_processor=proc, tokenizer=tok)
 
 
 # --------------------------------------------------------------------------- export

@@ -64,7 +64,7 @@ import torch.nn.functional as F  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import shapes_data as data  # noqa: E402
-from build_test_models import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SD15_SCHEDULER, folder_size, optimum_export  # noqa: E402
+from build_test_models import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SD15_SCHEDULER, folder_size, openai_clip_image_processor, optimum_export  # noqa: E402
 
 ROOT = HERE.parent
 STAGES = ["data", "tokenizer", "clip", "vae", "unet", "decoder", "export"]
@@ -507,7 +507,7 @@ def stage_export(args, work: Path):
     import shutil
 
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextModel
+    from transformers import CLIPModel, CLIPProcessor, CLIPTextModel
 
     tok = load_tokenizer(work)
     clip = CLIPModel.from_pretrained(work / "clip")
@@ -525,19 +525,7 @@ def stage_export(args, work: Path):
         requires_safety_checker=False,
     )
     proc = CLIPProcessor(
-        image_processor=CLIPImageProcessor(
-            do_resize=True,
-            size={"shortest_edge": data.SIZE},
-            resample=3,
-            do_center_crop=True,
-            crop_size={"height": data.SIZE, "width": data.SIZE},
-            do_rescale=True,
-            rescale_factor=1 / 255,
-            do_normalize=True,
-            image_mean=OPENAI_CLIP_MEAN,
-            image_std=OPENAI_CLIP_STD,
-            do_convert_rgb=True,
-        ),
+        image_processor=openai_clip_image_processor(data.SIZE),
         tokenizer=tok,
     )
     out = Path(args.out).resolve()
