@@ -13,11 +13,8 @@ use sdspool::jobrun::{JobRunError, RunOptions, Worker};
 use sdspool::rerank::Reranker;
 
 fn config_with_output(out: &Path) -> Config {
-    let mut c = Config::load(&common::root().join("config.yaml")).unwrap();
+    let mut c = common::fixture_config();
     c.output_dir = out.to_path_buf();
-    // The runner's tests render with the small random-weight fixture (the worker below loads
-    // it); config.yaml's default is the trained demo model.
-    c.default_model = Some("tiny-sd".into());
     c
 }
 

@@ -16,11 +16,8 @@ use sdspool::job::{self, Job};
 use sdspool::jobrun::{RunOptions, Worker};
 use sdspool::scheduler::SchedulerKind;
 
-/// config.yaml with the random-weight fixture as the default model (the workers below load it).
 fn config() -> Config {
-    let mut c = Config::load(&common::root().join("config.yaml")).unwrap();
-    c.default_model = Some("tiny-sd".into());
-    c
+    common::fixture_config()
 }
 
 fn write(dir: &Path, name: &str, body: &str) -> PathBuf {

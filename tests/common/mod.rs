@@ -17,6 +17,14 @@ pub fn model_dir(name: &str) -> PathBuf {
     root().join("onnx").join("models").join(name)
 }
 
+/// config.yaml with the small random-weight fixture `tiny-sd` as the default model: the tests
+/// that run jobs load that model (config.yaml's own default is the trained demo model).
+pub fn fixture_config() -> sdspool::config::Config {
+    let mut c = sdspool::config::Config::load(&root().join("config.yaml")).unwrap();
+    c.default_model = Some("tiny-sd".into());
+    c
+}
+
 /// ONNX Runtime from the project-local folder (`make setup`), CPU provider, shared by the tests
 /// of one test binary (ONNX Runtime is loaded once per process).
 pub fn runtime() -> &'static Runtime {
