@@ -168,6 +168,87 @@ fn keep_top_moves_or_deletes_the_rest() {
     }
 }
 
+/// A kill after keep_top moved or deleted the rejected candidates but before the manifest
+/// recorded it: the next run renders nothing again and ends with the same manifest and files.
+#[test]
+fn a_kill_while_keep_top_files_the_rest_renders_nothing_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_with_output(&tmp.path().join("out"));
+    let mut w = worker(&config);
+    for (how, body) in [
+        ("move", format!("{JOB}keep_top: 2\nid: moving\n")),
+        (
+            "delete",
+            format!("{JOB}keep_top: 1\nrejected: delete\nid: deleting\n"),
+        ),
+    ] {
+        let j = job(&config, tmp.path(), &body);
+        let run = |w: &mut Worker| {
+            w.run(
+                &j,
+                &RunOptions::default(),
+                &AtomicBool::new(false),
+                &mut |_| {},
+            )
+            .unwrap()
+        };
+        let done = run(&mut w);
+        let files = |dir: &Path| {
+            let mut names: Vec<String> = walk(dir);
+            names.sort();
+            names
+        };
+        let before = files(&done.dir);
+
+        // The manifest as it was just before the kill: scored and ranked, files not yet filed.
+        let mut m = done.manifest.clone();
+        m.complete = false;
+        for p in &mut m.prompts {
+            p.finished = false;
+            for c in p.candidates.iter_mut().filter(|c| !c.kept) {
+                c.file = Some(sdspool::output::image_file_name(
+                    p.index,
+                    c.candidate,
+                    c.seed,
+                ));
+            }
+        }
+        m.write(&done.dir).unwrap();
+        let mut expected = done.manifest.prompts.clone();
+        let mut expected_files = before.clone();
+        if how == "move" {
+            // One moved file also removed by hand meanwhile: recorded without a file, not
+            // rendered again.
+            let c = expected[0].candidates.iter_mut().find(|c| !c.kept).unwrap();
+            let gone = c.file.take().unwrap();
+            std::fs::remove_file(done.dir.join(&gone)).unwrap();
+            expected_files.retain(|f| *f != gone);
+        }
+
+        let again = run(&mut w);
+        assert_eq!(again.dir, done.dir, "{how}");
+        assert_eq!(again.rendered, 0, "{how}: no candidate is rendered again");
+        assert_eq!(again.manifest.prompts, expected, "{how}");
+        assert!(again.manifest.complete, "{how}");
+        assert_eq!(files(&again.dir), expected_files, "{how}: the same files");
+    }
+}
+
+/// Every file under `dir`, relative to it.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()).into_iter().map(|f| format!("{name}/{f}")));
+        } else {
+            out.push(name);
+        }
+    }
+    out
+}
+
 #[test]
 fn a_stopped_job_continues_without_rendering_finished_candidates_again() {
     let tmp = tempfile::tempdir().unwrap();

@@ -355,9 +355,20 @@ impl Finisher<'_> {
                     let to = rejected_dir.join(&file);
                     // A run that stopped after the move but before the manifest was saved has
                     // already moved it.
-                    if !to.exists() || from.exists() {
-                        std::fs::rename(&from, &to)
-                            .map_err(|e| Self::io_err(format!("moving {file} to rejected/"), e))?;
+                    if from.exists() || !to.exists() {
+                        match std::fs::rename(&from, &to) {
+                            Ok(()) => {}
+                            // Gone from both places (removed by hand while the job was
+                            // stopped): nothing to move; it is not rendered again.
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                tracing::warn!(job = %self.job.id, file = %file, "a candidate outside keep_top is missing; recorded without a file");
+                                c.file = None;
+                                continue;
+                            }
+                            Err(e) => {
+                                return Err(Self::io_err(format!("moving {file} to rejected/"), e));
+                            }
+                        }
                     }
                     c.file = Some(format!("rejected/{file}"));
                 }

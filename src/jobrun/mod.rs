@@ -336,15 +336,18 @@ impl Worker {
                     .iter()
                     .enumerate()
                     .filter(|(ci, _)| {
-                        !manifest.prompts[pi].candidates.iter().any(|c| {
-                            c.candidate == *ci
-                                && c.file.as_ref().is_some_and(|f| {
-                                    // keep_top may have moved it to rejected/ just before a
-                                    // kill, before the manifest said so.
-                                    dir.join(f).is_file()
-                                        || (!c.kept && dir.join("rejected").join(f).is_file())
-                                })
-                        }) && !manifest.prompts[pi].finished
+                        let entry = &manifest.prompts[pi];
+                        // Once the prompt's scores and ranks are checkpointed (its contact
+                        // sheet is recorded), a candidate outside keep_top is done: a kill
+                        // while keep_top moved or deleted it may have left its file gone
+                        // before the manifest said so, and finish_prompt tolerates that.
+                        let scored = entry.contact_sheet.is_some();
+                        !entry.finished
+                            && !entry.candidates.iter().any(|c| {
+                                c.candidate == *ci
+                                    && ((scored && !c.kept)
+                                        || c.file.as_ref().is_some_and(|f| dir.join(f).is_file()))
+                            })
                     })
                     .map(|(ci, s)| (ci, *s))
                     .collect()
