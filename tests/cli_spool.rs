@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use sdspool::spool::{JobStatus, SpoolConfig, write_status};
+use sdspool::spool::{JobStatus, SpoolConfig, StorageWait, write_status};
 
 struct Setup {
     _tmp: tempfile::TempDir,
@@ -273,6 +273,15 @@ fn status_shows_counts_progress_and_the_queue_in_run_order() {
     dead.updated_at = now - Duration::from_secs(300);
     write_status(&layout.running.join("dead.status.json"), &dead).unwrap();
     fs::write(layout.running.join("dead.attempts"), "2\n").unwrap();
+    // One waiting for storage: its output could not be written.
+    write_job(&layout.running, "stuck.yaml", "prompts: [a]\n");
+    let mut stuck = JobStatus::starting("stuck", "tiny-sd", 1, 25, 4);
+    stuck.eta_seconds = None;
+    stuck.waiting = Some(StorageWait {
+        reason: "writing p000-c000-s1.png: No space left on device (os error 28)".into(),
+        retry_at: now + Duration::from_secs(125),
+    });
+    write_status(&layout.running.join("stuck.status.json"), &stuck).unwrap();
     write_job(&layout.done, "d.yaml", "x");
     write_job(&layout.done, "d.result.yaml", "x");
     write_job(&layout.failed, "f.yaml", "x");
@@ -283,12 +292,19 @@ fn status_shows_counts_progress_and_the_queue_in_run_order() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(
-        stdout.contains("incoming 5, running 2, done 1, failed 2"),
+        stdout.contains("incoming 5, running 3, done 1, failed 2"),
         "{stdout}"
     );
     assert!(
         stdout.contains("busy tiny-sd: prompt 2/3, step 13/25, images 4/12, ETA 4m 10s"),
         "{stdout}"
+    );
+    let stuck_line = stdout.lines().find(|l| l.contains("stuck.yaml")).unwrap();
+    assert!(
+        stuck_line.contains(
+            "WAITING: cannot write its files (writing p000-c000-s1.png: No space left on device (os error 28)), next try in 2m"
+        ) && !stuck_line.contains("ETA"),
+        "{stuck_line}"
     );
     let dead_line = stdout.lines().find(|l| l.contains("dead.yaml")).unwrap();
     assert!(
@@ -333,7 +349,22 @@ fn status_shows_counts_progress_and_the_queue_in_run_order() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["counts"]["incoming"], 5);
-    assert_eq!(v["counts"]["running"], 2);
+    assert_eq!(v["counts"]["running"], 3);
+    let waiting = v["running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["progress"]["job_id"] == "stuck")
+        .map(|r| &r["progress"]["waiting"])
+        .unwrap();
+    assert!(
+        waiting["reason"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{waiting}"
+    );
+    assert!(waiting["retry_at"].is_string(), "{waiting}");
     assert_eq!(v["counts"]["done"], 1);
     assert_eq!(v["counts"]["failed"], 2);
     let queued: Vec<&str> = v["queued"]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sdspool::spool::{
     ClaimMethod, ErrorFile, Failure, JobStatus, Layout, Spool, SpoolConfig, SpoolOptions,
-    read_status,
+    StorageWait, read_status,
 };
 
 fn config(dir: &Path, rescan: u64, settle: u64) -> SpoolConfig {
@@ -822,6 +822,40 @@ fn the_worker_status_file_is_written_atomically_and_removed_when_filed() {
     assert_eq!(overview.counts.running, 1);
     assert_eq!(overview.running[0].progress.as_ref().unwrap().step, 10);
     assert!(!overview.running[0].stale);
+
+    // Waiting for storage: the status says why and until when; the ETA is dropped.
+    let retry_at = std::time::SystemTime::now() + Duration::from_secs(8);
+    spool
+        .write_waiting(
+            &c,
+            StorageWait {
+                reason: "disk full".into(),
+                retry_at,
+            },
+        )
+        .unwrap();
+    let back = read_status(&c.status_path()).unwrap();
+    let w = back.waiting.unwrap();
+    assert_eq!(w.reason, "disk full");
+    let off = match w.retry_at.duration_since(retry_at) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    assert!(
+        off < Duration::from_secs(1),
+        "stored to the second: {off:?}"
+    );
+    assert_eq!((back.step, back.eta_seconds), (10, None));
+    // A status written before the field existed reads as not waiting.
+    let old = fs::read_to_string(c.status_path()).unwrap();
+    assert!(old.contains("\"waiting\""));
+    spool.write_status(&c, &status).unwrap();
+    assert!(
+        !fs::read_to_string(c.status_path())
+            .unwrap()
+            .contains("waiting")
+    );
+    assert!(read_status(&c.status_path()).unwrap().waiting.is_none());
     spool.finish_done(c, "ok: 1\n").unwrap();
     assert!(names_in(&spool.layout().running).is_empty());
 }

@@ -2,7 +2,7 @@
 //! marked), and the queued jobs in the order they will run; `--json` for machines.
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
 use crate::eta::{self, Timings};
@@ -121,10 +121,22 @@ pub fn render(o: &Overview) -> String {
             .unwrap_or_default();
         let progress = match &r.progress {
             Some(p) => {
-                let eta = p
-                    .eta_seconds
-                    .map(|s| format!(", ETA {}", duration(s)))
-                    .unwrap_or_default();
+                let eta = match &p.waiting {
+                    Some(w) => format!(
+                        "; WAITING: cannot write its files ({}), next try in {}",
+                        w.reason,
+                        duration(
+                            w.retry_at
+                                .duration_since(SystemTime::now())
+                                .unwrap_or_default()
+                                .as_secs()
+                        )
+                    ),
+                    None => p
+                        .eta_seconds
+                        .map(|s| format!(", ETA {}", duration(s)))
+                        .unwrap_or_default(),
+                };
                 format!(
                     "{} {}: prompt {}/{}, step {}/{}, images {}/{}{eta}",
                     p.job_id,

@@ -372,6 +372,17 @@ fn wait_for_storage(
         claimed.stem,
         wait.as_secs()
     ));
+    // `sdspool status` shows the wait (on a full disk this write may fail too).
+    let retry_at = SystemTime::now() + *wait;
+    if let Err(e) = spool.write_waiting(
+        &claimed,
+        crate::spool::StorageWait {
+            reason: reason.clone(),
+            retry_at,
+        },
+    ) {
+        tracing::debug!(error = %e, "cannot record the wait in the job status");
+    }
     let until = Instant::now() + *wait;
     while Instant::now() < until {
         if shared.stop_taking.load(Ordering::Relaxed) {

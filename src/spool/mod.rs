@@ -93,7 +93,7 @@ use serde::{Deserialize, Serialize};
 pub use config::SpoolConfig;
 pub use finish::{ErrorFile, Failure, FinishError, Finished};
 pub use fsops::{ClaimMethod, hostname, pid_alive};
-pub use status::{JobStatus, Overview, read_status, write_status};
+pub use status::{JobStatus, Overview, StorageWait, read_status, write_status};
 
 use fsops::{FileId, Lock, Moved, Mover};
 use names::{ATTEMPTS_SUFFIX, NameKind, STATUS_SUFFIX};
@@ -460,6 +460,18 @@ impl Spool {
     pub fn write_status(&self, claimed: &Claimed, status: &JobStatus) -> Result<(), SpoolError> {
         let path = claimed.status_path();
         status::write_status(&path, status)
+            .map_err(|e| SpoolError::new(&path, "writing the job status", e))
+    }
+
+    /// Records in the job's status file that it waits for storage (see [`StorageWait`]).
+    pub fn write_waiting(&self, claimed: &Claimed, wait: StorageWait) -> Result<(), SpoolError> {
+        let path = claimed.status_path();
+        let mut status = status::read_status(&path)
+            .map_err(|e| SpoolError::new(&path, "reading the job status", e))?;
+        status.updated_at = SystemTime::now();
+        status.eta_seconds = None;
+        status.waiting = Some(wait);
+        status::write_status(&path, &status)
             .map_err(|e| SpoolError::new(&path, "writing the job status", e))
     }
 

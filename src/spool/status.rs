@@ -39,6 +39,19 @@ pub struct JobStatus {
     pub eta_seconds: Option<u64>,
     pub pid: u32,
     pub hostname: String,
+    /// Set while the job waits to run again because its files could not be written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<StorageWait>,
+}
+
+/// Why a running job waits, and until when: its output (or its filing in done/ or failed/)
+/// could not be written because the disk is full, read-only or not writable. It stays claimed
+/// and runs again, from its manifest, at `retry_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StorageWait {
+    pub reason: String,
+    #[serde(with = "rfc3339")]
+    pub retry_at: SystemTime,
 }
 
 impl JobStatus {
@@ -65,6 +78,7 @@ impl JobStatus {
             eta_seconds: None,
             pid: std::process::id(),
             hostname: fsops::hostname(),
+            waiting: None,
         }
     }
 
