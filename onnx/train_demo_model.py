@@ -226,12 +226,31 @@ def lr_at(step, total, peak, warmup):
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
+_POSITION = re.compile("|".join(data.POSITIONS))
+_SHAPE = re.compile("|".join(sorted(data.SHAPES, key=len, reverse=True)))
+
+
+def hard_negative(caption: str, rng: np.random.Generator) -> str:
+    """The caption with its position (or, when it names none, its shape) swapped for another:
+    a caption the image does not match that differs from its own in one attribute (NegCLIP's
+    hard negatives).  In-batch negatives almost always differ in colour or background already,
+    so without these CLIP learns to ignore where the shape is."""
+    m = _POSITION.search(caption)
+    if m is None or rng.random() < 0.25:
+        m, values = _SHAPE.search(caption), data.SHAPES
+    else:
+        values = data.POSITIONS
+    other = [v for v in values if v != m.group(0)]
+    return caption[: m.start()] + other[rng.integers(len(other))] + caption[m.end() :]
+
+
 def stage_clip(args, work: Path, device):
     from transformers import CLIPModel
 
     images, captions = load_data(work)
     tok = load_tokenizer(work)
     ids_all = token_ids(tok, captions)
+    neg_rng = np.random.Generator(np.random.PCG64(args.seed + 3))
     torch.manual_seed(args.seed + 1)
     model = CLIPModel(clip_config(tok)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.clip_lr, weight_decay=0.1, betas=(0.9, 0.98))
@@ -244,15 +263,29 @@ def stage_clip(args, work: Path, device):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, args.clip_lr, 100)
         out = model(input_ids=ids_all[idx].to(device), pixel_values=clip_pixels(images[idx.numpy()]).to(device), return_loss=True)
+        loss = out.loss
+        if args.clip_hard_negatives:
+            # Image-to-text cross-entropy over the batch's captions plus each image's hard
+            # negatives; text-to-image as before.  The same mean of the two as CLIP's loss.
+            k = args.clip_hard_negatives
+            negs = [hard_negative(captions[i], neg_rng) for i in idx.tolist() for _ in range(k)]
+            neg = model.get_text_features(input_ids=token_ids(tok, negs).to(device))
+            neg = neg / neg.norm(dim=-1, keepdim=True)
+            scale = model.logit_scale.exp()
+            per_image_neg = scale * torch.einsum("bd,bkd->bk", out.image_embeds, neg.view(bs, k, -1))
+            target = torch.arange(bs, device=device)
+            i2t = F.cross_entropy(torch.cat([out.logits_per_image, per_image_neg], dim=1), target)
+            t2i = F.cross_entropy(out.logits_per_text, target)
+            loss = (i2t + t2i) / 2
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():  # CLIP clamps the temperature at 100
             model.logit_scale.clamp_(0, math.log(100))
         if step % 100 == 0 or step == steps - 1:
             acc = (out.logits_per_image.argmax(1) == torch.arange(bs, device=device)).float().mean()
-            log(f"[clip] step {step}/{steps} loss {out.loss.item():.3f} in-batch top1 {acc:.2f} "
+            log(f"[clip] step {step}/{steps} loss {loss.item():.3f} in-batch top1 {acc:.2f} "
                 f"logit_scale {model.logit_scale.exp().item():.1f} ({time.time() - t0:.0f} s)")
     model.eval()
     model.save_pretrained(work / "clip")
@@ -564,6 +597,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clip-steps", type=int, default=1000)
     ap.add_argument("--clip-batch", type=int, default=128)
     ap.add_argument("--clip-lr", type=float, default=1e-3)
+    ap.add_argument("--clip-hard-negatives", type=int, default=0, help="hard negative captions per image (position or shape swapped)")
     ap.add_argument("--vae-steps", type=int, default=1600)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
