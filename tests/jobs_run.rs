@@ -113,18 +113,23 @@ fn the_manifest_lists_every_candidate_with_seed_scores_and_rank() {
     assert_eq!(again.dir, outcome.dir);
 }
 
+/// JOB with keep_top, the rest moved to rejected/ or deleted.
+fn keep_top_jobs() -> [(&'static str, String); 2] {
+    [
+        ("move", format!("{JOB}keep_top: 2\nid: moving\n")),
+        (
+            "delete",
+            format!("{JOB}keep_top: 1\nrejected: delete\nid: deleting\n"),
+        ),
+    ]
+}
+
 #[test]
 fn keep_top_moves_or_deletes_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config_with_output(&tmp.path().join("out"));
     let mut w = worker(&config);
-    for (how, body) in [
-        ("move", format!("{JOB}keep_top: 2\n")),
-        (
-            "delete",
-            format!("{JOB}keep_top: 1\nrejected: delete\nid: deleting\n"),
-        ),
-    ] {
+    for (how, body) in keep_top_jobs() {
         let j = job(&config, tmp.path(), &body);
         let o = w
             .run(
@@ -175,13 +180,7 @@ fn a_kill_while_keep_top_files_the_rest_renders_nothing_again() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config_with_output(&tmp.path().join("out"));
     let mut w = worker(&config);
-    for (how, body) in [
-        ("move", format!("{JOB}keep_top: 2\nid: moving\n")),
-        (
-            "delete",
-            format!("{JOB}keep_top: 1\nrejected: delete\nid: deleting\n"),
-        ),
-    ] {
+    for (how, body) in keep_top_jobs() {
         let j = job(&config, tmp.path(), &body);
         let run = |w: &mut Worker| {
             w.run(
