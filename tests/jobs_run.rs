@@ -192,12 +192,7 @@ fn a_kill_while_keep_top_files_the_rest_renders_nothing_again() {
             .unwrap()
         };
         let done = run(&mut w);
-        let files = |dir: &Path| {
-            let mut names: Vec<String> = walk(dir);
-            names.sort();
-            names
-        };
-        let before = files(&done.dir);
+        let before = common::tree(&done.dir);
 
         // The manifest as it was just before the kill: scored and ranked, files not yet filed.
         let mut m = done.manifest.clone();
@@ -221,7 +216,7 @@ fn a_kill_while_keep_top_files_the_rest_renders_nothing_again() {
             let c = expected[0].candidates.iter_mut().find(|c| !c.kept).unwrap();
             let gone = c.file.take().unwrap();
             std::fs::remove_file(done.dir.join(&gone)).unwrap();
-            expected_files.retain(|f| *f != gone);
+            expected_files.retain(|f| *f != Path::new(&gone));
         }
 
         let again = run(&mut w);
@@ -229,23 +224,12 @@ fn a_kill_while_keep_top_files_the_rest_renders_nothing_again() {
         assert_eq!(again.rendered, 0, "{how}: no candidate is rendered again");
         assert_eq!(again.manifest.prompts, expected, "{how}");
         assert!(again.manifest.complete, "{how}");
-        assert_eq!(files(&again.dir), expected_files, "{how}: the same files");
+        assert_eq!(
+            common::tree(&again.dir),
+            expected_files,
+            "{how}: the same files"
+        );
     }
-}
-
-/// Every file under `dir`, relative to it.
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()).into_iter().map(|f| format!("{name}/{f}")));
-        } else {
-            out.push(name);
-        }
-    }
-    out
 }
 
 #[test]

@@ -79,6 +79,26 @@ pub fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Every path under `dir` (links not followed), relative to it.
+pub fn tree(dir: &Path) -> Vec<PathBuf> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap().to_path_buf());
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
 /// Waits for a child process to exit; panics after `timeout`.
 pub fn wait_exit(
     child: &mut std::process::Child,

@@ -240,25 +240,7 @@ pub fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Every path under `dir` (links not followed), relative to it.
-pub fn tree(dir: &Path) -> Vec<PathBuf> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            out.push(p.strip_prefix(base).unwrap().to_path_buf());
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                walk(base, &p, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
+pub use common::tree;
 
 /// `.sdspool-tmp-*` files anywhere under `dir`.
 pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
