@@ -597,7 +597,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clip-steps", type=int, default=1000)
     ap.add_argument("--clip-batch", type=int, default=128)
     ap.add_argument("--clip-lr", type=float, default=1e-3)
-    ap.add_argument("--clip-hard-negatives", type=int, default=0, help="hard negative captions per image (position or shape swapped)")
+    ap.add_argument("--clip-hard-negatives", type=int, default=3, help="hard negative captions per image (position or shape swapped)")
     ap.add_argument("--vae-steps", type=int, default=1600)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
