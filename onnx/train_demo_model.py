@@ -32,7 +32,8 @@ Every part of a latent-diffusion system, small enough for a 2-core CPU:
               as for any SD checkpoint; CLIPModel + CLIPProcessor likewise.
 
 Stages keep their results in --work (default local/demo-train); a rerun skips
-finished stages (--force STAGE,... redoes them).  Deterministic for a seed and a
+finished stages (--force STAGE,... redoes them), and stops with an error when one
+was trained with other settings (its done marker records them).  Deterministic for a seed and a
 thread count (torch.use_deterministic_algorithms).  Uses CUDA when available.
 
     onnx/.venv/bin/python onnx/train_demo_model.py            # everything, about 1 h 40 min on 2 cores
@@ -584,6 +585,64 @@ def stage_export(args, work: Path):
 # --------------------------------------------------------------------------- main
 
 
+# What each stage's result depends on: its own settings and those of the stages it reads.
+STAGE_INPUTS = {
+    "data": [],
+    "tokenizer": ["data"],
+    "clip": ["tokenizer"],
+    "vae": ["data"],
+    "unet": ["clip", "vae"],
+    "decoder": ["vae"],
+    "export": ["unet", "decoder"],
+}
+STAGE_ARGS = {
+    "data": ["seed", "train_size"],
+    "tokenizer": [],
+    "clip": ["threads", "clip_steps", "clip_batch", "clip_lr", "clip_hard_negatives"],
+    "vae": ["threads", "vae_steps", "vae_batch", "vae_lr", "kl_weight"],
+    "unet": [
+        "threads",
+        "unet_steps",
+        "unet_stop_at",
+        "unet_batch",
+        "unet_lr",
+        "min_snr_gamma",
+        "ema",
+        "caption_dropout",
+    ],
+    "decoder": ["threads", "decoder_steps", "decoder_lr"],
+    "export": [],
+}
+
+
+def stage_settings(args, stage: str, device) -> dict:
+    """The settings a stage's result depends on, its upstream stages' included: recorded in its
+    done marker so that a rerun with other settings cannot reuse it."""
+    settings = {"device": device.type}
+    todo = [stage]
+    while todo:
+        s = todo.pop()
+        settings.update({name: getattr(args, name) for name in STAGE_ARGS[s]})
+        todo.extend(STAGE_INPUTS[s])
+    return dict(sorted(settings.items()))
+
+
+def settings_mismatch(marker: Path, wanted: dict) -> str | None:
+    """None when the done marker records `wanted`, else what differs (markers of older versions
+    of this script record no settings)."""
+    try:
+        recorded = json.loads(marker.read_text())["settings"]
+    except (ValueError, KeyError, TypeError):
+        return f"{marker.name} records no settings (written by an older version of this script)"
+    diffs = [
+        f"made with {k if k == 'device' else '--' + k.replace('_', '-')} {recorded.get(k, '(unset)')}, "
+        f"now {wanted.get(k, '(unset)')}"
+        for k in sorted(set(recorded) | set(wanted))
+        if recorded.get(k) != wanted.get(k)
+    ]
+    return "; ".join(diffs) or None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / "local" / "demo-train")
@@ -630,8 +689,17 @@ def main(argv=None) -> int:
     for stage in STAGES:
         if stage not in only:
             continue
-        # Export is cheap and writes to --out: it always runs.  Training stages are skipped once done.
+        # Export is cheap and writes to --out: it always runs.  Training stages are skipped once done
+        # with the same settings; done with other settings, the run stops rather than mix the two.
+        wanted = stage_settings(args, stage, device)
         if stage != "export" and done_marker(stage).exists() and stage not in force:
+            problem = settings_mismatch(done_marker(stage), wanted)
+            if problem:
+                log(
+                    f"error: [{stage}] in {work} cannot be reused: {problem}; "
+                    f"redo it with --force {stage} (and the stages after it), or use another --work"
+                )
+                return 2
             log(f"[{stage}] already done in {work} (--force {stage} redoes it)")
             continue
         t = time.time()
@@ -650,7 +718,8 @@ def main(argv=None) -> int:
         elif stage == "export":
             stage_export(args, work)
         if stage != "export":
-            done_marker(stage).write_text(f"{time.time() - t:.0f} s\n")
+            record = {"seconds": round(time.time() - t), "settings": wanted}
+            done_marker(stage).write_text(json.dumps(record, indent=1) + "\n")
     log(f"all stages done in {time.time() - t0:.0f} s (device {device}, {args.threads} threads)")
     return 0
 
