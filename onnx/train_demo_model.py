@@ -585,7 +585,8 @@ def stage_export(args, work: Path):
 # --------------------------------------------------------------------------- main
 
 
-# What each stage's result depends on: its own settings and those of the stages it reads.
+# What each training stage's result depends on: its own settings and those of the stages it reads.
+# (Export always runs and keeps no marker.)
 STAGE_INPUTS = {
     "data": [],
     "tokenizer": ["data"],
@@ -593,7 +594,6 @@ STAGE_INPUTS = {
     "vae": ["data"],
     "unet": ["clip", "vae"],
     "decoder": ["vae"],
-    "export": ["unet", "decoder"],
 }
 STAGE_ARGS = {
     "data": ["seed", "train_size"],
@@ -611,7 +611,6 @@ STAGE_ARGS = {
         "caption_dropout",
     ],
     "decoder": ["threads", "decoder_steps", "decoder_lr"],
-    "export": [],
 }
 
 
@@ -691,8 +690,9 @@ def main(argv=None) -> int:
             continue
         # Export is cheap and writes to --out: it always runs.  Training stages are skipped once done
         # with the same settings; done with other settings, the run stops rather than mix the two.
-        wanted = stage_settings(args, stage, device)
-        if stage != "export" and done_marker(stage).exists() and stage not in force:
+        training = stage != "export"
+        wanted = stage_settings(args, stage, device) if training else None
+        if training and done_marker(stage).exists() and stage not in force:
             problem = settings_mismatch(done_marker(stage), wanted)
             if problem:
                 log(
@@ -717,7 +717,7 @@ def main(argv=None) -> int:
             stage_decoder(args, work, device)
         elif stage == "export":
             stage_export(args, work)
-        if stage != "export":
+        if training:
             record = {"seconds": round(time.time() - t), "settings": wanted}
             done_marker(stage).write_text(json.dumps(record, indent=1) + "\n")
     log(f"all stages done in {time.time() - t0:.0f} s (device {device}, {args.threads} threads)")
