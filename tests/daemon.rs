@@ -176,17 +176,20 @@ fn sigkill_during_a_job_then_restart_completes_it_once_without_rendering_finishe
     let mut daemon = env.start(&[]);
     let job = "prompts: [one, two, three, four, five, six]\ncandidates: 3\nsteps: 12\nseed: 9\n";
     env.submit("long.yaml", job);
-    let status_file = env.spool("running").join("long.status.json");
-    // Kill once at least one prompt's images are on disk.
+    let out = env.root.join("output/long");
+    // Whole images on disk under their final names; `.sdspool-tmp-*` files are being written.
+    let images = || -> Vec<String> {
+        names(&out)
+            .into_iter()
+            .filter(|n| n.ends_with(".png") && !n.contains("sheet") && !n.starts_with('.'))
+            .collect()
+    };
+    // Kill once at least one prompt's images are on disk (the status file's images_done counts
+    // images rendered and still being written, so it is not what to wait for).
     wait_for(
-        "progress past the first prompt",
+        "the first prompt's images",
         Duration::from_secs(120),
-        || {
-            std::fs::read_to_string(&status_file)
-                .ok()
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-                .is_some_and(|v| v["images_done"].as_u64().unwrap_or(0) >= 3)
-        },
+        || images().len() >= 3,
     );
     signal(&daemon, "KILL");
     wait_exit(&mut daemon, Duration::from_secs(10));
@@ -198,10 +201,8 @@ fn sigkill_during_a_job_then_restart_completes_it_once_without_rendering_finishe
         !env.spool("done").join("long.yaml").exists(),
         "killed before it finished"
     );
-    let out = env.root.join("output/long");
-    let before: Vec<(String, std::time::SystemTime)> = names(&out)
+    let before: Vec<(String, std::time::SystemTime)> = images()
         .into_iter()
-        .filter(|n| n.ends_with(".png") && !n.contains("sheet"))
         .map(|n| {
             let t = std::fs::metadata(out.join(&n)).unwrap().modified().unwrap();
             (n, t)

@@ -263,6 +263,9 @@ fn pause_holds_every_job_across_restarts_resume_runs_them_in_priority_order_and_
 #[test]
 fn cancel_a_queued_job_and_a_running_one_keeping_its_finished_images() {
     let env = Env::new();
+    // Paused before the daemon starts, so that the queued job below cannot be claimed before
+    // the cancel reaches it.
+    env.ok(&["pause"]);
     let mut d = env.start(&[]);
 
     // Unknown jobs: an error.
@@ -274,7 +277,6 @@ fn cancel_a_queued_job_and_a_running_one_keeping_its_finished_images() {
     );
 
     // A queued job goes straight to failed/.
-    env.ok(&["pause"]);
     env.submit("queued.yaml", "prompts: [a]\n", false);
     let said = env.ok(&["cancel", "queued"]);
     assert!(said.contains("before it started"), "{said}");
