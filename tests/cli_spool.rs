@@ -279,7 +279,7 @@ fn status_shows_counts_progress_and_the_queue_in_run_order() {
     stuck.eta_seconds = None;
     stuck.waiting = Some(StorageWait {
         reason: "writing p000-c000-s1.png: No space left on device (os error 28)".into(),
-        retry_at: now + Duration::from_secs(125),
+        retry_at: now + Duration::from_secs(175), // "2m ..." for 55 s
     });
     write_status(&layout.running.join("stuck.status.json"), &stuck).unwrap();
     write_job(&layout.done, "d.yaml", "x");
