@@ -614,21 +614,29 @@ STAGE_ARGS = {
 }
 
 
+# The stages that train with torch: their results depend on the device (and the thread count).
+# The dataset and the tokenizer come out the same on any device.
+TRAINED_STAGES = {"clip", "vae", "unet", "decoder"}
+
+
 def stage_settings(args, stage: str, device) -> dict:
     """The settings a stage's result depends on, its upstream stages' included: recorded in its
     done marker so that a rerun with other settings cannot reuse it."""
-    settings = {"device": device.type}
+    settings = {}
     todo = [stage]
     while todo:
         s = todo.pop()
         settings.update({name: getattr(args, name) for name in STAGE_ARGS[s]})
+        if s in TRAINED_STAGES:
+            settings["device"] = device.type
         todo.extend(STAGE_INPUTS[s])
     return dict(sorted(settings.items()))
 
 
 def settings_mismatch(marker: Path, wanted: dict) -> str | None:
     """None when the done marker records `wanted`, else what differs (markers of older versions
-    of this script record no settings)."""
+    of this script record no settings). Settings the marker records beyond `wanted` no longer
+    matter to the stage and are not compared."""
     try:
         recorded = json.loads(marker.read_text())["settings"]
     except (ValueError, KeyError, TypeError):
@@ -636,7 +644,7 @@ def settings_mismatch(marker: Path, wanted: dict) -> str | None:
     diffs = [
         f"made with {k if k == 'device' else '--' + k.replace('_', '-')} {recorded.get(k, '(unset)')}, "
         f"now {wanted.get(k, '(unset)')}"
-        for k in sorted(set(recorded) | set(wanted))
+        for k in sorted(wanted)
         if recorded.get(k) != wanted.get(k)
     ]
     return "; ".join(diffs) or None
