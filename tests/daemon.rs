@@ -47,17 +47,14 @@ impl Env {
     }
 
     fn start(&self, args: &[&str]) -> Running {
-        Running(
+        Running::spawn(
             Command::new(env!("CARGO_BIN_EXE_sdspool"))
                 .arg("--config")
                 .arg(&self.config)
                 .arg("run")
                 .args(args)
                 .env("SDSPOOL_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
+                .stdout(Stdio::null()),
         )
     }
 

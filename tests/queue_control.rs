@@ -8,7 +8,7 @@ mod common;
 use common::{Running, names, stderr_of, wait_exit, wait_for};
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 struct Env {
@@ -49,17 +49,14 @@ impl Env {
     }
 
     fn start(&self, args: &[&str]) -> Running {
-        Running(
+        Running::spawn(
             Command::new(env!("CARGO_BIN_EXE_sdspool"))
                 .arg("--config")
                 .arg(&self.config)
                 .arg("run")
                 .args(args)
                 .env("SDSPOOL_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
+                .stdout(Stdio::null()),
         )
     }
 
@@ -104,7 +101,7 @@ impl Env {
     }
 }
 
-fn terminate(child: &mut Child) -> String {
+fn terminate(child: &mut Running) -> String {
     let ok = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

@@ -117,14 +117,13 @@ pub fn wait_exit(
     }
 }
 
-/// Everything the child wrote to its (piped) standard error.
-pub fn stderr_of(child: &mut std::process::Child) -> String {
-    use std::io::Read;
-    let mut s = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut s);
-    }
-    s
+/// Everything the daemon wrote to its standard error, once it has exited (waits for that).
+pub fn stderr_of(daemon: &mut Running) -> String {
+    daemon
+        .stderr
+        .take()
+        .map(|reader| reader.join().unwrap())
+        .unwrap_or_default()
 }
 
 /// The `parameters` text chunk of a PNG (AUTOMATIC1111's settings line).
@@ -146,27 +145,52 @@ pub fn parameters_chunk(path: &Path) -> String {
         .unwrap_or_else(|| panic!("{}: no parameters chunk", path.display()))
 }
 
-/// A daemon that is killed when the test ends, passed or not (no orphans left running).
-pub struct Running(pub std::process::Child);
+/// A daemon that is killed when the test ends, passed or not (no orphans left running). Its
+/// standard error is read on a thread as it comes, so a chatty daemon never blocks on a full pipe.
+pub struct Running {
+    child: std::process::Child,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    /// Starts `command` with its standard error piped to [`stderr_of`].
+    pub fn spawn(command: &mut std::process::Command) -> Running {
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        });
+        Running {
+            child,
+            stderr: Some(stderr),
+        }
+    }
+}
 
 impl std::ops::Deref for Running {
     type Target = std::process::Child;
     fn deref(&self) -> &std::process::Child {
-        &self.0
+        &self.child
     }
 }
 
 impl std::ops::DerefMut for Running {
     fn deref_mut(&mut self) -> &mut std::process::Child {
-        &mut self.0
+        &mut self.child
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
