@@ -643,9 +643,9 @@ def settings_mismatch(marker: Path, wanted: dict) -> str | None:
         return f"{marker.name} records no settings (written by an older version of this script)"
     diffs = [
         f"made with {k if k == 'device' else '--' + k.replace('_', '-')} {recorded.get(k, '(unset)')}, "
-        f"now {wanted.get(k, '(unset)')}"
+        f"now {wanted[k]}"
         for k in sorted(wanted)
-        if recorded.get(k) != wanted.get(k)
+        if recorded.get(k) != wanted[k]
     ]
     return "; ".join(diffs) or None
 

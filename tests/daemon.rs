@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{Running, names, parameters_chunk, stderr_of, wait_exit, wait_for};
+use common::{
+    Running, is_candidate_image, names, parameters_chunk, stderr_of, wait_exit, wait_for,
+};
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -178,7 +180,7 @@ fn sigkill_during_a_job_then_restart_completes_it_once_without_rendering_finishe
     let images = || -> Vec<String> {
         names(&out)
             .into_iter()
-            .filter(|n| n.ends_with(".png") && !n.contains("sheet") && !n.starts_with('.'))
+            .filter(|n| is_candidate_image(n))
             .collect()
     };
     // Kill once at least one prompt's images are on disk (the status file's images_done counts

@@ -126,6 +126,12 @@ pub fn stderr_of(daemon: &mut Running) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `name` is a candidate's image under its final name: not a contact sheet, not an
+/// `.sdspool-tmp-*` file still being written.
+pub fn is_candidate_image(name: &str) -> bool {
+    name.ends_with(".png") && !name.contains("-sheet") && !name.starts_with('.')
+}
+
 /// The `parameters` text chunk of a PNG (AUTOMATIC1111's settings line).
 pub fn parameters_chunk(path: &Path) -> String {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));

@@ -220,7 +220,7 @@ pub fn tail(text: &str, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
-pub use common::{names, tree, wait_for};
+pub use common::{is_candidate_image, names, tree, wait_for};
 
 /// `.sdspool-tmp-*` files anywhere under `dir`.
 pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
@@ -283,7 +283,7 @@ pub fn add_image_ids(output: &Path, ids: &mut ImageIds) {
         let dir = output.join(&job);
         for sub in [dir.clone(), dir.join("rejected")] {
             for name in names(&sub) {
-                if !name.ends_with(".png") || name.contains("-sheet") || name.starts_with('.') {
+                if !is_candidate_image(&name) {
                     continue;
                 }
                 if let Ok(m) = std::fs::symlink_metadata(sub.join(&name)) {
