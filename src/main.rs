@@ -153,147 +153,61 @@ fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    let config = match Config::load(&cli.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sdspool: {e}");
-            return ExitCode::from(2);
+    let result = Config::load(&cli.config)
+        .map_err(Failure::usage)
+        .and_then(|config| execute(cli.command, &config, started));
+    match result {
+        Ok(code) => code,
+        Err(failure) => failure.report(),
+    }
+}
+
+/// Why a command failed: the error (with its causes) and the exit status.
+struct Failure {
+    error: anyhow::Error,
+    /// 2: the configuration or ONNX Runtime could not be used; 1: the command failed.
+    status: u8,
+    /// Also log it (the daemon's failures go to its log as well as to standard error).
+    log: bool,
+}
+
+impl Failure {
+    fn usage(e: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            error: e.into(),
+            status: 2,
+            log: false,
         }
-    };
-    match cli.command {
-        Command::Submit { job, replace } => {
-            match sdspool::commands::submit::run(&config, &job, replace) {
-                Ok(s) => {
-                    println!("{}", s.path.display());
-                    if s.waits_for_running {
-                        eprintln!(
-                            "sdspool: a job of the same name is running; this one runs after it"
-                        );
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("sdspool: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+    }
+
+    /// The one place a command's failure is printed: `sdspool: ` and the error with its cause
+    /// chain on one line.
+    fn report(self) -> ExitCode {
+        let text = logging::error_chain(&self.error);
+        if self.log {
+            tracing::error!(error = %text, "sdspool stopped with an error");
         }
-        Command::Status { json } => match sdspool::commands::status::run(&config, json) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("sdspool: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Pause { reason } => match sdspool::commands::control::pause(&config, reason) {
-            Ok((record, true)) => {
-                println!(
-                    "paused: running jobs finish, no job starts until `sdspool resume` ({})",
-                    record.by
-                );
-                ExitCode::SUCCESS
-            }
-            Ok((record, false)) => {
-                println!(
-                    "already paused since {} by {}",
-                    sdspool::spool::control::format_time(record.paused_at),
-                    record.by
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("sdspool: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Resume => match sdspool::commands::control::resume(&config) {
-            Ok(Some(_)) => {
-                println!("resumed: jobs start again");
-                ExitCode::SUCCESS
-            }
-            Ok(None) => {
-                println!("not paused");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("sdspool: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Cancel { job } => match sdspool::commands::control::cancel(&config, &job) {
-            Ok(c) => {
-                for f in &c.queued {
-                    println!(
-                        "cancelled {} before it started: {}",
-                        c.stem,
-                        f.job.display()
-                    );
-                }
-                if c.running.is_some() {
-                    println!(
-                        "cancel requested for the running job {}: its daemon stops it at the next step and files it in failed/ (finished images and manifest kept)",
-                        c.stem
-                    );
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("sdspool: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Check { job } => match sdspool::commands::check::run(&config, &job) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("sdspool: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Bench(args) => match bench(&config, args, started) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sdspool: {}", logging::error_chain(&e));
-                ExitCode::FAILURE
-            }
-        },
-        Command::Run { until_idle } => {
-            match sdspool::daemon::run(&config, sdspool::daemon::DaemonOptions { until_idle }) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    let text = logging::error_chain(&e);
-                    tracing::error!(error = %text, "sdspool stopped with an error");
-                    eprintln!("sdspool: {text}");
-                    ExitCode::FAILURE
-                }
-            }
+        eprintln!("sdspool: {text}");
+        ExitCode::from(self.status)
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure {
+            error: e.into(),
+            status: 1,
+            log: false,
         }
-        Command::Models => {
-            let runtime = match Runtime::init(
-                config.onnxruntime.library.as_deref(),
-                &config.base_dir(),
-                &config.execution,
-            ) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("sdspool: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let mut out = String::new();
-            let ok = sdspool::commands::models::run(&config, &runtime, &mut out);
-            print!("{out}");
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+    }
+}
+
+type Outcome = Result<ExitCode, Failure>;
+
+fn execute(command: Command, config: &Config, started: std::time::Instant) -> Outcome {
+    match command {
+        Command::Run { until_idle } => run(config, until_idle),
+        Command::Models => models(config),
         Command::Render {
             job,
             output,
@@ -304,31 +218,113 @@ fn main() -> ExitCode {
                 latents,
                 step_noise,
             };
-            match sdspool::commands::render::run(&config, &job, output.as_deref(), &noise) {
-                Ok(outcome) => {
-                    for c in outcome.manifest.candidates() {
-                        let Some(file) = &c.file else { continue };
-                        match (c.rank, c.clip_score) {
-                            (Some(r), Some(s)) => println!(
-                                "{}\trank {r}\tCLIPScore {s:.2}",
-                                outcome.dir.join(file).display()
-                            ),
-                            _ => println!("{}", outcome.dir.join(file).display()),
-                        }
-                    }
-                    println!(
-                        "{}",
-                        outcome.dir.join(sdspool::jobrun::manifest::FILE).display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("sdspool: {}", logging::error_chain(&e));
-                    ExitCode::FAILURE
-                }
-            }
+            render(config, &job, output.as_deref(), &noise)
+        }
+        Command::Submit { job, replace } => submit(config, &job, replace),
+        Command::Status { json } => {
+            print!("{}", sdspool::commands::status::run(config, json)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pause { reason } => pause(config, reason),
+        Command::Resume => resume(config),
+        Command::Cancel { job } => {
+            let cancelled = sdspool::commands::control::cancel(config, &job)?;
+            print!("{}", sdspool::commands::control::describe(&cancelled));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { job } => {
+            print!("{}", sdspool::commands::check::run(config, &job)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            bench(config, args, started)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn run(config: &Config, until_idle: bool) -> Outcome {
+    sdspool::daemon::run(config, sdspool::daemon::DaemonOptions { until_idle }).map_err(|e| {
+        Failure {
+            error: e,
+            status: 1,
+            log: true,
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn models(config: &Config) -> Outcome {
+    let runtime = Runtime::init(
+        config.onnxruntime.library.as_deref(),
+        &config.base_dir(),
+        &config.execution,
+    )
+    .map_err(Failure::usage)?;
+    let mut out = String::new();
+    let ok = sdspool::commands::models::run(config, &runtime, &mut out);
+    print!("{out}");
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn render(
+    config: &Config,
+    job: &std::path::Path,
+    output: Option<&std::path::Path>,
+    noise: &sdspool::commands::render::NoiseFiles,
+) -> Outcome {
+    let outcome = sdspool::commands::render::run(config, job, output, noise)?;
+    for c in outcome.manifest.candidates() {
+        let Some(file) = &c.file else { continue };
+        match (c.rank, c.clip_score) {
+            (Some(r), Some(s)) => println!(
+                "{}\trank {r}\tCLIPScore {s:.2}",
+                outcome.dir.join(file).display()
+            ),
+            _ => println!("{}", outcome.dir.join(file).display()),
+        }
+    }
+    println!(
+        "{}",
+        outcome.dir.join(sdspool::jobrun::manifest::FILE).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn submit(config: &Config, job: &std::path::Path, replace: bool) -> Outcome {
+    let s = sdspool::commands::submit::run(config, job, replace)?;
+    println!("{}", s.path.display());
+    if s.waits_for_running {
+        eprintln!("sdspool: a job of the same name is running; this one runs after it");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pause(config: &Config, reason: Option<String>) -> Outcome {
+    match sdspool::commands::control::pause(config, reason)? {
+        (record, true) => println!(
+            "paused: running jobs finish, no job starts until `sdspool resume` ({})",
+            record.by
+        ),
+        (record, false) => println!(
+            "already paused since {} by {}",
+            sdspool::spool::control::format_time(record.paused_at),
+            record.by
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resume(config: &Config) -> Outcome {
+    match sdspool::commands::control::resume(config)? {
+        Some(_) => println!("resumed: jobs start again"),
+        None => println!("not paused"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench(config: &Config, args: BenchArgs, started: std::time::Instant) -> anyhow::Result<()> {

@@ -14,6 +14,9 @@ use crate::spool::names::{self, NameKind};
 use crate::spool::{Layout, SpoolError};
 
 /// Why a job was not submitted.
+/// Permissions of a submitted job file.
+const JOB_MODE: u32 = 0o644;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     /// The job file is not valid: the file and the field.
@@ -134,6 +137,9 @@ pub fn run(config: &Config, job_file: &Path, replace: bool) -> Result<Submitted,
         .create_new(true)
         .open(&tmp)
         .and_then(|mut f| {
+            // The daemon, another user under the shipped layout, reads it whatever the
+            // submitter's umask.
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(JOB_MODE))?;
             std::io::Write::write_all(&mut f, &bytes)?;
             f.sync_all()
         })

@@ -259,6 +259,8 @@ fn worker_thread(
             return Ok(());
         }
         shared.beat();
+        // Queued jobs that users who may not move them asked to cancel (also while paused).
+        crate::spool::control::file_cancelled_queued(spool.layout());
         // Paused: nothing starts, new or resumed; the running jobs (of other workers) finish.
         if control.is_paused() {
             if paused_since.is_none() {
@@ -415,6 +417,28 @@ fn spool_idle(spool: &Spool, shared: &Shared) -> bool {
             .overview()
             .map(|o| o.counts.incoming == 0 && o.counts.running == 0)
             .unwrap_or(false)
+}
+
+/// What a cancelled job keeps, from its output folder as it is now: the images its manifest
+/// lists that are on disk (the progress counts images rendered in a prompt whose images are not
+/// written yet, which a cancel drops).
+fn kept_after_cancel(dir: &std::path::Path, total: usize) -> String {
+    match crate::jobrun::manifest::Manifest::read(dir) {
+        None => format!(
+            "; no image was written (no manifest.json in {})",
+            dir.display()
+        ),
+        Some(m) => match m.images_on_disk(dir).count() {
+            0 => format!(
+                "; none of its {total} images was written (a prompt's images are written once all its candidates are rendered); its manifest.json is in {}",
+                dir.display()
+            ),
+            n => format!(
+                "; {n} of {total} images were finished and are kept in {} with its manifest.json, which lists them",
+                dir.display()
+            ),
+        },
+    }
 }
 
 /// `done/x.result.yaml`.
@@ -646,15 +670,10 @@ fn process(
                     )
                 })
                 .unwrap_or_default();
-            let done = last_progress.map_or(0, |p| p.images_done);
-            let kept = match worker.last_output_dir() {
-                Some(dir) => format!(
-                    "; {done} of {} images were finished and are kept in {} with its manifest.json",
-                    job.image_count(),
-                    dir.display()
-                ),
-                None => String::new(),
-            };
+            let kept = worker
+                .last_output_dir()
+                .map(|dir| kept_after_cancel(dir, job.image_count()))
+                .unwrap_or_default();
             let message = format!(
                 "cancelled by {} with `sdspool cancel` at {}; it stopped{at}{kept}",
                 request.by,

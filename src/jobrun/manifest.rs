@@ -139,4 +139,14 @@ impl Manifest {
     pub fn candidates(&self) -> impl Iterator<Item = &CandidateEntry> {
         self.prompts.iter().flat_map(|p| p.candidates.iter())
     }
+
+    /// The candidates whose image is in the output folder `dir` now (what a job stopped
+    /// part-way keeps).
+    pub fn images_on_disk<'a>(
+        &'a self,
+        dir: &'a Path,
+    ) -> impl Iterator<Item = &'a CandidateEntry> + 'a {
+        self.candidates()
+            .filter(move |c| c.file.as_ref().is_some_and(|f| dir.join(f).is_file()))
+    }
 }

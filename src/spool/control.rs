@@ -10,9 +10,17 @@
 //!
 //! A cancel request names the job's file by device and inode as well as by name, so a request
 //! left over from an earlier job of the same name never cancels a later one. Daemons poll the
-//! request at every denoising step of the job and remove it once the job is filed.
+//! request at every denoising step of the job and remove it once the job is filed. A request
+//! may also name a job still waiting in `incoming/` (left by a user who may not move it to
+//! `failed/` himself, as a member of the `sdspool-submit` group under the shipped layout):
+//! daemons file such jobs as cancelled ([`file_cancelled_queued`]), also while paused.
+//!
+//! The shipped layout (`systemd/sdspool.tmpfiles`) makes `control/` and `control/cancel/`
+//! writable by the `sdspool-submit` group, so the files here are written readable by all
+//! ([`SHARED_MODE`]) whatever the writer's umask: the daemon, another user, must read them.
 
 use std::io;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -27,6 +35,10 @@ pub const CONTROL: &str = "control";
 pub const PAUSED: &str = "paused";
 /// The folder of cancel requests inside the control folder.
 pub const CANCEL: &str = "cancel";
+
+/// Permissions of the files written here: readable by the daemon and by `sdspool status` of
+/// any user (replaced by rename, so they need not be writable by the group).
+pub const SHARED_MODE: u32 = 0o644;
 
 /// `control/paused`: who paused the spool and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +63,36 @@ pub struct CancelRequest {
     pub requested_at: SystemTime,
     /// `user@host`.
     pub by: String,
+}
+
+impl CancelRequest {
+    /// Whether the request names the file at `path` (the same file, not only the same name).
+    pub fn names(&self, path: &Path) -> bool {
+        FileId::at(path).is_some_and(|id| id.dev == self.dev && id.ino == self.ino)
+    }
+}
+
+/// Writes `bytes` to `target` atomically (a temporary file in the same folder, fsynced and
+/// renamed), with [`SHARED_MODE`] whatever the umask.
+fn write_shared(target: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let tmp = crate::output::atomic::temp_path(target);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(SHARED_MODE))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, target)?;
+        crate::output::atomic::sync_dir(target.parent().unwrap_or(Path::new(".")))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// The control folder of one spool. Reading never creates anything.
@@ -114,7 +156,7 @@ impl Control {
             .map_err(|e| Self::err(&self.dir, "creating the control folder", e))?;
         let text = serde_saphyr::to_string(&record)
             .map_err(|e| Self::err(&path, "writing the pause flag", io::Error::other(e)))?;
-        crate::output::atomic::write(&path, text.as_bytes())
+        write_shared(&path, text.as_bytes())
             .map_err(|e| Self::err(&path, "writing the pause flag", e))?;
         Ok((record, true))
     }
@@ -161,14 +203,12 @@ impl Control {
         )
     }
 
-    /// Asks the daemon running `running_job` (the path of `running/<stem>.yaml`) to cancel it.
-    pub fn request_cancel(
-        &self,
-        stem: &str,
-        running_job: &Path,
-    ) -> Result<CancelRequest, SpoolError> {
-        let meta = std::fs::symlink_metadata(running_job)
-            .map_err(|e| Self::err(running_job, "looking at the running job", e))?;
+    /// Asks the daemons to cancel the job whose file is `job_file`: `running/<stem>.yaml` (its
+    /// daemon stops it at the next step), or a file of `incoming/` (a daemon files it in
+    /// `failed/` before it starts).
+    pub fn request_cancel(&self, stem: &str, job_file: &Path) -> Result<CancelRequest, SpoolError> {
+        let meta = std::fs::symlink_metadata(job_file)
+            .map_err(|e| Self::err(job_file, "looking at the job", e))?;
         let id = FileId::of(&meta);
         let request = CancelRequest {
             job: stem.to_string(),
@@ -183,7 +223,7 @@ impl Control {
             .map_err(|e| Self::err(&folder, "creating the cancel folder", e))?;
         let text = serde_saphyr::to_string(&request)
             .map_err(|e| Self::err(&path, "writing the cancel request", io::Error::other(e)))?;
-        crate::output::atomic::write(&path, text.as_bytes())
+        write_shared(&path, text.as_bytes())
             .map_err(|e| Self::err(&path, "writing the cancel request", e))?;
         Ok(request)
     }
@@ -196,8 +236,7 @@ impl Control {
         std::fs::symlink_metadata(&path).ok()?;
         let text = std::fs::read_to_string(&path).ok()?;
         let request = crate::yaml::parse::<CancelRequest>(&text).ok()?;
-        let id = FileId::at(running_job)?;
-        (request.dev == id.dev && request.ino == id.ino).then_some(request)
+        request.names(running_job).then_some(request)
     }
 
     /// The request for `stem` whatever file it names (for `sdspool status`).
@@ -221,22 +260,22 @@ impl Control {
 }
 
 /// Cancels a job still waiting in `incoming/` (the file `name` there): moves it straight to
-/// `failed/` with an error file that says it was cancelled. `Ok(None)`: it is no longer there
-/// (a daemon claimed it meanwhile, or it was removed).
+/// `failed/` with an error file that says who (`by`, `user@host`) cancelled it. `Ok(None)`: it
+/// is no longer there (a daemon claimed it meanwhile, or it was removed). Fails with the
+/// system's `PermissionDenied` for a user who may not move it (then
+/// [`Control::request_cancel`] asks the daemons to).
 pub fn cancel_queued(
     layout: &Layout,
     name: &str,
     stem: &str,
+    by: &str,
 ) -> Result<Option<super::Finished>, SpoolError> {
     let src = layout.incoming.join(name);
     let record = super::ErrorFile {
         job: name.to_string(),
         step: "cancelled".into(),
         field: None,
-        error: format!(
-            "cancelled by {} with `sdspool cancel` before it started",
-            who()
-        ),
+        error: format!("cancelled by {by} with `sdspool cancel` before it started"),
         failed_at: SystemTime::now(),
         attempts: 0,
         host: fsops::hostname(),
@@ -256,6 +295,44 @@ pub fn cancel_queued(
         let _ = crate::output::atomic::sync_dir(&layout.incoming);
     }
     Ok(placed)
+}
+
+/// Files in `failed/` the jobs of `incoming/` that a cancel request names (requests left by
+/// users who may not move them there themselves), and removes those requests. For daemons,
+/// which own the spool's folders; a request is left alone when its file is not in `incoming/`
+/// (a running job's, which its daemon handles; or one whose job is gone). Problems are logged.
+pub fn file_cancelled_queued(layout: &Layout) -> Vec<super::Finished> {
+    let control = Control::of(layout);
+    let folder = control.dir.join(CANCEL);
+    let Ok(entries) = std::fs::read_dir(&folder) else {
+        return Vec::new();
+    };
+    let mut filed = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = file_name.strip_suffix(".yaml") else {
+            continue;
+        };
+        let Some(request) = control.cancel_request_of(stem) else {
+            continue;
+        };
+        let queued = super::names::JOB_EXTENSIONS
+            .iter()
+            .map(|ext| format!("{stem}.{ext}"))
+            .find(|name| request.names(&layout.incoming.join(name)));
+        let Some(name) = queued else { continue };
+        match cancel_queued(layout, &name, stem, &request.by) {
+            Ok(Some(finished)) => {
+                tracing::info!(job = %name, by = %request.by, path = %finished.job.display(), "cancelled before it started");
+                control.clear_cancel(stem);
+                filed.push(finished);
+            }
+            // Claimed meanwhile: its daemon finds the request when it starts the job.
+            Ok(None) => {}
+            Err(e) => tracing::warn!(job = %name, error = %e, "cannot file the cancelled job"),
+        }
+    }
+    filed
 }
 
 #[cfg(test)]
@@ -301,5 +378,44 @@ mod tests {
         c.clear_cancel("cats");
         assert!(c.cancel_request_of("cats").is_none());
         c.clear_cancel("cats");
+    }
+
+    #[test]
+    fn daemons_file_the_queued_jobs_a_request_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path());
+        layout.create().unwrap();
+        let c = Control::of(&layout);
+        for name in ["cats.yaml", "dogs.yml", "birds.yaml"] {
+            std::fs::write(layout.incoming.join(name), "prompts: [a]\n").unwrap();
+        }
+        c.request_cancel("cats", &layout.incoming.join("cats.yaml"))
+            .unwrap();
+        c.request_cancel("dogs", &layout.incoming.join("dogs.yml"))
+            .unwrap();
+        // A request for an earlier `birds` does not cancel this one.
+        let earlier = tmp.path().join("earlier.yaml");
+        std::fs::write(&earlier, "prompts: [b]\n").unwrap();
+        c.request_cancel("birds", &earlier).unwrap();
+
+        let filed = file_cancelled_queued(&layout);
+        let mut jobs: Vec<_> = filed.iter().map(|f| f.job.clone()).collect();
+        jobs.sort();
+        assert_eq!(
+            jobs,
+            [
+                layout.failed.join("cats.yaml"),
+                layout.failed.join("dogs.yaml")
+            ]
+        );
+        let error = std::fs::read_to_string(layout.failed.join("cats.error.yaml")).unwrap();
+        assert!(
+            error.contains("step: cancelled") && error.contains(&who()),
+            "{error}"
+        );
+        assert!(layout.incoming.join("birds.yaml").exists());
+        assert!(c.cancel_request_of("cats").is_none() && c.cancel_request_of("dogs").is_none());
+        assert!(c.cancel_request_of("birds").is_some());
+        assert!(file_cancelled_queued(&layout).is_empty());
     }
 }
