@@ -328,14 +328,7 @@ pub fn run(config: &Config, opts: &BenchOptions, started: Instant) -> anyhow::Re
     if opts.prompts == 0 || opts.candidates == 0 {
         anyhow::bail!("--prompts and --candidates must be at least 1");
     }
-    let mut config = config.clone();
-    let model = choose_model(&mut config, opts.model.as_deref())?;
-    if let Some(t) = opts.threads {
-        config.execution.intra_threads = t;
-    }
-    if !opts.rerank {
-        config.rerank = None;
-    }
+    let (config, model) = bench_config(config, opts)?;
     let (root, remove_root) = match &opts.output {
         Some(d) => (d.clone(), false),
         None => (
@@ -347,7 +340,6 @@ pub fn run(config: &Config, opts: &BenchOptions, started: Instant) -> anyhow::Re
     };
     std::fs::create_dir_all(&root)?;
     let job = workload_job(&config, &root, &model, opts)?;
-    let images = job.image_count();
 
     let runtime = Runtime::init(
         config.onnxruntime.library.as_deref(),
@@ -357,78 +349,135 @@ pub fn run(config: &Config, opts: &BenchOptions, started: Instant) -> anyhow::Re
     let device = config.execution.device_ids[0];
     let mut worker = Worker::load(&runtime, &config, device, Some(&model))?;
     let load_s = secs(started.elapsed());
-    let provider = worker.provider(&model).unwrap_or_default();
-    let rerank = opts.rerank && worker.can_rerank();
-
-    let mut cold_first_image = None;
-    let mut measured = Vec::new();
-    let batches = opts.prompts * opts.candidates.div_ceil(job.max_batch as usize);
-    for k in 0..opts.warmup + opts.runs {
-        let warm = k < opts.warmup;
-        let name = if warm {
-            format!("warmup-{}", k + 1)
-        } else {
-            format!("run-{}", k - opts.warmup + 1)
-        };
-        let dir = root.join(&name);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        let clocks_before = worker.session_clocks(&model);
-        let busy_before = runtime.busy_time();
-        let run_started = Instant::now();
-        let options = RunOptions {
-            dir: Some(dir.clone()),
-            ..RunOptions::default()
-        };
-        let outcome = worker.run(&job, &options, &AtomicBool::new(false), &mut |_| {})?;
-        let total = run_started.elapsed();
-        let busy = runtime.busy_time().saturating_sub(busy_before);
-        let clocks: Vec<(&str, SessionClock)> = worker
-            .session_clocks(&model)
-            .into_iter()
-            .zip(&clocks_before)
-            .map(|((n, after), (_, before))| (n, after.since(before)))
-            .collect();
-        if k == 0 {
-            cold_first_image = outcome
-                .phases
-                .first_image
-                .map(|d| secs(run_started.duration_since(started) + d));
-        }
-        let report = run_report(total, busy, &clocks, &outcome.phases, images, batches);
-        eprintln!(
-            "{name}: {:.2} s, {:.3} images/s, overhead {:.1} %",
-            report.total_s, report.images_per_s, report.overhead_pct
-        );
-        if !warm {
-            measured.push(report);
-        }
-    }
+    let bench = Bench {
+        runtime: &runtime,
+        model: &model,
+        job: &job,
+        root: &root,
+        started,
+    };
+    let measured = bench.measure(&mut worker, opts)?;
     if remove_root {
         std::fs::remove_dir_all(&root)?;
     }
-    let guided = opts.guidance > 1.0;
-    let batch = job.max_batch as usize;
     Ok(BenchReport {
         sdspool_version: env!("CARGO_PKG_VERSION"),
         onnxruntime_version: runtime.version().to_string(),
-        provider,
+        provider: worker.provider(&model).unwrap_or_default(),
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
         started_unix,
-        workload: Workload {
-            model: model.clone(),
-            model_path: config.models[&model].path.display().to_string(),
+        workload: bench.workload(&config, &worker, opts),
+        cold: Cold {
+            load_s,
+            first_image_s: measured.cold_first_image.unwrap_or(f64::NAN),
+        },
+        mean: mean(&measured.runs),
+        runs: measured.runs,
+        peak_rss_kib: peak_rss_kib(),
+    })
+}
+
+/// The config the bench renders with: the model chosen (a folder added as a model), and the
+/// threads and reranking of the options.
+fn bench_config(config: &Config, opts: &BenchOptions) -> anyhow::Result<(Config, String)> {
+    let mut config = config.clone();
+    let model = choose_model(&mut config, opts.model.as_deref())?;
+    if let Some(t) = opts.threads {
+        config.execution.intra_threads = t;
+    }
+    if !opts.rerank {
+        config.rerank = None;
+    }
+    Ok((config, model))
+}
+
+/// One bench: the loaded runtime, the workload's job and where its runs write.
+struct Bench<'a> {
+    runtime: &'a Runtime,
+    model: &'a str,
+    job: &'a job::Job,
+    root: &'a Path,
+    /// When the command started.
+    started: Instant,
+}
+
+/// The measured runs, and the first image's time of the first run from the command's start.
+struct Measured {
+    runs: Vec<RunReport>,
+    cold_first_image: Option<f64>,
+}
+
+impl Bench<'_> {
+    /// Renders the warm-up runs and the measured ones, each into its own folder.
+    fn measure(&self, worker: &mut Worker, opts: &BenchOptions) -> anyhow::Result<Measured> {
+        let images = self.job.image_count();
+        let batches = opts.prompts * opts.candidates.div_ceil(self.job.max_batch as usize);
+        let mut measured = Measured {
+            runs: Vec::new(),
+            cold_first_image: None,
+        };
+        for k in 0..opts.warmup + opts.runs {
+            let warm = k < opts.warmup;
+            let name = if warm {
+                format!("warmup-{}", k + 1)
+            } else {
+                format!("run-{}", k - opts.warmup + 1)
+            };
+            let dir = self.root.join(&name);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            let clocks_before = worker.session_clocks(self.model);
+            let busy_before = self.runtime.busy_time();
+            let run_started = Instant::now();
+            let options = RunOptions {
+                dir: Some(dir.clone()),
+                ..RunOptions::default()
+            };
+            let outcome = worker.run(self.job, &options, &AtomicBool::new(false), &mut |_| {})?;
+            let total = run_started.elapsed();
+            let busy = self.runtime.busy_time().saturating_sub(busy_before);
+            let clocks: Vec<(&str, SessionClock)> = worker
+                .session_clocks(self.model)
+                .into_iter()
+                .zip(&clocks_before)
+                .map(|((n, after), (_, before))| (n, after.since(before)))
+                .collect();
+            if k == 0 {
+                measured.cold_first_image = outcome
+                    .phases
+                    .first_image
+                    .map(|d| secs(run_started.duration_since(self.started) + d));
+            }
+            let report = run_report(total, busy, &clocks, &outcome.phases, images, batches);
+            eprintln!(
+                "{name}: {:.2} s, {:.3} images/s, overhead {:.1} %",
+                report.total_s, report.images_per_s, report.overhead_pct
+            );
+            if !warm {
+                measured.runs.push(report);
+            }
+        }
+        Ok(measured)
+    }
+
+    /// What was rendered, with which settings.
+    fn workload(&self, config: &Config, worker: &Worker, opts: &BenchOptions) -> Workload {
+        let guided = opts.guidance > 1.0;
+        let batch = self.job.max_batch as usize;
+        Workload {
+            model: self.model.to_string(),
+            model_path: config.models[self.model].path.display().to_string(),
             prompts: opts.prompts,
-            prompt_texts: job.prompts.iter().map(|p| p.text.clone()).collect(),
+            prompt_texts: self.job.prompts.iter().map(|p| p.text.clone()).collect(),
             candidates: opts.candidates,
-            images,
+            images: self.job.image_count(),
             steps: opts.steps,
             guidance: opts.guidance,
             scheduler: worker
-                .scheduler_of(&model, opts.scheduler)
+                .scheduler_of(self.model, opts.scheduler)
                 .map(|s| s.to_string())
                 .unwrap_or_default(),
             width: opts.width,
@@ -438,20 +487,13 @@ pub fn run(config: &Config, opts: &BenchOptions, started: Instant) -> anyhow::Re
             intra_threads: config.execution.intra_threads,
             inter_threads: config.execution.inter_threads,
             graph_optimization: config.execution.graph_optimization.to_string(),
-            rerank,
+            rerank: opts.rerank && worker.can_rerank(),
             seed: opts.seed,
             runs: opts.runs,
             warmup: opts.warmup,
-            output: root.display().to_string(),
-        },
-        cold: Cold {
-            load_s,
-            first_image_s: cold_first_image.unwrap_or(f64::NAN),
-        },
-        mean: mean(&measured),
-        runs: measured,
-        peak_rss_kib: peak_rss_kib(),
-    })
+            output: self.root.display().to_string(),
+        }
+    }
 }
 
 fn run_report(
@@ -571,8 +613,27 @@ fn mean(runs: &[RunReport]) -> RunReport {
 
 /// The report as a table for people.
 pub fn table(r: &BenchReport) -> String {
+    let mut out = table_header(r);
+    out.push('\n');
+    out.push_str(&table_figures(r));
+    out.push('\n');
+    out.push_str(&table_phases(&r.mean));
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "  runs: {}",
+        r.runs
+            .iter()
+            .map(|x| format!("{:.3} s", x.total_s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    out
+}
+
+/// The workload and the runtime's settings.
+fn table_header(r: &BenchReport) -> String {
     let w = &r.workload;
-    let m = &r.mean;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -612,74 +673,64 @@ pub fn table(r: &BenchReport) -> String {
         w.runs,
         w.warmup
     );
-    let _ = writeln!(out);
-    let row = |out: &mut String, k: &str, v: String| {
+    out
+}
+
+/// The headline figures, one per row.
+fn table_figures(r: &BenchReport) -> String {
+    let m = &r.mean;
+    let rows = [
+        ("wall time per run", format!("{:.3} s", m.total_s)),
+        ("images per second", format!("{:.4}", m.images_per_s)),
+        ("seconds per image", format!("{:.4}", m.seconds_per_image)),
+        ("UNet calls per run", format!("{:.0}", m.unet_calls)),
+        (
+            "UNet s per call",
+            format!("{:.5} (batch {})", m.unet_s_per_call, r.workload.unet_batch),
+        ),
+        (
+            "UNet s per image-step",
+            format!("{:.5}", m.unet_s_per_image_step),
+        ),
+        (
+            "denoise outside UNet, per call",
+            format!("{:.1} us", 1e6 * m.denoise_overhead_s_per_call),
+        ),
+        (
+            "time in ONNX Runtime sessions",
+            format!(
+                "{:.3} s ({:.2} % of wall time)",
+                m.session_s,
+                100.0 * m.session_s / m.total_s
+            ),
+        ),
+        (
+            "pipeline overhead (wall - sessions)",
+            format!("{:.3} s ({:.2} %)", m.overhead_s, m.overhead_pct),
+        ),
+        (
+            "peak resident memory (VmHWM)",
+            format!("{:.1} MiB", r.peak_rss_kib as f64 / 1024.0),
+        ),
+        (
+            "first image, cold (load included)",
+            format!(
+                "{:.3} s (load {:.3} s)",
+                r.cold.first_image_s, r.cold.load_s
+            ),
+        ),
+        ("first image, warm", format!("{:.3} s", m.first_image_s)),
+    ];
+    let mut out = String::new();
+    for (k, v) in rows {
         let _ = writeln!(out, "  {k:<36} {v}");
-    };
-    row(&mut out, "wall time per run", format!("{:.3} s", m.total_s));
-    row(
-        &mut out,
-        "images per second",
-        format!("{:.4}", m.images_per_s),
-    );
-    row(
-        &mut out,
-        "seconds per image",
-        format!("{:.4}", m.seconds_per_image),
-    );
-    row(
-        &mut out,
-        "UNet calls per run",
-        format!("{:.0}", m.unet_calls),
-    );
-    row(
-        &mut out,
-        "UNet s per call",
-        format!("{:.5} (batch {})", m.unet_s_per_call, w.unet_batch),
-    );
-    row(
-        &mut out,
-        "UNet s per image-step",
-        format!("{:.5}", m.unet_s_per_image_step),
-    );
-    row(
-        &mut out,
-        "denoise outside UNet, per call",
-        format!("{:.1} us", 1e6 * m.denoise_overhead_s_per_call),
-    );
-    row(
-        &mut out,
-        "time in ONNX Runtime sessions",
-        format!(
-            "{:.3} s ({:.2} % of wall time)",
-            m.session_s,
-            100.0 * m.session_s / m.total_s
-        ),
-    );
-    row(
-        &mut out,
-        "pipeline overhead (wall - sessions)",
-        format!("{:.3} s ({:.2} %)", m.overhead_s, m.overhead_pct),
-    );
-    row(
-        &mut out,
-        "peak resident memory (VmHWM)",
-        format!("{:.1} MiB", r.peak_rss_kib as f64 / 1024.0),
-    );
-    row(
-        &mut out,
-        "first image, cold (load included)",
-        format!(
-            "{:.3} s (load {:.3} s)",
-            r.cold.first_image_s, r.cold.load_s
-        ),
-    );
-    row(
-        &mut out,
-        "first image, warm",
-        format!("{:.3} s", m.first_image_s),
-    );
-    let _ = writeln!(out);
+    }
+    out
+}
+
+/// Time per phase of the render and finishing threads, beside time per session.
+fn table_phases(m: &RunReport) -> String {
+    let mut out = String::new();
     let _ = writeln!(
         out,
         "  {:<22} {:>10} {:>8}   {:<26} {:>10} {:>8}",
@@ -725,15 +776,5 @@ pub fn table(r: &BenchReport) -> String {
     ] {
         let _ = writeln!(out, "  {n:<22} {v:>10.4} {:>7.2}%", pct(v));
     }
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "  runs: {}",
-        r.runs
-            .iter()
-            .map(|x| format!("{:.3} s", x.total_s))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
     out
 }

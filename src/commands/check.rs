@@ -138,12 +138,36 @@ fn explain(
     estimate: &eta::Estimate,
 ) -> String {
     let mut out = String::new();
-    let images = job.image_count();
-    let per_prompt: Vec<String> = job
-        .prompts
-        .iter()
-        .map(|p| p.seeds.len().to_string())
-        .collect();
+    let _ = writeln!(out, "{}: ok", job_file.display());
+    let mut line = |key: &str, value: String| {
+        let _ = writeln!(out, "  {key:<10} {value}");
+    };
+    line("id", job.id.clone());
+    line("model", format!("{} ({})", job.model, model_dir.display()));
+    line("scheduler", format!("{scheduler} ({how})"));
+    for (key, value) in work_rows(job) {
+        line(key, value);
+    }
+    line("eta", eta_text(job, estimate));
+    line("rng", format!("{}, seed {}", job.rng, job.seed));
+    line("priority", job.priority.to_string());
+    line(
+        "output",
+        config.output_dir.join(&job.output).display().to_string(),
+    );
+    if let Some(k) = job.keep_top {
+        line("keep_top", k.to_string());
+    }
+    if let Some(r) = job.rerank {
+        line("rerank", r.to_string());
+    }
+    out.push_str(&prompt_lines(job));
+    out
+}
+
+/// `size`, `steps`, `prompts` and `images`: the distinct settings of the prompts and what they
+/// add up to.
+fn work_rows(job: &Job) -> [(&'static str, String); 4] {
     let join = |v: Vec<String>| v.join(", ");
     let sizes = join(
         distinct(job.prompts.iter().map(|p| (p.width, p.height)))
@@ -168,72 +192,64 @@ fn explain(
             .iter()
             .filter_map(|p| p.sweep.as_ref().map(|s| s.group)),
     );
-    let _ = writeln!(out, "{}: ok", job_file.display());
-    let mut line = |key: &str, value: String| {
-        let _ = writeln!(out, "  {key:<10} {value}");
-    };
-    line("id", job.id.clone());
-    line("model", format!("{} ({})", job.model, model_dir.display()));
-    line("scheduler", format!("{scheduler} ({how})"));
-    line("size", sizes);
-    line("steps", format!("{steps}, guidance {guidance}"));
-    line(
-        "prompts",
-        if sweeps.is_empty() {
-            job.prompts.len().to_string()
-        } else {
-            format!(
-                "{} ({} swept prompt{} expanded; each sweep gets a grid)",
-                job.prompts.len(),
-                sweeps.len(),
-                if sweeps.len() == 1 { "" } else { "s" }
-            )
-        },
-    );
-    line(
-        "images",
+    let prompts = if sweeps.is_empty() {
+        job.prompts.len().to_string()
+    } else {
         format!(
-            "{images} ({}), at most {} per UNet batch",
-            if per_prompt.len() <= 8 {
-                per_prompt.join(" + ")
-            } else {
-                format!("{} prompts", per_prompt.len())
-            },
-            job.max_batch
-        ),
-    );
-    line(
-        "eta",
-        match estimate.seconds {
-            Some(s) => format!(
-                "~{} for {} UNet steps (speed measured on this spool{})",
-                eta::human(s),
-                estimate.unet_calls,
-                if estimate.basis == Some(eta::Basis::Scaled) {
-                    ", scaled from other sizes or batches"
-                } else {
-                    ""
-                }
-            ),
-            None => format!(
-                "unknown: {} UNet steps; no speed measured for {} on this spool yet",
-                estimate.unet_calls, job.model
-            ),
+            "{} ({} swept prompt{} expanded; each sweep gets a grid)",
+            job.prompts.len(),
+            sweeps.len(),
+            if sweeps.len() == 1 { "" } else { "s" }
+        )
+    };
+    let per_prompt: Vec<String> = job
+        .prompts
+        .iter()
+        .map(|p| p.seeds.len().to_string())
+        .collect();
+    let images = format!(
+        "{} ({}), at most {} per UNet batch",
+        job.image_count(),
+        if per_prompt.len() <= 8 {
+            per_prompt.join(" + ")
+        } else {
+            format!("{} prompts", per_prompt.len())
         },
+        job.max_batch
     );
-    line("rng", format!("{}, seed {}", job.rng, job.seed));
-    line("priority", job.priority.to_string());
-    line(
-        "output",
-        config.output_dir.join(&job.output).display().to_string(),
-    );
-    if let Some(k) = job.keep_top {
-        line("keep_top", k.to_string());
+    [
+        ("size", sizes),
+        ("steps", format!("{steps}, guidance {guidance}")),
+        ("prompts", prompts),
+        ("images", images),
+    ]
+}
+
+/// How long the job takes at the speed measured on this spool.
+fn eta_text(job: &Job, estimate: &eta::Estimate) -> String {
+    match estimate.seconds {
+        Some(s) => format!(
+            "~{} for {} UNet steps (speed measured on this spool{})",
+            eta::human(s),
+            estimate.unet_calls,
+            if estimate.basis == Some(eta::Basis::Scaled) {
+                ", scaled from other sizes or batches"
+            } else {
+                ""
+            }
+        ),
+        None => format!(
+            "unknown: {} UNet steps; no speed measured for {} on this spool yet",
+            estimate.unet_calls, job.model
+        ),
     }
-    if let Some(r) = job.rerank {
-        line("rerank", r.to_string());
-    }
+}
+
+/// A line per prompt (the first 100): text, negative, images, seeds, and its own settings
+/// where they differ from the job's.
+fn prompt_lines(job: &Job) -> String {
     const SHOWN: usize = 100;
+    let mut out = String::new();
     for (i, p) in job.prompts.iter().enumerate().take(SHOWN) {
         let negative = if p.negative.is_empty() {
             String::new()
