@@ -173,18 +173,7 @@ impl Finisher<'_> {
         let step = format!("drawing the grid of sweep {group}");
         let cell_of = |i: usize| &job.prompts[i].sweep.as_ref().expect("a member").axes;
         let first = cell_of(members[0]);
-        // Each axis's labels in order of appearance.
-        let mut axes: Vec<grid::Axis> = first
-            .iter()
-            .map(|_| grid::Axis { labels: Vec::new() })
-            .collect();
-        for &i in &members {
-            for (k, v) in cell_of(i).iter().enumerate().take(axes.len()) {
-                if !axes[k].labels.contains(&v.label) {
-                    axes[k].labels.push(v.label.clone());
-                }
-            }
-        }
+        let axes = sweep_axes(job, &members);
         let mut picked = Vec::new();
         let mut images = Vec::new();
         for &i in &members {
@@ -417,6 +406,24 @@ impl Finisher<'_> {
         }
         Ok(Some(format!("{REJECTED}/{file}")))
     }
+}
+
+/// The axes of the sweep whose prompts are `members`: each axis's labels in order of
+/// appearance.
+fn sweep_axes(job: &Job, members: &[usize]) -> Vec<grid::Axis> {
+    let cell_of = |i: usize| &job.prompts[i].sweep.as_ref().expect("a member").axes;
+    let mut axes: Vec<grid::Axis> = cell_of(members[0])
+        .iter()
+        .map(|_| grid::Axis { labels: Vec::new() })
+        .collect();
+    for &i in members {
+        for (k, v) in cell_of(i).iter().enumerate().take(axes.len()) {
+            if !axes[k].labels.contains(&v.label) {
+                axes[k].labels.push(v.label.clone());
+            }
+        }
+    }
+    axes
 }
 
 /// Reads back the image at `rel` in `dir` (no link followed).
