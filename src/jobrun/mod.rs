@@ -388,6 +388,11 @@ impl Run<'_> {
                 }));
             };
             finisher = back;
+            // No repair left: an error of the pass is the job's, whatever went missing.
+            let result = match result {
+                Err(e) if repair == MAX_REPAIRS => return Err(e),
+                r => r,
+            };
             let lost = self.lost_files(&mut finisher, result, last_dir)?;
             if lost.is_empty() {
                 return Ok(finisher);
