@@ -8,24 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::Config;
 use crate::job::Job;
 use crate::jobrun::{Outcome, RunOptions, Worker};
-use crate::pipeline::RenderRequest;
 use crate::runtime::Runtime;
 use std::sync::atomic::AtomicBool;
-
-/// The pipeline request for prompt `index` of `job`.
-pub fn request(job: &Job, index: usize) -> RenderRequest {
-    let p = &job.prompts[index];
-    let mut req = RenderRequest::new(p.text.clone(), p.seeds.clone());
-    req.negative_prompt = p.negative.clone();
-    req.steps = p.steps as usize;
-    req.guidance_scale = p.guidance;
-    req.scheduler = p.scheduler;
-    req.width = p.width;
-    req.height = p.height;
-    req.rng = job.rng;
-    req.max_batch = job.max_batch as usize;
-    req
-}
 
 /// Arrays that replace the seeded noise of a one-prompt job (parity tests against other tools).
 #[derive(Debug, Clone, Default)]

@@ -2,14 +2,15 @@
 //! PNG encoding and atomic writes, the manifest checkpoint, CLIP scoring, ranking, `keep_top`
 //! and the contact sheet.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
 use super::JobRunError;
 use super::manifest::{CandidateEntry, GridCell, GridEntry, Manifest};
+use super::outdir::{self, REJECTED};
 use crate::job::{Job, Rejected};
+use crate::output::folder::{Entry, Folder};
 use crate::output::{self, contact_sheet, grid, png::Parameters};
 use crate::rerank::{self, Reranker};
 use crate::scheduler::SchedulerKind;
@@ -26,7 +27,10 @@ pub struct Batch {
 /// State of the finishing thread for one job.
 pub struct Finisher<'a> {
     pub job: &'a Job,
-    pub dir: PathBuf,
+    /// The job's output folder.
+    pub dir: Folder,
+    /// Its `rejected/`, once opened.
+    pub rejected: Option<Folder>,
     pub manifest: Manifest,
     pub reranker: Option<&'a mut Reranker>,
     /// Where the finishing thread's time went.
@@ -47,18 +51,29 @@ pub struct FinishClock {
     pub first_image: Option<Instant>,
 }
 
-impl Finisher<'_> {
-    fn io_err(step: String, e: impl std::fmt::Display + 'static) -> JobRunError {
-        // A full or read-only disk is not the job's fault (see `JobRunError::Storage`).
-        if let Some(io) = (&e as &dyn std::any::Any).downcast_ref::<std::io::Error>() {
-            return JobRunError::writing(step, io);
-        }
-        JobRunError::Output {
-            step,
-            message: e.to_string(),
-        }
+/// A PNG that could not be encoded.
+fn encoding(name: &str, e: png::EncodingError) -> JobRunError {
+    JobRunError::Output {
+        step: format!("encoding {name}"),
+        message: e.to_string(),
     }
+}
 
+/// A failed write (a full or read-only disk is not the job's fault: see
+/// [`JobRunError::writing`]).
+fn io_err(step: String, e: std::io::Error) -> JobRunError {
+    JobRunError::writing(step, &e)
+}
+
+/// A step that found the output not as the manifest says.
+fn inconsistent(step: &str, message: String) -> JobRunError {
+    JobRunError::Output {
+        step: step.to_string(),
+        message,
+    }
+}
+
+impl Finisher<'_> {
     /// Writes a batch's PNGs and records them in the manifest (the checkpoint).
     pub fn write_batch(&mut self, batch: Batch) -> Result<(), JobRunError> {
         let started = Instant::now();
@@ -78,11 +93,12 @@ impl Finisher<'_> {
             };
             let name = output::image_file_name(batch.prompt, *candidate, *seed);
             let t0 = Instant::now();
-            let bytes = output::png::encode(image, &params.a1111_text())
-                .map_err(|e| Self::io_err(format!("encoding {name}"), e))?;
+            let bytes =
+                output::png::encode(image, &params.a1111_text()).map_err(|e| encoding(&name, e))?;
             let t1 = Instant::now();
-            output::atomic::write(&self.dir.join(&name), &bytes)
-                .map_err(|e| Self::io_err(format!("writing {name}"), e))?;
+            self.dir
+                .write(&name, &bytes)
+                .map_err(|e| io_err(format!("writing {name}"), e))?;
             let t2 = Instant::now();
             self.clock.png_encode += t1 - t0;
             self.clock.png_write += t2 - t1;
@@ -111,8 +127,8 @@ impl Finisher<'_> {
 
     pub fn save(&self, step: &str) -> Result<(), JobRunError> {
         self.manifest
-            .write(&self.dir)
-            .map_err(|e| Self::io_err(step.to_string(), e))
+            .write_in(&self.dir)
+            .map_err(|e| io_err(step.to_string(), e))
     }
 
     /// Scores, ranks, draws the contact sheet and applies keep_top for a prompt whose
@@ -157,18 +173,7 @@ impl Finisher<'_> {
         let step = format!("drawing the grid of sweep {group}");
         let cell_of = |i: usize| &job.prompts[i].sweep.as_ref().expect("a member").axes;
         let first = cell_of(members[0]);
-        // Each axis's labels in order of appearance.
-        let mut axes: Vec<grid::Axis> = first
-            .iter()
-            .map(|_| grid::Axis { labels: Vec::new() })
-            .collect();
-        for &i in &members {
-            for (k, v) in cell_of(i).iter().enumerate().take(axes.len()) {
-                if !axes[k].labels.contains(&v.label) {
-                    axes[k].labels.push(v.label.clone());
-                }
-            }
-        }
+        let axes = sweep_axes(job, &members);
         let mut picked = Vec::new();
         let mut images = Vec::new();
         for &i in &members {
@@ -179,14 +184,14 @@ impl Finisher<'_> {
                 .find(|c| c.rank == Some(1))
                 .or_else(|| entry.candidates.iter().find(|c| c.candidate == 0))
                 .or_else(|| entry.candidates.first())
-                .ok_or_else(|| Self::io_err(step.clone(), format!("prompt {i} has no image")))?;
+                .ok_or_else(|| inconsistent(&step, format!("prompt {i} has no image")))?;
             let file = best.file.clone().ok_or_else(|| {
-                Self::io_err(
-                    step.clone(),
+                inconsistent(
+                    &step,
                     format!("prompt {i}: candidate {} has no file", best.candidate),
                 )
             })?;
-            images.push(load(&self.dir.join(&file))?);
+            images.push(load(&self.dir, &file)?);
             let coords: Vec<usize> = cell_of(i)
                 .iter()
                 .enumerate()
@@ -228,9 +233,10 @@ impl Finisher<'_> {
                     .join(", ")
             ),
         )
-        .map_err(|e| Self::io_err(format!("encoding {name}"), e))?;
-        output::atomic::write(&self.dir.join(&name), &bytes)
-            .map_err(|e| Self::io_err(format!("writing {name}"), e))?;
+        .map_err(|e| encoding(&name, e))?;
+        self.dir
+            .write(&name, &bytes)
+            .map_err(|e| io_err(format!("writing {name}"), e))?;
         self.manifest.grids.push(GridEntry {
             group,
             file: name,
@@ -259,7 +265,7 @@ impl Finisher<'_> {
             .candidates
             .iter()
             .map(|c| match &c.file {
-                Some(f) => load(&self.dir.join(f)),
+                Some(f) => load(&self.dir, f),
                 None => Err(JobRunError::Output {
                     step: format!("scoring prompt {index}"),
                     message: format!("candidate {} has no image file", c.candidate),
@@ -327,75 +333,111 @@ impl Finisher<'_> {
                 self.job.prompts[index].text
             ),
         )
-        .map_err(|e| Self::io_err(format!("encoding {name}"), e))?;
-        output::atomic::write(&self.dir.join(&name), &bytes)
-            .map_err(|e| Self::io_err(format!("writing {name}"), e))?;
+        .map_err(|e| encoding(&name, e))?;
+        self.dir
+            .write(&name, &bytes)
+            .map_err(|e| io_err(format!("writing {name}"), e))?;
         Ok(name)
     }
 
     /// Moves (or deletes) the candidates outside keep_top.
     fn apply_keep_top(&mut self, index: usize) -> Result<(), JobRunError> {
-        let rejected_dir = self.dir.join("rejected");
         let how = self.job.rejected;
-        for c in self.manifest.prompts[index]
-            .candidates
-            .iter_mut()
-            .filter(|c| !c.kept)
-        {
-            let Some(file) = c.file.clone() else { continue };
-            if file.starts_with("rejected/") {
-                continue;
-            }
-            let from = self.dir.join(&file);
-            match how {
-                Rejected::Move => {
-                    std::fs::create_dir_all(&rejected_dir).map_err(|e| {
-                        Self::io_err(format!("creating {}", rejected_dir.display()), e)
-                    })?;
-                    let to = rejected_dir.join(&file);
-                    // A run that stopped after the move but before the manifest was saved has
-                    // already moved it.
-                    if from.exists() || !to.exists() {
-                        match std::fs::rename(&from, &to) {
-                            Ok(()) => {}
-                            // Gone from both places (removed by hand while the job was
-                            // stopped): nothing to move; it is not rendered again.
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                                tracing::warn!(job = %self.job.id, file = %file, "a candidate outside keep_top is missing; recorded without a file");
-                                c.file = None;
-                                continue;
-                            }
-                            Err(e) => {
-                                return Err(Self::io_err(format!("moving {file} to rejected/"), e));
-                            }
-                        }
-                    }
-                    c.file = Some(format!("rejected/{file}"));
-                }
+        let outside: Vec<usize> = (0..self.manifest.prompts[index].candidates.len())
+            .filter(|&i| {
+                let c = &self.manifest.prompts[index].candidates[i];
+                !c.kept
+                    && c.file
+                        .as_ref()
+                        .is_some_and(|f| !f.starts_with(&format!("{REJECTED}/")))
+            })
+            .collect();
+        for i in outside {
+            let c = &self.manifest.prompts[index].candidates[i];
+            let file = c.file.clone().unwrap_or_default();
+            let now = match how {
+                Rejected::Move => self.move_to_rejected(&file)?,
                 Rejected::Delete => {
-                    match std::fs::remove_file(&from) {
+                    match self.dir.remove_file(&file) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(Self::io_err(format!("deleting {file}"), e)),
+                        Err(e) => return Err(io_err(format!("deleting {file}"), e)),
                     }
-                    c.file = None;
+                    None
                 }
+            };
+            self.manifest.prompts[index].candidates[i].file = now;
+        }
+        if let Some(rejected) = &self.rejected {
+            rejected
+                .sync()
+                .map_err(|e| io_err(format!("syncing {REJECTED}/"), e))?;
+        }
+        self.dir
+            .sync()
+            .map_err(|e| io_err("syncing the output folder".into(), e))
+    }
+
+    /// Moves `file` into `rejected/` and returns its new name (`None`: it is gone).
+    fn move_to_rejected(&mut self, file: &str) -> Result<Option<String>, JobRunError> {
+        if self.rejected.is_none() {
+            let folder = outdir::rejected(&self.dir).map_err(|e| {
+                io_err(format!("creating {}", self.dir.join(REJECTED).display()), e)
+            })?;
+            self.rejected = Some(folder);
+        }
+        let rejected = self.rejected.as_ref().expect("opened above");
+        let step = || format!("moving {file} to {REJECTED}/");
+        let here = self.dir.entry(file).map_err(|e| io_err(step(), e))?;
+        let there = rejected.entry(file).map_err(|e| io_err(step(), e))?;
+        // A run that stopped after the move but before the manifest was saved has already
+        // moved it.
+        if here != Entry::Missing || there == Entry::Missing {
+            match self.dir.rename(file, rejected, file) {
+                Ok(()) => {}
+                // Gone from both places (removed by hand while the job was stopped): nothing to
+                // move; it is not rendered again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::warn!(job = %self.job.id, file = %file, "a candidate outside keep_top is missing; recorded without a file");
+                    return Ok(None);
+                }
+                Err(e) => return Err(io_err(step(), e)),
             }
         }
-        if how == Rejected::Move && rejected_dir.is_dir() {
-            output::atomic::sync_dir(&rejected_dir)
-                .map_err(|e| Self::io_err("syncing rejected/".into(), e))?;
-        }
-        output::atomic::sync_dir(&self.dir)
-            .map_err(|e| Self::io_err("syncing the output folder".into(), e))
+        Ok(Some(format!("{REJECTED}/{file}")))
     }
 }
 
-fn load(path: &Path) -> Result<RgbImage, JobRunError> {
-    image::open(path)
-        .map(|i| i.to_rgb8())
-        .map_err(|e| JobRunError::Output {
-            step: format!("reading back {}", path.display()),
-            message: e.to_string(),
+/// The axes of the sweep whose prompts are `members`: each axis's labels in order of
+/// appearance.
+fn sweep_axes(job: &Job, members: &[usize]) -> Vec<grid::Axis> {
+    let cell_of = |i: usize| &job.prompts[i].sweep.as_ref().expect("a member").axes;
+    let mut axes: Vec<grid::Axis> = cell_of(members[0])
+        .iter()
+        .map(|_| grid::Axis { labels: Vec::new() })
+        .collect();
+    for &i in members {
+        for (k, v) in cell_of(i).iter().enumerate().take(axes.len()) {
+            if !axes[k].labels.contains(&v.label) {
+                axes[k].labels.push(v.label.clone());
+            }
+        }
+    }
+    axes
+}
+
+/// Reads back the image at `rel` in `dir` (no link followed).
+fn load(dir: &Folder, rel: &str) -> Result<RgbImage, JobRunError> {
+    let read = dir
+        .read_at(rel)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+                .map_err(|e| e.to_string())
+        });
+    read.map(|i| i.to_rgb8())
+        .map_err(|message| JobRunError::Output {
+            step: format!("reading back {}", dir.join(rel).display()),
+            message,
         })
 }

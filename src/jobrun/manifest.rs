@@ -6,6 +6,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::output::folder::Folder;
+
 /// File name inside the job's output folder.
 pub const FILE: &str = "manifest.json";
 
@@ -71,8 +73,12 @@ pub struct PromptEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub job: String,
-    /// Identifies the job's settings; a resumed run continues only a manifest with the same one.
+    /// Identifies the job's settings; a resumed run continues only a manifest with the same one
+    /// (see [`super::fingerprint`]).
     pub fingerprint: String,
+    /// How `fingerprint` was computed; manifests written before this field are version 1.
+    #[serde(default = "legacy_fingerprint_version")]
+    pub fingerprint_version: u32,
     pub model: String,
     /// `scheduler`, `steps`, `guidance`, `width` and `height`: those of the first prompt; each
     /// prompt's own are in `prompts` (they differ in a sweep).
@@ -121,18 +127,50 @@ pub struct GridCell {
     pub row: usize,
 }
 
+fn legacy_fingerprint_version() -> u32 {
+    super::fingerprint::LEGACY_VERSION
+}
+
 impl Manifest {
-    /// Reads a manifest; `None` when there is none or it cannot be parsed (a manifest is always
-    /// written atomically, so a broken one was not written by sdspool).
+    /// Reads the manifest in the folder at `dir` (a link in place of the manifest is not
+    /// followed); `None` when there is none or it cannot be parsed (a manifest is always written
+    /// atomically, so a broken one was not written by sdspool).
     pub fn read(dir: &Path) -> Option<Manifest> {
-        let text = std::fs::read_to_string(dir.join(FILE)).ok()?;
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
+            .open(dir.join(FILE))
+            .ok()?;
+        if !file.metadata().ok()?.is_file() {
+            return None;
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).ok()?;
         serde_json::from_str(&text).ok()
     }
 
-    /// Writes the manifest atomically into `dir`.
+    /// Reads the manifest in `dir`, like [`Manifest::read`].
+    pub fn read_in(dir: &Folder) -> Option<Manifest> {
+        let bytes = dir.read_at(FILE).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Writes the manifest atomically into the folder at `dir`.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        crate::output::atomic::write(&dir.join(FILE), text.as_bytes())
+        crate::output::atomic::write(&dir.join(FILE), &self.to_json()?)
+    }
+
+    /// Writes the manifest atomically into `dir`.
+    pub fn write_in(&self, dir: &Folder) -> std::io::Result<()> {
+        dir.write(FILE, &self.to_json()?)
+    }
+
+    fn to_json(&self) -> std::io::Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self).map_err(std::io::Error::other)
     }
 
     /// Every candidate entry.

@@ -2,18 +2,25 @@
 //! next prompt's denoising) the PNGs, the manifest checkpoint, CLIP scores, ranks, keep_top and
 //! the contact sheet. A job that stopped part-way (SIGTERM, a crash) continues from its
 //! manifest: candidates already written are not rendered again.
+//!
+//! The steps of a run: choose the output folder ([`outdir`]), read or start the manifest
+//! ([`resume`]), plan what is left ([`plan`]), render and finish it ([`pass`]), check that every
+//! file the manifest names is there (what went missing is planned and rendered again), then
+//! mark the manifest complete.
 
+pub mod fingerprint;
 pub mod finish;
 pub mod manifest;
+pub mod outdir;
+pub mod pass;
+pub mod plan;
+pub mod resume;
 
 use std::collections::BTreeMap;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crate::commands::render::request;
 use crate::config::Config;
 use crate::job::Job;
 use crate::model::SdModel;
@@ -21,8 +28,15 @@ use crate::pipeline::{Pipeline, PipelineError};
 use crate::rerank::Reranker;
 use crate::runtime::Runtime;
 use crate::runtime::clock::SessionClock;
-use finish::{Batch, FinishClock, Finisher};
-use manifest::{Manifest, PhaseTimings, PromptEntry};
+use fingerprint::Fingerprint;
+use finish::{FinishClock, Finisher};
+use manifest::Manifest;
+use pass::Totals;
+use plan::Plan;
+
+/// How many times a run renders again what went missing from its output folder while it ran
+/// before it gives up.
+const MAX_REPAIRS: usize = 2;
 
 /// Why a job did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -266,52 +280,24 @@ impl Worker {
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<Outcome, JobRunError> {
         let started = Instant::now();
-        let fingerprint = fingerprint(job, options);
-        let dir = match &options.dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).map_err(|e| {
-                    JobRunError::writing(format!("creating the output folder {}", d.display()), &e)
-                })?;
-                d.clone()
-            }
-            None => output_folder(&self.output_dir, &job.output, &fingerprint)?,
-        };
-        self.last_dir = Some(dir.clone());
+        let fingerprint = Fingerprint::of(job, options);
+        let dir = outdir::open(&self.output_dir, job, options, &fingerprint)?;
+        self.last_dir = Some(dir.path().to_path_buf());
         // A run killed while writing an image or the manifest left its temporary file behind.
-        for folder in [dir.clone(), dir.join("rejected")] {
-            match crate::output::atomic::remove_leftovers(&folder) {
-                Ok(removed) => {
-                    for path in removed {
-                        tracing::info!(file = %path.display(), "removed a temporary file left by an earlier run");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(folder = %folder.display(), error = %e, "cannot clean up temporary files")
-                }
-            }
-        }
-        let rerank = job.rerank.unwrap_or(true) && self.reranker.is_some();
+        outdir::remove_leftovers(&dir);
         let provider = self
             .provider(&job.model)
             .ok_or_else(|| JobRunError::UnknownModel {
                 model: job.model.clone(),
             })?;
-        let (mut manifest, continued) = match Manifest::read(&dir) {
-            Some(m) if m.fingerprint == fingerprint => (m, true),
-            _ => (
-                new_manifest(
-                    job,
-                    &fingerprint,
-                    &provider,
-                    rerank.then(|| self.reranker_name()).flatten(),
-                ),
-                false,
-            ),
-        };
+        let rerank = job.rerank.unwrap_or(true) && self.reranker.is_some();
+        let rerank_model = rerank.then(|| self.reranker_name()).flatten();
+        let (mut manifest, continued) =
+            resume::checkpoint(job, &dir, &fingerprint, &provider, rerank_model);
         if manifest.complete {
-            tracing::info!(job = %job.id, dir = %dir.display(), "job already complete; nothing to render");
+            tracing::info!(job = %job.id, dir = %dir.path().display(), "job already complete; nothing to render");
             return Ok(Outcome {
-                dir,
+                dir: dir.path().to_path_buf(),
                 manifest,
                 rendered: 0,
                 phases: PhaseDurations::default(),
@@ -320,48 +306,16 @@ impl Worker {
         manifest.runs += 1;
         manifest.execution_provider = provider;
         if continued {
-            let adopted = adopt_unrecorded_images(job, &dir, &mut manifest);
+            let adopted = resume::adopt_unrecorded_images(job, &dir, &mut manifest);
             if adopted > 0 {
                 tracing::info!(job = %job.id, images = adopted, "kept images written before the last checkpoint");
             }
         }
-
-        // What is still to render, per prompt (candidate index, seed).
-        let pending: Vec<Vec<(usize, u64)>> = job
-            .prompts
-            .iter()
-            .enumerate()
-            .map(|(pi, p)| {
-                p.seeds
-                    .iter()
-                    .enumerate()
-                    .filter(|(ci, _)| {
-                        let entry = &manifest.prompts[pi];
-                        // Once the prompt's scores and ranks are checkpointed (its contact
-                        // sheet is recorded), a candidate outside keep_top is done: a kill
-                        // while keep_top moved or deleted it may have left its file gone
-                        // before the manifest said so, and finish_prompt tolerates that.
-                        let scored = entry.contact_sheet.is_some();
-                        !entry.finished
-                            && !entry.candidates.iter().any(|c| {
-                                c.candidate == *ci
-                                    && ((scored && !c.kept)
-                                        || c.file.as_ref().is_some_and(|f| dir.join(f).is_file()))
-                            })
-                    })
-                    .map(|(ci, s)| (ci, *s))
-                    .collect()
-            })
-            .collect();
-        let images_total = job.image_count();
-        let mut images_done = images_total - pending.iter().map(Vec::len).sum::<usize>();
-        if images_done > 0 {
-            tracing::info!(job = %job.id, already = images_done, of = images_total, "resuming from the manifest");
-        }
-
         let Worker {
             pipelines,
             reranker,
+            output_dir,
+            last_dir,
             ..
         } = self;
         let pipeline = pipelines
@@ -369,141 +323,24 @@ impl Worker {
             .ok_or_else(|| JobRunError::UnknownModel {
                 model: job.model.clone(),
             })?;
-        let mut finisher = Finisher {
+        let finisher = Finisher {
             job,
-            dir: dir.clone(),
+            dir,
+            rejected: None,
             manifest,
             reranker: if rerank { reranker.as_mut() } else { None },
             clock: FinishClock::default(),
         };
         finisher.save("writing the manifest")?;
-        let mut rendered = 0;
-        let mut timings = PhaseTimings::default();
-        let mut phases = PhaseDurations::default();
-
-        let result = std::thread::scope(|scope| {
-            // At most one prompt waits for the finisher while the next one denoises: room for a
-            // prompt's two messages (its batch, then its finish), so that handing them over
-            // never waits for the finishing thread to wake up and take the first.
-            let (tx, rx) = mpsc::sync_channel::<Work>(2);
-            let finishing =
-                scope.spawn(move || -> Result<(Finisher<'_>, Duration), JobRunError> {
-                    let mut busy = Duration::ZERO;
-                    for work in rx {
-                        let started = Instant::now();
-                        match work {
-                            Work::Batch(b) => finisher.write_batch(b)?,
-                            Work::Finish(i) => finisher.finish_prompt(i)?,
-                        }
-                        busy += started.elapsed();
-                    }
-                    Ok((finisher, busy))
-                });
-            let mut render_result = Ok(());
-            'prompts: for (pi, todo) in pending.iter().enumerate() {
-                if !todo.is_empty() {
-                    let mut req = request(job, pi);
-                    req.seeds = todo.iter().map(|(_, s)| *s).collect();
-                    if pi == 0 {
-                        req.initial_latents = options.initial_latents.clone();
-                        req.step_noise = options.step_noise.clone();
-                    }
-                    let out = pipeline.render(&req, &mut |p| {
-                        progress(&Progress {
-                            prompt: pi,
-                            prompts: job.prompts.len(),
-                            step: p.step.index + 1,
-                            steps: p.step.total,
-                            batch: p.batch,
-                            images_done: images_done + p.first_candidate,
-                            images_total,
-                        });
-                        if stop.load(Ordering::Relaxed) {
-                            ControlFlow::Break(())
-                        } else {
-                            ControlFlow::Continue(())
-                        }
-                    });
-                    let out = match out {
-                        Ok(o) => o,
-                        Err(PipelineError::Cancelled { .. }) => {
-                            render_result = Err(JobRunError::Stopped);
-                            break 'prompts;
-                        }
-                        Err(source) => {
-                            render_result = Err(JobRunError::Pipeline { prompt: pi, source });
-                            break 'prompts;
-                        }
-                    };
-                    timings.text_ms += out.timings.text.as_millis() as u64;
-                    timings.denoise_ms += out.timings.denoise.as_millis() as u64;
-                    timings.decode_ms += out.timings.decode.as_millis() as u64;
-                    phases.tokenize += out.timings.tokenize;
-                    phases.text_encode += out.timings.text.saturating_sub(out.timings.tokenize);
-                    phases.denoise += out.timings.denoise;
-                    phases.decode += out.timings.decode;
-                    rendered += todo.len();
-                    images_done += todo.len();
-                    let batch = Batch {
-                        prompt: pi,
-                        scheduler: out.scheduler,
-                        truncated: out.truncated_prompt,
-                        images: todo
-                            .iter()
-                            .zip(out.images)
-                            .map(|((c, s), img)| (*c, *s, img))
-                            .collect(),
-                    };
-                    let handoff = Instant::now();
-                    let sent = tx.send(Work::Batch(batch));
-                    phases.handoff_wait += handoff.elapsed();
-                    if sent.is_err() {
-                        break 'prompts; // the finisher failed; its error is reported below
-                    }
-                }
-                let handoff = Instant::now();
-                let sent = tx.send(Work::Finish(pi));
-                phases.handoff_wait += handoff.elapsed();
-                if sent.is_err() {
-                    break 'prompts;
-                }
-            }
-            drop(tx);
-            let waiting = Instant::now();
-            let finished = finishing.join().unwrap_or_else(|_| {
-                Err(JobRunError::Output {
-                    step: "finishing".into(),
-                    message: "the finishing thread panicked".into(),
-                })
-            });
-            phases.finish_wait = waiting.elapsed();
-            (render_result, finished)
-        });
-        let (render_result, finished) = result;
-        let (mut finisher, finish_busy) = finished?;
-        render_result?;
-        let clock = finisher.clock;
-        phases.rerank = clock.rerank;
-        phases.png_encode = clock.png_encode;
-        phases.png_write = clock.png_write;
-        phases.finish_other =
-            finish_busy.saturating_sub(clock.rerank + clock.png_encode + clock.png_write);
-        phases.first_image = clock
-            .first_image
-            .map(|t| t.saturating_duration_since(started));
-        let m = &mut finisher.manifest;
-        m.timings.text_ms += timings.text_ms;
-        m.timings.denoise_ms += timings.denoise_ms;
-        m.timings.decode_ms += timings.decode_ms;
-        m.timings.total_ms += started.elapsed().as_millis() as u64;
-        m.complete = true;
-        finisher.save("writing the manifest")?;
-        Ok(Outcome {
-            dir,
-            manifest: finisher.manifest,
-            rendered,
-            phases,
-        })
+        let run = Run {
+            job,
+            options,
+            output_root: output_dir,
+            fingerprint: &fingerprint,
+        };
+        let mut totals = Totals::default();
+        let mut finisher = run.passes(pipeline, finisher, stop, progress, &mut totals, last_dir)?;
+        run.complete(&mut finisher, totals, started)
     }
 
     fn reranker_name(&self) -> Option<String> {
@@ -513,158 +350,134 @@ impl Worker {
     }
 }
 
-/// Adds to the manifest the images of unfinished prompts that are on disk but not in it: a run
-/// killed after writing a batch's images and before its manifest checkpoint. Images are written
-/// by rename, so a file under its final name is whole, and the name holds the prompt, the
-/// candidate and the seed; the manifest's fingerprint says the settings are this job's. Without
-/// this they would be rendered again. Returns how many were added.
-fn adopt_unrecorded_images(job: &Job, dir: &Path, manifest: &mut Manifest) -> usize {
-    let mut adopted = 0;
-    for (pi, p) in job.prompts.iter().enumerate() {
-        let Some(entry) = manifest.prompts.get_mut(pi) else {
-            continue;
-        };
-        if entry.finished {
-            continue;
-        }
-        for (ci, seed) in p.seeds.iter().enumerate() {
-            if entry.candidates.iter().any(|c| c.candidate == ci) {
-                continue;
+/// One run of a job after its manifest is read: the passes, and marking it complete.
+struct Run<'r> {
+    job: &'r Job,
+    options: &'r RunOptions,
+    output_root: &'r Path,
+    fingerprint: &'r Fingerprint,
+}
+
+impl Run<'_> {
+    /// Renders and finishes what the plan says, then checks that every file the manifest names
+    /// is in the output folder; what went missing meanwhile (removed by hand) is planned and
+    /// rendered again, in a new folder when the folder itself was removed, at most
+    /// [`MAX_REPAIRS`] times.
+    fn passes<'a>(
+        &self,
+        pipeline: &mut Pipeline,
+        mut finisher: Finisher<'a>,
+        stop: &AtomicBool,
+        progress: &mut dyn FnMut(&Progress),
+        totals: &mut Totals,
+        last_dir: &mut Option<PathBuf>,
+    ) -> Result<Finisher<'a>, JobRunError> {
+        for repair in 0..=MAX_REPAIRS {
+            let plan = Plan::new(self.job, &finisher.manifest, &finisher.dir, self.options);
+            if repair > 0 || plan.images_done > 0 {
+                tracing::info!(job = %self.job.id, already = plan.images_done, of = plan.images_total, "resuming from the manifest");
             }
-            let name = crate::output::image_file_name(pi, ci, *seed);
-            let whole = std::fs::symlink_metadata(dir.join(&name))
-                .is_ok_and(|m| m.file_type().is_file() && m.len() > 0);
-            if whole {
-                entry.candidates.push(manifest::CandidateEntry {
-                    candidate: ci,
-                    seed: *seed,
-                    file: Some(name),
-                    cosine: None,
-                    clip_score: None,
-                    rank: None,
-                    kept: true,
+            let pass::Passed {
+                finisher: back,
+                result,
+            } = pass::run(self.job, pipeline, finisher, &plan, stop, progress, totals);
+            let Some(back) = back else {
+                return Err(result.err().unwrap_or(JobRunError::Output {
+                    step: "finishing".into(),
+                    message: "the finishing thread ended without its state".into(),
+                }));
+            };
+            finisher = back;
+            // No repair left: an error of the pass is the job's, whatever went missing.
+            let result = match result {
+                Err(e) if repair == MAX_REPAIRS => return Err(e),
+                r => r,
+            };
+            let lost = self.lost_files(&mut finisher, result, last_dir)?;
+            if lost.is_empty() {
+                return Ok(finisher);
+            }
+            if repair == MAX_REPAIRS {
+                return Err(JobRunError::Output {
+                    step: "checking the output folder".into(),
+                    message: format!(
+                        "files named in the manifest keep disappearing from {} while the job runs ({}); rendered again {MAX_REPAIRS} times",
+                        finisher.dir.path().display(),
+                        lost.join(", ")
+                    ),
                 });
-                adopted += 1;
             }
         }
-        entry.candidates.sort_by_key(|c| c.candidate);
+        unreachable!("the last repair returns")
     }
-    adopted
-}
 
-enum Work {
-    Batch(Batch),
-    Finish(usize),
-}
-
-fn new_manifest(
-    job: &Job,
-    fingerprint: &str,
-    provider: &str,
-    rerank_model: Option<String>,
-) -> Manifest {
-    Manifest {
-        job: job.id.clone(),
-        fingerprint: fingerprint.to_string(),
-        model: job.model.clone(),
-        scheduler: job.scheduler.map(|s| s.to_string()).unwrap_or_default(),
-        execution_provider: provider.to_string(),
-        steps: job.steps,
-        guidance: job.guidance,
-        width: job.width,
-        height: job.height,
-        rng: job.rng.to_string(),
-        rerank_model,
-        keep_top: job.keep_top,
-        complete: false,
-        runs: 0,
-        timings: PhaseTimings::default(),
-        grids: Vec::new(),
-        prompts: job
-            .prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| PromptEntry {
-                index: i,
-                prompt: p.text.clone(),
-                negative: p.negative.clone(),
-                steps: p.steps,
-                guidance: p.guidance,
-                scheduler: p.scheduler.map(|s| s.to_string()).unwrap_or_default(),
-                width: p.width,
-                height: p.height,
-                sweep: p.sweep.clone(),
-                truncated: None,
-                candidates: Vec::new(),
-                finished: false,
-                contact_sheet: None,
-            })
-            .collect(),
-    }
-}
-
-/// A stable identity of the job's settings and of any supplied noise ([`crate::hash::fnv1a64`] over
-/// a canonical text and the arrays' bytes).
-pub fn fingerprint(job: &Job, options: &RunOptions) -> String {
-    let mut text = format!(
-        "{}|{}|{}|{}|{:?}|{}x{}|{}|{:?}|{:?}|{:?}",
-        job.id,
-        job.model,
-        job.steps,
-        job.guidance,
-        job.scheduler,
-        job.width,
-        job.height,
-        job.rng,
-        job.keep_top,
-        job.rejected,
-        job.rerank
-    );
-    for p in &job.prompts {
-        text.push_str(&format!("|{}|{}|{:?}", p.text, p.negative, p.seeds));
-        // Only a prompt with settings of its own adds them: the fingerprints of jobs without
-        // sweeps stay what they were.
-        if !p.has_job_settings(job) {
-            text.push_str(&format!(
-                "|{}|{}|{:?}|{}x{}",
-                p.steps, p.guidance, p.scheduler, p.width, p.height
-            ));
-        }
-    }
-    let arrays = options
-        .initial_latents
-        .iter()
-        .chain(options.step_noise.iter().flatten());
-    let noise_bytes = arrays.flat_map(|a| a.iter().flat_map(|v| v.to_le_bytes()));
-    format!(
-        "{:016x}",
-        crate::hash::fnv1a64(text.bytes().chain(noise_bytes))
-    )
-}
-
-/// The job's output folder: `<root>/<name>`, or `<name>-2`, `-3`, ... when that folder holds
-/// another job's results (never mixed, never overwritten).
-fn output_folder(root: &Path, name: &str, fingerprint: &str) -> Result<PathBuf, JobRunError> {
-    for n in 1..10_000 {
-        let dir = if n == 1 {
-            root.join(name)
-        } else {
-            root.join(format!("{name}-{n}"))
+    /// After a pass: the files the manifest names that are not in the output folder, with the
+    /// manifest changed to render them again (empty: the pass is complete). The folder itself
+    /// gone: a new one is chosen and everything is to render again. The pass's error is
+    /// returned when nothing went missing, or when it was not about the output.
+    fn lost_files(
+        &self,
+        finisher: &mut Finisher<'_>,
+        result: Result<(), JobRunError>,
+        last_dir: &mut Option<PathBuf>,
+    ) -> Result<Vec<String>, JobRunError> {
+        let result = match result {
+            Err(e) if !matches!(e, JobRunError::Output { .. }) => return Err(e),
+            r => r,
         };
-        let usable = match Manifest::read(&dir) {
-            Some(m) => m.fingerprint == fingerprint,
-            // Empty, or holding only what a run killed during its first write left behind.
-            None => !dir.exists() || crate::output::atomic::only_leftovers(&dir).unwrap_or(false),
-        };
-        if usable {
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                JobRunError::writing(format!("creating the output folder {}", dir.display()), &e)
-            })?;
-            return Ok(dir);
+        let job = &self.job.id;
+        if finisher.dir.is_gone() {
+            let was = finisher.dir.path().display().to_string();
+            let dir = outdir::open(self.output_root, self.job, self.options, self.fingerprint)?;
+            tracing::warn!(job = %job, removed = %was, dir = %dir.path().display(), "the output folder was removed while the job ran; rendering it again");
+            *last_dir = Some(dir.path().to_path_buf());
+            finisher.dir = dir;
+            finisher.rejected = None;
+            resume::forget_all(&mut finisher.manifest);
+            finisher.save("writing the manifest")?;
+            return Ok(vec![was]);
         }
+        let missing = resume::missing_files(&finisher.dir, &finisher.manifest);
+        if missing.is_empty() {
+            result?;
+            return Ok(missing);
+        }
+        tracing::warn!(job = %job, files = %missing.join(", "), "files of the job were removed from its output folder while it ran; rendering them again");
+        resume::forget_missing(&mut finisher.manifest, &missing);
+        finisher.save("writing the manifest")?;
+        Ok(missing)
     }
-    Err(JobRunError::Output {
-        step: format!("choosing an output folder under {}", root.display()),
-        message: format!("{name} and 9,999 numbered variants are all taken"),
-    })
+
+    /// Adds the run's timings to the manifest and marks it complete.
+    fn complete(
+        &self,
+        finisher: &mut Finisher<'_>,
+        totals: Totals,
+        started: Instant,
+    ) -> Result<Outcome, JobRunError> {
+        let clock = finisher.clock;
+        let mut phases = totals.phases;
+        phases.rerank = clock.rerank;
+        phases.png_encode = clock.png_encode;
+        phases.png_write = clock.png_write;
+        phases.finish_other = totals
+            .finish_busy
+            .saturating_sub(clock.rerank + clock.png_encode + clock.png_write);
+        phases.first_image = clock
+            .first_image
+            .map(|t| t.saturating_duration_since(started));
+        let m = &mut finisher.manifest;
+        m.timings.text_ms += totals.timings.text_ms;
+        m.timings.denoise_ms += totals.timings.denoise_ms;
+        m.timings.decode_ms += totals.timings.decode_ms;
+        m.timings.total_ms += started.elapsed().as_millis() as u64;
+        m.complete = true;
+        finisher.save("writing the manifest")?;
+        Ok(Outcome {
+            dir: finisher.dir.path().to_path_buf(),
+            manifest: finisher.manifest.clone(),
+            rendered: totals.rendered,
+            phases,
+        })
+    }
 }

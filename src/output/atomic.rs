@@ -17,13 +17,17 @@ pub fn temp_path(target: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let unique = format!(
+    target.with_file_name(temp_name(&name))
+}
+
+/// The temporary name used while the file `name` is written (see [`temp_path`]).
+pub fn temp_name(name: &str) -> String {
+    format!(
         "{TEMP_PREFIX}{}-{}-{}-{name}",
         host_tag(),
         std::process::id(),
         next_counter()
-    );
-    target.with_file_name(unique)
+    )
 }
 
 /// This host's tag in temporary names: 8 hex digits of a hash of the host name.

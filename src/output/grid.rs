@@ -79,6 +79,19 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
+/// The heading of column (or row) `index` over the axes `which`: each axis's label, wrapped
+/// to `chars` characters.
+fn heading(axes: &[Axis], which: &[usize], index: usize, chars: usize) -> Vec<String> {
+    let mut rest = index;
+    let mut parts = vec![String::new(); which.len()];
+    for (k, &a) in which.iter().enumerate().rev() {
+        let n = axes[a].labels.len();
+        parts[k] = axes[a].labels[rest % n].clone();
+        rest /= n;
+    }
+    parts.iter().flat_map(|p| wrap(p, chars)).collect()
+}
+
 /// Draws the grid. Cells missing from `cells` stay empty.
 pub fn render(axes: &[Axis], cells: &[Cell<'_>]) -> RgbImage {
     render_within(axes, cells, MAX_GRID_PIXELS)
@@ -122,38 +135,14 @@ pub fn render_within(axes: &[Axis], cells: &[Cell<'_>], max_pixels: u64) -> RgbI
         .min(12);
     let cell_w = cell_img_w.max(head_chars as u32 * char_w);
     let cell_chars = (cell_w / char_w) as usize;
-    let column_heading = |c: usize| -> Vec<String> {
-        let mut rest = c;
-        let mut parts = vec![String::new(); across.len()];
-        for (k, &a) in across.iter().enumerate().rev() {
-            let n = axes[a].labels.len();
-            parts[k] = axes[a].labels[rest % n].clone();
-            rest /= n;
-        }
-        parts
-            .iter()
-            .flat_map(|p| wrap(p, cell_chars.min(MAX_LABEL_CHARS)))
-            .collect()
-    };
+    let column_heading = |c: usize| heading(axes, &across, c, cell_chars.min(MAX_LABEL_CHARS));
     let row_chars = down
         .iter()
         .map(|&a| longest(a))
         .max()
         .unwrap_or(0)
         .min(MAX_LABEL_CHARS);
-    let row_heading = |r: usize| -> Vec<String> {
-        let mut rest = r;
-        let mut parts = vec![String::new(); down.len()];
-        for (k, &a) in down.iter().enumerate().rev() {
-            let n = axes[a].labels.len();
-            parts[k] = axes[a].labels[rest % n].clone();
-            rest /= n;
-        }
-        parts
-            .iter()
-            .flat_map(|p| wrap(p, row_chars.max(1)))
-            .collect()
-    };
+    let row_heading = |r: usize| heading(axes, &down, r, row_chars.max(1));
     let head_lines = (0..columns)
         .map(|c| column_heading(c).len())
         .max()

@@ -1,7 +1,9 @@
-//! Writing results: atomic files ([`atomic`]) and PNGs carrying their settings ([`png`]).
+//! Writing results: atomic files ([`atomic`]), folders under the output root that are never
+//! reached through a link ([`folder`]) and PNGs carrying their settings ([`png`]).
 
 pub mod atomic;
 pub mod contact_sheet;
+pub mod folder;
 pub mod grid;
 pub mod png;
 
