@@ -293,15 +293,8 @@ impl ClipTokenizer {
         let truncated = if dropped.is_empty() {
             None
         } else {
-            let text = self.decode(dropped);
-            tracing::warn!(
-                kept = kept,
-                dropped_tokens = dropped.len(),
-                dropped = %text,
-                "prompt is longer than the text encoder's {} tokens; dropped: {text:?}",
-                self.model_max_length
-            );
-            Some(text)
+            // Logged by the caller, which knows what the text is (prompt or negative prompt).
+            Some(self.decode(dropped))
         };
         Ok(Encoded {
             ids,
