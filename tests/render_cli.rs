@@ -272,11 +272,7 @@ fn a_truncated_prompt_is_logged_once_and_briefly() {
         2,
         "one line each for the prompt and the negative:\n{err}"
     );
-    assert!(
-        lines.iter().any(|l| l.contains("negative prompt longer"))
-            && lines.iter().all(|l| l.contains("dropped_tokens")),
-        "{err}"
-    );
+    assert!(lines.iter().all(|l| l.contains("dropped_tokens")), "{err}");
     // Only the start of what was cut off, not the whole of it (about 1,600 characters).
     let naming: Vec<&str> = err
         .lines()

@@ -229,27 +229,7 @@ impl Pipeline {
             vec![req.prompt.as_str()]
         };
         let embeddings = text::encode(&self.tokenizer, &mut self.model.text_encoder, &prompts)?;
-        // Once per text, briefly: a long prompt is not logged in full.
-        for (i, dropped) in embeddings.truncated.iter().enumerate() {
-            if let Some(dropped) = dropped {
-                let what = if i + 1 < prompts.len() {
-                    "negative prompt"
-                } else {
-                    "prompt"
-                };
-                let excerpt: String = dropped.chars().take(60).collect();
-                tracing::warn!(
-                    dropped_tokens = embeddings.dropped_tokens[i],
-                    dropped_chars = dropped.chars().count(),
-                    "{what} longer than the text encoder takes; its end was cut off, from {excerpt:?}{}",
-                    if excerpt.len() < dropped.len() {
-                        "…"
-                    } else {
-                        ""
-                    }
-                );
-            }
-        }
+        // The tokenizer has logged any truncation.
         let truncated_prompt = embeddings.truncated.last().cloned().flatten();
         let hidden = &embeddings.hidden;
         let cond = hidden.slice_axis(Axis(0), ((prompts.len() - 1)..prompts.len()).into());

@@ -15,8 +15,6 @@ pub struct TextEmbeddings {
     pub hidden: ArrayD<f32>,
     /// For each prompt, the words cut off beyond the tokenizer's limit.
     pub truncated: Vec<Option<String>>,
-    /// For each prompt, how many of its tokens were cut off.
-    pub dropped_tokens: Vec<usize>,
     /// Time spent in the tokenizer.
     pub tokenize: Duration,
 }
@@ -30,14 +28,12 @@ pub fn encode(
     let started = Instant::now();
     let mut ids = Vec::new();
     let mut truncated = Vec::new();
-    let mut dropped_tokens = Vec::new();
     let mut seq = 0;
     for p in prompts {
         let enc = tokenizer.encode(p)?;
         seq = enc.ids.len();
         ids.extend_from_slice(&enc.ids);
         truncated.push(enc.truncated);
-        dropped_tokens.push(enc.n_dropped);
     }
     let tokenize = started.elapsed();
     let file = text_encoder.loaded.file.clone();
@@ -61,7 +57,6 @@ pub fn encode(
     Ok(TextEmbeddings {
         hidden,
         truncated,
-        dropped_tokens,
         tokenize,
     })
 }

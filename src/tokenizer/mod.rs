@@ -293,8 +293,22 @@ impl ClipTokenizer {
         let truncated = if dropped.is_empty() {
             None
         } else {
-            // Logged by the caller, which knows what the text is (prompt or negative prompt).
-            Some(self.decode(dropped))
+            let text = self.decode(dropped);
+            // Once, briefly: counts and the start of what was cut off (a prompt may be long).
+            let excerpt: String = text.chars().take(60).collect();
+            tracing::warn!(
+                kept = kept,
+                dropped_tokens = dropped.len(),
+                dropped_chars = text.chars().count(),
+                "prompt is longer than the text encoder's {} tokens; its end was cut off, from {excerpt:?}{}",
+                self.model_max_length,
+                if excerpt.len() < text.len() {
+                    "…"
+                } else {
+                    ""
+                }
+            );
+            Some(text)
         };
         Ok(Encoded {
             ids,
