@@ -268,7 +268,7 @@ pub struct JobDefaults {
     /// Most candidates of a prompt in one UNet batch.
     pub max_batch: u32,
     /// Seed generator: `torch_cpu` (same latents as diffusers with a CPU generator).
-    pub rng: String,
+    pub rng: crate::noise::RngKind,
 }
 
 impl Default for JobDefaults {
@@ -280,7 +280,7 @@ impl Default for JobDefaults {
             width: 512,
             height: 512,
             max_batch: 8,
-            rng: "torch_cpu".into(),
+            rng: crate::noise::RngKind::TorchCpu,
         }
     }
 }
@@ -303,6 +303,10 @@ pub struct Limits {
     pub max_images: u64,
     /// Size of a job file in bytes.
     pub max_job_bytes: u64,
+    /// Characters of one prompt or negative prompt as rendered (a prompt matrix expanded). The
+    /// text encoder reads 77 tokens, a few hundred characters; the rest is cut off, but it would
+    /// still be kept in memory, the manifest and every PNG's `parameters`.
+    pub max_prompt_chars: usize,
 }
 
 impl Default for Limits {
@@ -315,6 +319,7 @@ impl Default for Limits {
             max_prompts: 1000,
             max_images: 10_000,
             max_job_bytes: 1 << 20,
+            max_prompt_chars: 4000,
         }
     }
 }

@@ -199,3 +199,136 @@ fn hostile_files_are_refused_before_parsing_gets_expensive() {
     let e = job::load(&d, &c).unwrap_err().to_string();
     assert!(e.contains("not a regular file"), "{e}");
 }
+
+#[test]
+fn prompts_and_negatives_are_within_limits_max_prompt_chars() {
+    let max = config().limits.max_prompt_chars;
+    assert_eq!(max, 4000, "the default");
+    let long = "x".repeat(max + 1);
+    let cases = [
+        (
+            format!("prompts: [\"{long}\"]\n"),
+            "`prompts[0]` is 4001 characters long; the limit is 4000 (limits.max_prompt_chars)",
+        ),
+        (
+            format!("prompts: [a cat]\nnegative: \"{long}\"\n"),
+            "`negative` is 4001 characters long",
+        ),
+        (
+            format!("prompts:\n  - prompt: a cat\n    negative: \"{long}\"\n"),
+            "`prompts[0].negative` is 4001 characters long",
+        ),
+        (
+            format!("prompts: [a cat]\nprompt_lines:\n  - a dog\n  - \"{long}\"\n"),
+            "`prompt_lines` line 2: is 4001 characters long",
+        ),
+        (
+            format!("prompts: [a cat]\nprompt_lines: [\"--prompt a --negative_prompt {long}\"]\n"),
+            "`prompt_lines` line 1: is 4001 characters long",
+        ),
+        (
+            // Counted as rendered: a sweep renders the text as it is.
+            format!("prompts: [\"{long}\"]\nsteps: [2, 3]\n"),
+            "`prompts[0]` is 4001 characters long",
+        ),
+    ];
+    for (body, needle) in &cases {
+        let e = err(body);
+        assert!(
+            e.contains("job.yaml") && e.contains(needle),
+            "{needle}: {e}"
+        );
+        assert!(e.len() < 300, "the text is not repeated: {e}");
+    }
+    // Characters, not bytes; the limit itself is allowed.
+    let j = load(&format!("prompts: [\"{}\"]\n", "é".repeat(max))).unwrap();
+    assert_eq!(j.prompts[0].text.chars().count(), max);
+
+    // A prompt matrix counts its longest prompt: all parts joined with ", ".
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.limits.max_prompt_chars = 12;
+    let p = write(
+        tmp.path(),
+        "m.yaml",
+        "prompts: [\"a|b|c|d|e|f\"]\nprompt_matrix: true\n",
+    );
+    let e = job::load(&p, &c).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "`prompts[0]` makes a prompt of 16 characters once its prompt matrix is expanded"
+        ),
+        "{e}"
+    );
+    c.limits.max_prompt_chars = 16;
+    assert_eq!(job::load(&p, &c).unwrap().prompts.len(), 32);
+}
+
+/// The model's size rule (VAE downsampling x UNet downsampling) holds for a job the daemon
+/// loads from the spool too, not only for `check`, `submit` and `render`: a job the model
+/// cannot take fails when it is claimed, naming the field.
+#[test]
+fn a_spooled_job_the_model_cannot_take_fails_naming_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.default_model = Some("tiny-sd".into());
+    for (body, field) in [
+        ("prompts: [a cat]\nwidth: 72\nheight: 64\n", "width"),
+        ("prompts: [a cat]\nsize: [64x64, 64x40]\n", "height"),
+    ] {
+        let p = write(tmp.path(), "odd.yaml", body);
+        // Multiples of 8: within the job file's own rules.
+        job::load(&p, &c).unwrap();
+        let e = job::load_spooled(&p, &c).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(
+            e.message
+                .contains("multiple of 16 (VAE downsampling 8 x UNet downsampling 2)"),
+            "{e}"
+        );
+    }
+    let p = write(
+        tmp.path(),
+        "ok.yaml",
+        "prompts: [a cat]\nwidth: 80\nheight: 48\n",
+    );
+    job::load_spooled(&p, &c).unwrap();
+}
+
+/// `sdspool check` shows the seed a job that names none gets; `sdspool submit` writes that seed
+/// into the copy it spools (the copy is another file, which would get a seed of its own), so
+/// the daemon renders with the seed `check` showed.
+#[test]
+fn check_submit_and_the_daemon_agree_on_the_default_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.spool.dir = tmp.path().join("spool");
+    let jobs = tmp.path().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    for (name, body) in [
+        ("plain.yaml", "prompts: [a cat]\ncandidates: 2\n"),
+        // No newline at the end; a prompt file embedded too.
+        ("lines.yaml", "prompt_file: p.txt\ncandidates: 2"),
+        // `seed: ~` is no seed: the daemon derives its own (another `seed:` would be a
+        // duplicate key), and submitting works.
+        ("null.yaml", "prompts: [a cat]\ncandidates: 2\nseed: ~\n"),
+    ] {
+        std::fs::write(jobs.join("p.txt"), "a dog\n").unwrap();
+        let file = write(&jobs, name, body);
+        let shown = sdspool::commands::check::run(&c, &file).unwrap();
+        let seed: u64 = shown
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("rng"))
+            .and_then(|l| l.rsplit("seed ").next())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no seed in {shown}"));
+        assert_eq!(job::load(&file, &c).unwrap().seed, seed);
+        let submitted = sdspool::commands::submit::run(&c, &file, false).unwrap();
+        let spooled = job::load_spooled(&submitted.path, &c).unwrap();
+        if name == "null.yaml" {
+            continue;
+        }
+        assert_eq!(spooled.seed, seed, "{name}");
+        assert_eq!(spooled.prompts[0].seeds, [seed, seed + 1], "{name}");
+    }
+}

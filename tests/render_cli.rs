@@ -231,3 +231,53 @@ fn json_logs_carry_the_job_id() {
     assert_eq!(rendering["job"], "jsonjob");
     assert_eq!(rendering["provider"], "cpu");
 }
+
+/// A prompt longer than the text encoder takes is logged once per text, briefly: counts and the
+/// start of what was cut off. (The dropped text was logged in full three times: a 1 MB prompt
+/// wrote megabytes of log.)
+#[test]
+fn a_truncated_prompt_is_logged_once_and_briefly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let words = |tag: &str| {
+        (0..200)
+            .map(|i| format!("{tag}{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let job = tmp.path().join("long.yaml");
+    std::fs::write(
+        &job,
+        format!(
+            "model: tiny-sd\nprompts: [\"{}\"]\nnegative: \"{}\"\ncandidates: 2\nseed: 1\nsteps: 1\nguidance: 7.5\nwidth: 64\nheight: 64\nrerank: false\n",
+            words("cat"),
+            words("dog")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(common::root().join("config.yaml"))
+        .arg("render")
+        .arg(&job)
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        .env("SDSPOOL_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("cut off")).collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line each for the prompt and the negative:\n{err}"
+    );
+    assert!(lines.iter().all(|l| l.contains("dropped_tokens")), "{err}");
+    // Only the start of what was cut off, not the whole of it (about 1,600 characters).
+    let naming: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("cat") || l.contains("dog"))
+        .collect();
+    assert_eq!(naming, lines, "{err}");
+    assert!(lines.iter().all(|l| l.len() < 400), "{err}");
+}

@@ -12,21 +12,6 @@ use crate::job::{self, Job, JobError};
 use crate::model::layout::ModelFolder;
 use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
 
-/// Every prompt's width and height against the model's size rule (the VAE's downsampling times
-/// the UNet's), as the pipeline checks them before rendering: the first that does not fit.
-pub fn sizes_fit(job: &Job, folder: &ModelFolder, job_file: &Path) -> Result<(), JobError> {
-    for p in &job.prompts {
-        for (field, v) in [("width", p.width), ("height", p.height)] {
-            folder.check_side(v).map_err(|problem| JobError {
-                file: job_file.to_path_buf(),
-                field: field.to_string(),
-                message: format!("{problem} (model {:?})", job.model),
-            })?;
-        }
-    }
-    Ok(())
-}
-
 /// Checks `job_file`; the explanation, or the first error with the file and the field.
 pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
     let job = job::load(job_file, config)?;
@@ -42,7 +27,7 @@ pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
             format!("{:?}: the model folder is not usable: {e}", job.model),
         )
     })?;
-    sizes_fit(&job, &folder, job_file)?;
+    job::sizes_fit(&job, &folder, job_file)?;
     let scheduler_config = SchedulerConfig::from_file(&folder.scheduler_config).map_err(|e| {
         err(
             "model",

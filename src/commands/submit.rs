@@ -2,12 +2,10 @@
 //! spool's `incoming/` atomically (a temporary dotfile in `incoming/`, fsync, rename), so the
 //! daemon never sees it half-written.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::job::{self, JobError};
-use crate::model::layout::ModelFolder;
 use crate::output::atomic;
 use crate::spool::fsops::{self, Moved, Mover};
 use crate::spool::names::{self, NameKind};
@@ -82,6 +80,30 @@ pub fn embed_prompt_lines(mut bytes: Vec<u8>, name: &str, lines: &[String]) -> V
     bytes
 }
 
+/// The job file's text with `seed:` appended.
+pub fn embed_seed(mut bytes: Vec<u8>, seed: u64) -> Vec<u8> {
+    if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+        bytes.push(b'\n');
+    }
+    bytes.extend_from_slice(
+        format!(
+            "# The seed derived from the submitted file, kept by `sdspool submit`:\nseed: {seed}\n"
+        )
+        .as_bytes(),
+    );
+    bytes
+}
+
+/// Whether a job file's text has `key` at the top, even with no value (`seed: ~`, which
+/// another `seed:` line would duplicate).
+fn has_key(text: &str, key: &str) -> bool {
+    crate::yaml::parse_with::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(
+        text,
+        crate::yaml::strict_options(),
+    )
+    .is_ok_and(|map| map.contains_key(key))
+}
+
 /// Validates `job_file` and copies it into `incoming/` under its own name. An existing
 /// `incoming/` file of that name is replaced only with `replace` (if the daemon claimed that
 /// one meanwhile, the new file simply becomes the next job of that name).
@@ -102,29 +124,30 @@ pub fn run(config: &Config, job_file: &Path, replace: bool) -> Result<Submitted,
             ));
         }
     };
-    let job = job::load(job_file, config)?;
+    // Read once: the bytes checked are the bytes spooled.
+    let max = config.limits.max_job_bytes;
+    let file = job::read::read(job_file, max)?;
+    let job = job::resolve_file(&file, config, job::PromptFiles::Read)?;
     // The model's size rule, when its folder can be read here; a folder that cannot is the
     // daemon's to report when it claims the job (it may be mounted only there).
-    if let Some(model) = config.models.get(&job.model)
-        && let Ok(folder) = ModelFolder::open(&model.path)
-    {
-        super::check::sizes_fit(&job, &folder, job_file)?;
-    }
+    job::fits_model(&job, config, job_file)?;
 
-    let max = config.limits.max_job_bytes;
-    let mut bytes = Vec::new();
-    std::fs::File::open(job_file)
-        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
-        .map_err(|e| refused(format!("cannot read: {e}")))?;
+    let spec = job::read::parse(&file)?;
+    let names_seed = spec.seed.is_some() || has_key(&file.text, "seed");
+    let mut bytes = file.text.into_bytes();
     // A job in the spool never reads other files: its prompt file's lines go with it.
-    let spec = job::read_spec(job_file, max)?;
     if let (Some(name), None) = (&spec.prompt_file, &spec.prompt_lines) {
-        let lines = job::prompt_file::read(job_file, name, max).map_err(|message| JobError {
+        let lines = job::prompt_file::read(job_file, name, max).map_err(|e| JobError {
             file: job_file.to_path_buf(),
             field: "prompt_file".into(),
-            message,
+            message: e.to_string(),
         })?;
         bytes = embed_prompt_lines(bytes, name, &lines);
+    }
+    // The spooled copy is another file, which would get another seed: it gets this file's,
+    // the one `sdspool check` shows.
+    if !names_seed {
+        bytes = embed_seed(bytes, job.seed);
     }
 
     let layout = Layout::new(&config.spool.dir);

@@ -17,11 +17,92 @@
 //! The file is resolved relative to the job file's folder and must lie inside it: absolute
 //! paths, `..` and symbolic links leading out are refused. A job in the spool never reads
 //! files: `sdspool submit` embeds the lines as `prompt_lines:` in the copy it spools.
+//!
+//! The shell-style splitting is written here rather than taken from the `shlex` crate, which
+//! differs from the reference, Python's `shlex.split` (what AUTOMATIC1111's script calls): the
+//! crate reads a word that starts with `#` as a comment to the end of the line (Python's
+//! `shlex.split` does not, so `--negative_prompt #ugly` is an option and its value), and gives no
+//! reason when a line does not split.
 
 use std::io::Read as _;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
-use crate::scheduler::SchedulerKind;
+use crate::scheduler::{SchedulerError, SchedulerKind};
+
+/// Why a prompt file cannot be read; each says why in a sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("is empty")]
+    Empty,
+    #[error("{0:?} is an absolute path; give a path relative to the job file's folder")]
+    Absolute(String),
+    #[error("{0:?} leaves the job file's folder; the prompt file must lie inside it")]
+    LeavesFolder(String),
+    #[error("cannot resolve the job file's folder: {0}")]
+    Folder(#[source] std::io::Error),
+    #[error(
+        "{relative:?} is a link to {}, outside the job file's folder; the prompt file must lie inside it",
+        target.display()
+    )]
+    LinkOutside { relative: String, target: PathBuf },
+    #[error("{}: cannot be read: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: is not a regular file", .0.display())]
+    NotRegular(PathBuf),
+    #[error("{}: is larger than {max} bytes (limits.max_job_bytes)", path.display())]
+    TooLarge { path: PathBuf, max: u64 },
+    #[error("{}: is not UTF-8 text (invalid byte at offset {offset})", path.display())]
+    NotUtf8 { path: PathBuf, offset: usize },
+}
+
+/// Why a line does not split into words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SplitError {
+    #[error("a single quote is not closed")]
+    SingleQuote,
+    #[error("a double quote is not closed")]
+    DoubleQuote,
+    #[error("the line ends with a backslash")]
+    Backslash,
+}
+
+/// Why one line of a prompt file is not a prompt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error(transparent)]
+    Split(#[from] SplitError),
+    #[error("{0:?} is not an option (options start with --)")]
+    NotAnOption(String),
+    #[error("--{0} needs a value")]
+    NoValue(String),
+    #[error("--{option} {value:?}: {expected}")]
+    BadValue {
+        option: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error(
+        "unknown option --{0}; known: --prompt --negative_prompt --steps --cfg_scale --sampler_name --width --height --seed --batch_size --n_iter"
+    )]
+    UnknownOption(String),
+    #[error("has options but no --prompt")]
+    NoPrompt,
+    #[error("--batch_size times --n_iter is too large")]
+    TooManyCandidates,
+}
+
+/// A line of a prompt file that is not a prompt, with its 1-based number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {number}: {error}")]
+pub struct ParseError {
+    pub number: usize,
+    #[source]
+    pub error: LineError,
+}
 
 /// One prompt of a prompt file, with its overrides.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,99 +121,84 @@ pub struct Line {
     pub candidates: Option<u32>,
 }
 
-/// Reads the prompt file `relative` to the folder of `job_file`. Errors say why in a sentence.
-pub fn read(job_file: &Path, relative: &str, max_bytes: u64) -> Result<Vec<String>, String> {
+/// Reads the prompt file `relative` to the folder of `job_file`.
+pub fn read(job_file: &Path, relative: &str, max_bytes: u64) -> Result<Vec<String>, ReadError> {
     let rel = Path::new(relative);
     if relative.is_empty() {
-        return Err("is empty".into());
+        return Err(ReadError::Empty);
     }
     if rel.is_absolute() {
-        return Err(format!(
-            "{relative:?} is an absolute path; give a path relative to the job file's folder"
-        ));
+        return Err(ReadError::Absolute(relative.to_string()));
     }
     if rel
         .components()
         .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
     {
-        return Err(format!(
-            "{relative:?} leaves the job file's folder; the prompt file must lie inside it"
-        ));
+        return Err(ReadError::LeavesFolder(relative.to_string()));
     }
     let folder = job_file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let folder = folder
-        .canonicalize()
-        .map_err(|e| format!("cannot resolve the job file's folder: {e}"))?;
+    let folder = folder.canonicalize().map_err(ReadError::Folder)?;
     let path = folder.join(rel);
-    let real = path
-        .canonicalize()
-        .map_err(|e| format!("{}: cannot be read: {e}", path.display()))?;
+    let real = path.canonicalize().map_err(|source| ReadError::Io {
+        path: path.clone(),
+        source,
+    })?;
     if !real.starts_with(&folder) {
-        return Err(format!(
-            "{relative:?} is a link to {}, outside the job file's folder; the prompt file must lie inside it",
-            real.display()
-        ));
+        return Err(ReadError::LinkOutside {
+            relative: relative.to_string(),
+            target: real,
+        });
     }
-    // Checked before opening: opening a FIFO would wait for a writer.
+    let io = |source| ReadError::Io {
+        path: real.clone(),
+        source,
+    };
+    // Checked before opening: opening a FIFO or a device may wait or act.
     let is_file = std::fs::metadata(&real)
         .map(|m| m.is_file())
         .unwrap_or(false);
     if !is_file {
-        return Err(format!("{}: is not a regular file", real.display()));
+        return Err(ReadError::NotRegular(real));
     }
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-            .open(&real)
-    }
-    .map_err(|e| format!("{}: cannot be read: {e}", real.display()))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("{}: cannot be read: {e}", real.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{}: is not a regular file", real.display()));
+    // Without following a link put in place of the checked file since.
+    let file = crate::spool::fsops::open_nofollow_read(&real).map_err(io)?;
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(ReadError::NotRegular(real));
     }
     let mut bytes = Vec::new();
     file.take(max_bytes + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: cannot be read: {e}", real.display()))?;
+        .map_err(io)?;
     if bytes.len() as u64 > max_bytes {
-        return Err(format!(
-            "{}: is larger than {max_bytes} bytes (limits.max_job_bytes)",
-            real.display()
-        ));
+        return Err(ReadError::TooLarge {
+            path: real,
+            max: max_bytes,
+        });
     }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "{}: is not UTF-8 text (invalid byte at offset {})",
-            real.display(),
-            e.utf8_error().valid_up_to()
-        )
+    let text = String::from_utf8(bytes).map_err(|e| ReadError::NotUtf8 {
+        path: real.clone(),
+        offset: e.utf8_error().valid_up_to(),
     })?;
     Ok(text.lines().map(str::to_string).collect())
 }
 
 /// The prompts of a prompt file's lines (blank lines and `#` comments skipped).
-pub fn parse(lines: &[String]) -> Result<Vec<Line>, String> {
+pub fn parse(lines: &[String]) -> Result<Vec<Line>, ParseError> {
     let mut out = Vec::new();
     for (i, raw) in lines.iter().enumerate() {
-        if let Some(line) = parse_line(raw).map_err(|e| format!("line {}: {e}", i + 1))? {
-            out.push(Line {
-                number: i + 1,
-                ..line
-            });
+        let number = i + 1;
+        if let Some(line) = parse_line(raw).map_err(|error| ParseError { number, error })? {
+            out.push(Line { number, ..line });
         }
     }
     Ok(out)
 }
 
 /// One line: `None` for a blank line or a comment.
-pub fn parse_line(raw: &str) -> Result<Option<Line>, String> {
+pub fn parse_line(raw: &str) -> Result<Option<Line>, LineError> {
     let line = raw.trim_end_matches('\r').trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
@@ -143,34 +209,30 @@ pub fn parse_line(raw: &str) -> Result<Option<Line>, String> {
             ..Line::default()
         }));
     }
-    let words = shell_split(line)?;
     let mut out = Line::default();
     let mut prompt = None;
     let (mut batch_size, mut n_iter) = (None::<u32>, None::<u32>);
-    let mut it = words.into_iter();
+    let mut it = shell_split(line)?.into_iter();
     while let Some(option) = it.next() {
         let name = option
             .strip_prefix("--")
-            .ok_or_else(|| format!("{option:?} is not an option (options start with --)"))?;
-        let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
-        let number = |what: &str| -> Result<u64, String> {
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("--{name} {value:?}: {what}"))
+            .ok_or_else(|| LineError::NotAnOption(option.clone()))?;
+        let value = it
+            .next()
+            .ok_or_else(|| LineError::NoValue(name.to_string()))?;
+        let bad = |expected| LineError::BadValue {
+            option: name.to_string(),
+            value: value.clone(),
+            expected,
         };
-        let small = |what: &str| -> Result<u32, String> {
-            u32::try_from(number(what)?).map_err(|_| format!("--{name} {value:?}: {what}"))
-        };
+        let number = |what| value.parse::<u64>().map_err(|_| bad(what));
+        let small = |what| value.parse::<u32>().map_err(|_| bad(what));
         match name {
             "prompt" => prompt = Some(value.clone()),
             "negative_prompt" => out.negative = Some(value.clone()),
             "steps" => out.steps = Some(small("expected a whole number of steps")?),
             "cfg_scale" => {
-                out.guidance = Some(
-                    value
-                        .parse::<f64>()
-                        .map_err(|_| format!("--cfg_scale {value:?}: expected a number"))?,
-                )
+                out.guidance = Some(value.parse::<f64>().map_err(|_| bad("expected a number"))?)
             }
             "sampler_name" => out.scheduler = Some(value.clone()),
             "width" => out.width = Some(small("expected a width in pixels")?),
@@ -178,20 +240,16 @@ pub fn parse_line(raw: &str) -> Result<Option<Line>, String> {
             "seed" => out.seed = Some(number("expected a seed (a whole number from 0)")?),
             "batch_size" => batch_size = Some(small("expected a whole number")?),
             "n_iter" => n_iter = Some(small("expected a whole number")?),
-            other => {
-                return Err(format!(
-                    "unknown option --{other}; known: --prompt --negative_prompt --steps --cfg_scale --sampler_name --width --height --seed --batch_size --n_iter"
-                ));
-            }
+            other => return Err(LineError::UnknownOption(other.to_string())),
         }
     }
-    out.prompt = prompt.ok_or("has options but no --prompt")?;
+    out.prompt = prompt.ok_or(LineError::NoPrompt)?;
     if batch_size.is_some() || n_iter.is_some() {
         out.candidates = Some(
             batch_size
                 .unwrap_or(1)
                 .checked_mul(n_iter.unwrap_or(1))
-                .ok_or("--batch_size times --n_iter is too large")?,
+                .ok_or(LineError::TooManyCandidates)?,
         );
     }
     Ok(Some(out))
@@ -199,20 +257,20 @@ pub fn parse_line(raw: &str) -> Result<Option<Line>, String> {
 
 /// A scheduler by AUTOMATIC1111's sampler name (`Euler a`, `DPM++ 2M Karras`, ...) or by
 /// sdspool's (`euler_a`).
-pub fn scheduler_from_a1111(name: &str) -> Result<SchedulerKind, String> {
+pub fn scheduler_from_a1111(name: &str) -> Result<SchedulerKind, SchedulerError> {
     if let Some(kind) = SchedulerKind::ALL
         .iter()
         .find(|k| crate::output::png::a1111_sampler(**k).eq_ignore_ascii_case(name.trim()))
     {
         return Ok(*kind);
     }
-    name.parse::<SchedulerKind>().map_err(|e| e.to_string())
+    name.parse::<SchedulerKind>()
 }
 
 /// Splits a line into words like a POSIX shell (and Python's `shlex.split`): whitespace
 /// separates, single quotes keep everything, double quotes keep everything but `\"` and `\\`,
 /// a backslash outside quotes escapes the next character.
-pub fn shell_split(line: &str) -> Result<Vec<String>, String> {
+pub fn shell_split(line: &str) -> Result<Vec<String>, SplitError> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;
@@ -231,7 +289,7 @@ pub fn shell_split(line: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(c) => word.push(c),
-                        None => return Err("a single quote is not closed".into()),
+                        None => return Err(SplitError::SingleQuote),
                     }
                 }
             }
@@ -246,10 +304,10 @@ pub fn shell_split(line: &str) -> Result<Vec<String>, String> {
                                 word.push('\\');
                                 word.push(c);
                             }
-                            None => return Err("a double quote is not closed".into()),
+                            None => return Err(SplitError::DoubleQuote),
                         },
                         Some(c) => word.push(c),
-                        None => return Err("a double quote is not closed".into()),
+                        None => return Err(SplitError::DoubleQuote),
                     }
                 }
             }
@@ -257,7 +315,7 @@ pub fn shell_split(line: &str) -> Result<Vec<String>, String> {
                 in_word = true;
                 match chars.next() {
                     Some(c) => word.push(c),
-                    None => return Err("the line ends with a backslash".into()),
+                    None => return Err(SplitError::Backslash),
                 }
             }
             c => {
@@ -284,6 +342,19 @@ mod tests {
         );
         assert!(shell_split("--prompt \"open").is_err());
         assert_eq!(shell_split("  ").unwrap(), Vec::<String>::new());
+    }
+
+    /// As Python's `shlex.split` (comments off, the default) splits them: a word that starts
+    /// with `#` is a word, not a comment.
+    #[test]
+    fn a_hash_starts_a_word_not_a_comment() {
+        let l = parse_line("--prompt cat --negative_prompt #ugly --steps 3")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (l.prompt.as_str(), l.negative.as_deref(), l.steps),
+            ("cat", Some("#ugly"), Some(3))
+        );
     }
 
     #[test]
@@ -317,12 +388,19 @@ mod tests {
         assert!(
             parse_line("--prompt a --styles x")
                 .unwrap_err()
+                .to_string()
                 .contains("unknown option --styles")
         );
-        assert!(parse_line("--steps 3").unwrap_err().contains("no --prompt"));
+        assert!(
+            parse_line("--steps 3")
+                .unwrap_err()
+                .to_string()
+                .contains("no --prompt")
+        );
         assert!(
             parse_line("--prompt a --steps")
                 .unwrap_err()
+                .to_string()
                 .contains("needs a value")
         );
         assert!(parse_line("--prompt a --steps -1").is_err());
@@ -333,7 +411,7 @@ mod tests {
         let parsed = parse(&lines).unwrap();
         assert_eq!(parsed.iter().map(|l| l.number).collect::<Vec<_>>(), [2, 4]);
         let bad: Vec<String> = vec!["a".into(), "--prompt x --bogus 1".into()];
-        assert!(parse(&bad).unwrap_err().starts_with("line 2: "));
+        assert!(parse(&bad).unwrap_err().to_string().starts_with("line 2: "));
     }
 
     #[test]
@@ -366,7 +444,7 @@ mod tests {
             assert!(read(&job, bad, 1000).is_err(), "{bad}");
         }
         std::os::unix::fs::symlink(tmp.path().join("secret.txt"), jobs.join("link.txt")).unwrap();
-        let e = read(&job, "link.txt", 1000).unwrap_err();
+        let e = read(&job, "link.txt", 1000).unwrap_err().to_string();
         assert!(e.contains("outside the job file's folder"), "{e}");
         // A link that stays inside is fine.
         std::os::unix::fs::symlink(jobs.join("p.txt"), jobs.join("alias.txt")).unwrap();
@@ -374,9 +452,15 @@ mod tests {
         assert!(
             read(&job, "sub", 1000)
                 .unwrap_err()
+                .to_string()
                 .contains("regular file")
         );
-        assert!(read(&job, "p.txt", 2).unwrap_err().contains("larger"));
+        assert!(
+            read(&job, "p.txt", 2)
+                .unwrap_err()
+                .to_string()
+                .contains("larger")
+        );
         assert!(read(&job, "missing.txt", 1000).is_err());
         // A FIFO is refused without waiting for a writer.
         let fifo = jobs.join("fifo.txt");
@@ -390,6 +474,7 @@ mod tests {
         assert!(
             read(&job, "fifo.txt", 1000)
                 .unwrap_err()
+                .to_string()
                 .contains("regular file")
         );
     }

@@ -25,7 +25,12 @@
 //! its candidates' seeds. `prompt_matrix: true` reads `a | b | c` as AUTOMATIC1111's prompt
 //! matrix; `prompt_file: prompts.txt` adds one prompt a line (see [`super::prompt_file`]).
 
+use std::str::FromStr;
+
 use serde::Deserialize;
+
+use crate::noise::RngKind;
+use crate::scheduler::{SchedulerError, SchedulerKind};
 
 /// A job file's fields. Unknown fields are rejected.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -47,9 +52,9 @@ pub struct JobSpec {
     pub candidates: Option<u32>,
     pub steps: Option<OneOrMany<u32>>,
     pub guidance: Option<OneOrMany<f64>>,
-    pub scheduler: Option<OneOrMany<String>>,
+    pub scheduler: Option<OneOrMany<SchedulerChoice>>,
     /// `512x768`, or a list of sizes; instead of width and height.
-    pub size: Option<OneOrMany<String>>,
+    pub size: Option<OneOrMany<Size>>,
     pub seed: Option<u64>,
     /// The seeds of every prompt's candidates.
     pub seeds: Option<Vec<u64>>,
@@ -57,12 +62,12 @@ pub struct JobSpec {
     pub seed_count: Option<u32>,
     pub width: Option<u32>,
     pub height: Option<u32>,
-    pub rng: Option<String>,
+    pub rng: Option<RngKind>,
     pub priority: Option<i32>,
     pub output: Option<String>,
     pub keep_top: Option<u32>,
     pub rerank: Option<bool>,
-    pub rejected: Option<String>,
+    pub rejected: Option<Rejected>,
 }
 
 /// A prompt: a plain string, or an object with its own settings.
@@ -106,10 +111,104 @@ pub struct PromptObject {
     pub seeds: Option<Vec<u64>>,
     pub steps: Option<OneOrMany<u32>>,
     pub guidance: Option<OneOrMany<f64>>,
-    pub scheduler: Option<OneOrMany<String>>,
-    pub size: Option<OneOrMany<String>>,
+    pub scheduler: Option<OneOrMany<SchedulerChoice>>,
+    pub size: Option<OneOrMany<Size>>,
     pub width: Option<u32>,
     pub height: Option<u32>,
+}
+
+/// Deserializes a value written as a string through its [`FromStr`], the parse error as the
+/// message (serde names the field).
+fn from_string<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
+}
+
+/// What to do with candidates outside `keep_top`: `move` (to `rejected/`) or `delete`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rejected {
+    #[default]
+    Move,
+    Delete,
+}
+
+/// A `rejected:` value that is neither `move` nor `delete`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("is {0:?}; use `move` (to rejected/) or `delete`")]
+pub struct UnknownRejected(pub String);
+
+impl FromStr for Rejected {
+    type Err = UnknownRejected;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "move" => Ok(Rejected::Move),
+            "delete" => Ok(Rejected::Delete),
+            other => Err(UnknownRejected(other.to_string())),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Rejected {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_string(d)
+    }
+}
+
+/// An image size written `512x768` (width x height).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// A size that is not written `WIDTHxHEIGHT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a size; write it as WIDTHxHEIGHT, e.g. 512x768")]
+pub struct SizeError(pub String);
+
+impl FromStr for Size {
+    type Err = SizeError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || SizeError(text.to_string());
+        let (w, h) = text.trim().split_once(['x', 'X']).ok_or_else(bad)?;
+        Ok(Size {
+            width: w.trim().parse().map_err(|_| bad())?,
+            height: h.trim().parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_string(d)
+    }
+}
+
+/// A scheduler named by sdspool's name (`euler_a`) or AUTOMATIC1111's sampler name
+/// (`Euler a`, `DPM++ 2M Karras`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerChoice(pub SchedulerKind);
+
+impl FromStr for SchedulerChoice {
+    type Err = SchedulerError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        super::prompt_file::scheduler_from_a1111(name).map(SchedulerChoice)
+    }
+}
+
+impl<'de> Deserialize<'de> for SchedulerChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_string(d)
+    }
 }
 
 /// One value, or a list of values to sweep over.

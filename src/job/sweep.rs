@@ -19,6 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::spec::{Size, SizeError};
 use crate::scheduler::SchedulerKind;
 
 /// A variant's value on one axis of its sweep.
@@ -79,13 +80,25 @@ pub struct Variant {
 }
 
 /// `512x768` as (width, height).
-pub fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{text:?} is not a size; write it as WIDTHxHEIGHT, e.g. 512x768");
-    let (w, h) = text.trim().split_once(['x', 'X']).ok_or_else(bad)?;
-    Ok((
-        w.trim().parse().map_err(|_| bad())?,
-        h.trim().parse().map_err(|_| bad())?,
-    ))
+pub fn parse_size(text: &str) -> Result<(u32, u32), SizeError> {
+    let size: Size = text.parse()?;
+    Ok((size.width, size.height))
+}
+
+/// The longest text a prompt makes, in characters: the text itself, or with the prompt matrix
+/// every part (what `variants` joins when all optional parts are on). Nothing is expanded.
+pub fn longest_text_chars(text: &str, matrix: bool) -> usize {
+    if !matrix {
+        return text.chars().count();
+    }
+    let (base, optional) = matrix_parts(text);
+    let parts: Vec<usize> = std::iter::once(&base)
+        .chain(&optional)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.chars().count())
+        .collect();
+    // Joined with ", ".
+    parts.iter().sum::<usize>() + 2 * parts.len().saturating_sub(1)
 }
 
 /// The base and the optional parts of a prompt matrix (`|`-separated; spaces and commas at the
@@ -287,6 +300,24 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_text_is_counted_without_expanding() {
+        for (text, matrix) in [
+            ("a cat | in the snow | oil painting,", true),
+            ("a | | b", true),
+            ("| a", true),
+            ("a | b", false),
+            ("ünïcode | ✓", true),
+        ] {
+            let longest = variants(text, matrix, &lists())
+                .iter()
+                .map(|v| v.text.chars().count())
+                .max()
+                .unwrap();
+            assert_eq!(longest_text_chars(text, matrix), longest, "{text}");
+        }
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(parse_size("512x768").unwrap(), (512, 768));
         assert_eq!(parse_size(" 64 X 32 ").unwrap(), (64, 32));
@@ -294,6 +325,12 @@ mod tests {
         assert!(parse_size("axb").is_err());
         assert!(parse_size("-8x8").is_err());
         assert_eq!(number_label(7.0), "7");
+        assert!(
+            parse_size("big")
+                .unwrap_err()
+                .to_string()
+                .contains("WIDTHxHEIGHT")
+        );
         assert_eq!(number_label(7.5), "7.5");
     }
 }

@@ -229,10 +229,8 @@ impl Pipeline {
             vec![req.prompt.as_str()]
         };
         let embeddings = text::encode(&self.tokenizer, &mut self.model.text_encoder, &prompts)?;
+        // The tokenizer has logged any truncation.
         let truncated_prompt = embeddings.truncated.last().cloned().flatten();
-        if let Some(dropped) = &truncated_prompt {
-            tracing::warn!(dropped = %dropped, "prompt longer than the text encoder takes; the end was cut off");
-        }
         let hidden = &embeddings.hidden;
         let cond = hidden.slice_axis(Axis(0), ((prompts.len() - 1)..prompts.len()).into());
         let uncond = guided.then(|| hidden.slice_axis(Axis(0), (0..1).into()));

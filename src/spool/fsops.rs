@@ -144,10 +144,26 @@ pub(crate) enum Lock {
     Unsupported,
 }
 
+/// How [`open_nofollow`] and [`open_nofollow_read`] open: no link followed, no blocking.
+const NOFOLLOW_FLAGS: OFlags = OFlags::NOFOLLOW
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::NOCTTY)
+    .union(OFlags::CLOEXEC);
+
+/// Opens a file for reading only, without following a link in its last component or blocking
+/// (FIFOs). Check that it is a regular file on the open file.
+pub(crate) fn open_nofollow_read(path: &Path) -> io::Result<File> {
+    Ok(File::from(rustix::fs::open(
+        path,
+        OFlags::RDONLY | NOFOLLOW_FLAGS,
+        Mode::empty(),
+    )?))
+}
+
 /// Opens a regular file without following links or blocking (FIFOs), for reading and, where
 /// permitted, writing (NFS emulates `flock` with byte-range locks, which need a writable file).
 pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
-    let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let flags = NOFOLLOW_FLAGS;
     let fd = match rustix::fs::open(path, OFlags::RDWR | flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ACCESS | Errno::PERM | Errno::ROFS | Errno::TXTBSY) => {

@@ -294,12 +294,19 @@ impl ClipTokenizer {
             None
         } else {
             let text = self.decode(dropped);
+            // Once, briefly: counts and the start of what was cut off (a prompt may be long).
+            let excerpt: String = text.chars().take(60).collect();
             tracing::warn!(
                 kept = kept,
                 dropped_tokens = dropped.len(),
-                dropped = %text,
-                "prompt is longer than the text encoder's {} tokens; dropped: {text:?}",
-                self.model_max_length
+                dropped_chars = text.chars().count(),
+                "prompt is longer than the text encoder's {} tokens; its end was cut off, from {excerpt:?}{}",
+                self.model_max_length,
+                if excerpt.len() < text.len() {
+                    "…"
+                } else {
+                    ""
+                }
             );
             Some(text)
         };
