@@ -48,11 +48,14 @@ pub struct FinishClock {
 }
 
 impl Finisher<'_> {
-    fn io_err(step: String, e: impl std::fmt::Display + 'static) -> JobRunError {
-        // A full or read-only disk is not the job's fault (see `JobRunError::Storage`).
-        if let Some(io) = (&e as &dyn std::any::Any).downcast_ref::<std::io::Error>() {
-            return JobRunError::writing(step, io);
-        }
+    /// A failed file operation: a full or read-only disk is not the job's fault (see
+    /// `JobRunError::Storage`).
+    fn io_err(step: String, e: std::io::Error) -> JobRunError {
+        JobRunError::writing(step, &e)
+    }
+
+    /// A failure that is not the storage's (encoding an image, a manifest that lists no image).
+    fn output_err(step: String, e: impl std::fmt::Display) -> JobRunError {
         JobRunError::Output {
             step,
             message: e.to_string(),
@@ -79,7 +82,7 @@ impl Finisher<'_> {
             let name = output::image_file_name(batch.prompt, *candidate, *seed);
             let t0 = Instant::now();
             let bytes = output::png::encode(image, &params.a1111_text())
-                .map_err(|e| Self::io_err(format!("encoding {name}"), e))?;
+                .map_err(|e| Self::output_err(format!("encoding {name}"), e))?;
             let t1 = Instant::now();
             output::atomic::write(&self.dir.join(&name), &bytes)
                 .map_err(|e| Self::io_err(format!("writing {name}"), e))?;
@@ -179,9 +182,11 @@ impl Finisher<'_> {
                 .find(|c| c.rank == Some(1))
                 .or_else(|| entry.candidates.iter().find(|c| c.candidate == 0))
                 .or_else(|| entry.candidates.first())
-                .ok_or_else(|| Self::io_err(step.clone(), format!("prompt {i} has no image")))?;
+                .ok_or_else(|| {
+                    Self::output_err(step.clone(), format!("prompt {i} has no image"))
+                })?;
             let file = best.file.clone().ok_or_else(|| {
-                Self::io_err(
+                Self::output_err(
                     step.clone(),
                     format!("prompt {i}: candidate {} has no file", best.candidate),
                 )
@@ -228,7 +233,7 @@ impl Finisher<'_> {
                     .join(", ")
             ),
         )
-        .map_err(|e| Self::io_err(format!("encoding {name}"), e))?;
+        .map_err(|e| Self::output_err(format!("encoding {name}"), e))?;
         output::atomic::write(&self.dir.join(&name), &bytes)
             .map_err(|e| Self::io_err(format!("writing {name}"), e))?;
         self.manifest.grids.push(GridEntry {
@@ -327,7 +332,7 @@ impl Finisher<'_> {
                 self.job.prompts[index].text
             ),
         )
-        .map_err(|e| Self::io_err(format!("encoding {name}"), e))?;
+        .map_err(|e| Self::output_err(format!("encoding {name}"), e))?;
         output::atomic::write(&self.dir.join(&name), &bytes)
             .map_err(|e| Self::io_err(format!("writing {name}"), e))?;
         Ok(name)
