@@ -103,6 +103,9 @@ pub struct ExecutionConfig {
     /// GPU device ids; one worker per id.
     #[serde(default = "default_device_ids")]
     pub device_ids: Vec<i32>,
+    /// Settings of single devices of `device_ids` (which models their worker serves), by id.
+    #[serde(default)]
+    pub devices: BTreeMap<i32, DeviceConfig>,
     /// Refuse to start when no GPU provider really serves the models.
     #[serde(default)]
     pub require_gpu: bool,
@@ -134,6 +137,7 @@ impl Default for ExecutionConfig {
         ExecutionConfig {
             providers: default_providers(),
             device_ids: default_device_ids(),
+            devices: BTreeMap::new(),
             require_gpu: false,
             intra_threads: 0,
             inter_threads: 0,
@@ -144,6 +148,16 @@ impl Default for ExecutionConfig {
             cuda: CudaConfig::default(),
         }
     }
+}
+
+/// `execution.devices.<id>:` section: the worker of one device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The models this device's worker loads and renders (names under `models:`); every
+    /// configured model when absent.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
 }
 
 fn default_output_dir() -> PathBuf {
@@ -248,11 +262,20 @@ pub struct DaemonConfig {
     /// After SIGTERM or SIGINT, how long running jobs may take to finish before they are stopped
     /// at their next step (and resumed on the next start).
     pub grace_seconds: u64,
+    /// A worker that shows no sign of life for this long (no denoising step while it renders, no
+    /// turn of its loop while it waits for work) is hung: the daemon stops pinging the systemd
+    /// watchdog, so systemd restarts it. Must exceed the longest step between two denoising
+    /// steps (a VAE decode, CLIP scoring of a batch). Default: systemd's watchdog period
+    /// (`WatchdogSec`), or 300 s without a watchdog.
+    pub hang_seconds: Option<u64>,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        DaemonConfig { grace_seconds: 60 }
+        DaemonConfig {
+            grace_seconds: 60,
+            hang_seconds: None,
+        }
     }
 }
 
@@ -481,7 +504,79 @@ impl Config {
                 format!("contains {id}; device ids are 0 or greater"),
             ));
         }
+        self.check_devices()?;
+        if self.daemon.hang_seconds == Some(0) {
+            return Err(self.invalid(
+                "daemon.hang_seconds",
+                "is 0: give the seconds without progress after which a worker counts as hung",
+            ));
+        }
         Ok(())
+    }
+
+    /// `execution.devices`: each entry names a device of `device_ids` and models under `models:`.
+    fn check_devices(&self) -> Result<(), (String, String)> {
+        for (id, device) in &self.execution.devices {
+            let key = format!("execution.devices.{id}");
+            if !self.execution.device_ids.contains(id) {
+                return Err(self.invalid(
+                    &key,
+                    format!(
+                        "configures device {id}, which is not in `execution.device_ids` ({})",
+                        join(self.execution.device_ids.iter())
+                    ),
+                ));
+            }
+            let Some(models) = &device.models else {
+                continue;
+            };
+            let key = format!("{key}.models");
+            if models.is_empty() {
+                return Err(self.invalid(
+                    &key,
+                    "is empty: list the models this device serves, or leave `models` out for all",
+                ));
+            }
+            for (i, name) in models.iter().enumerate() {
+                if models[..i].contains(name) {
+                    return Err(self.invalid(&key, format!("lists `{name}` twice")));
+                }
+                if !self.models.contains_key(name) {
+                    return Err(self.invalid(
+                        &key,
+                        format!(
+                            "names `{name}`, which is not under `models:` (configured: {})",
+                            join(self.models.keys())
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the worker of `device` serves `model`: loads it and renders its jobs. A device
+    /// serves the models its `execution.devices` entry lists, or every configured model.
+    pub fn serves(&self, device: i32, model: &str) -> bool {
+        self.models.contains_key(model)
+            && match self
+                .execution
+                .devices
+                .get(&device)
+                .and_then(|d| d.models.as_ref())
+            {
+                Some(models) => models.iter().any(|m| m == model),
+                None => true,
+            }
+    }
+
+    /// The names of the models the worker of `device` serves, in `models:` order.
+    pub fn models_of(&self, device: i32) -> Vec<&str> {
+        self.models
+            .keys()
+            .map(String::as_str)
+            .filter(|m| self.serves(device, m))
+            .collect()
     }
 
     /// The model a job gets when it names none.
@@ -499,12 +594,18 @@ impl Config {
     }
 }
 
+/// `a, b, c`.
+fn join<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
 /// The keys [`Config::check`] can complain about, with where they are in the file.
 #[derive(Default, Deserialize)]
 struct KeyLines {
     default_model: Option<Spanned<IgnoredAny>>,
     models: Option<Spanned<IgnoredAny>>,
     execution: Option<ExecutionLines>,
+    daemon: Option<DaemonLines>,
 }
 
 #[derive(Default, Deserialize)]
@@ -512,6 +613,12 @@ struct ExecutionLines {
     providers: Option<Spanned<IgnoredAny>>,
     device_ids: Option<Spanned<IgnoredAny>>,
     require_gpu: Option<Spanned<IgnoredAny>>,
+    devices: Option<Spanned<IgnoredAny>>,
+}
+
+#[derive(Default, Deserialize)]
+struct DaemonLines {
+    hang_seconds: Option<Spanned<IgnoredAny>>,
 }
 
 /// The line of a dotted key (`execution.providers`, `models.NAME`) in the config text.
@@ -523,6 +630,8 @@ fn key_line(text: &str, key: &str) -> Option<u64> {
         "execution.providers" => exec.providers,
         "execution.device_ids" => exec.device_ids,
         "execution.require_gpu" => exec.require_gpu,
+        k if k.starts_with("execution.devices") => exec.devices,
+        "daemon.hang_seconds" => lines.daemon.unwrap_or_default().hang_seconds,
         k if k.starts_with("models") => lines.models,
         _ => None,
     }?;
