@@ -613,7 +613,12 @@ struct ExecutionLines {
     providers: Option<Spanned<IgnoredAny>>,
     device_ids: Option<Spanned<IgnoredAny>>,
     require_gpu: Option<Spanned<IgnoredAny>>,
-    devices: Option<Spanned<IgnoredAny>>,
+    devices: Option<BTreeMap<i32, Spanned<DeviceLines>>>,
+}
+
+#[derive(Default, Deserialize)]
+struct DeviceLines {
+    models: Option<Spanned<IgnoredAny>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -630,12 +635,30 @@ fn key_line(text: &str, key: &str) -> Option<u64> {
         "execution.providers" => exec.providers,
         "execution.device_ids" => exec.device_ids,
         "execution.require_gpu" => exec.require_gpu,
-        k if k.starts_with("execution.devices") => exec.devices,
+        k if k.starts_with("execution.devices.") => device_line(exec.devices?, k),
         "daemon.hang_seconds" => lines.daemon.unwrap_or_default().hang_seconds,
         k if k.starts_with("models") => lines.models,
         _ => None,
     }?;
     Some(spanned.referenced.line()).filter(|l| *l > 0)
+}
+
+/// The line of `execution.devices.<id>` or `execution.devices.<id>.models`.
+fn device_line(
+    mut devices: BTreeMap<i32, Spanned<DeviceLines>>,
+    key: &str,
+) -> Option<Spanned<IgnoredAny>> {
+    let rest = key.strip_prefix("execution.devices.")?;
+    let (id, field) = rest.split_once('.').unwrap_or((rest, ""));
+    let entry = devices.remove(&id.parse().ok()?)?;
+    match field {
+        "models" => entry.value.models,
+        _ => Some(Spanned {
+            value: IgnoredAny,
+            referenced: entry.referenced,
+            defined: entry.defined,
+        }),
+    }
 }
 
 /// Model names end up in log lines, manifests and file names: keep them plain.
@@ -646,4 +669,78 @@ pub fn valid_model_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         && !name.starts_with('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODELS: &str = "models:\n  sd:\n    path: /m/sd\n  xl:\n    path: /m/xl\n  other:\n    path: /m/other\ndefault_model: sd\n";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(
+            &format!("{MODELS}{text}"),
+            Path::new("/etc/sdspool/config.yaml"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_device_serves_the_models_it_lists_and_one_without_a_list_serves_all() {
+        let c = parse(
+            "execution:\n  device_ids: [0, 1, 2]\n  devices:\n    0:\n      models: [xl]\n    1:\n      models: [sd, other]\n    2: {}\n",
+        )
+        .unwrap();
+        assert!(c.serves(0, "xl") && !c.serves(0, "sd"));
+        assert_eq!(c.models_of(1), ["other", "sd"]);
+        assert_eq!(c.models_of(2), ["other", "sd", "xl"]);
+        assert!(!c.serves(2, "unknown"), "only configured models");
+        // Without `devices`, every device serves every model.
+        let all = parse("").unwrap();
+        assert!(all.execution.devices.is_empty());
+        assert_eq!(all.models_of(0), ["other", "sd", "xl"]);
+    }
+
+    #[test]
+    fn device_settings_are_checked_naming_the_key_and_line() {
+        let cases = [
+            (
+                "execution:\n  device_ids: [0]\n  devices:\n    0:\n      models: [sdxl]\n",
+                &[
+                    "`execution.devices.0.models`",
+                    "line 13",
+                    "names `sdxl`, which is not under `models:` (configured: other, sd, xl)",
+                ][..],
+            ),
+            (
+                "execution:\n  device_ids: [0]\n  devices:\n    1:\n      models: [sd]\n",
+                &[
+                    "`execution.devices.1`",
+                    "configures device 1, which is not in `execution.device_ids` (0)",
+                ][..],
+            ),
+            (
+                "execution:\n  devices:\n    0:\n      models: []\n",
+                &["`execution.devices.0.models` is empty"][..],
+            ),
+            (
+                "execution:\n  devices:\n    0:\n      models: [sd, sd]\n",
+                &["lists `sd` twice"][..],
+            ),
+            (
+                "execution:\n  devices:\n    0:\n      modles: [sd]\n",
+                &["modles", "unknown field"][..],
+            ),
+            (
+                "daemon:\n  hang_seconds: 0\n",
+                &["`daemon.hang_seconds` is 0", "line 10"][..],
+            ),
+        ];
+        for (text, needles) in cases {
+            let err = parse(text).unwrap_err();
+            for n in needles {
+                assert!(err.contains(n), "expected {n:?} for\n{text}\nin: {err}");
+            }
+        }
+    }
 }
