@@ -74,3 +74,15 @@ fn the_service_config_example_parses() {
     assert_eq!(c.spool.dir, std::path::Path::new("/var/lib/sdspool/spool"));
     assert!(c.daemon.grace_seconds < 120, "below TimeoutStopSec");
 }
+
+#[test]
+fn reload_sends_sighup_which_the_daemon_handles() {
+    let unit = std::fs::read_to_string(common::root().join("systemd/sdspool.service")).unwrap();
+    // `systemctl reload` must not kill the daemon: SIGHUP re-reads its configuration (tested in
+    // tests/daemon.rs), so the unit sends exactly that.
+    assert!(
+        unit.lines()
+            .any(|l| l == "ExecReload=/bin/kill -HUP $MAINPID"),
+        "ExecReload missing"
+    );
+}
