@@ -103,6 +103,9 @@ pub struct ExecutionConfig {
     /// GPU device ids; one worker per id.
     #[serde(default = "default_device_ids")]
     pub device_ids: Vec<i32>,
+    /// Settings of single devices of `device_ids` (which models their worker serves), by id.
+    #[serde(default)]
+    pub devices: BTreeMap<i32, DeviceConfig>,
     /// Refuse to start when no GPU provider really serves the models.
     #[serde(default)]
     pub require_gpu: bool,
@@ -134,6 +137,7 @@ impl Default for ExecutionConfig {
         ExecutionConfig {
             providers: default_providers(),
             device_ids: default_device_ids(),
+            devices: BTreeMap::new(),
             require_gpu: false,
             intra_threads: 0,
             inter_threads: 0,
@@ -144,6 +148,16 @@ impl Default for ExecutionConfig {
             cuda: CudaConfig::default(),
         }
     }
+}
+
+/// `execution.devices.<id>:` section: the worker of one device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The models this device's worker loads and renders (names under `models:`); every
+    /// configured model when absent.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
 }
 
 fn default_output_dir() -> PathBuf {
@@ -248,11 +262,20 @@ pub struct DaemonConfig {
     /// After SIGTERM or SIGINT, how long running jobs may take to finish before they are stopped
     /// at their next step (and resumed on the next start).
     pub grace_seconds: u64,
+    /// A worker that shows no sign of life for this long (no denoising step while it renders, no
+    /// turn of its loop while it waits for work) is hung: the daemon stops pinging the systemd
+    /// watchdog, so systemd restarts it. Must exceed the longest step between two denoising
+    /// steps (a VAE decode, CLIP scoring of a batch). Default: systemd's watchdog period
+    /// (`WatchdogSec`), or 300 s without a watchdog.
+    pub hang_seconds: Option<u64>,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        DaemonConfig { grace_seconds: 60 }
+        DaemonConfig {
+            grace_seconds: 60,
+            hang_seconds: None,
+        }
     }
 }
 
@@ -486,7 +509,79 @@ impl Config {
                 format!("contains {id}; device ids are 0 or greater"),
             ));
         }
+        self.check_devices()?;
+        if self.daemon.hang_seconds == Some(0) {
+            return Err(self.invalid(
+                "daemon.hang_seconds",
+                "is 0: give the seconds without progress after which a worker counts as hung",
+            ));
+        }
         Ok(())
+    }
+
+    /// `execution.devices`: each entry names a device of `device_ids` and models under `models:`.
+    fn check_devices(&self) -> Result<(), (String, String)> {
+        for (id, device) in &self.execution.devices {
+            let key = format!("execution.devices.{id}");
+            if !self.execution.device_ids.contains(id) {
+                return Err(self.invalid(
+                    &key,
+                    format!(
+                        "configures device {id}, which is not in `execution.device_ids` ({})",
+                        join(self.execution.device_ids.iter())
+                    ),
+                ));
+            }
+            let Some(models) = &device.models else {
+                continue;
+            };
+            let key = format!("{key}.models");
+            if models.is_empty() {
+                return Err(self.invalid(
+                    &key,
+                    "is empty: list the models this device serves, or leave `models` out for all",
+                ));
+            }
+            for (i, name) in models.iter().enumerate() {
+                if models[..i].contains(name) {
+                    return Err(self.invalid(&key, format!("lists `{name}` twice")));
+                }
+                if !self.models.contains_key(name) {
+                    return Err(self.invalid(
+                        &key,
+                        format!(
+                            "names `{name}`, which is not under `models:` (configured: {})",
+                            join(self.models.keys())
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the worker of `device` serves `model`: loads it and renders its jobs. A device
+    /// serves the models its `execution.devices` entry lists, or every configured model.
+    pub fn serves(&self, device: i32, model: &str) -> bool {
+        self.models.contains_key(model)
+            && match self
+                .execution
+                .devices
+                .get(&device)
+                .and_then(|d| d.models.as_ref())
+            {
+                Some(models) => models.iter().any(|m| m == model),
+                None => true,
+            }
+    }
+
+    /// The names of the models the worker of `device` serves, in `models:` order.
+    pub fn models_of(&self, device: i32) -> Vec<&str> {
+        self.models
+            .keys()
+            .map(String::as_str)
+            .filter(|m| self.serves(device, m))
+            .collect()
     }
 
     /// The model a job gets when it names none.
@@ -504,12 +599,18 @@ impl Config {
     }
 }
 
+/// `a, b, c`.
+fn join<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
 /// The keys [`Config::check`] can complain about, with where they are in the file.
 #[derive(Default, Deserialize)]
 struct KeyLines {
     default_model: Option<Spanned<IgnoredAny>>,
     models: Option<Spanned<IgnoredAny>>,
     execution: Option<ExecutionLines>,
+    daemon: Option<DaemonLines>,
 }
 
 #[derive(Default, Deserialize)]
@@ -517,6 +618,17 @@ struct ExecutionLines {
     providers: Option<Spanned<IgnoredAny>>,
     device_ids: Option<Spanned<IgnoredAny>>,
     require_gpu: Option<Spanned<IgnoredAny>>,
+    devices: Option<BTreeMap<i32, Spanned<DeviceLines>>>,
+}
+
+#[derive(Default, Deserialize)]
+struct DeviceLines {
+    models: Option<Spanned<IgnoredAny>>,
+}
+
+#[derive(Default, Deserialize)]
+struct DaemonLines {
+    hang_seconds: Option<Spanned<IgnoredAny>>,
 }
 
 /// The line of a dotted key (`execution.providers`, `models.NAME`) in the config text.
@@ -528,10 +640,30 @@ fn key_line(text: &str, key: &str) -> Option<u64> {
         "execution.providers" => exec.providers,
         "execution.device_ids" => exec.device_ids,
         "execution.require_gpu" => exec.require_gpu,
+        k if k.starts_with("execution.devices.") => device_line(exec.devices?, k),
+        "daemon.hang_seconds" => lines.daemon.unwrap_or_default().hang_seconds,
         k if k.starts_with("models") => lines.models,
         _ => None,
     }?;
     Some(spanned.referenced.line()).filter(|l| *l > 0)
+}
+
+/// The line of `execution.devices.<id>` or `execution.devices.<id>.models`.
+fn device_line(
+    mut devices: BTreeMap<i32, Spanned<DeviceLines>>,
+    key: &str,
+) -> Option<Spanned<IgnoredAny>> {
+    let rest = key.strip_prefix("execution.devices.")?;
+    let (id, field) = rest.split_once('.').unwrap_or((rest, ""));
+    let entry = devices.remove(&id.parse().ok()?)?;
+    match field {
+        "models" => entry.value.models,
+        _ => Some(Spanned {
+            value: IgnoredAny,
+            referenced: entry.referenced,
+            defined: entry.defined,
+        }),
+    }
 }
 
 /// Model names end up in log lines, manifests and file names: keep them plain.
@@ -542,4 +674,78 @@ pub fn valid_model_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         && !name.starts_with('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODELS: &str = "models:\n  sd:\n    path: /m/sd\n  xl:\n    path: /m/xl\n  other:\n    path: /m/other\ndefault_model: sd\n";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(
+            &format!("{MODELS}{text}"),
+            Path::new("/etc/sdspool/config.yaml"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_device_serves_the_models_it_lists_and_one_without_a_list_serves_all() {
+        let c = parse(
+            "execution:\n  device_ids: [0, 1, 2]\n  devices:\n    0:\n      models: [xl]\n    1:\n      models: [sd, other]\n    2: {}\n",
+        )
+        .unwrap();
+        assert!(c.serves(0, "xl") && !c.serves(0, "sd"));
+        assert_eq!(c.models_of(1), ["other", "sd"]);
+        assert_eq!(c.models_of(2), ["other", "sd", "xl"]);
+        assert!(!c.serves(2, "unknown"), "only configured models");
+        // Without `devices`, every device serves every model.
+        let all = parse("").unwrap();
+        assert!(all.execution.devices.is_empty());
+        assert_eq!(all.models_of(0), ["other", "sd", "xl"]);
+    }
+
+    #[test]
+    fn device_settings_are_checked_naming_the_key_and_line() {
+        let cases = [
+            (
+                "execution:\n  device_ids: [0]\n  devices:\n    0:\n      models: [sdxl]\n",
+                &[
+                    "`execution.devices.0.models`",
+                    "line 13",
+                    "names `sdxl`, which is not under `models:` (configured: other, sd, xl)",
+                ][..],
+            ),
+            (
+                "execution:\n  device_ids: [0]\n  devices:\n    1:\n      models: [sd]\n",
+                &[
+                    "`execution.devices.1`",
+                    "configures device 1, which is not in `execution.device_ids` (0)",
+                ][..],
+            ),
+            (
+                "execution:\n  devices:\n    0:\n      models: []\n",
+                &["`execution.devices.0.models` is empty"][..],
+            ),
+            (
+                "execution:\n  devices:\n    0:\n      models: [sd, sd]\n",
+                &["lists `sd` twice"][..],
+            ),
+            (
+                "execution:\n  devices:\n    0:\n      modles: [sd]\n",
+                &["modles", "unknown field"][..],
+            ),
+            (
+                "daemon:\n  hang_seconds: 0\n",
+                &["`daemon.hang_seconds` is 0", "line 10"][..],
+            ),
+        ];
+        for (text, needles) in cases {
+            let err = parse(text).unwrap_err();
+            for n in needles {
+                assert!(err.contains(n), "expected {n:?} for\n{text}\nin: {err}");
+            }
+        }
+    }
 }

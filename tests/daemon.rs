@@ -19,6 +19,11 @@ struct Env {
 
 impl Env {
     fn new(grace_seconds: u64) -> Env {
+        Env::with(grace_seconds, |yaml| yaml)
+    }
+
+    /// [`Env::new`] with its config.yaml text changed by `edit`.
+    fn with(grace_seconds: u64, edit: impl FnOnce(String) -> String) -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         let lib =
@@ -26,7 +31,7 @@ impl Env {
         let config = root.join("config.yaml");
         std::fs::write(
             &config,
-            format!(
+            edit(format!(
                 "onnxruntime:\n  library: {lib}\nspool:\n  dir: {root}/spool\n  rescan_seconds: 1\n  settle_seconds: 0\noutput_dir: {root}/output\n\
                  daemon:\n  grace_seconds: {grace_seconds}\ndefaults:\n  width: 64\n  height: 64\n  steps: 4\n  candidates: 2\n\
                  default_model: tiny-sd\nmodels:\n  tiny-sd:\n    path: {sd}\nrerank:\n  model: {clip}\n",
@@ -34,7 +39,7 @@ impl Env {
                 root = root.display(),
                 sd = common::model_dir("tiny-sd").display(),
                 clip = common::model_dir("tiny-clip").display(),
-            ),
+            )),
         )
         .unwrap();
         Env {
@@ -49,6 +54,11 @@ impl Env {
     }
 
     fn start(&self, args: &[&str]) -> Running {
+        self.start_with(args, &[])
+    }
+
+    /// [`Env::start`] with more environment variables.
+    fn start_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Running {
         Running::spawn(
             Command::new(env!("CARGO_BIN_EXE_sdspool"))
                 .arg("--config")
@@ -56,6 +66,7 @@ impl Env {
                 .arg("run")
                 .args(args)
                 .env("SDSPOOL_LOG", "info")
+                .envs(vars.iter().copied())
                 .stdout(Stdio::null()),
         )
     }
@@ -281,4 +292,280 @@ fn sigterm_during_a_long_job_exits_0_within_the_grace_period_and_the_job_resumes
     let log = stderr_of(&mut again);
     assert!(status.success(), "{log}");
     assert!(env.spool("done").join("slow.yaml").exists(), "{log}");
+}
+
+/// A stand-in for systemd's notification socket: the datagrams the daemon sends to
+/// `$NOTIFY_SOCKET`, read on a thread as they come (as systemd does: a full socket would block
+/// the daemon's sends).
+struct NotifySocket {
+    path: PathBuf,
+    /// Each datagram with when it came.
+    messages: std::sync::mpsc::Receiver<(Instant, String)>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl NotifySocket {
+    fn bind(dir: &std::path::Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let (tx, messages) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let _ = tx.send((Instant::now(), text));
+                }
+            }
+        });
+        NotifySocket {
+            path,
+            messages,
+            stop,
+        }
+    }
+
+    fn var(&self) -> (&'static str, &str) {
+        ("NOTIFY_SOCKET", self.path.to_str().unwrap())
+    }
+
+    /// The next datagram and when it came, `None` after 100 ms without one.
+    fn recv_timed(&self) -> Option<(Instant, String)> {
+        self.messages.recv_timeout(Duration::from_millis(100)).ok()
+    }
+
+    fn recv(&self) -> Option<String> {
+        self.recv_timed().map(|(_, m)| m)
+    }
+
+    /// Reads datagrams until one has the line `line`; panics after `timeout`.
+    fn wait_for(&self, line: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(message) = self.recv()
+                && message.lines().any(|l| l == line)
+            {
+                return message;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no {line} from the daemon within {timeout:?}"
+            );
+        }
+    }
+}
+
+fn result_of(env: &Env, name: &str) -> String {
+    std::fs::read_to_string(env.spool("done").join(format!("{name}.result.yaml"))).unwrap()
+}
+
+#[test]
+fn sighup_rereads_defaults_keeps_the_running_config_when_the_file_is_broken_and_sigusr1_logs_a_summary()
+ {
+    let env = Env::new(30);
+    let notify = NotifySocket::bind(&env.root);
+    let mut daemon = env.start_with(&[], &[notify.var()]);
+    notify.wait_for("READY=1", Duration::from_secs(120));
+
+    // The defaults change: jobs that start from now get one candidate instead of two.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text.replace("  candidates: 2\n", "  candidates: 1\n"),
+    )
+    .unwrap();
+    signal(&daemon, "HUP");
+    notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    notify.wait_for("READY=1", Duration::from_secs(10));
+    env.submit("one.yaml", "prompts: [a cat]\nseed: 1\n");
+    wait_for("one in done/", Duration::from_secs(60), || {
+        env.spool("done").join("one.yaml").exists()
+    });
+    assert!(result_of(&env, "one").contains("images: 1"));
+
+    // A broken file is reported and the running configuration kept.
+    std::fs::write(&env.config, "models: [not, a, mapping]\n").unwrap();
+    signal(&daemon, "HUP");
+    notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    notify.wait_for("READY=1", Duration::from_secs(10));
+    signal(&daemon, "USR1");
+    env.submit("two.yaml", "prompts: [a dog]\nseed: 2\n");
+    wait_for("two in done/", Duration::from_secs(60), || {
+        env.spool("done").join("two.yaml").exists()
+    });
+    assert!(result_of(&env, "two").contains("images: 1"));
+
+    signal(&daemon, "TERM");
+    let status = wait_exit(&mut daemon, Duration::from_secs(30));
+    let log = stderr_of(&mut daemon);
+    assert!(status.success(), "exit {status:?}\n{log}");
+    for needle in [
+        "configuration re-read (SIGHUP)",
+        "cannot re-read the configuration (SIGHUP); keeping the running one",
+        "status (SIGUSR1)",
+        "worker status (SIGUSR1)",
+    ] {
+        assert!(log.contains(needle), "{needle:?} missing:\n{log}");
+    }
+}
+
+/// Needs the stall hook, which only debug builds have.
+#[cfg(debug_assertions)]
+#[test]
+fn the_watchdog_stops_when_one_of_two_workers_hangs_while_the_other_works() {
+    let env = Env::with(1, |yaml| {
+        yaml.replace("daemon:\n", "daemon:\n  hang_seconds: 2\n")
+            + "execution:\n  device_ids: [0, 1]\n"
+    });
+    let notify = NotifySocket::bind(&env.root);
+    let mut daemon = env.start_with(
+        &[],
+        &[
+            notify.var(),
+            ("WATCHDOG_USEC", "1000000"),
+            ("SDSPOOL_TEST_STALL_DEVICE", "1"),
+        ],
+    );
+    notify.wait_for("READY=1", Duration::from_secs(120));
+    notify.wait_for("WATCHDOG=1", Duration::from_secs(10));
+    // Worker 1 stalls in the first job it takes; worker 0 renders the others and then waits
+    // for work, beating all along.
+    for name in ["a", "b", "c"] {
+        env.submit(
+            &format!("{name}.yaml"),
+            "prompts: [one, two, three]\ncandidates: 2\nsteps: 8\nseed: 4\n",
+        );
+    }
+    let done = || {
+        names(&env.spool("done"))
+            .iter()
+            .filter(|n| n.ends_with(".result.yaml"))
+            .count()
+    };
+    wait_for(
+        "two jobs done by the working worker",
+        Duration::from_secs(120),
+        || done() == 2,
+    );
+    // From now on no WATCHDOG=1 for well over the hang limit and a ping interval.
+    let start = Instant::now();
+    let mut last_ping = Instant::now();
+    while last_ping.elapsed() < Duration::from_secs(5) {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the watchdog is still pinged while a worker hangs"
+        );
+        if let Some((at, message)) = notify.recv_timed()
+            && message.lines().any(|l| l == "WATCHDOG=1")
+        {
+            last_ping = at;
+        }
+    }
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon is up");
+    assert_eq!(done(), 2, "the stalled job did not finish");
+
+    // SIGTERM: the grace period ends, the stalled job is stopped and stays for the next start.
+    signal(&daemon, "TERM");
+    let status = wait_exit(&mut daemon, Duration::from_secs(30));
+    let log = stderr_of(&mut daemon);
+    assert!(status.success(), "exit {status:?}\n{log}");
+    let hung: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("worker shows no progress: hung"))
+        .collect();
+    assert!(
+        hung.len() == 1 && hung[0].contains("device=1") && hung[0].contains("state=rendering"),
+        "{log}"
+    );
+    assert_eq!(
+        names(&env.spool("running"))
+            .iter()
+            .filter(|n| n.ends_with(".yaml"))
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
+fn each_device_renders_only_the_models_it_serves_and_a_model_no_device_serves_fails_at_claim() {
+    let model = |name: &str| {
+        format!(
+            "  {name}:\n    path: {}\n",
+            common::model_dir(name).display()
+        )
+    };
+    let env = Env::with(30, |yaml| {
+        yaml.replace(
+            "models:\n",
+            &format!("models:\n{}{}", model("tiny-sd-v"), model("tiny-sd-fp16")),
+        ) + "execution:\n  device_ids: [0, 1]\n  devices:\n    0:\n      models: [tiny-sd]\n    1:\n      models: [tiny-sd-v]\n"
+    });
+    let jobs = [
+        ("a", "tiny-sd"),
+        ("b", "tiny-sd-v"),
+        ("c", "tiny-sd-fp16"),
+        ("d", "tiny-sd-v"),
+        ("e", "tiny-sd"),
+        ("f", "tiny-sd-v"),
+    ];
+    for (i, (name, model)) in jobs.iter().enumerate() {
+        env.submit(
+            &format!("{name}.yaml"),
+            &format!("model: {model}\nprompts: [a cat]\ncandidates: 1\nseed: {i}\n"),
+        );
+    }
+    let mut daemon = env.start(&["--until-idle"]);
+    let status = wait_exit(&mut daemon, Duration::from_secs(180));
+    let log = stderr_of(&mut daemon);
+    assert!(status.success(), "exit {status:?}\n{log}");
+
+    // Each worker loaded its own model only.
+    let loaded: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("model loaded") && !l.contains("rerank"))
+        .collect();
+    assert_eq!(loaded.len(), 2, "{loaded:?}");
+    assert!(
+        loaded
+            .iter()
+            .any(|l| l.contains("model=tiny-sd ") && l.contains("device=0"))
+            && loaded
+                .iter()
+                .any(|l| l.contains("model=tiny-sd-v ") && l.contains("device=1")),
+        "{loaded:?}"
+    );
+    // Every job ran on the device that serves its model, once.
+    for (name, model) in jobs.iter().filter(|(n, _)| *n != "c") {
+        assert!(result_of(&env, name).contains(&format!("model: {model}")));
+        let device = if *model == "tiny-sd" { 0 } else { 1 };
+        let starts: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("job{{job={name}}}")) && l.contains("starting job"))
+            .collect();
+        assert!(
+            starts.len() == 1 && starts[0].contains(&format!("device={device}")),
+            "{name}: {starts:?}"
+        );
+    }
+    // The job for a configured model that no device serves fails at claim, naming the field.
+    let error = std::fs::read_to_string(env.spool("failed").join("c.error.yaml")).unwrap();
+    assert!(
+        error.contains("step: claim")
+            && error.contains("field: model")
+            && error.contains("no device of this daemon serves it"),
+        "{error}"
+    );
+    assert!(names(&env.spool("running")).is_empty() && names(&env.spool("incoming")).is_empty());
 }

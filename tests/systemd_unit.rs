@@ -444,3 +444,15 @@ fn the_shipped_layout_lets_the_submit_group_use_the_commands_and_the_daemon_act_
     assert!(common::names(&s.spool("control/cancel")).is_empty());
     assert!(common::names(&s.spool("running")).is_empty());
 }
+
+#[test]
+fn reload_sends_sighup_which_the_daemon_handles() {
+    let unit = std::fs::read_to_string(common::root().join("systemd/sdspool.service")).unwrap();
+    // `systemctl reload` must not kill the daemon: SIGHUP re-reads its configuration (tested in
+    // tests/daemon.rs), so the unit sends exactly that.
+    assert!(
+        unit.lines()
+            .any(|l| l == "ExecReload=/bin/kill -HUP $MAINPID"),
+        "ExecReload missing"
+    );
+}

@@ -1,6 +1,7 @@
 //! Telling systemd what the daemon is doing (`Type=notify`): READY=1 once the models are
-//! loaded, STATUS= with the current job and step, WATCHDOG=1 while work progresses,
-//! EXTEND_TIMEOUT_USEC= during long model loads, STOPPING=1 on shutdown. Outside systemd
+//! loaded, STATUS= with the current job and step, WATCHDOG=1 while every worker shows progress,
+//! EXTEND_TIMEOUT_USEC= during long model loads, RELOADING=1 then READY=1 around a SIGHUP
+//! reload, STOPPING=1 on shutdown. Outside systemd
 //! (no `NOTIFY_SOCKET`) every call does nothing.
 
 use std::time::Duration;
@@ -19,6 +20,14 @@ pub fn ready(status: &str) {
 
 pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
+}
+
+/// The configuration is being re-read (SIGHUP); [`ready`] ends the reload.
+pub fn reloading(status: &str) {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now, NotifyState::Status(status)]),
+        Err(e) => tracing::warn!(error = %e, "cannot read the monotonic clock for systemd"),
+    }
 }
 
 pub fn stopping(status: &str) {

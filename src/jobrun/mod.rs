@@ -87,16 +87,11 @@ impl JobRunError {
     /// A failed write of the output: [`JobRunError::Storage`] for a full, read-only or
     /// unwritable folder, else [`JobRunError::Output`].
     pub fn writing(step: String, e: &std::io::Error) -> JobRunError {
-        use std::io::ErrorKind as K;
-        let kind = e.kind();
-        if matches!(
-            kind,
-            K::StorageFull | K::QuotaExceeded | K::ReadOnlyFilesystem | K::PermissionDenied
-        ) {
+        if crate::output::atomic::is_storage_unavailable(e) {
             JobRunError::Storage {
                 step,
                 message: e.to_string(),
-                kind,
+                kind: e.kind(),
             }
         } else {
             JobRunError::Output {

@@ -144,6 +144,18 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Whether a failed write says the storage cannot take files now: the disk is full, the quota
+/// used up, the file system read-only, or the folder not writable for this user (ENOSPC,
+/// EDQUOT, EROFS, EACCES, EPERM). Not the fault of what was written, so writing again later
+/// can work. The one place this rule lives: job runs and the daemon's filing both ask here.
+pub fn is_storage_unavailable(e: &io::Error) -> bool {
+    use io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull | K::QuotaExceeded | K::ReadOnlyFilesystem | K::PermissionDenied
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
