@@ -161,11 +161,12 @@ def text_config(tok, hidden: int, act: str, layers: int = 2, heads: int = 4, int
     )
 
 
-def vae_model():
+def vae_model(**overrides):
+    """The tiny 4-level AutoencoderKL; `overrides` replace config values (e.g. SDXL's scaling_factor)."""
     from diffusers import AutoencoderKL
 
     # 4 levels -> 3 downsamplings -> VAE scale factor 8, as SD's VAE.
-    return AutoencoderKL(
+    config = dict(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -178,10 +179,13 @@ def vae_model():
         sample_size=64,
         scaling_factor=0.18215,
     )
+    return AutoencoderKL(**{**config, **overrides})
 
 
-def sd_pipeline(variant: str, seed: int, workdir: Path):
-    """Assemble a random-weight StableDiffusionPipeline (variant 'sd1' or 'sd2v')."""
+def sd_pipeline(variant: str, seed: int, workdir: Path, unet_extra: dict | None = None):
+    """Assemble a random-weight StableDiffusionPipeline (variant 'sd1' or 'sd2v').
+
+    `unet_extra` adds or replaces UNet config values (e.g. time_cond_proj_dim for an LCM-distilled UNet)."""
     from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -219,7 +223,7 @@ def sd_pipeline(variant: str, seed: int, workdir: Path):
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=hidden,
-        **unet_kw,
+        **{**unet_kw, **(unet_extra or {})},
     )
     torch.manual_seed(seed + 1)
     vae = vae_model()

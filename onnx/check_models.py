@@ -116,6 +116,10 @@ def sd_expected(folder: Path, lat_hw):
     }
 
 
+def sd_layout(folder: Path) -> bool:
+    return json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+
+
 def check_sd(folder: Path, seed=0):
     print(f"\n== {folder.name}: SD pipeline, ORT CPU on dummy inputs")
     unet_cfg = cfg(folder, "unet")
@@ -289,7 +293,8 @@ def main(argv=None) -> int:
         return 0
 
     print_signatures(root, markdown=False)
-    sd = [d for d in sorted(root.iterdir()) if (d / "model_index.json").is_file()]
+    # SD 1.x/2.x folders; the SDXL, refiner, Turbo and LCM ones (build_sdxl_models.py) are run by golden_sdxl.py.
+    sd = [d for d in sorted(root.iterdir()) if (d / "model_index.json").is_file() and sd_layout(d)]
     for d in sd:
         check_sd(d)
         pad = json.loads((d / "tokenizer" / "tokenizer_config.json").read_text())["pad_token"]

@@ -74,6 +74,7 @@ class NoiseRecorder:
                 diffusers.schedulers.scheduling_unipc_multistep,
                 diffusers.schedulers.scheduling_lms_discrete,
                 diffusers.schedulers.scheduling_pndm,
+                diffusers.schedulers.scheduling_lcm,  # used by onnx/golden_sdxl.py
             )
             if hasattr(m, "randn_tensor")
         ]

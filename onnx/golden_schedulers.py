@@ -26,6 +26,13 @@ file also records which steps draw noise.
 
 Per case, cases/<name>.npy holds a [3, 2, 4, 8, 8] float32 array: the scaled model
 input of the first UNet call, the latents after the first step, the final latents.
+
+LCMScheduler (issue 18) is written apart, to lcm.json and lcm/<name>.npy, with the same initial
+latents, noise bank and synthetic model: lcm/<name>.npy is [steps, 2, 2, 4, 8, 8], per step the
+`denoised` prediction (what the LCM pipeline decodes after the last step) and `prev_sample`
+(the next step's input: denoised re-noised to the next timestep with a fresh noise draw, or
+denoised itself after the last step). LCMScheduler's scale_model_input is the identity and its
+init_noise_sigma 1, so the first model input is init_latents.
 """
 
 import json
@@ -40,6 +47,7 @@ import torch
 import diffusers
 from diffusers import (
     DDIMScheduler,
+    LCMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -54,6 +62,7 @@ from diffusers.schedulers import (
     scheduling_dpmsolver_multistep,
     scheduling_euler_ancestral_discrete,
     scheduling_euler_discrete,
+    scheduling_lcm,
     scheduling_lms_discrete,
     scheduling_pndm,
     scheduling_unipc_multistep,
@@ -250,6 +259,39 @@ CONFIGS = [
     ("unipc_sd15_final_sigma_min", "unipc", sd15(final_sigmas_type="sigma_min"), {}),
 ]
 
+# SDXL base's scheduler_config.json (stabilityai/stable-diffusion-xl-base-1.0).
+SDXL = {
+    "_class_name": "EulerDiscreteScheduler",
+    "_diffusers_version": "0.19.0.dev0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
+# LCMScheduler cases: (case prefix, config). LCM-LoRA users build it with
+# LCMScheduler.from_config(pipe.scheduler.config), hence the SD 1.5 / SDXL / SD 2.1 ones.
+LCM_CONFIGS = [
+    ("lcm_defaults", {}),  # the class defaults: SD betas, original_inference_steps 50, timestep_scaling 10
+    ("lcm_sd15", sd15()),
+    ("lcm_sdxl", SDXL),
+    ("lcm_sd21v", sd21v()),  # v_prediction
+    ("lcm_sample_clip05", {"prediction_type": "sample", "clip_sample": True, "clip_sample_range": 0.5}),
+    # zero terminal SNR needs v-prediction (epsilon divides by sqrt(alphas_cumprod[999]) = 0)
+    ("lcm_v_zsnr_orig25_scaling5", sd21v(rescale_betas_zero_snr=True, original_inference_steps=25, timestep_scaling=5.0)),
+]
+LCM_STEPS = (1, 3, 4, 8)
+
 # One add_noise golden per scheduler: (name, kind, config, steps, step_index).
 ADD_NOISE = [
     ("add_noise_ddim", "ddim", sd15(), 20, 5),
@@ -311,6 +353,7 @@ NOISE_MODULES = [
     scheduling_lms_discrete,
     scheduling_pndm,
     scheduling_unipc_multistep,
+    scheduling_lcm,
 ]
 
 
@@ -361,6 +404,82 @@ def run_case(kind, config, steps, extra, init, bank):
         "noise_steps": feeder.steps,
         "arrays": np.stack([first_input, after_first, final]).astype(np.float32),
     }
+
+
+def run_lcm_case(config, steps, init, bank):
+    """The LCM loop of LatentConsistencyModelPipeline with the synthetic model: per step the
+    denoised prediction and the next sample, plus the boundary-condition scalings."""
+    sched = LCMScheduler.from_config(config)
+    sched.set_timesteps(steps)
+    latents = torch.from_numpy(init.copy()) * sched.init_noise_sigma
+    feeder = NoiseFeeder(bank)
+    install_feeder(feeder)
+    per_step, scalings = [], []
+    for i, t in enumerate(sched.timesteps):
+        feeder.current_step = i
+        model_input = sched.scale_model_input(latents, t)
+        assert torch.equal(model_input, latents)
+        out = torch.from_numpy(synthetic_model(model_input.numpy(), as_float(t)))
+        c_skip, c_out = sched.get_scalings_for_boundary_condition_discrete(t)
+        scalings.append([as_float(c_skip), as_float(c_out)])
+        latents, denoised = sched.step(out, t, latents, return_dict=False)
+        assert latents.dtype == torch.float32 and denoised.dtype == torch.float32
+        per_step.append(np.stack([denoised.numpy(), latents.numpy()]))
+    arrays = np.stack(per_step).astype(np.float32)
+    assert np.all(np.isfinite(arrays)), "non-finite values"
+    assert np.array_equal(arrays[-1, 0], arrays[-1, 1]), "the last step returns denoised"
+    return {
+        "timesteps": [as_float(t) for t in sched.timesteps],
+        "init_noise_sigma": as_float(sched.init_noise_sigma),
+        "noise_steps": feeder.steps,
+        "scalings": scalings,
+        "arrays": arrays,
+    }
+
+
+def write_lcm(init, bank):
+    """lcm.json and lcm/<name>.npy (see the module docstring)."""
+    lcm_dir = OUT / "lcm"
+    lcm_dir.mkdir(exist_ok=True)
+    for old in lcm_dir.glob("*.npy"):
+        old.unlink()
+    cases = []
+    for prefix, config in LCM_CONFIGS:
+        for steps in LCM_STEPS:
+            name = f"{prefix}_{steps}"
+            result = run_lcm_case(config, steps, init, bank)
+            file = f"lcm/{name}.npy"
+            np.save(OUT / file, result["arrays"])
+            cases.append(
+                {
+                    "name": name,
+                    "kind": "lcm",
+                    "class_name": "LCMScheduler",
+                    "config": config,
+                    "steps": steps,
+                    "timesteps": result["timesteps"],
+                    "init_noise_sigma": result["init_noise_sigma"],
+                    "noise_steps": result["noise_steps"],
+                    "scalings_c_skip_c_out": result["scalings"],
+                    "file": file,
+                }
+            )
+            print(f"{name}: timesteps {result['timesteps']}, noise draws {len(result['noise_steps'])}")
+    index = {
+        "generator": "onnx/golden_schedulers.py",
+        "diffusers_version": diffusers.__version__,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "shape": list(SHAPE),
+        "init_latents": "init_latents.npy",
+        "noise_bank": "noise_bank.npy",
+        "arrays": "per step: [denoised, prev_sample], each of `shape`; the k-th noise draw is noise_bank[k]",
+        "cases": cases,
+    }
+    with open(OUT / "lcm.json", "w") as f:
+        json.dump(index, f, indent=1)
+        f.write("\n")
+    return len(cases)
 
 
 def main():
@@ -453,8 +572,9 @@ def main():
     with open(OUT / "index.json", "w") as f:
         json.dump(index, f, indent=1)
         f.write("\n")
+    n_lcm = write_lcm(init, bank)
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    print(f"{len(cases)} cases, {len(add_noise)} add_noise cases, {total / 1e6:.2f} MB in {OUT}")
+    print(f"{len(cases)} cases, {len(add_noise)} add_noise cases, {n_lcm} LCM cases, {total / 1e6:.2f} MB in {OUT}")
 
 
 if __name__ == "__main__":
