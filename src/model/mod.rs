@@ -4,7 +4,7 @@
 pub mod layout;
 pub mod signature;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::runtime::{LoadedSession, Runtime, RuntimeError};
 pub use layout::{LayoutError, ModelFolder, TokenizerFiles};
@@ -159,13 +159,4 @@ fn check_hidden_size(model: &str, text_encoder: &Part, unet: &Part) -> Result<()
         });
     }
     Ok(())
-}
-
-/// The folders of every configured model, by name.
-pub fn configured(config: &crate::config::Config) -> Vec<(String, PathBuf)> {
-    config
-        .models
-        .iter()
-        .map(|(name, m)| (name.clone(), m.path.clone()))
-        .collect()
 }

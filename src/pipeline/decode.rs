@@ -5,7 +5,7 @@ use image::RgbImage;
 use ndarray::{ArrayD, ArrayViewD, Axis, s};
 
 use super::PipelineError;
-use super::tensors::{extract_float, float_tensor, ort_err};
+use crate::runtime::tensors::{extract_float, float_tensor, ort_err};
 use crate::model::Part;
 
 /// Decodes `[n, 4, h, w]` latents one image at a time (fp16 VAE decoders have been seen to go

@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use ndarray::{ArrayD, ArrayViewD, Axis};
 
 use super::PipelineError;
-use super::tensors::{
+use crate::runtime::tensors::{
     extract_float, fill_float, float_tensor, float_tensor_from, ort_err, set_timestep,
     timestep_tensor,
 };

@@ -11,7 +11,6 @@
 
 pub mod decode;
 pub mod denoise;
-pub mod tensors;
 pub mod text;
 
 use std::ops::ControlFlow;
@@ -25,7 +24,7 @@ use crate::noise::{NoiseGenerator, RngKind};
 use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
 use crate::tokenizer::ClipTokenizer;
 pub use denoise::Step;
-pub use tensors::OrtCallError;
+pub use crate::runtime::tensors::OrtCallError;
 
 /// Why a render failed.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use ndarray::{ArrayD, Axis};
 
 use super::PipelineError;
-use super::tensors::{extract_float, int_tensor, ort_err};
+use crate::runtime::tensors::{extract_float, int_tensor, ort_err};
 use crate::model::Part;
 use crate::tokenizer::ClipTokenizer;
 

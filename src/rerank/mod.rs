@@ -35,7 +35,6 @@
 pub mod model;
 pub mod preprocess;
 pub mod resample;
-use crate::pipeline::tensors;
 
 use std::borrow::Cow;
 use std::num::NonZeroUsize;
@@ -44,7 +43,8 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 use serde::Deserialize;
 
-use crate::model::{Signature, SignatureError};
+use crate::runtime::signature::{Signature, SignatureError};
+use crate::runtime::tensors;
 use crate::runtime::{LoadedSession, Runtime, RuntimeError};
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
 use model::{Layout, RerankFolder, TextFeed, VisionFeed};
@@ -94,8 +94,12 @@ pub enum RerankError {
     Runtime(#[from] RuntimeError),
     #[error("rerank model: {0}")]
     Signature(#[from] SignatureError),
-    #[error("{}: ONNX Runtime failed: {message}", file.display())]
-    Run { file: PathBuf, message: String },
+    #[error("{}: ONNX Runtime failed: {source}", file.display())]
+    Run {
+        file: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
     #[error("{}: output '{output}' {problem}", file.display())]
     Output {
         file: PathBuf,
@@ -220,10 +224,10 @@ impl std::fmt::Debug for Reranker {
     }
 }
 
-fn run_err(file: &Path, e: impl std::fmt::Display) -> RerankError {
+fn run_err(file: &Path, source: ort::Error) -> RerankError {
     RerankError::Run {
         file: file.to_path_buf(),
-        message: e.to_string(),
+        source,
     }
 }
 

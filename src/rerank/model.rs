@@ -20,8 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::signature::{Port, PortChecker};
-use crate::model::{Elem, Signature, SignatureError};
+use crate::runtime::signature::{Elem, Port, PortChecker, Signature, SignatureError};
 
 /// Which files make up the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
