@@ -261,4 +261,3 @@ impl PortChecker<'_> {
             .join(", ")
     }
 }
-

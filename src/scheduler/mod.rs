@@ -136,7 +136,12 @@ pub const REGISTRY: [SchedulerNames; 9] = {
             "EulerAncestralDiscreteScheduler",
             "Euler a",
         ),
-        row(DpmPp2m, "dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M"),
+        row(
+            DpmPp2m,
+            "dpmpp_2m",
+            "DPMSolverMultistepScheduler",
+            "DPM++ 2M",
+        ),
         row(
             DpmPp2mKarras,
             "dpmpp_2m_karras",
