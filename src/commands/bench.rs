@@ -408,7 +408,7 @@ pub fn run(config: &Config, opts: &BenchOptions, started: Instant) -> anyhow::Re
     if remove_root {
         std::fs::remove_dir_all(&root)?;
     }
-    let guided = opts.guidance > 1.0;
+    let guided = crate::pipeline::is_guided(opts.guidance);
     let batch = job.max_batch as usize;
     Ok(BenchReport {
         sdspool_version: env!("CARGO_PKG_VERSION"),
