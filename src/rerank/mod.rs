@@ -79,14 +79,30 @@ fn default_batch_size() -> NonZeroUsize {
 /// Why a rerank model could not be loaded or run. Each names the file, and the field or key.
 #[derive(Debug, thiserror::Error)]
 pub enum RerankError {
-    #[error("rerank model {}: {problem}", folder.display())]
-    Folder { folder: PathBuf, problem: String },
+    #[error("rerank model {}: {source}", folder.display())]
+    Folder {
+        folder: PathBuf,
+        #[source]
+        source: model::FolderError,
+    },
     #[error("{}: {}{problem}", file.display(), if field.is_empty() { String::new() } else { format!("`{field}` ") })]
     Preprocessor {
         file: PathBuf,
         /// The key of preprocessor_config.json; empty for the file as a whole.
         field: String,
         problem: String,
+    },
+    #[error("{}: cannot read: {source}", file.display())]
+    PreprocessorRead {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: is not valid JSON: {source}", file.display())]
+    PreprocessorJson {
+        file: PathBuf,
+        #[source]
+        source: serde_json::Error,
     },
     #[error("rerank tokenizer: {0}")]
     Tokenizer(#[from] TokenizerError),
@@ -289,9 +305,9 @@ impl Reranker {
         cfg: &RerankConfig,
         device_id: i32,
     ) -> Result<Reranker, RerankError> {
-        let folder = RerankFolder::open(&cfg.model).map_err(|problem| RerankError::Folder {
+        let folder = RerankFolder::open(&cfg.model).map_err(|source| RerankError::Folder {
             folder: cfg.model.clone(),
-            problem,
+            source,
         })?;
         let tokenizer = ClipTokenizer::from_dir(&folder.tokenizer_dir)?;
         let processor = ImageProcessor::from_file(&folder.preprocessor)?;
