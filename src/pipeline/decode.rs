@@ -49,9 +49,9 @@ pub fn decode(
         images.push(image);
     }
     let views: Vec<_> = images.iter().map(|a| a.view()).collect();
-    ndarray::concatenate(Axis(0), &views).map_err(|e| PipelineError::Shape {
+    ndarray::concatenate(Axis(0), &views).map_err(|source| PipelineError::Concatenate {
         file: file.display().to_string(),
-        what: e.to_string(),
+        source,
     })
 }
 

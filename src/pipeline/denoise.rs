@@ -160,9 +160,9 @@ fn guide(
     Ok(&uncond + &((&text - &uncond) * g))
 }
 
-fn shape_err(file: &Path, e: impl std::fmt::Display) -> PipelineError {
-    PipelineError::Shape {
+fn shape_err(file: &Path, source: ndarray::ShapeError) -> PipelineError {
+    PipelineError::Concatenate {
         file: file.display().to_string(),
-        what: e.to_string(),
+        source,
     }
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use ndarray::{ArrayD, Axis};
 
-use crate::model::{Family, SdModel};
+use crate::model::{Family, SdModel, SideError};
 use crate::noise::RngKind;
 pub use crate::runtime::tensors::OrtCallError;
 use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
@@ -45,10 +45,22 @@ pub enum PipelineError {
         field: &'static str,
         problem: String,
     },
+    #[error("`{field}` {source}")]
+    Size {
+        field: &'static str,
+        #[source]
+        source: SideError,
+    },
     #[error("ONNX Runtime failed on {0}")]
     Ort(#[from] OrtCallError),
     #[error("{file}: unexpected output: {what}")]
     Shape { file: String, what: String },
+    #[error("{file}: arrays that do not fit together: {source}")]
+    Concatenate {
+        file: String,
+        #[source]
+        source: ndarray::ShapeError,
+    },
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error(transparent)]
@@ -192,8 +204,8 @@ impl Pipeline {
         let bad = |field, problem: String| Err(PipelineError::Request { field, problem });
         let folder = &self.model.folder;
         for (field, v) in [("width", req.width), ("height", req.height)] {
-            if let Err(e) = folder.check_side(v) {
-                return bad(field, e.to_string());
+            if let Err(source) = folder.check_side(v) {
+                return Err(PipelineError::Size { field, source });
             }
         }
         if req.steps == 0 {
@@ -359,8 +371,8 @@ impl Pipeline {
 
 fn concat(parts: Vec<ArrayD<f32>>) -> Result<ArrayD<f32>, PipelineError> {
     let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
-    ndarray::concatenate(Axis(0), &views).map_err(|e| PipelineError::Shape {
+    ndarray::concatenate(Axis(0), &views).map_err(|source| PipelineError::Concatenate {
         file: "(pipeline)".into(),
-        what: e.to_string(),
+        source,
     })
 }
