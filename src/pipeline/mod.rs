@@ -5,9 +5,9 @@
 //!    prompt and negative prompt to the UNet's conditioning inputs ([`Conditioning`]); a
 //!    guidance scale of 1 or less ([`is_guided`]) skips the negative prompt and the
 //!    unconditional half;
-//! 2. `prepare_latents` ([`latents`]): initial latents per candidate from its own seeded
-//!    generator ([`crate::noise`]), times the scheduler's `init_noise_sigma` (or supplied
-//!    latents, for parity tests), in the model's latent channels;
+//! 2. `prepare_latents` (the private `latents` module): initial latents per candidate from its
+//!    own seeded generator ([`crate::noise`]), times the scheduler's `init_noise_sigma` (or
+//!    supplied latents, for parity tests), in the model's latent channels;
 //! 3. [`denoise`]: the candidates of a prompt as one UNet batch (`[uncond…, cond…]` halves),
 //!    split by `max_batch`, feeding whatever named inputs the conditioning carries;
 //! 4. [`decode`]: latents / the VAE scaling factor through the VAE decoder, to 8-bit RGB.

@@ -1,6 +1,6 @@
 //! A session's inputs and outputs ([`Signature`]), their element types ([`Elem`]), and the
-//! checks of single ports every model layer builds its own signature rules from
-//! ([`PortChecker`]). Element types and ranks are read from the session rather than assumed.
+//! checks of single ports every model layer builds its own signature rules from (`PortChecker`,
+//! crate-internal). Element types and ranks are read from the session rather than assumed.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! graph inputs and outputs as optimum exports them ([`Graph`], written once per family), and
 //! the conditioning inputs the UNet takes besides the latents and the timestep
 //! ([`UnetGraph::conditioning`]), which the family's prompt encoding supplies
-//! (`crate::pipeline`'s `FamilyPipeline::encode_prompt`).
+//! (the pipeline's `FamilyPipeline::encode_prompt`).
 //!
 //! The family is read from the folder: `model_index.json`'s `_class_name`
 //! ([`Family::from_pipeline_class`]). It is then checked against the sessions
@@ -16,7 +16,7 @@
 //! | [`Family::Sd`] | `StableDiffusionPipeline` and its ONNX and image-to-image variants ([`sd::PIPELINE_CLASSES`]) | text_encoder, unet, vae_decoder (+ vae_encoder) | `encoder_hidden_states` |
 //!
 //! Adding a family: a variant here with its module (pipeline classes, [`Graph`], part checks,
-//! the check of the loaded parts together), and its prompt encoding in `crate::pipeline`. The
+//! the check of the loaded parts together), and its prompt encoding in the pipeline module. The
 //! denoising loop feeds whatever named inputs the conditioning carries, so it does not change.
 
 mod parts;
