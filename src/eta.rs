@@ -391,7 +391,7 @@ impl<'a> StepCounter<'a> {
             .map(|p| PromptWork {
                 width: p.width,
                 height: p.height,
-                guided: p.guidance > 1.0,
+                guided: crate::pipeline::is_guided(p.guidance),
                 calls_per_batch: self.calls(&job.model, p.scheduler, p.steps),
                 candidates: p.seeds.len(),
             })

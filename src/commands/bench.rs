@@ -465,7 +465,7 @@ impl Bench<'_> {
 
     /// What was rendered, with which settings.
     fn workload(&self, config: &Config, worker: &Worker, opts: &BenchOptions) -> Workload {
-        let guided = opts.guidance > 1.0;
+        let guided = crate::pipeline::is_guided(opts.guidance);
         let batch = self.job.max_batch as usize;
         Workload {
             model: self.model.to_string(),

@@ -1,5 +1,5 @@
-//! `sdspool models`: every configured model, its signature check, and the execution provider
-//! that really serves each of its sessions.
+//! `sdspool models`: every configured model, its family, its signature check, and the
+//! execution provider that really serves each of its sessions.
 
 use std::fmt::Write as _;
 
@@ -40,9 +40,10 @@ pub fn run(config: &Config, runtime: &Runtime, out: &mut String) -> bool {
                 };
                 let _ = writeln!(
                     out,
-                    "  ok: {}, {}, VAE scaling factor {} ({scale_from}), {}x downsampling, tokenizer {}",
-                    f.pipeline_class,
+                    "  ok: family {}, {}, {} latent channels, VAE scaling factor {} ({scale_from}), {}x downsampling, tokenizer {}",
+                    family_text(&m),
                     m.precision(),
+                    m.latent_channels,
                     f.vae_scaling_factor,
                     f.vae_downsampling,
                     match &f.tokenizer {
@@ -70,6 +71,16 @@ pub fn run(config: &Config, runtime: &Runtime, out: &mut String) -> bool {
         let _ = writeln!(out);
     }
     all_ok
+}
+
+/// `sd (Stable Diffusion 1.x/2.x, StableDiffusionPipeline)`.
+fn family_text(m: &SdModel) -> String {
+    let family = m.family();
+    let class = match &m.folder.pipeline_class {
+        Some(class) => class.as_str(),
+        None => "model_index.json names no pipeline class",
+    };
+    format!("{family} ({}, {class})", family.title())
 }
 
 fn write_part(out: &mut String, part: &Part) {

@@ -1,4 +1,5 @@
-//! The files of a Stable Diffusion model folder as Hugging Face optimum exports it.
+//! The files of a Stable Diffusion model folder as Hugging Face optimum exports it, and the
+//! model family its model_index.json names ([`Family`]).
 //!
 //! ```text
 //! model_index.json
@@ -14,12 +15,16 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::family::Family;
 use super::signature::Component;
 
 /// SD 1.x and 2.x VAEs; used when an export carries no VAE config.
 pub const DEFAULT_VAE_SCALING_FACTOR: f32 = 0.18215;
 /// SD's VAE: four levels, three downsamplings.
 pub const DEFAULT_VAE_DOWNSAMPLING: usize = 8;
+
+/// Most latent channels a config may state (SD's VAE has 4; later latent spaces 16).
+const MAX_LATENT_CHANNELS: usize = 1024;
 
 /// Largest JSON file read from a model folder (configs are a few kilobytes; tokenizer.json of
 /// CLIP is about 2 MB).
@@ -38,14 +43,30 @@ pub enum LayoutError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not valid JSON: {message}")]
-    Json { path: PathBuf, message: String },
+    #[error("{path}: not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{path}: `{field}` {problem}")]
     Field {
         path: PathBuf,
         field: String,
         problem: String,
     },
+}
+
+/// An image side (`width` or `height`) the model cannot take; worded to follow the field's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "is {value}; this model needs a positive multiple of {multiple} (VAE downsampling {vae_downsampling} x UNet downsampling {unet_downsampling})"
+)]
+pub struct SideError {
+    pub value: u32,
+    pub multiple: usize,
+    pub vae_downsampling: usize,
+    pub unet_downsampling: usize,
 }
 
 /// Where the tokenizer's vocabulary comes from.
@@ -61,8 +82,11 @@ pub enum TokenizerFiles {
 #[derive(Debug, Clone)]
 pub struct ModelFolder {
     pub root: PathBuf,
-    /// `_class_name` from model_index.json, e.g. `StableDiffusionPipeline`.
-    pub pipeline_class: String,
+    /// `_class_name` from model_index.json, e.g. `StableDiffusionPipeline`; `None` when the file
+    /// names no class.
+    pub pipeline_class: Option<String>,
+    /// The model family `pipeline_class` names (SD 1.x/2.x when there is none).
+    pub family: Family,
     pub text_encoder: PathBuf,
     pub unet: PathBuf,
     pub vae_decoder: PathBuf,
@@ -81,6 +105,10 @@ pub struct ModelFolder {
     /// with `block_out_channels` of `levels` entries; 1 (no rule) without one. An exported UNet
     /// takes only latents divisible by it (the trace fixes each upsampling at 2x).
     pub unet_downsampling: usize,
+    /// unet/config.json's `out_channels`: the latent channels the UNet predicts, when stated.
+    pub unet_out_channels: Option<usize>,
+    /// The VAE config's `latent_channels`, when stated.
+    pub vae_latent_channels: Option<usize>,
 }
 
 impl ModelFolder {
@@ -94,17 +122,7 @@ impl ModelFolder {
             &index_path,
             "model_index.json (the pipeline description optimum copies from the PyTorch model)",
         )?;
-        let pipeline_class = match index.get("_class_name") {
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => {
-                return Err(LayoutError::Field {
-                    path: index_path,
-                    field: "_class_name".into(),
-                    problem: "is not a string".into(),
-                });
-            }
-            None => "unknown".to_string(),
-        };
+        let (pipeline_class, family) = family(&index, &index_path)?;
 
         let onnx = |c: Component| -> Result<PathBuf, LayoutError> {
             let p = root.join(c.dir()).join("model.onnx");
@@ -131,11 +149,12 @@ impl ModelFolder {
         read_json(&scheduler_config, "the scheduler configuration")?;
 
         let vae = vae_config(root)?;
-        let unet_downsampling = unet_downsampling(root)?;
+        let unet_config = unet_config(root)?;
 
         Ok(ModelFolder {
             root: root.to_path_buf(),
             pipeline_class,
+            family,
             text_encoder,
             unet,
             vae_decoder,
@@ -146,7 +165,9 @@ impl ModelFolder {
             vae_scaling_factor: vae.scaling_factor,
             vae_scaling_source: vae.source,
             vae_downsampling: vae.downsampling,
-            unet_downsampling,
+            unet_downsampling: unet_config.downsampling,
+            unet_out_channels: unet_config.out_channels,
+            vae_latent_channels: vae.latent_channels,
         })
     }
 
@@ -158,13 +179,15 @@ impl ModelFolder {
 
     /// Checks one image side (`width` or `height`) against [`Self::size_multiple`]; the problem,
     /// worded to follow the field's name, when it does not fit.
-    pub fn check_side(&self, v: u32) -> Result<(), String> {
+    pub fn check_side(&self, v: u32) -> Result<(), SideError> {
         let multiple = self.size_multiple();
         if v == 0 || !(v as usize).is_multiple_of(multiple) {
-            return Err(format!(
-                "is {v}; this model needs a positive multiple of {multiple} (VAE downsampling {} x UNet downsampling {})",
-                self.vae_downsampling, self.unet_downsampling
-            ));
+            return Err(SideError {
+                value: v,
+                multiple,
+                vae_downsampling: self.vae_downsampling,
+                unet_downsampling: self.unet_downsampling,
+            });
         }
         Ok(())
     }
@@ -201,14 +224,66 @@ fn tokenizer_files(dir: &Path) -> Result<TokenizerFiles, LayoutError> {
     }
 }
 
-/// `2^(levels - 1)` from unet/config.json's `block_out_channels`; 1 when there is no config.
-fn unet_downsampling(root: &Path) -> Result<usize, LayoutError> {
+/// The pipeline class model_index.json names, and its family. A file without `_class_name`
+/// (a hand-assembled folder) is taken as SD 1.x/2.x, as sdspool always read such folders; the
+/// UNet's check still refuses a folder of another family.
+fn family(index: &Value, index_path: &Path) -> Result<(Option<String>, Family), LayoutError> {
+    let field = |problem: String| LayoutError::Field {
+        path: index_path.to_path_buf(),
+        field: "_class_name".into(),
+        problem,
+    };
+    match index.get("_class_name") {
+        None | Some(Value::Null) => Ok((None, Family::Sd)),
+        Some(Value::String(class)) => match Family::from_pipeline_class(class) {
+            Some(family) => Ok((Some(class.clone()), family)),
+            None => Err(field(format!(
+                "is {class:?}, a pipeline sdspool does not render; it renders {}",
+                Family::supported_classes()
+            ))),
+        },
+        Some(_) => Err(field("is not a string".into())),
+    }
+}
+
+/// What the pipeline needs from unet/config.json.
+struct UnetConfig {
+    downsampling: usize,
+    out_channels: Option<usize>,
+}
+
+/// `2^(levels - 1)` from unet/config.json's `block_out_channels` (1 when there is no config)
+/// and its `out_channels`.
+fn unet_config(root: &Path) -> Result<UnetConfig, LayoutError> {
     let path = root.join("unet").join("config.json");
     if !path.is_file() {
-        return Ok(1);
+        return Ok(UnetConfig {
+            downsampling: 1,
+            out_channels: None,
+        });
     }
     let config = read_json(&path, "the UNet configuration")?;
-    Ok(downsampling(&config, &path, "UNet")?.unwrap_or(1))
+    Ok(UnetConfig {
+        downsampling: downsampling(&config, &path, "UNet")?.unwrap_or(1),
+        out_channels: channels(&config, &path, "out_channels")?,
+    })
+}
+
+/// A channel count of a diffusers config; `None` without the key (or null).
+fn channels(config: &Value, path: &Path, key: &str) -> Result<Option<usize>, LayoutError> {
+    match config.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_LATENT_CHANNELS as u64).contains(&n) => Ok(Some(n as usize)),
+            _ => Err(LayoutError::Field {
+                path: path.to_path_buf(),
+                field: key.into(),
+                problem: format!(
+                    "is {v}, expected a channel count from 1 to {MAX_LATENT_CHANNELS}"
+                ),
+            }),
+        },
+    }
 }
 
 /// `2^(levels - 1)` for a diffusers config whose `block_out_channels` lists `levels` channel
@@ -234,6 +309,7 @@ struct VaeConfig {
     scaling_factor: f32,
     source: Option<PathBuf>,
     downsampling: usize,
+    latent_channels: Option<usize>,
 }
 
 /// The VAE's latent scaling factor and downsampling: optimum writes the VAE config beside each
@@ -246,6 +322,7 @@ fn vae_config(root: &Path) -> Result<VaeConfig, LayoutError> {
         }
         let config = read_json(&path, "the VAE configuration")?;
         let downsampling = downsampling(&config, &path, "VAE")?.unwrap_or(DEFAULT_VAE_DOWNSAMPLING);
+        let latent_channels = channels(&config, &path, "latent_channels")?;
         let (scaling_factor, source) = match config.get("scaling_factor") {
             None => (DEFAULT_VAE_SCALING_FACTOR, None),
             Some(v) => match v.as_f64() {
@@ -263,12 +340,14 @@ fn vae_config(root: &Path) -> Result<VaeConfig, LayoutError> {
             scaling_factor,
             source,
             downsampling,
+            latent_channels,
         });
     }
     Ok(VaeConfig {
         scaling_factor: DEFAULT_VAE_SCALING_FACTOR,
         source: None,
         downsampling: DEFAULT_VAE_DOWNSAMPLING,
+        latent_channels: None,
     })
 }
 
@@ -303,8 +382,8 @@ pub fn read_json(path: &Path, what: &str) -> Result<Value, LayoutError> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| LayoutError::Json {
+    serde_json::from_str(&text).map_err(|source| LayoutError::Json {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source,
     })
 }

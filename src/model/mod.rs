@@ -1,13 +1,17 @@
-//! Stable Diffusion model folders: their files ([`layout`]), the signature every session must
-//! have ([`signature`]), and a loaded model whose sessions are reused across jobs.
+//! Diffusion model folders: their files ([`layout`]), the model family they hold and the
+//! graph contract of each family ([`family`]), the parts and how to feed them ([`signature`]),
+//! and a loaded model whose sessions are reused across jobs.
 
+mod channels;
+pub mod family;
 pub mod layout;
 pub mod signature;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::runtime::{LoadedSession, Runtime, RuntimeError};
-pub use layout::{LayoutError, ModelFolder, TokenizerFiles};
+pub use family::Family;
+pub use layout::{LayoutError, ModelFolder, SideError, TokenizerFiles};
 pub use signature::{Component, Elem, Feeding, Signature, SignatureError};
 
 /// Why a model could not be loaded.
@@ -48,7 +52,7 @@ impl Part {
     }
 }
 
-/// A Stable Diffusion model with its sessions created on one device.
+/// A diffusion model with its sessions created on one device.
 #[derive(Debug)]
 pub struct SdModel {
     pub name: String,
@@ -57,11 +61,15 @@ pub struct SdModel {
     pub unet: Part,
     pub vae_decoder: Part,
     pub vae_encoder: Option<Part>,
+    /// Channels of the latents the UNet denoises and the VAE decodes (4 for SD's VAE).
+    pub latent_channels: usize,
 }
 
 impl SdModel {
-    /// Opens the folder, creates every session on `device_id`, and checks the signatures,
-    /// including that the text encoder's hidden size is what the UNet's cross-attention takes.
+    /// Opens the folder, creates every session on `device_id`, and checks the signatures
+    /// against the folder's family, then the parts together: the family's own rule (SD: the
+    /// text encoder's hidden size is what the UNet's cross-attention takes) and one latent
+    /// channel count throughout.
     pub fn load(
         runtime: &Runtime,
         name: &str,
@@ -72,7 +80,8 @@ impl SdModel {
             model: name.to_string(),
             source,
         })?;
-        let part = |c: Component, file: &Path| load_part(runtime, name, c, file, device_id);
+        let family = folder.family;
+        let part = |c: Component, file: &Path| load_part(runtime, name, family, c, file, device_id);
         let text_encoder = part(Component::TextEncoder, &folder.text_encoder)?;
         let unet = part(Component::Unet, &folder.unet)?;
         let vae_decoder = part(Component::VaeDecoder, &folder.vae_decoder)?;
@@ -80,15 +89,34 @@ impl SdModel {
             Some(f) => Some(part(Component::VaeEncoder, f)?),
             None => None,
         };
-        check_hidden_size(name, &text_encoder, &unet)?;
-        Ok(SdModel {
+        let signature_err = |source| ModelError::Signature {
+            model: name.to_string(),
+            source,
+        };
+        let latent_channels = channels::latent_channels(
+            &folder,
+            family.graph(),
+            &unet,
+            &vae_decoder,
+            vae_encoder.as_ref(),
+        )
+        .map_err(signature_err)?;
+        let model = SdModel {
             name: name.to_string(),
             folder,
             text_encoder,
             unet,
             vae_decoder,
             vae_encoder,
-        })
+            latent_channels,
+        };
+        family.check_model(&model).map_err(signature_err)?;
+        Ok(model)
+    }
+
+    /// The model family the folder holds.
+    pub fn family(&self) -> Family {
+        self.folder.family
     }
 
     pub fn parts(&self) -> impl Iterator<Item = &Part> {
@@ -103,10 +131,11 @@ impl SdModel {
     }
 }
 
-/// Creates and checks one component's session.
+/// Creates one component's session and checks it against `family`'s graph.
 pub fn load_part(
     runtime: &Runtime,
     model: &str,
+    family: Family,
     component: Component,
     file: &Path,
     device_id: i32,
@@ -118,8 +147,9 @@ pub fn load_part(
             source,
         })?;
     let signature = Signature::of(&loaded.session);
-    let feeding =
-        signature::check(component, file, &signature).map_err(|source| ModelError::Signature {
+    let feeding = family
+        .check(component, file, &signature)
+        .map_err(|source| ModelError::Signature {
             model: model.to_string(),
             source,
         })?;
@@ -130,42 +160,4 @@ pub fn load_part(
         signature,
         feeding,
     })
-}
-
-fn check_hidden_size(model: &str, text_encoder: &Part, unet: &Part) -> Result<(), ModelError> {
-    let hidden = text_encoder
-        .signature
-        .output("last_hidden_state")
-        .and_then(|p| p.dims.last().copied());
-    let cross = unet
-        .signature
-        .input("encoder_hidden_states")
-        .and_then(|p| p.dims.last().copied());
-    if let (Some(h), Some(c)) = (hidden, cross)
-        && h >= 0
-        && c >= 0
-        && h != c
-    {
-        return Err(ModelError::Signature {
-            model: model.to_string(),
-            source: SignatureError {
-                file: unet.file().to_path_buf(),
-                field: "input 'encoder_hidden_states'".into(),
-                problem: format!(
-                    "takes hidden size {c}, but the text encoder {} produces {h}: the two do not belong to the same pipeline",
-                    text_encoder.file().display()
-                ),
-            },
-        });
-    }
-    Ok(())
-}
-
-/// The folders of every configured model, by name.
-pub fn configured(config: &crate::config::Config) -> Vec<(String, PathBuf)> {
-    config
-        .models
-        .iter()
-        .map(|(name, m)| (name.clone(), m.path.clone()))
-        .collect()
 }

@@ -1,4 +1,11 @@
 //! A port of torch's CPU generator (`torch.Generator("cpu")`) and of `torch.randn` for float32.
+//!
+//! **Why hand-written, not a random-number crate.** A seed means a picture only through the
+//! exact stream torch draws from it: MT19937 as torch seeds and splits it, its Box–Muller
+//! ordering (16-element chunks, a fresh overlapping tail, the double-precision path below 16
+//! elements) and its vectorised `ln`/`sincos` approximations. `rand`/`rand_distr` normals
+//! (Ziggurat) or a textbook Box–Muller give other latents for the same seed, so other images
+//! than diffusers gives; every bit here is pinned by `tests/noise_parity.rs`.
 
 use ndarray::{ArrayD, IxDyn};
 

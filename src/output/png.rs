@@ -20,19 +20,10 @@ pub struct Parameters<'a> {
     pub model: &'a str,
 }
 
-/// AUTOMATIC1111's name for a sampler.
+/// AUTOMATIC1111's name for a sampler, from the scheduler registry
+/// ([`crate::scheduler::REGISTRY`]).
 pub fn a1111_sampler(kind: SchedulerKind) -> &'static str {
-    match kind {
-        SchedulerKind::Ddim => "DDIM",
-        SchedulerKind::Pndm => "PLMS",
-        SchedulerKind::Lms => "LMS",
-        SchedulerKind::Euler => "Euler",
-        SchedulerKind::EulerAncestral => "Euler a",
-        SchedulerKind::DpmPp2m => "DPM++ 2M",
-        SchedulerKind::DpmPp2mKarras => "DPM++ 2M Karras",
-        SchedulerKind::Ddpm => "DDPM",
-        SchedulerKind::UniPc => "UniPC",
-    }
+    kind.a1111_name()
 }
 
 impl Parameters<'_> {

@@ -5,14 +5,16 @@ use image::RgbImage;
 use ndarray::{ArrayD, ArrayViewD, Axis, s};
 
 use super::PipelineError;
-use super::tensors::{extract_float, float_tensor, ort_err};
 use crate::model::Part;
+use crate::model::family::VaeDecoderGraph;
+use crate::runtime::tensors::{extract_float, float_tensor, ort_err};
 
-/// Decodes `[n, 4, h, w]` latents one image at a time (fp16 VAE decoders have been seen to go
+/// Decodes `[n, c, h, w]` latents one image at a time (fp16 VAE decoders have been seen to go
 /// wrong at batch > 1, and one image bounds the decoder's memory). Returns `[n, 3, f·h, f·w]` in
 /// [-1, 1] (not clamped), `f` being the VAE's `downsampling` (8 for SD's VAE).
 pub fn decode(
     vae_decoder: &mut Part,
+    graph: &VaeDecoderGraph,
     latents: ArrayViewD<'_, f32>,
     scaling_factor: f32,
     downsampling: usize,
@@ -27,9 +29,9 @@ pub fn decode(
             float_tensor(one.view(), vae_decoder.feeding.float).map_err(|e| ort_err(&file, e))?;
         let outputs = vae_decoder
             .loaded
-            .run(ort::inputs!["latent_sample" => input])
+            .run(ort::inputs![graph.latent_sample => input])
             .map_err(|e| ort_err(&file, e))?;
-        let image = extract_float(&outputs["sample"]).map_err(|e| ort_err(&file, e))?;
+        let image = extract_float(&outputs[graph.sample]).map_err(|e| ort_err(&file, e))?;
         let (h, w) = (
             latents.shape()[2] * downsampling,
             latents.shape()[3] * downsampling,
@@ -38,7 +40,8 @@ pub fn decode(
             return Err(PipelineError::Shape {
                 file: file.display().to_string(),
                 what: format!(
-                    "sample has shape {:?}, expected [1, 3, {h}, {w}]",
+                    "{} has shape {:?}, expected [1, 3, {h}, {w}]",
+                    graph.sample,
                     image.shape()
                 ),
             });
@@ -46,9 +49,9 @@ pub fn decode(
         images.push(image);
     }
     let views: Vec<_> = images.iter().map(|a| a.view()).collect();
-    ndarray::concatenate(Axis(0), &views).map_err(|e| PipelineError::Shape {
+    ndarray::concatenate(Axis(0), &views).map_err(|source| PipelineError::Concatenate {
         file: file.display().to_string(),
-        what: e.to_string(),
+        source,
     })
 }
 

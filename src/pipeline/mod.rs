@@ -1,17 +1,26 @@
-//! Text to image over the ONNX sessions of a Stable Diffusion model, numerically following
-//! diffusers' `StableDiffusionPipeline`:
+//! Text to image over the ONNX sessions of a diffusion model, numerically following diffusers'
+//! pipelines (SD 1.x/2.x: `StableDiffusionPipeline`), in diffusers' steps:
 //!
-//! 1. [`text`]: prompt and negative prompt (empty when none) through the CLIP tokenizer and text
-//!    encoder; a guidance scale of 1 or less skips the negative prompt and the unconditional half.
-//! 2. initial latents per candidate from its own seeded generator ([`crate::noise`]), times the
-//!    scheduler's `init_noise_sigma` (or supplied latents, for parity tests);
+//! 1. `encode_prompt`, the model family's own step ([`FamilyPipeline`]; SD 1.x/2.x in [`sd`]):
+//!    prompt and negative prompt to the UNet's conditioning inputs ([`Conditioning`]); a
+//!    guidance scale of 1 or less ([`is_guided`]) skips the negative prompt and the
+//!    unconditional half;
+//! 2. `prepare_latents` (the private `latents` module): initial latents per candidate from its
+//!    own seeded generator ([`crate::noise`]), times the scheduler's `init_noise_sigma` (or
+//!    supplied latents, for parity tests), in the model's latent channels;
 //! 3. [`denoise`]: the candidates of a prompt as one UNet batch (`[uncond…, cond…]` halves),
-//!    split by `max_batch`;
+//!    split by `max_batch`, feeding whatever named inputs the conditioning carries;
 //! 4. [`decode`]: latents / the VAE scaling factor through the VAE decoder, to 8-bit RGB.
+//!
+//! Steps 2 to 4 are shared by every family: their names come from the family's graph
+//! ([`crate::model::family`]) and their shapes from the model. A new family adds its
+//! `encode_prompt` (a [`FamilyPipeline`]) and a line in [`family_pipeline`].
 
+pub mod conditioning;
 pub mod decode;
 pub mod denoise;
-pub mod tensors;
+mod latents;
+pub mod sd;
 pub mod text;
 
 use std::ops::ControlFlow;
@@ -20,12 +29,13 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use ndarray::{ArrayD, Axis};
 
-use crate::model::SdModel;
-use crate::noise::{NoiseGenerator, RngKind};
+use crate::model::{Family, SdModel, SideError};
+use crate::noise::RngKind;
+pub use crate::runtime::tensors::OrtCallError;
 use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
-use crate::tokenizer::ClipTokenizer;
+pub use conditioning::{CondInput, Conditioning, is_guided};
 pub use denoise::Step;
-pub use tensors::OrtCallError;
+use latents::BatchNoise;
 
 /// Why a render failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +45,22 @@ pub enum PipelineError {
         field: &'static str,
         problem: String,
     },
+    #[error("`{field}` {source}")]
+    Size {
+        field: &'static str,
+        #[source]
+        source: SideError,
+    },
     #[error("ONNX Runtime failed on {0}")]
     Ort(#[from] OrtCallError),
     #[error("{file}: unexpected output: {what}")]
     Shape { file: String, what: String },
+    #[error("{file}: arrays that do not fit together: {source}")]
+    Concatenate {
+        file: String,
+        #[source]
+        source: ndarray::ShapeError,
+    },
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error(transparent)]
@@ -66,10 +88,11 @@ pub struct RenderRequest {
     pub rng: RngKind,
     /// Most candidates in one UNet batch (the batch is twice this with guidance).
     pub max_batch: usize,
-    /// Initial latents `[candidates, 4, h/8, w/8]` before scaling by `init_noise_sigma`, instead
-    /// of drawing them from the seeds (parity tests, img2img-style reuse).
+    /// Initial latents `[candidates, c, h/8, w/8]` (`c` the model's latent channels) before
+    /// scaling by `init_noise_sigma`, instead of drawing them from the seeds (parity tests,
+    /// img2img-style reuse).
     pub initial_latents: Option<ArrayD<f32>>,
-    /// Per-step noise for stochastic schedulers, one `[candidates, 4, h/8, w/8]` array per step
+    /// Per-step noise for stochastic schedulers, one `[candidates, c, h/8, w/8]` array per step
     /// that draws noise, instead of drawing it from the seeds.
     pub step_noise: Option<Vec<ArrayD<f32>>>,
 }
@@ -123,7 +146,7 @@ pub struct Timings {
 pub struct Rendered {
     /// One image per seed, in order.
     pub images: Vec<RgbImage>,
-    /// Final latents `[candidates, 4, h/8, w/8]`, before the VAE.
+    /// Final latents `[candidates, c, h/8, w/8]`, before the VAE.
     pub latents: ArrayD<f32>,
     /// Decoded images `[candidates, 3, H, W]` in [-1, 1], before conversion to 8 bits.
     pub decoded: ArrayD<f32>,
@@ -133,26 +156,47 @@ pub struct Rendered {
     pub timings: Timings,
 }
 
-/// A loaded model with its tokenizer and scheduler configuration; sessions are reused across
-/// requests.
+/// What a model family supplies to the shared steps of [`Pipeline::render`]: diffusers'
+/// `encode_prompt`, the prompt and negative prompt to the UNet's conditioning inputs.
+pub trait FamilyPipeline: Send {
+    /// The conditioning of `prompt`; with `guidance` (classifier-free guidance is on) also of
+    /// `negative_prompt` (empty for none).
+    fn encode_prompt(
+        &mut self,
+        model: &mut SdModel,
+        prompt: &str,
+        negative_prompt: &str,
+        guidance: Option<f32>,
+    ) -> Result<Conditioning, PipelineError>;
+}
+
+/// The steps of `model`'s family.
+pub fn family_pipeline(model: &SdModel) -> Result<Box<dyn FamilyPipeline>, PipelineError> {
+    Ok(match model.family() {
+        Family::Sd => Box::new(sd::StableDiffusion::new(model)?),
+    })
+}
+
+/// A loaded model with its family's steps and its scheduler configuration; sessions are reused
+/// across requests.
 pub struct Pipeline {
     pub model: SdModel,
-    pub tokenizer: ClipTokenizer,
     pub scheduler_config: SchedulerConfig,
     /// The model's own scheduler, from `_class_name` in its scheduler_config.json.
     pub default_scheduler: SchedulerKind,
+    family: Box<dyn FamilyPipeline>,
 }
 
 impl Pipeline {
     pub fn new(model: SdModel) -> Result<Pipeline, PipelineError> {
-        let tokenizer = ClipTokenizer::from_dir(&model.folder.tokenizer_dir)?;
+        let family = family_pipeline(&model)?;
         let scheduler_config = SchedulerConfig::from_file(&model.folder.scheduler_config)?;
         let default_scheduler = scheduler_config.kind()?;
         Ok(Pipeline {
             model,
-            tokenizer,
             scheduler_config,
             default_scheduler,
+            family,
         })
     }
 
@@ -160,8 +204,8 @@ impl Pipeline {
         let bad = |field, problem: String| Err(PipelineError::Request { field, problem });
         let folder = &self.model.folder;
         for (field, v) in [("width", req.width), ("height", req.height)] {
-            if let Err(problem) = folder.check_side(v) {
-                return bad(field, problem);
+            if let Err(source) = folder.check_side(v) {
+                return Err(PipelineError::Size { field, source });
             }
         }
         if req.steps == 0 {
@@ -205,9 +249,11 @@ impl Pipeline {
         Ok(())
     }
 
+    /// `[n, latent channels, height / f, width / f]`, `f` the VAE's downsampling.
     fn latent_shape(&self, req: &RenderRequest, n: usize) -> Vec<usize> {
         let f = self.model.folder.vae_downsampling;
-        vec![n, 4, req.height as usize / f, req.width as usize / f]
+        let c = self.model.latent_channels;
+        vec![n, c, req.height as usize / f, req.width as usize / f]
     }
 
     /// Renders every candidate of `req`. `on_progress` is called after each UNet call and may
@@ -219,115 +265,112 @@ impl Pipeline {
     ) -> Result<Rendered, PipelineError> {
         self.check(req)?;
         let kind = req.scheduler.unwrap_or(self.default_scheduler);
-        let guided = req.guidance_scale > 1.0;
         let mut timings = Timings::default();
 
         let started = Instant::now();
-        let prompts: Vec<&str> = if guided {
-            vec![req.negative_prompt.as_str(), req.prompt.as_str()]
-        } else {
-            vec![req.prompt.as_str()]
-        };
-        let embeddings = text::encode(&self.tokenizer, &mut self.model.text_encoder, &prompts)?;
-        // The tokenizer has logged any truncation.
-        let truncated_prompt = embeddings.truncated.last().cloned().flatten();
-        let hidden = &embeddings.hidden;
-        let cond = hidden.slice_axis(Axis(0), ((prompts.len() - 1)..prompts.len()).into());
-        let uncond = guided.then(|| hidden.slice_axis(Axis(0), (0..1).into()));
-        let conditioning = denoise::Conditioning {
-            cond: cond.into_dyn(),
-            uncond: uncond.map(|u| u.into_dyn()),
-            guidance_scale: req.guidance_scale,
-        };
+        let conditioning = self.encode_prompt(req)?;
         timings.text = started.elapsed();
-        timings.tokenize = embeddings.tokenize;
+        timings.tokenize = conditioning.tokenize;
 
         let mut finals = Vec::new();
         let mut decoded_all = Vec::new();
         let mut images = Vec::new();
-        let mut noise_draws = 0usize;
         for first in (0..req.seeds.len()).step_by(req.max_batch) {
-            let seeds = &req.seeds[first..(first + req.max_batch).min(req.seeds.len())];
-            let n = seeds.len();
+            let n = req.max_batch.min(req.seeds.len() - first);
             let started = Instant::now();
-            let mut config = self.scheduler_config.clone();
-            config.eta = Some(f64::from(req.eta));
-            let mut scheduler = scheduler::build(kind, &config, req.steps)?;
-            let mut generators: Vec<NoiseGenerator> = seeds
-                .iter()
-                .map(|s| NoiseGenerator::new(req.rng, *s))
-                .collect();
-            let one = self.latent_shape(req, 1);
-            let initial = match &req.initial_latents {
-                Some(l) => l.slice_axis(Axis(0), (first..first + n).into()).to_owned(),
-                None => concat(generators.iter_mut().map(|g| g.randn(&one)).collect())?,
-            };
-            let sigma = scheduler.init_noise_sigma();
-            let latents = initial.mapv(|v| v * sigma);
-
-            let step_noise = req.step_noise.as_ref();
-            let mut draw_noise = |_step: usize| -> Result<ArrayD<f32>, PipelineError> {
-                let k = noise_draws;
-                noise_draws += 1;
-                match step_noise {
-                    Some(all) => match all.get(k) {
-                        Some(a) => Ok(a.slice_axis(Axis(0), (first..first + n).into()).to_owned()),
-                        None => Err(PipelineError::Request {
-                            field: "step_noise",
-                            problem: format!("has {} arrays; the scheduler needs more", all.len()),
-                        }),
-                    },
-                    None => concat(generators.iter_mut().map(|g| g.randn(&one)).collect()),
-                }
-            };
-            let mut on_step = |step: Step| {
-                on_progress(Progress {
-                    first_candidate: first,
-                    batch: n,
-                    step,
-                })
-            };
-            let result = denoise::denoise(
-                &mut self.model.unet,
-                scheduler.as_mut(),
-                latents,
-                &conditioning,
-                &mut draw_noise,
-                &mut on_step,
-            )?;
-            // Every chunk replays the same schedule; supplied noise is indexed per chunk.
-            noise_draws = 0;
+            let latents = self.denoise_batch(req, kind, &conditioning, first, n, on_progress)?;
             timings.denoise += started.elapsed();
 
             let started = Instant::now();
-            let decoded = decode::decode(
-                &mut self.model.vae_decoder,
-                result.view(),
-                self.model.folder.vae_scaling_factor,
-                self.model.folder.vae_downsampling,
-            )?;
+            let decoded = self.decode(latents.view())?;
             for i in 0..n {
                 images.push(decode::to_rgb8(decoded.index_axis(Axis(0), i).into_dyn()));
             }
             timings.decode += started.elapsed();
-            finals.push(result);
+            finals.push(latents);
             decoded_all.push(decoded);
         }
         Ok(Rendered {
             images,
             latents: concat(finals)?,
             decoded: concat(decoded_all)?,
-            truncated_prompt,
+            truncated_prompt: conditioning.truncated_prompt,
             scheduler: kind,
             timings,
         })
+    }
+
+    /// The family's `encode_prompt`, guided when [`is_guided`] says so.
+    fn encode_prompt(&mut self, req: &RenderRequest) -> Result<Conditioning, PipelineError> {
+        let guidance = is_guided(req.guidance_scale).then_some(req.guidance_scale);
+        let conditioning = self.family.encode_prompt(
+            &mut self.model,
+            &req.prompt,
+            &req.negative_prompt,
+            guidance,
+        )?;
+        // The tokenizer has logged any truncation, once and briefly.
+        Ok(conditioning)
+    }
+
+    /// Candidates `first..first + n`: a fresh schedule, their initial latents, the denoising
+    /// loop; their final latents.
+    fn denoise_batch(
+        &mut self,
+        req: &RenderRequest,
+        kind: SchedulerKind,
+        conditioning: &Conditioning,
+        first: usize,
+        n: usize,
+        on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<ArrayD<f32>, PipelineError> {
+        let mut config = self.scheduler_config.clone();
+        config.eta = Some(f64::from(req.eta));
+        let mut scheduler = scheduler::build(kind, &config, req.steps)?;
+        let mut noise = BatchNoise::new(req, first, n, self.latent_shape(req, 1));
+        let latents =
+            noise.initial_latents(req.initial_latents.as_ref(), scheduler.init_noise_sigma())?;
+        let mut draw_noise = |_step: usize| noise.step_noise();
+        let mut on_step = |step: Step| {
+            on_progress(Progress {
+                first_candidate: first,
+                batch: n,
+                step,
+            })
+        };
+        let graph = &self.model.family().graph().unet;
+        denoise::denoise(
+            &mut self.model.unet,
+            graph,
+            scheduler.as_mut(),
+            latents,
+            conditioning,
+            &mut draw_noise,
+            &mut on_step,
+        )
+    }
+
+    /// Final latents to images in [-1, 1].
+    fn decode(
+        &mut self,
+        latents: ndarray::ArrayViewD<'_, f32>,
+    ) -> Result<ArrayD<f32>, PipelineError> {
+        let graph = &self.model.family().graph().vae_decoder;
+        let folder = &self.model.folder;
+        decode::decode(
+            &mut self.model.vae_decoder,
+            graph,
+            latents,
+            folder.vae_scaling_factor,
+            folder.vae_downsampling,
+        )
     }
 }
 
 fn concat(parts: Vec<ArrayD<f32>>) -> Result<ArrayD<f32>, PipelineError> {
     let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
-    ndarray::concatenate(Axis(0), &views).map_err(|e| PipelineError::Shape {
+    ndarray::concatenate(Axis(0), &views).map_err(|source| PipelineError::Concatenate {
         file: "(pipeline)".into(),
-        what: e.to_string(),
+        source,
     })
 }

@@ -1,12 +1,14 @@
-//! Prompts to text embeddings: CLIP tokenizer, then the text encoder's `last_hidden_state`.
+//! Prompts to text embeddings: the CLIP tokenizer, then a text encoder's hidden state (the
+//! output the family's graph names).
 
 use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, Axis};
 
 use super::PipelineError;
-use super::tensors::{extract_float, int_tensor, ort_err};
 use crate::model::Part;
+use crate::model::family::TextEncoderGraph;
+use crate::runtime::tensors::{extract_float, int_tensor, ort_err};
 use crate::tokenizer::ClipTokenizer;
 
 /// The embeddings of some prompts, `[n, sequence, hidden]`, plus the text dropped by truncation.
@@ -23,6 +25,7 @@ pub struct TextEmbeddings {
 pub fn encode(
     tokenizer: &ClipTokenizer,
     text_encoder: &mut Part,
+    graph: &TextEncoderGraph,
     prompts: &[&str],
 ) -> Result<TextEmbeddings, PipelineError> {
     let started = Instant::now();
@@ -41,14 +44,15 @@ pub fn encode(
         .map_err(|e| ort_err(&file, e))?;
     let outputs = text_encoder
         .loaded
-        .run(ort::inputs!["input_ids" => input])
+        .run(ort::inputs![graph.input_ids => input])
         .map_err(|e| ort_err(&file, e))?;
-    let hidden = extract_float(&outputs["last_hidden_state"]).map_err(|e| ort_err(&file, e))?;
+    let hidden = extract_float(&outputs[graph.hidden_state]).map_err(|e| ort_err(&file, e))?;
     if hidden.ndim() != 3 || hidden.len_of(Axis(0)) != prompts.len() {
         return Err(PipelineError::Shape {
             file: file.display().to_string(),
             what: format!(
-                "last_hidden_state has shape {:?}, expected [{}, {seq}, hidden]",
+                "{} has shape {:?}, expected [{}, {seq}, hidden]",
+                graph.hidden_state,
                 hidden.shape(),
                 prompts.len()
             ),

@@ -35,7 +35,6 @@
 pub mod model;
 pub mod preprocess;
 pub mod resample;
-use crate::pipeline::tensors;
 
 use std::borrow::Cow;
 use std::num::NonZeroUsize;
@@ -44,7 +43,8 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 use serde::Deserialize;
 
-use crate::model::{Signature, SignatureError};
+use crate::runtime::signature::{Signature, SignatureError};
+use crate::runtime::tensors;
 use crate::runtime::{LoadedSession, Runtime, RuntimeError};
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
 use model::{Layout, RerankFolder, TextFeed, VisionFeed};
@@ -79,8 +79,12 @@ fn default_batch_size() -> NonZeroUsize {
 /// Why a rerank model could not be loaded or run. Each names the file, and the field or key.
 #[derive(Debug, thiserror::Error)]
 pub enum RerankError {
-    #[error("rerank model {}: {problem}", folder.display())]
-    Folder { folder: PathBuf, problem: String },
+    #[error("rerank model {}: {source}", folder.display())]
+    Folder {
+        folder: PathBuf,
+        #[source]
+        source: model::FolderError,
+    },
     #[error("{}: {}{problem}", file.display(), if field.is_empty() { String::new() } else { format!("`{field}` ") })]
     Preprocessor {
         file: PathBuf,
@@ -88,14 +92,30 @@ pub enum RerankError {
         field: String,
         problem: String,
     },
+    #[error("{}: cannot read: {source}", file.display())]
+    PreprocessorRead {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: is not valid JSON: {source}", file.display())]
+    PreprocessorJson {
+        file: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("rerank tokenizer: {0}")]
     Tokenizer(#[from] TokenizerError),
     #[error("rerank model: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("rerank model: {0}")]
     Signature(#[from] SignatureError),
-    #[error("{}: ONNX Runtime failed: {message}", file.display())]
-    Run { file: PathBuf, message: String },
+    #[error("{}: ONNX Runtime failed: {source}", file.display())]
+    Run {
+        file: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
     #[error("{}: output '{output}' {problem}", file.display())]
     Output {
         file: PathBuf,
@@ -220,10 +240,10 @@ impl std::fmt::Debug for Reranker {
     }
 }
 
-fn run_err(file: &Path, e: impl std::fmt::Display) -> RerankError {
+fn run_err(file: &Path, source: ort::Error) -> RerankError {
     RerankError::Run {
         file: file.to_path_buf(),
-        message: e.to_string(),
+        source,
     }
 }
 
@@ -285,9 +305,9 @@ impl Reranker {
         cfg: &RerankConfig,
         device_id: i32,
     ) -> Result<Reranker, RerankError> {
-        let folder = RerankFolder::open(&cfg.model).map_err(|problem| RerankError::Folder {
+        let folder = RerankFolder::open(&cfg.model).map_err(|source| RerankError::Folder {
             folder: cfg.model.clone(),
-            problem,
+            source,
         })?;
         let tokenizer = ClipTokenizer::from_dir(&folder.tokenizer_dir)?;
         let processor = ImageProcessor::from_file(&folder.preprocessor)?;

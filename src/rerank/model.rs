@@ -20,8 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::signature::{Port, PortChecker};
-use crate::model::{Elem, Signature, SignatureError};
+use crate::runtime::signature::{Elem, Port, PortChecker, Signature, SignatureError};
 
 /// Which files make up the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +36,28 @@ pub const TEXT_FILE: &str = "text_model.onnx";
 pub const VISION_FILE: &str = "vision_model.onnx";
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
 
+/// What is wrong with a rerank model folder's files.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FolderError {
+    #[error("does not exist")]
+    Missing,
+    #[error("is not a folder")]
+    NotAFolder,
+    #[error("has {have} but no {lacks}; the two towers go together")]
+    OneTower {
+        have: &'static str,
+        lacks: &'static str,
+    },
+    #[error("has no {JOINT_FILE} (optimum's CLIPModel export) nor {TEXT_FILE} + {VISION_FILE}")]
+    NoModel,
+    #[error(
+        "has no tokenizer (vocab.json + merges.txt or tokenizer.json, in tokenizer/ or at the root)"
+    )]
+    NoTokenizer,
+    #[error("has no {PREPROCESSOR_FILE} (the CLIP image processor settings)")]
+    NoPreprocessor,
+}
+
 /// The files of a rerank model folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RerankFolder {
@@ -49,12 +70,12 @@ pub struct RerankFolder {
 
 impl RerankFolder {
     /// Finds the files; an error says what is missing in which folder.
-    pub fn open(root: &Path) -> Result<RerankFolder, String> {
+    pub fn open(root: &Path) -> Result<RerankFolder, FolderError> {
         if !root.is_dir() {
             return Err(if root.exists() {
-                "is not a folder".to_string()
+                FolderError::NotAFolder
             } else {
-                "does not exist".to_string()
+                FolderError::Missing
             });
         }
         let (text, vision, joint) = (
@@ -65,21 +86,19 @@ impl RerankFolder {
         let layout = match (text.is_file(), vision.is_file()) {
             (true, true) => Layout::Split { text, vision },
             (true, false) => {
-                return Err(format!(
-                    "has {TEXT_FILE} but no {VISION_FILE}; the two towers go together"
-                ));
+                return Err(FolderError::OneTower {
+                    have: TEXT_FILE,
+                    lacks: VISION_FILE,
+                });
             }
             (false, true) => {
-                return Err(format!(
-                    "has {VISION_FILE} but no {TEXT_FILE}; the two towers go together"
-                ));
+                return Err(FolderError::OneTower {
+                    have: VISION_FILE,
+                    lacks: TEXT_FILE,
+                });
             }
             (false, false) if joint.is_file() => Layout::Joint { model: joint },
-            (false, false) => {
-                return Err(format!(
-                    "has no {JOINT_FILE} (optimum's CLIPModel export) nor {TEXT_FILE} + {VISION_FILE}"
-                ));
-            }
+            (false, false) => return Err(FolderError::NoModel),
         };
         let sub = root.join("tokenizer");
         let has_tokenizer =
@@ -89,13 +108,11 @@ impl RerankFolder {
         } else if has_tokenizer(root) {
             root.to_path_buf()
         } else {
-            return Err("has no tokenizer (vocab.json + merges.txt or tokenizer.json, in tokenizer/ or at the root)".to_string());
+            return Err(FolderError::NoTokenizer);
         };
         let preprocessor = root.join(PREPROCESSOR_FILE);
         if !preprocessor.is_file() {
-            return Err(format!(
-                "has no {PREPROCESSOR_FILE} (the CLIP image processor settings)"
-            ));
+            return Err(FolderError::NoPreprocessor);
         }
         Ok(RerankFolder {
             root: root.to_path_buf(),
@@ -469,21 +486,34 @@ mod tests {
         assert!(
             RerankFolder::open(&root.join("nope"))
                 .unwrap_err()
+                .to_string()
                 .contains("does not exist")
         );
-        assert!(RerankFolder::open(root).unwrap_err().contains("model.onnx"));
+        assert!(
+            RerankFolder::open(root)
+                .unwrap_err()
+                .to_string()
+                .contains("model.onnx")
+        );
         touch("text_model.onnx");
         assert!(
             RerankFolder::open(root)
                 .unwrap_err()
+                .to_string()
                 .contains("no vision_model.onnx")
         );
         touch("vision_model.onnx");
-        assert!(RerankFolder::open(root).unwrap_err().contains("tokenizer"));
+        assert!(
+            RerankFolder::open(root)
+                .unwrap_err()
+                .to_string()
+                .contains("tokenizer")
+        );
         touch("vocab.json");
         assert!(
             RerankFolder::open(root)
                 .unwrap_err()
+                .to_string()
                 .contains("preprocessor_config.json")
         );
         touch("preprocessor_config.json");
@@ -502,6 +532,7 @@ mod tests {
         assert!(
             RerankFolder::open(root)
                 .unwrap_err()
+                .to_string()
                 .contains("no text_model.onnx")
         );
         std::fs::remove_file(root.join("vision_model.onnx")).unwrap();

@@ -85,16 +85,16 @@ impl Default for ImageProcessor {
 impl ImageProcessor {
     /// Reads `preprocessor_config.json`. Errors name the file and the key.
     pub fn from_file(path: &Path) -> Result<ImageProcessor, RerankError> {
-        let text = std::fs::read_to_string(path).map_err(|e| RerankError::Preprocessor {
-            file: path.to_path_buf(),
-            field: String::new(),
-            problem: format!("cannot read: {e}"),
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| RerankError::Preprocessor {
-            file: path.to_path_buf(),
-            field: String::new(),
-            problem: format!("is not valid JSON: {e}"),
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| RerankError::PreprocessorRead {
+                file: path.to_path_buf(),
+                source,
+            })?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|source| RerankError::PreprocessorJson {
+                file: path.to_path_buf(),
+                source,
+            })?;
         ImageProcessor::from_json(&value, path)
     }
 
@@ -145,7 +145,7 @@ impl ImageProcessor {
                 Value::Number(_) => ResizeTo::ShortestEdge(pixels(v).ok_or_else(|| {
                     err("size", format!("is {v}, expected a positive pixel count"))
                 })?),
-                Value::Object(m) => size_dict(m).map_err(|problem| err("size", problem))?,
+                Value::Object(m) => size_dict(m, "size", &err)?,
                 _ => {
                     return Err(err(
                         "size",
@@ -167,14 +167,12 @@ impl ImageProcessor {
                     })?;
                     (n, n)
                 }
-                Value::Object(m) => {
-                    match size_dict(m).map_err(|problem| err("crop_size", problem))? {
-                        ResizeTo::Exact { height, width } => (height, width),
-                        ResizeTo::ShortestEdge(_) => {
-                            return Err(err("crop_size", "needs `height` and `width`".to_string()));
-                        }
+                Value::Object(m) => match size_dict(m, "crop_size", &err)? {
+                    ResizeTo::Exact { height, width } => (height, width),
+                    ResizeTo::ShortestEdge(_) => {
+                        return Err(err("crop_size", "needs `height` and `width`".to_string()));
                     }
-                }
+                },
                 _ => {
                     return Err(err(
                         "crop_size",
@@ -206,10 +204,8 @@ impl ImageProcessor {
                 .filter(|f| f.is_finite())
                 .ok_or_else(|| err("rescale_factor", format!("is {v}, expected a number")))?;
         }
-        p.image_mean = per_channel(obj.get("image_mean"), OPENAI_CLIP_MEAN)
-            .map_err(|problem| err("image_mean", problem))?;
-        p.image_std = per_channel(obj.get("image_std"), OPENAI_CLIP_STD)
-            .map_err(|problem| err("image_std", problem))?;
+        p.image_mean = per_channel(obj.get("image_mean"), OPENAI_CLIP_MEAN, "image_mean", &err)?;
+        p.image_std = per_channel(obj.get("image_std"), OPENAI_CLIP_STD, "image_std", &err)?;
         if p.image_std.contains(&0.0) {
             return Err(err("image_std", "contains 0".to_string()));
         }
@@ -353,13 +349,24 @@ fn pixels(v: &Value) -> Option<u32> {
         .map(|n| n as u32)
 }
 
-fn size_dict(m: &Map<String, Value>) -> Result<ResizeTo, String> {
-    let get = |key: &str| -> Result<Option<u32>, String> {
+/// The error of preprocessor_config.json's key `field` (from [`ImageProcessor::from_json`]).
+type FieldErr<'a> = &'a dyn Fn(&str, String) -> RerankError;
+
+/// `{"shortest_edge": n}` or `{"height": h, "width": w}`, the value of `field`.
+fn size_dict(
+    m: &Map<String, Value>,
+    field: &str,
+    err: FieldErr<'_>,
+) -> Result<ResizeTo, RerankError> {
+    let get = |key: &str| -> Result<Option<u32>, RerankError> {
         match m.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => pixels(v)
-                .map(Some)
-                .ok_or_else(|| format!("`{key}` is {v}, expected a positive pixel count")),
+            Some(v) => pixels(v).map(Some).ok_or_else(|| {
+                err(
+                    field,
+                    format!("`{key}` is {v}, expected a positive pixel count"),
+                )
+            }),
         }
     };
     // CLIPImageProcessor.resize looks at `shortest_edge` first.
@@ -368,14 +375,23 @@ fn size_dict(m: &Map<String, Value>) -> Result<ResizeTo, String> {
     }
     match (get("height")?, get("width")?) {
         (Some(height), Some(width)) => Ok(ResizeTo::Exact { height, width }),
-        _ => Err(format!(
-            "is {}, expected {{\"shortest_edge\": n}} or {{\"height\": h, \"width\": w}}",
-            Value::Object(m.clone())
+        _ => Err(err(
+            field,
+            format!(
+                "is {}, expected {{\"shortest_edge\": n}} or {{\"height\": h, \"width\": w}}",
+                Value::Object(m.clone())
+            ),
         )),
     }
 }
 
-fn per_channel(v: Option<&Value>, default: [f64; 3]) -> Result<[f32; 3], String> {
+/// One value per channel (a number is all three), the value of `field`; `default` when unset.
+fn per_channel(
+    v: Option<&Value>,
+    default: [f64; 3],
+    field: &str,
+    err: FieldErr<'_>,
+) -> Result<[f32; 3], RerankError> {
     let values = match v {
         None | Some(Value::Null) => default,
         Some(Value::Number(n)) => [n.as_f64().unwrap_or(f64::NAN); 3],
@@ -384,14 +400,22 @@ fn per_channel(v: Option<&Value>, default: [f64; 3]) -> Result<[f32; 3], String>
             for (o, x) in out.iter_mut().zip(a) {
                 *o = x
                     .as_f64()
-                    .ok_or_else(|| format!("contains {x}, expected numbers"))?;
+                    .ok_or_else(|| err(field, format!("contains {x}, expected numbers")))?;
             }
             out
         }
-        Some(other) => return Err(format!("is {other}, expected 3 numbers (one per channel)")),
+        Some(other) => {
+            return Err(err(
+                field,
+                format!("is {other}, expected 3 numbers (one per channel)"),
+            ));
+        }
     };
     if values.iter().any(|x| !x.is_finite()) {
-        return Err("contains a value that is not a finite number".to_string());
+        return Err(err(
+            field,
+            "contains a value that is not a finite number".to_string(),
+        ));
     }
     Ok(values.map(|x| x as f32))
 }

@@ -19,6 +19,12 @@
 //!   pass reads the 8-bit output of the horizontal pass.
 //!
 //! Pillow's `NEAREST` filter takes another code path (an affine transform) and is not ported.
+//!
+//! **Why hand-written, not the `image` crate's resize.** `image::imageops` filters in floating
+//! point with other supports and rounding, so its bytes differ from Pillow's by a level here
+//! and there; the CLIP scores then differ from transformers' for the same image. Parity with
+//! transformers' `pixel_values` (`tests/rerank_parity.rs`) needs Pillow's fixed-point
+//! arithmetic exactly.
 
 use image::RgbImage;
 

@@ -5,6 +5,8 @@ pub mod assignment;
 pub mod clock;
 pub mod library;
 pub mod providers;
+pub mod signature;
+pub mod tensors;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -43,18 +43,17 @@ pub struct DpmSolver {
     sequence: Sequence,
 }
 
-impl DpmSolver {
-    /// `DPMSolverMultistepScheduler.from_config(config)` then `set_timesteps(n)`;
-    /// `force_karras` turns `use_karras_sigmas` on whatever the config says.
-    pub fn new(
-        cfg: &SchedulerConfig,
-        num_inference_steps: usize,
-        force_karras: bool,
-    ) -> Result<Self, SchedulerError> {
-        let train = common::train_schedule(CLASS, cfg, ZeroSnr::RescaleFinite)?;
-        let n_train = train.n_train;
-        let n = num_inference_steps;
-        common::check_steps(CLASS, n, n_train)?;
+/// The config's choices this port honours, checked in diffusers' order.
+struct Options {
+    solver_order: usize,
+    prediction: Prediction,
+    solver_type: SolverType,
+    spacing: common::Spacing,
+    final_sigma: FinalSigma,
+}
+
+impl Options {
+    fn read(cfg: &SchedulerConfig) -> Result<Options, SchedulerError> {
         let solver_order = cfg.solver_order.unwrap_or(2);
         if !(1..=3).contains(&solver_order) {
             return Err(SchedulerError::Unsupported {
@@ -100,53 +99,95 @@ impl DpmSolver {
                 allowed: "null (learned variance is not implemented)".into(),
             });
         }
-        let spacing = common::spacing(CLASS, cfg, "linspace")?;
-        let final_sigma = common::final_sigma(CLASS, cfg)?;
+        Ok(Options {
+            solver_order,
+            prediction,
+            solver_type,
+            spacing: common::spacing(CLASS, cfg, "linspace")?,
+            final_sigma: common::final_sigma(CLASS, cfg)?,
+        })
+    }
+}
+
+/// `lambda_min_clipped`: `searchsorted(flip(λ_t), clip)` cuts off the noisiest timesteps; the
+/// training timesteps left.
+fn unclipped_timesteps(
+    cfg: &SchedulerConfig,
+    alphas_cumprod: &[f32],
+    n_train: usize,
+) -> Result<usize, SchedulerError> {
+    let last = match cfg.lambda_min_clipped {
+        Some(clip) if clip > f64::NEG_INFINITY => {
+            let clip = clip as f32;
+            let below = alphas_cumprod
+                .iter()
+                .rev()
+                .take_while(|&&a| common::lambda(a.sqrt(), (1.0 - a).sqrt()) < clip)
+                .count();
+            n_train - below
+        }
+        _ => n_train,
+    };
+    if last < 2 {
+        return Err(common::invalid(
+            CLASS,
+            "lambda_min_clipped leaves fewer than 2 training timesteps; lower it",
+        ));
+    }
+    Ok(last)
+}
+
+/// Karras sigmas over the training range and the timesteps they interpolate to (rounded;
+/// truncated for `squaredcos_cap_v2`, as diffusers does).
+fn karras_schedule(cfg: &SchedulerConfig, train_sigmas: &[f32], n: usize) -> (Vec<f64>, Vec<f64>) {
+    let logs = common::log_sigmas(train_sigmas);
+    let sigma_min = cfg.sigma_min.unwrap_or(train_sigmas[0] as f64);
+    let sigma_max = cfg
+        .sigma_max
+        .unwrap_or(*train_sigmas.last().expect("n_train >= 2") as f64);
+    let sigmas = common::karras_sigmas(sigma_min, sigma_max, n);
+    let cosine = cfg.beta_schedule.as_deref() == Some("squaredcos_cap_v2");
+    let timesteps = sigmas
+        .iter()
+        .map(|&s| {
+            let t = common::sigma_to_t(s, &logs);
+            if cosine {
+                t.trunc()
+            } else {
+                t.round_ties_even()
+            }
+        })
+        .collect();
+    (timesteps, sigmas)
+}
+
+impl DpmSolver {
+    /// `DPMSolverMultistepScheduler.from_config(config)` then `set_timesteps(n)`;
+    /// `force_karras` turns `use_karras_sigmas` on whatever the config says.
+    pub fn new(
+        cfg: &SchedulerConfig,
+        num_inference_steps: usize,
+        force_karras: bool,
+    ) -> Result<Self, SchedulerError> {
+        let train = common::train_schedule(CLASS, cfg, ZeroSnr::RescaleFinite)?;
+        let n_train = train.n_train;
+        let n = num_inference_steps;
+        common::check_steps(CLASS, n, n_train)?;
+        let options = Options::read(cfg)?;
         let karras = force_karras || cfg.use_karras_sigmas.unwrap_or(false);
 
         let ac = &train.alphas_cumprod;
-        // lambda_min_clipped: searchsorted(flip(λ_t), clip) cuts off the noisiest timesteps.
-        let last = match cfg.lambda_min_clipped {
-            Some(clip) if clip > f64::NEG_INFINITY => {
-                let clip = clip as f32;
-                let below = ac
-                    .iter()
-                    .rev()
-                    .take_while(|&&a| common::lambda(a.sqrt(), (1.0 - a).sqrt()) < clip)
-                    .count();
-                n_train - below
-            }
-            _ => n_train,
-        };
-        if last < 2 {
-            return Err(common::invalid(
-                CLASS,
-                "lambda_min_clipped leaves fewer than 2 training timesteps; lower it",
-            ));
-        }
-        let timesteps =
-            common::multistep_timesteps(spacing, n_train, last, n, cfg.steps_offset.unwrap_or(0));
+        let last = unclipped_timesteps(cfg, ac, n_train)?;
+        let timesteps = common::multistep_timesteps(
+            options.spacing,
+            n_train,
+            last,
+            n,
+            cfg.steps_offset.unwrap_or(0),
+        );
         let train_sigmas = common::train_sigmas(ac);
         let (timesteps, sigmas): (Vec<f64>, Vec<f64>) = if karras {
-            let logs = common::log_sigmas(&train_sigmas);
-            let sigma_min = cfg.sigma_min.unwrap_or(train_sigmas[0] as f64);
-            let sigma_max = cfg
-                .sigma_max
-                .unwrap_or(*train_sigmas.last().expect("n_train >= 2") as f64);
-            let sigmas = common::karras_sigmas(sigma_min, sigma_max, n);
-            let cosine = cfg.beta_schedule.as_deref() == Some("squaredcos_cap_v2");
-            let timesteps = sigmas
-                .iter()
-                .map(|&s| {
-                    let t = common::sigma_to_t(s, &logs);
-                    if cosine {
-                        t.trunc()
-                    } else {
-                        t.round_ties_even()
-                    }
-                })
-                .collect();
-            (timesteps, sigmas)
+            karras_schedule(cfg, &train_sigmas, n)
         } else {
             let sigmas = timesteps
                 .iter()
@@ -154,7 +195,7 @@ impl DpmSolver {
                 .collect();
             (timesteps, sigmas)
         };
-        let last_sigma = match final_sigma {
+        let last_sigma = match options.final_sigma {
             FinalSigma::Zero => 0.0,
             FinalSigma::SigmaMin => train_sigmas[0] as f64,
         };
@@ -167,12 +208,12 @@ impl DpmSolver {
             karras,
             timesteps: timesteps.iter().map(|&t| t as i64 as f32).collect(),
             sigmas,
-            prediction,
-            solver_order,
-            solver_type,
+            prediction: options.prediction,
+            solver_order: options.solver_order,
+            solver_type: options.solver_type,
             lower_order_final: cfg.lower_order_final.unwrap_or(true),
             euler_at_final: cfg.euler_at_final.unwrap_or(false),
-            final_sigma,
+            final_sigma: options.final_sigma,
             model_outputs: Vec::new(),
             lower_order_nums: 0,
             sequence: Sequence::default(),

@@ -5,17 +5,20 @@
 //! loop run with diffusers (`tests/scheduler_parity.rs` replays golden runs produced by
 //! `onnx/golden_schedulers.py`):
 //!
-//! | name              | diffusers class                     | file |
-//! |-------------------|-------------------------------------|------|
-//! | `ddim`            | `DDIMScheduler`                     | [`ddim`] |
-//! | `pndm`            | `PNDMScheduler`                     | [`pndm`] |
-//! | `lms`             | `LMSDiscreteScheduler`              | [`lms`] |
-//! | `euler`           | `EulerDiscreteScheduler`            | [`euler`] |
-//! | `euler_a`         | `EulerAncestralDiscreteScheduler`   | [`euler_ancestral`] |
-//! | `dpmpp_2m`        | `DPMSolverMultistepScheduler`       | [`dpm_solver`] |
-//! | `dpmpp_2m_karras` | the same with `use_karras_sigmas`   | [`dpm_solver`] |
-//! | `ddpm`            | `DDPMScheduler`                     | [`ddpm`] |
-//! | `unipc`           | `UniPCMultistepScheduler`           | [`unipc`] |
+//! | name              | diffusers class                     | AUTOMATIC1111     | file |
+//! |-------------------|-------------------------------------|-------------------|------|
+//! | `ddim`            | `DDIMScheduler`                     | `DDIM`            | [`ddim`] |
+//! | `pndm`            | `PNDMScheduler`                     | `PLMS`            | [`pndm`] |
+//! | `lms`             | `LMSDiscreteScheduler`              | `LMS`             | [`lms`] |
+//! | `euler`           | `EulerDiscreteScheduler`            | `Euler`           | [`euler`] |
+//! | `euler_a`         | `EulerAncestralDiscreteScheduler`   | `Euler a`         | [`euler_ancestral`] |
+//! | `dpmpp_2m`        | `DPMSolverMultistepScheduler`       | `DPM++ 2M`        | [`dpm_solver`] |
+//! | `dpmpp_2m_karras` | the same with `use_karras_sigmas`   | `DPM++ 2M Karras` | [`dpm_solver`] |
+//! | `ddpm`            | `DDPMScheduler`                     | `DDPM`            | [`ddpm`] |
+//! | `unipc`           | `UniPCMultistepScheduler`           | `UniPC`           | [`unipc`] |
+//!
+//! The names themselves live in one table, [`REGISTRY`]: parsing, error messages, PNG
+//! `parameters` and prompt files all read it.
 //!
 //! A scheduler is built like diffusers' `Class.from_config(scheduler_config)` followed by
 //! `set_timesteps(n)`: [`build`] takes the model's `scheduler_config.json` ([`SchedulerConfig`]),
@@ -91,58 +94,123 @@ pub enum SchedulerKind {
     UniPc,
 }
 
+/// The names of one scheduler: sdspool's, the diffusers class it ports, AUTOMATIC1111's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerNames {
+    pub kind: SchedulerKind,
+    /// sdspool's short name, as jobs and the command line write it (`euler_a`).
+    pub name: &'static str,
+    /// The diffusers class this kind ports (`EulerAncestralDiscreteScheduler`), as
+    /// scheduler_config.json's `_class_name` names it.
+    pub class_name: &'static str,
+    /// AUTOMATIC1111's sampler name (`Euler a`), written into PNG `parameters` and read from
+    /// prompt files.
+    pub a1111: &'static str,
+}
+
+/// Every scheduler with its names: the one table of scheduler names, in the order of
+/// [`SchedulerKind`]'s variants (checked when compiling).
+pub const REGISTRY: [SchedulerNames; 9] = {
+    const fn row(
+        kind: SchedulerKind,
+        name: &'static str,
+        class_name: &'static str,
+        a1111: &'static str,
+    ) -> SchedulerNames {
+        SchedulerNames {
+            kind,
+            name,
+            class_name,
+            a1111,
+        }
+    }
+    use SchedulerKind::*;
+    [
+        row(Ddim, "ddim", "DDIMScheduler", "DDIM"),
+        row(Pndm, "pndm", "PNDMScheduler", "PLMS"),
+        row(Lms, "lms", "LMSDiscreteScheduler", "LMS"),
+        row(Euler, "euler", "EulerDiscreteScheduler", "Euler"),
+        row(
+            EulerAncestral,
+            "euler_a",
+            "EulerAncestralDiscreteScheduler",
+            "Euler a",
+        ),
+        row(
+            DpmPp2m,
+            "dpmpp_2m",
+            "DPMSolverMultistepScheduler",
+            "DPM++ 2M",
+        ),
+        row(
+            DpmPp2mKarras,
+            "dpmpp_2m_karras",
+            "DPMSolverMultistepScheduler",
+            "DPM++ 2M Karras",
+        ),
+        row(Ddpm, "ddpm", "DDPMScheduler", "DDPM"),
+        row(UniPc, "unipc", "UniPCMultistepScheduler", "UniPC"),
+    ]
+};
+
+// Row i of the registry is the variant with discriminant i, so a kind finds its row by index.
+const _: () = {
+    let mut i = 0;
+    while i < REGISTRY.len() {
+        assert!(REGISTRY[i].kind as usize == i);
+        i += 1;
+    }
+};
+
 impl SchedulerKind {
     /// Every kind, in the order of the names listed in errors.
-    pub const ALL: [SchedulerKind; 9] = [
-        SchedulerKind::Ddim,
-        SchedulerKind::Pndm,
-        SchedulerKind::Lms,
-        SchedulerKind::Euler,
-        SchedulerKind::EulerAncestral,
-        SchedulerKind::DpmPp2m,
-        SchedulerKind::DpmPp2mKarras,
-        SchedulerKind::Ddpm,
-        SchedulerKind::UniPc,
-    ];
+    pub const ALL: [SchedulerKind; 9] = {
+        let mut all = [SchedulerKind::Ddim; 9];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = REGISTRY[i].kind;
+            i += 1;
+        }
+        all
+    };
+
+    /// This kind's row of [`REGISTRY`].
+    pub fn names(self) -> &'static SchedulerNames {
+        &REGISTRY[self as usize]
+    }
 
     /// The short name (`"euler_a"`, ...), as accepted by [`FromStr`].
     pub fn name(self) -> &'static str {
-        match self {
-            SchedulerKind::Ddim => "ddim",
-            SchedulerKind::Pndm => "pndm",
-            SchedulerKind::Lms => "lms",
-            SchedulerKind::Euler => "euler",
-            SchedulerKind::EulerAncestral => "euler_a",
-            SchedulerKind::DpmPp2m => "dpmpp_2m",
-            SchedulerKind::DpmPp2mKarras => "dpmpp_2m_karras",
-            SchedulerKind::Ddpm => "ddpm",
-            SchedulerKind::UniPc => "unipc",
-        }
+        self.names().name
     }
 
     /// The diffusers class this kind ports.
     pub fn class_name(self) -> &'static str {
-        match self {
-            SchedulerKind::Ddim => "DDIMScheduler",
-            SchedulerKind::Pndm => "PNDMScheduler",
-            SchedulerKind::Lms => "LMSDiscreteScheduler",
-            SchedulerKind::Euler => "EulerDiscreteScheduler",
-            SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
-            SchedulerKind::DpmPp2m | SchedulerKind::DpmPp2mKarras => "DPMSolverMultistepScheduler",
-            SchedulerKind::Ddpm => "DDPMScheduler",
-            SchedulerKind::UniPc => "UniPCMultistepScheduler",
-        }
+        self.names().class_name
     }
 
+    /// AUTOMATIC1111's sampler name (`"Euler a"`, `"DPM++ 2M Karras"`, ...).
+    pub fn a1111_name(self) -> &'static str {
+        self.names().a1111
+    }
+
+    /// The kind AUTOMATIC1111 calls `name` (case-insensitive, surrounding blanks ignored).
+    pub fn from_a1111_name(name: &str) -> Option<SchedulerKind> {
+        let name = name.trim();
+        REGISTRY
+            .iter()
+            .find(|r| r.a1111.eq_ignore_ascii_case(name))
+            .map(|r| r.kind)
+    }
+
+    /// The short names, then each diffusers class name once.
     fn valid_names() -> String {
-        let mut names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
-        names.extend(["DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler"]);
-        names.extend(["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"]);
-        names.extend([
-            "DPMSolverMultistepScheduler",
-            "DDPMScheduler",
-            "UniPCMultistepScheduler",
-        ]);
+        let mut names: Vec<&str> = REGISTRY.iter().map(|r| r.name).collect();
+        for r in &REGISTRY {
+            if !names.contains(&r.class_name) {
+                names.push(r.class_name);
+            }
+        }
         names.join(", ")
     }
 }
@@ -158,24 +226,14 @@ impl FromStr for SchedulerKind {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let key = s.trim().to_ascii_lowercase().replace('-', "_");
-        let kind = match key.as_str() {
-            "ddim" | "ddimscheduler" => SchedulerKind::Ddim,
-            "pndm" | "pndmscheduler" => SchedulerKind::Pndm,
-            "lms" | "lmsdiscretescheduler" => SchedulerKind::Lms,
-            "euler" | "eulerdiscretescheduler" => SchedulerKind::Euler,
-            "euler_a" | "eulerancestraldiscretescheduler" => SchedulerKind::EulerAncestral,
-            "dpmpp_2m" | "dpmsolvermultistepscheduler" => SchedulerKind::DpmPp2m,
-            "dpmpp_2m_karras" => SchedulerKind::DpmPp2mKarras,
-            "ddpm" | "ddpmscheduler" => SchedulerKind::Ddpm,
-            "unipc" | "unipcmultistepscheduler" => SchedulerKind::UniPc,
-            _ => {
-                return Err(SchedulerError::UnknownScheduler {
-                    name: s.to_string(),
-                    valid: Self::valid_names(),
-                });
-            }
-        };
-        Ok(kind)
+        REGISTRY
+            .iter()
+            .find(|r| r.name == key || r.class_name.eq_ignore_ascii_case(&key))
+            .map(|r| r.kind)
+            .ok_or_else(|| SchedulerError::UnknownScheduler {
+                name: s.to_string(),
+                valid: Self::valid_names(),
+            })
     }
 }
 

@@ -80,6 +80,33 @@ fn short_and_class_names_parse() {
 }
 
 #[test]
+fn registry_has_one_row_per_kind_with_every_name() {
+    for (i, kind) in SchedulerKind::ALL.iter().enumerate() {
+        let row = &super::REGISTRY[i];
+        assert_eq!(row.kind, *kind);
+        assert_eq!(kind.names(), row);
+        assert_eq!(SchedulerKind::from_a1111_name(row.a1111), Some(*kind));
+        assert_eq!(
+            SchedulerKind::from_a1111_name(&format!(" {} ", row.a1111.to_uppercase())),
+            Some(*kind)
+        );
+    }
+    assert_eq!(SchedulerKind::EulerAncestral.a1111_name(), "Euler a");
+    assert_eq!(SchedulerKind::Pndm.a1111_name(), "PLMS");
+    assert_eq!(SchedulerKind::from_a1111_name("Heun"), None);
+    let text = err_text("heun".parse::<SchedulerKind>());
+    assert!(
+        text.ends_with(
+            "ddim, pndm, lms, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, ddpm, unipc, \
+             DDIMScheduler, PNDMScheduler, LMSDiscreteScheduler, EulerDiscreteScheduler, \
+             EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler, DDPMScheduler, \
+             UniPCMultistepScheduler"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
 fn unknown_scheduler_name_lists_the_valid_ones() {
     let text = err_text("heun".parse::<SchedulerKind>());
     assert_mentions(

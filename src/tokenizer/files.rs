@@ -288,148 +288,61 @@ fn parse_max_length(
     Ok(Some(n as usize))
 }
 
-/// Reads `dir` (a model folder's `tokenizer/`).
-pub(crate) fn read_dir(dir: &Path) -> Result<TokenizerFiles, TokenizerError> {
-    let vocab_path = dir.join("vocab.json");
-    let merges_path = dir.join("merges.txt");
-    let json_path = dir.join("tokenizer.json");
-    let config_path = dir.join("tokenizer_config.json");
-    let map_path = dir.join("special_tokens_map.json");
-    let added_path = dir.join("added_tokens.json");
+/// The files a tokenizer folder may hold.
+struct Paths {
+    vocab: PathBuf,
+    merges: PathBuf,
+    json: PathBuf,
+    config: PathBuf,
+    special_map: PathBuf,
+    added: PathBuf,
+}
 
+impl Paths {
+    fn in_dir(dir: &Path) -> Paths {
+        Paths {
+            vocab: dir.join("vocab.json"),
+            merges: dir.join("merges.txt"),
+            json: dir.join("tokenizer.json"),
+            config: dir.join("tokenizer_config.json"),
+            special_map: dir.join("special_tokens_map.json"),
+            added: dir.join("added_tokens.json"),
+        }
+    }
+}
+
+/// The BPE model: vocabulary, merges, end-of-word suffix, and the file they came from.
+struct Vocabulary {
+    vocab: HashMap<String, u32>,
+    merges: Vec<(String, String)>,
+    suffix: String,
+    source: PathBuf,
+}
+
+/// Reads `dir` (a model folder's `tokenizer/`) in the order of transformers'
+/// `_from_pretrained`: the BPE model, the special and added tokens, `model_max_length`.
+pub(crate) fn read_dir(dir: &Path) -> Result<TokenizerFiles, TokenizerError> {
     if !dir.is_dir() {
         return Err(TokenizerError::NotFound {
             path: dir.to_owned(),
             what: "tokenizer folder".into(),
         });
     }
-
-    let tokenizer_json = read_optional_json(&json_path)?;
-    let (vocab, merges, suffix, source) = if vocab_path.is_file() && merges_path.is_file() {
-        let vocab = parse_vocab(&vocab_path, &read_json(&vocab_path)?)?;
-        let merges = parse_merges_txt(&merges_path)?;
-        (vocab, merges, "</w>".to_owned(), vocab_path.clone())
-    } else if let Some(json) = &tokenizer_json {
-        let model = json
-            .get("model")
-            .ok_or_else(|| invalid(&json_path, "no \"model\""))?;
-        let model = as_object(&json_path, model, "model")?;
-        match model.get("type").and_then(Value::as_str) {
-            Some("BPE") | None => {}
-            Some(other) => {
-                return Err(invalid(
-                    &json_path,
-                    format!("model.type is {other:?}, not \"BPE\""),
-                ));
-            }
-        }
-        let vocab = parse_vocab(
-            &json_path,
-            model
-                .get("vocab")
-                .ok_or_else(|| invalid(&json_path, "no model.vocab"))?,
-        )?;
-        let merges = parse_json_merges(
-            &json_path,
-            model
-                .get("merges")
-                .ok_or_else(|| invalid(&json_path, "no model.merges"))?,
-        )?;
-        let suffix = model
-            .get("end_of_word_suffix")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        if suffix != "</w>" {
-            return Err(invalid(
-                &json_path,
-                format!("model.end_of_word_suffix is {suffix:?}; a CLIP BPE model has \"</w>\""),
-            ));
-        }
-        (vocab, merges, suffix, json_path.clone())
-    } else {
-        // Name the file that is missing from the pair the folder has started, or all of them.
-        let missing = match (vocab_path.is_file(), merges_path.is_file()) {
-            (false, true) => vocab_path.display().to_string(),
-            (true, false) => merges_path.display().to_string(),
-            _ => format!(
-                "{} and {} (or {})",
-                vocab_path.display(),
-                merges_path.display(),
-                json_path.display()
-            ),
-        };
-        return Err(TokenizerError::NotFound {
-            path: dir.to_owned(),
-            what: format!("{missing}: not found"),
-        });
-    };
-
-    // Special and added tokens, in the order of transformers' `_from_pretrained`.
-    let config = read_optional_json(&config_path)?;
+    let paths = Paths::in_dir(dir);
+    let tokenizer_json = read_optional_json(&paths.json)?;
+    let vocabulary = read_vocabulary(dir, &paths, tokenizer_json.as_ref())?;
+    let config = read_optional_json(&paths.config)?;
     let config = match &config {
-        Some(value) => Some(as_object(&config_path, value, "tokenizer_config.json")?),
+        Some(value) => Some(as_object(&paths.config, value, "tokenizer_config.json")?),
         None => None,
     };
     let mut specials = Specials::default();
-    let mut added = Vec::new();
     let mut model_max_length = None;
     if let Some(config) = config {
-        specials.update_from(&config_path, config)?;
-        model_max_length = parse_max_length(&config_path, config)?;
+        specials.update_from(&paths.config, config)?;
+        model_max_length = parse_max_length(&paths.config, config)?;
     }
-    match config.and_then(|c| c.get("added_tokens_decoder")) {
-        Some(decoder) => {
-            // The current format: tokenizer_config.json has it all; special_tokens_map.json is
-            // not read.
-            let decoder = as_object(&config_path, decoder, "added_tokens_decoder")?;
-            let mut entries = Vec::with_capacity(decoder.len());
-            for (id, entry) in decoder {
-                let id = id.parse::<u32>().map_err(|_| {
-                    invalid(
-                        &config_path,
-                        format!("added_tokens_decoder key {id:?} is not an id"),
-                    )
-                })?;
-                entries.push((Some(id), entry.clone()));
-            }
-            added = parse_added_list(&config_path, entries.into_iter())?;
-        }
-        None => {
-            // Legacy: special_tokens_map.json overrides tokenizer_config.json, then
-            // added_tokens.json, then tokenizer.json's added_tokens.
-            if let Some(map) = read_optional_json(&map_path)? {
-                specials.update_from(
-                    &map_path,
-                    as_object(&map_path, &map, "special_tokens_map.json")?,
-                )?;
-            }
-            if let Some(file) = read_optional_json(&added_path)? {
-                let obj = as_object(&added_path, &file, "added_tokens.json")?;
-                for (content, id) in obj {
-                    let id = id
-                        .as_u64()
-                        .and_then(|id| u32::try_from(id).ok())
-                        .ok_or_else(|| {
-                            invalid(&added_path, format!("{content:?} has id {id}, not a u32"))
-                        })?;
-                    added.push(AddedToken {
-                        id: Some(id),
-                        ..AddedToken::plain(content)
-                    });
-                }
-            }
-            if let Some(list) = tokenizer_json.as_ref().and_then(|j| j.get("added_tokens")) {
-                let list = list
-                    .as_array()
-                    .ok_or_else(|| invalid(&json_path, "added_tokens is not a list"))?;
-                added.extend(parse_added_list(
-                    &json_path,
-                    list.iter().map(|v| (None, v.clone())),
-                )?);
-            }
-        }
-    }
+    let added = read_added_tokens(&paths, config, &mut specials, tokenizer_json.as_ref())?;
 
     // CLIPTokenizer's defaults for what the files leave out (or set to null).
     let mut special = |key: &'static str, default: &str| {
@@ -443,18 +356,193 @@ pub(crate) fn read_dir(dir: &Path) -> Result<TokenizerFiles, TokenizerError> {
     let eos = special("eos_token", "<|endoftext|>");
     let unk = special("unk_token", "<|endoftext|>");
     let pad = special("pad_token", "<|endoftext|>");
+    let added = all_added_tokens(added, [&bos, &eos, &unk, &pad], &specials.additional);
 
-    // transformers adds every special token that is not yet an added token (`_add_tokens(...,
-    // special_tokens=True)`); a content already added keeps its first entry.
-    for token in [&bos, &eos, &unk, &pad]
-        .into_iter()
-        .chain(specials.additional.iter())
-    {
+    Ok(TokenizerFiles {
+        vocab: vocabulary.vocab,
+        merges: vocabulary.merges,
+        suffix: vocabulary.suffix,
+        bos,
+        eos,
+        unk,
+        pad,
+        added,
+        model_max_length: max_length_or_default(dir, model_max_length),
+        source: vocabulary.source,
+    })
+}
+
+/// vocab.json + merges.txt when both are there (what the slow tokenizer reads), else
+/// tokenizer.json's BPE model.
+fn read_vocabulary(
+    dir: &Path,
+    paths: &Paths,
+    tokenizer_json: Option<&Value>,
+) -> Result<Vocabulary, TokenizerError> {
+    if paths.vocab.is_file() && paths.merges.is_file() {
+        return Ok(Vocabulary {
+            vocab: parse_vocab(&paths.vocab, &read_json(&paths.vocab)?)?,
+            merges: parse_merges_txt(&paths.merges)?,
+            suffix: "</w>".to_owned(),
+            source: paths.vocab.clone(),
+        });
+    }
+    if let Some(json) = tokenizer_json {
+        return json_vocabulary(&paths.json, json);
+    }
+    // Name the file that is missing from the pair the folder has started, or all of them.
+    let missing = match (paths.vocab.is_file(), paths.merges.is_file()) {
+        (false, true) => paths.vocab.display().to_string(),
+        (true, false) => paths.merges.display().to_string(),
+        _ => format!(
+            "{} and {} (or {})",
+            paths.vocab.display(),
+            paths.merges.display(),
+            paths.json.display()
+        ),
+    };
+    Err(TokenizerError::NotFound {
+        path: dir.to_owned(),
+        what: format!("{missing}: not found"),
+    })
+}
+
+/// The `model` of tokenizer.json, which must be CLIP's BPE (suffix `</w>`).
+fn json_vocabulary(json_path: &Path, json: &Value) -> Result<Vocabulary, TokenizerError> {
+    let model = json
+        .get("model")
+        .ok_or_else(|| invalid(json_path, "no \"model\""))?;
+    let model = as_object(json_path, model, "model")?;
+    match model.get("type").and_then(Value::as_str) {
+        Some("BPE") | None => {}
+        Some(other) => {
+            return Err(invalid(
+                json_path,
+                format!("model.type is {other:?}, not \"BPE\""),
+            ));
+        }
+    }
+    let vocab = parse_vocab(
+        json_path,
+        model
+            .get("vocab")
+            .ok_or_else(|| invalid(json_path, "no model.vocab"))?,
+    )?;
+    let merges = parse_json_merges(
+        json_path,
+        model
+            .get("merges")
+            .ok_or_else(|| invalid(json_path, "no model.merges"))?,
+    )?;
+    let suffix = model
+        .get("end_of_word_suffix")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if suffix != "</w>" {
+        return Err(invalid(
+            json_path,
+            format!("model.end_of_word_suffix is {suffix:?}; a CLIP BPE model has \"</w>\""),
+        ));
+    }
+    Ok(Vocabulary {
+        vocab,
+        merges,
+        suffix,
+        source: json_path.to_owned(),
+    })
+}
+
+/// The added tokens the files declare, in the order of transformers' `_from_pretrained`; the
+/// legacy files may also override `specials`.
+fn read_added_tokens(
+    paths: &Paths,
+    config: Option<&Map<String, Value>>,
+    specials: &mut Specials,
+    tokenizer_json: Option<&Value>,
+) -> Result<Vec<AddedToken>, TokenizerError> {
+    match config.and_then(|c| c.get("added_tokens_decoder")) {
+        // The current format: tokenizer_config.json has it all; special_tokens_map.json is not
+        // read.
+        Some(decoder) => added_tokens_decoder(&paths.config, decoder),
+        None => legacy_added_tokens(paths, specials, tokenizer_json),
+    }
+}
+
+/// `added_tokens_decoder` of tokenizer_config.json: `{"id": {token}, ...}`.
+fn added_tokens_decoder(
+    config_path: &Path,
+    decoder: &Value,
+) -> Result<Vec<AddedToken>, TokenizerError> {
+    let decoder = as_object(config_path, decoder, "added_tokens_decoder")?;
+    let mut entries = Vec::with_capacity(decoder.len());
+    for (id, entry) in decoder {
+        let id = id.parse::<u32>().map_err(|_| {
+            invalid(
+                config_path,
+                format!("added_tokens_decoder key {id:?} is not an id"),
+            )
+        })?;
+        entries.push((Some(id), entry.clone()));
+    }
+    parse_added_list(config_path, entries.into_iter())
+}
+
+/// The legacy files: special_tokens_map.json overrides tokenizer_config.json's special tokens,
+/// then added_tokens.json, then tokenizer.json's `added_tokens`.
+fn legacy_added_tokens(
+    paths: &Paths,
+    specials: &mut Specials,
+    tokenizer_json: Option<&Value>,
+) -> Result<Vec<AddedToken>, TokenizerError> {
+    let mut added = Vec::new();
+    if let Some(map) = read_optional_json(&paths.special_map)? {
+        specials.update_from(
+            &paths.special_map,
+            as_object(&paths.special_map, &map, "special_tokens_map.json")?,
+        )?;
+    }
+    if let Some(file) = read_optional_json(&paths.added)? {
+        let obj = as_object(&paths.added, &file, "added_tokens.json")?;
+        for (content, id) in obj {
+            let id = id
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| {
+                    invalid(&paths.added, format!("{content:?} has id {id}, not a u32"))
+                })?;
+            added.push(AddedToken {
+                id: Some(id),
+                ..AddedToken::plain(content)
+            });
+        }
+    }
+    if let Some(list) = tokenizer_json.and_then(|j| j.get("added_tokens")) {
+        let list = list
+            .as_array()
+            .ok_or_else(|| invalid(&paths.json, "added_tokens is not a list"))?;
+        added.extend(parse_added_list(
+            &paths.json,
+            list.iter().map(|v| (None, v.clone())),
+        )?);
+    }
+    Ok(added)
+}
+
+/// Every token split out of prompts, each content once: the declared added tokens, then every
+/// special token that is not yet one (transformers' `_add_tokens(..., special_tokens=True)`: a
+/// content already added keeps its first entry); a later entry for the same content replaces an
+/// earlier one, as in transformers' dicts; empty contents are dropped.
+fn all_added_tokens(
+    mut added: Vec<AddedToken>,
+    named: [&AddedToken; 4],
+    additional: &[AddedToken],
+) -> Vec<AddedToken> {
+    for token in named.into_iter().chain(additional.iter()) {
         if !added.iter().any(|t| t.content == token.content) {
             added.push(token.clone());
         }
     }
-    // Later entries for the same content replace earlier ones in transformers' dicts.
     let mut unique: Vec<AddedToken> = Vec::with_capacity(added.len());
     for token in added {
         if token.content.is_empty() {
@@ -465,8 +553,12 @@ pub(crate) fn read_dir(dir: &Path) -> Result<TokenizerFiles, TokenizerError> {
             None => unique.push(token),
         }
     }
+    unique
+}
 
-    let model_max_length = match model_max_length {
+/// `model_max_length` as the files set it, or CLIP's 77.
+fn max_length_or_default(dir: &Path, model_max_length: Option<usize>) -> usize {
+    match model_max_length {
         Some(n) => n,
         None => {
             tracing::info!(
@@ -475,18 +567,5 @@ pub(crate) fn read_dir(dir: &Path) -> Result<TokenizerFiles, TokenizerError> {
             );
             DEFAULT_MAX_LENGTH
         }
-    };
-
-    Ok(TokenizerFiles {
-        vocab,
-        merges,
-        suffix,
-        bos,
-        eos,
-        unk,
-        pad,
-        added: unique,
-        model_max_length,
-        source,
-    })
+    }
 }

@@ -74,8 +74,14 @@ pub enum TokenizerError {
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
     /// The `tokenizers` crate failed (building the BPE model or tokenizing a word).
-    #[error("{}: {message}", path.display())]
-    Tokenizers { path: PathBuf, message: String },
+    #[error("{}: {doing}: {source}", path.display())]
+    Tokenizers {
+        path: PathBuf,
+        /// What the tokenizer was doing, e.g. `building the BPE model`.
+        doing: String,
+        #[source]
+        source: tokenizers::Error,
+    },
 }
 
 /// A prompt's token ids, ready for the text encoder.
@@ -152,9 +158,10 @@ impl ClipTokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self, TokenizerError> {
         let files = files::read_dir(dir)?;
         let source = files.source.clone();
-        let tokenizers_err = |message: String| TokenizerError::Tokenizers {
+        let tokenizers_err = |doing: &str, e: tokenizers::Error| TokenizerError::Tokenizers {
             path: source.clone(),
-            message,
+            doing: doing.to_string(),
+            source: e,
         };
 
         let vocab_id = |content: &str| files.vocab.get(content).copied();
@@ -208,13 +215,13 @@ impl ClipTokenizer {
             .end_of_word_suffix(files.suffix)
             .unk_token(files.unk.content.clone())
             .build()
-            .map_err(|e| tokenizers_err(format!("building the BPE model: {e}")))?;
+            .map_err(|e| tokenizers_err("building the BPE model", e))?;
         let split = Split::new(
             SplitPattern::Regex(CLIP_PATTERN.to_owned()),
             SplitDelimiterBehavior::Removed,
             true,
         )
-        .map_err(|e| tokenizers_err(format!("compiling the CLIP pre-tokenizer regex: {e}")))?;
+        .map_err(|e| tokenizers_err("compiling the CLIP pre-tokenizer regex", e))?;
 
         Ok(ClipTokenizer {
             bpe,
@@ -412,7 +419,8 @@ impl ClipTokenizer {
         }
         let err = |e: tokenizers::Error| TokenizerError::Tokenizers {
             path: self.source.clone(),
-            message: format!("tokenizing {text:?}: {e}"),
+            doing: format!("tokenizing {text:?}"),
+            source: e,
         };
         let mut words = PreTokenizedString::from(cleaned.as_str());
         self.split.pre_tokenize(&mut words).map_err(err)?;

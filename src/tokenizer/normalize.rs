@@ -15,6 +15,12 @@
 //! `unicodedata`; NFC from the `unicode-normalization` crate (normalisation is stable across
 //! Unicode versions for assigned characters, and unassigned ones were dropped in step 1); lower
 //! casing from `str::to_lowercase`, which implements the same final-sigma rule as CPython.
+//!
+//! **Why hand-written, not the `tokenizers` crate's normalizers.** The fast CLIP tokenizer's
+//! normalizer (NFC, a whitespace regex, lower case) is not what the slow `CLIPTokenizer` that
+//! diffusers loads from a model folder does: it keeps control and format characters and does
+//! not space CJK ideographs. Prompts with such characters would get other token ids, so other
+//! images; `tests/tokenizer_parity.rs` checks the slow tokenizer's ids.
 
 use unicode_normalization::UnicodeNormalization;
 

@@ -1,26 +1,31 @@
 //! Moving arrays in and out of ONNX Runtime in the element type each model wants.
 //!
-//! The pipeline computes in float32 (as diffusers does for its scheduler math); float16 models
-//! get float16 tensors and their float16 outputs are widened back.
+//! Callers compute in float32 (as diffusers does for its scheduler math); float16 models get
+//! float16 tensors and their float16 outputs are widened back. Shared by the diffusion pipeline
+//! and the CLIP reranker.
+
+use std::path::{Path, PathBuf};
 
 use half::f16;
 use ndarray::{ArrayD, ArrayViewD};
 use ort::value::{DynValue, Tensor};
 
-use crate::model::Elem;
+use super::signature::Elem;
 
 /// An ONNX Runtime failure, with the model file it happened in.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {message}")]
+#[error("{}: {source}", file.display())]
 pub struct OrtCallError {
-    pub file: String,
-    pub message: String,
+    pub file: PathBuf,
+    #[source]
+    pub source: ort::Error,
 }
 
-pub(crate) fn ort_err(file: &std::path::Path, e: impl std::fmt::Display) -> OrtCallError {
+/// Wraps an ONNX Runtime error with the file of the session it came from.
+pub fn ort_err(file: &Path, source: ort::Error) -> OrtCallError {
     OrtCallError {
-        file: file.display().to_string(),
-        message: e.to_string(),
+        file: file.to_path_buf(),
+        source,
     }
 }
 
