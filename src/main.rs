@@ -244,13 +244,13 @@ fn execute(command: Command, config: &Config, started: std::time::Instant) -> Ou
 }
 
 fn run(config: &Config, until_idle: bool) -> Outcome {
-    sdspool::app::daemon::run(config, sdspool::app::daemon::DaemonOptions { until_idle }).map_err(|e| {
-        Failure {
+    sdspool::app::daemon::run(config, sdspool::app::daemon::DaemonOptions { until_idle }).map_err(
+        |e| Failure {
             error: e,
             status: 1,
             log: true,
-        }
-    })?;
+        },
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -290,7 +290,10 @@ fn render(
     }
     println!(
         "{}",
-        outcome.dir.join(sdspool::jobs::run::manifest::FILE).display()
+        outcome
+            .dir
+            .join(sdspool::jobs::run::manifest::FILE)
+            .display()
     );
     Ok(ExitCode::SUCCESS)
 }

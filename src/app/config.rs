@@ -12,7 +12,12 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
 
-use crate::runtime::providers::ProviderKind;
+pub use crate::engine::model::config::{ModelConfig, valid_model_name};
+pub use crate::jobs::settings::{JobDefaults, Limits};
+pub use crate::runtime::config::{
+    ConvSearch, CudaConfig, DeviceConfig, ExecutionConfig, GraphOptimization, OnnxRuntimeConfig,
+    TensorRtConfig,
+};
 
 /// Largest configuration file sdspool reads; a config is a few kilobytes.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -83,178 +88,6 @@ pub struct Config {
     pub source: PathBuf,
 }
 
-/// `onnxruntime:` section.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OnnxRuntimeConfig {
-    /// Path to `libonnxruntime.so*`. Tried first; then `ORT_DYLIB_PATH`; then the project-local
-    /// folder `.ort/` beside the config file.
-    #[serde(default)]
-    pub library: Option<PathBuf>,
-}
-
-/// `execution:` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecutionConfig {
-    /// Providers in order of preference, e.g. `[tensorrt, cuda, cpu]`.
-    #[serde(default = "default_providers")]
-    pub providers: Vec<ProviderKind>,
-    /// GPU device ids; one worker per id.
-    #[serde(default = "default_device_ids")]
-    pub device_ids: Vec<i32>,
-    /// Settings of single devices of `device_ids` (which models their worker serves), by id.
-    #[serde(default)]
-    pub devices: BTreeMap<i32, DeviceConfig>,
-    /// Refuse to start when no GPU provider really serves the models.
-    #[serde(default)]
-    pub require_gpu: bool,
-    /// Threads inside one operator; 0 lets ONNX Runtime choose.
-    #[serde(default)]
-    pub intra_threads: usize,
-    /// Threads across operators; 0 lets ONNX Runtime choose.
-    #[serde(default)]
-    pub inter_threads: usize,
-    /// ONNX Runtime graph optimisation level.
-    #[serde(default)]
-    pub graph_optimization: GraphOptimization,
-    /// ONNX Runtime's CPU memory arena (its own default; the `ort` crate turns it off unless
-    /// asked): activations stay allocated between runs.
-    #[serde(default = "yes")]
-    pub cpu_arena: bool,
-    /// When set, every session also writes its optimised graph below this folder (for
-    /// inspection; see [`crate::runtime::Runtime::optimized_model_path`]).
-    #[serde(default)]
-    pub optimized_model_dir: Option<PathBuf>,
-    #[serde(default)]
-    pub tensorrt: TensorRtConfig,
-    #[serde(default)]
-    pub cuda: CudaConfig,
-}
-
-impl Default for ExecutionConfig {
-    fn default() -> Self {
-        ExecutionConfig {
-            providers: default_providers(),
-            device_ids: default_device_ids(),
-            devices: BTreeMap::new(),
-            require_gpu: false,
-            intra_threads: 0,
-            inter_threads: 0,
-            graph_optimization: GraphOptimization::default(),
-            cpu_arena: true,
-            optimized_model_dir: None,
-            tensorrt: TensorRtConfig::default(),
-            cuda: CudaConfig::default(),
-        }
-    }
-}
-
-/// `execution.devices.<id>:` section: the worker of one device.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceConfig {
-    /// The models this device's worker loads and renders (names under `models:`); every
-    /// configured model when absent.
-    #[serde(default)]
-    pub models: Option<Vec<String>>,
-}
-
-fn default_output_dir() -> PathBuf {
-    PathBuf::from("local/output")
-}
-
-fn default_providers() -> Vec<ProviderKind> {
-    vec![ProviderKind::Cpu]
-}
-
-fn default_device_ids() -> Vec<i32> {
-    vec![0]
-}
-
-/// ONNX Runtime's graph optimisation levels.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GraphOptimization {
-    Disable,
-    Basic,
-    Extended,
-    #[default]
-    All,
-}
-
-/// `execution.tensorrt:` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TensorRtConfig {
-    /// Build fp16 engines.
-    #[serde(default = "yes")]
-    pub fp16: bool,
-    /// Folder for serialized engines, so the second start skips engine building.
-    #[serde(default)]
-    pub engine_cache: Option<PathBuf>,
-    /// Folder for the timing cache.
-    #[serde(default)]
-    pub timing_cache: Option<PathBuf>,
-    /// Builder workspace limit in bytes.
-    #[serde(default)]
-    pub max_workspace_bytes: Option<usize>,
-}
-
-impl Default for TensorRtConfig {
-    fn default() -> Self {
-        TensorRtConfig {
-            fp16: true,
-            engine_cache: None,
-            timing_cache: None,
-            max_workspace_bytes: None,
-        }
-    }
-}
-
-/// `execution.cuda:` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CudaConfig {
-    /// Upper bound for the CUDA memory arena in bytes.
-    #[serde(default)]
-    pub memory_limit_bytes: Option<usize>,
-    /// cuDNN convolution algorithm search.
-    #[serde(default)]
-    pub conv_algorithm_search: ConvSearch,
-    /// Allow TF32 math on Ampere and newer.
-    #[serde(default = "yes")]
-    pub tf32: bool,
-    /// Capture the UNet in a CUDA graph (needs fixed shapes).
-    #[serde(default)]
-    pub cuda_graph: bool,
-}
-
-impl Default for CudaConfig {
-    fn default() -> Self {
-        CudaConfig {
-            memory_limit_bytes: None,
-            conv_algorithm_search: ConvSearch::default(),
-            tf32: true,
-            cuda_graph: false,
-        }
-    }
-}
-
-/// cuDNN convolution algorithm search modes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConvSearch {
-    #[default]
-    Exhaustive,
-    Heuristic,
-    Default,
-}
-
-fn yes() -> bool {
-    true
-}
-
 /// `daemon:` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -279,91 +112,8 @@ impl Default for DaemonConfig {
     }
 }
 
-/// `defaults:` section: what a job gets for the fields it leaves out.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JobDefaults {
-    pub candidates: u32,
-    pub steps: u32,
-    pub guidance: f64,
-    pub width: u32,
-    pub height: u32,
-    /// Most candidates of a prompt in one UNet batch.
-    pub max_batch: u32,
-    /// Seed generator: `torch_cpu` (same latents as diffusers with a CPU generator).
-    pub rng: crate::engine::noise::RngKind,
-}
-
-impl Default for JobDefaults {
-    fn default() -> Self {
-        JobDefaults {
-            candidates: 4,
-            steps: 25,
-            guidance: 7.5,
-            width: 512,
-            height: 512,
-            max_batch: 8,
-            rng: crate::engine::noise::RngKind::TorchCpu,
-        }
-    }
-}
-
-/// `limits:` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub max_steps: u32,
-    /// Width times height.
-    pub max_pixels: u64,
-    /// Longest side in pixels, width or height. `max_pixels` alone lets a 131072x8 image
-    /// through, whose attention maps do not fit in memory.
-    pub max_side: u32,
-    /// Candidates of one prompt.
-    pub max_candidates: u32,
-    /// Prompts of one job once sweeps and prompt matrices are expanded.
-    pub max_prompts: u32,
-    /// Images of one job (all prompts' candidates, sweeps expanded).
-    pub max_images: u64,
-    /// Size of a job file in bytes.
-    pub max_job_bytes: u64,
-    /// Characters of one prompt or negative prompt as rendered (a prompt matrix expanded). The
-    /// text encoder reads 77 tokens, a few hundred characters; the rest is cut off, but it would
-    /// still be kept in memory, the manifest and every PNG's `parameters`.
-    pub max_prompt_chars: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_steps: 150,
-            max_pixels: 1024 * 1024,
-            max_side: 2048,
-            max_candidates: 32,
-            max_prompts: 1000,
-            max_images: 10_000,
-            max_job_bytes: 1 << 20,
-            max_prompt_chars: 4000,
-        }
-    }
-}
-
-/// One entry under `models:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// Folder in the layout optimum writes for Stable Diffusion exports.
-    pub path: PathBuf,
-}
-
-impl fmt::Display for GraphOptimization {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            GraphOptimization::Disable => "disable",
-            GraphOptimization::Basic => "basic",
-            GraphOptimization::Extended => "extended",
-            GraphOptimization::All => "all",
-        })
-    }
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("local/output")
 }
 
 impl Config {
@@ -387,10 +137,11 @@ impl Config {
     /// Parses configuration text that came from `path` (used for messages and to resolve
     /// relative paths).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = crate::sys::yaml::parse(text).map_err(|error| ConfigError::Parse {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let mut config: Config =
+            crate::sys::yaml::parse(text).map_err(|error| ConfigError::Parse {
+                path: path.to_path_buf(),
+                error,
+            })?;
         config.source = path.to_path_buf();
         let base = path
             .parent()
@@ -666,14 +417,25 @@ fn device_line(
     }
 }
 
-/// Model names end up in log lines, manifests and file names: keep them plain.
-pub fn valid_model_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && !name.starts_with('.')
+impl crate::jobs::settings::JobSettings for Config {
+    fn models(&self) -> &BTreeMap<String, ModelConfig> {
+        &self.models
+    }
+    fn default_model_name(&self) -> &str {
+        Config::default_model_name(self)
+    }
+    fn defaults(&self) -> &JobDefaults {
+        &self.defaults
+    }
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+    fn rerank(&self) -> Option<&crate::engine::rerank::RerankConfig> {
+        self.rerank.as_ref()
+    }
+    fn output_dir(&self) -> &Path {
+        &self.output_dir
+    }
 }
 
 #[cfg(test)]

@@ -20,9 +20,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::config::Config;
-use crate::jobs::job::Job;
 use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
+use crate::jobs::job::Job;
+use crate::jobs::settings::JobSettings;
 use crate::spool::fsops::rfc3339;
 
 /// File name inside the spool's control folder.
@@ -339,13 +339,13 @@ pub struct Estimate {
 /// UNet calls per batch of each scheduler and step count, from the models' scheduler
 /// configurations (read once per model).
 pub struct StepCounter<'a> {
-    config: &'a Config,
+    config: &'a dyn JobSettings,
     configs: HashMap<String, Option<SchedulerConfig>>,
     calls: HashMap<(String, Option<SchedulerKind>, u32), u64>,
 }
 
 impl<'a> StepCounter<'a> {
-    pub fn new(config: &'a Config) -> StepCounter<'a> {
+    pub fn new(config: &'a dyn JobSettings) -> StepCounter<'a> {
         StepCounter {
             config,
             configs: HashMap::new(),
@@ -366,7 +366,7 @@ impl<'a> StepCounter<'a> {
             .entry(model.to_string())
             .or_insert_with(|| {
                 let path = config
-                    .models
+                    .models()
                     .get(model)?
                     .path
                     .join("scheduler/scheduler_config.json");

@@ -5,3 +5,4 @@ pub mod eta;
 pub mod job;
 pub mod output;
 pub mod run;
+pub mod settings;

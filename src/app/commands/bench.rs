@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::app::config::{Config, ModelConfig};
+use crate::engine::scheduler::SchedulerKind;
 use crate::jobs::job;
 use crate::jobs::run::{PhaseDurations, RunOptions, Worker};
 use crate::runtime::Runtime;
 use crate::runtime::clock::SessionClock;
-use crate::engine::scheduler::SchedulerKind;
 
 /// The bench's prompts, in order.
 pub const PROMPTS: [&str; 8] = [

@@ -7,10 +7,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::app::config::Config;
-use crate::jobs::eta::{self, Timings};
-use crate::jobs::job::{self, Job, JobError};
 use crate::engine::model::layout::ModelFolder;
 use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
+use crate::jobs::eta::{self, Timings};
+use crate::jobs::job::{self, Job, JobError};
 
 /// Checks `job_file`; the explanation, or the first error with the file and the field.
 pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {

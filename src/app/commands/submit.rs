@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use crate::app::config::Config;
 use crate::jobs::job::{self, JobError};
-use crate::sys::atomic;
 use crate::spool::fsops::{self, Moved, Mover};
 use crate::spool::names::{self, NameKind};
 use crate::spool::{Layout, SpoolError};
+use crate::sys::atomic;
 
 /// Why a job was not submitted.
 /// Permissions of a submitted job file.
@@ -236,10 +236,12 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let bytes = embed_prompt_lines(b"prompts: []\nseed: 1".to_vec(), "p\n.txt", &lines);
-        let spec: JobSpecLines = crate::sys::yaml::parse(std::str::from_utf8(&bytes).unwrap()).unwrap();
+        let spec: JobSpecLines =
+            crate::sys::yaml::parse(std::str::from_utf8(&bytes).unwrap()).unwrap();
         assert_eq!(spec.prompt_lines, lines);
         let empty = embed_prompt_lines(b"prompts: [a]\n".to_vec(), "p.txt", &[]);
-        let spec: JobSpecLines = crate::sys::yaml::parse(std::str::from_utf8(&empty).unwrap()).unwrap();
+        let spec: JobSpecLines =
+            crate::sys::yaml::parse(std::str::from_utf8(&empty).unwrap()).unwrap();
         assert!(spec.prompt_lines.is_empty());
     }
 

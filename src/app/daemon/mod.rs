@@ -36,7 +36,7 @@ use crate::runtime::Runtime;
 use crate::spool::control::Control;
 use crate::spool::{Spool, SpoolOptions};
 use dispatch::Dispatch;
-use heartbeat::Heartbeats;
+use heartbeat::{Heartbeats, Pulse};
 use shutdown::Shutdown;
 use supervise::{Signals, Supervisor};
 
@@ -120,6 +120,16 @@ pub fn run(config: &Config, options: DaemonOptions) -> anyhow::Result<()> {
 }
 
 /// What the daemon runs on.
+/// What a worker works with.
+pub struct WorkerCtx<'a> {
+    pub device: i32,
+    pub shared: &'a Shared,
+    pub spool: &'a Spool,
+    pub control: Control,
+    pub pulse: Pulse<'a>,
+    pub options: DaemonOptions,
+}
+
 struct Daemon<'a> {
     shared: &'a Shared,
     spool: &'a Spool,
@@ -162,7 +172,7 @@ impl<'env> Daemon<'env> {
         loaded: mpsc::Sender<Result<i32, String>>,
         done: tokio::sync::mpsc::UnboundedSender<WorkerEnd>,
     ) {
-        let ctx = worker::WorkerCtx {
+        let ctx = WorkerCtx {
             device,
             shared: self.shared,
             spool: self.spool,

@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use super::WorkerCtx;
 use super::dispatch::Waiting;
 use super::notify;
 use super::progress::{ProgressSink, stall};
 use super::storage::{WaitForStorage, filing_error};
-use super::worker::WorkerCtx;
 use crate::app::config::Config;
 use crate::jobs::job::Job;
 use crate::jobs::run::{JobRunError, Outcome, Progress, RunOptions, Worker};
@@ -81,7 +81,7 @@ pub fn process(
             model.as_deref(),
         );
     }
-    let job = match crate::jobs::job::load_spooled(&claimed.path_in_running, &config) {
+    let job = match crate::jobs::job::load_spooled(&claimed.path_in_running, config.as_ref()) {
         Ok(j) => j,
         Err(e) => {
             tracing::warn!(error = %e, "job file is not valid; moving it to failed/");

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use super::WorkerCtx;
 use super::notify;
-use super::worker::WorkerCtx;
 use crate::spool::{Claimed, FinishError};
 
 /// First and longest wait before a job that could not write its output runs again.

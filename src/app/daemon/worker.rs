@@ -6,32 +6,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use super::WorkerCtx;
 use super::dispatch::Waiting;
-use super::heartbeat::{Pulse, WorkerState};
+use super::heartbeat::WorkerState;
 use super::notify;
 use super::process::{Processed, process};
 use super::storage::{self, wait_for_storage};
-use super::{DaemonOptions, Shared};
 use crate::app::config::Config;
 use crate::jobs::run::Worker;
 use crate::runtime::Runtime;
-use crate::spool::Spool;
-use crate::spool::control::Control;
 
 /// How long a worker waits for a new job, or sleeps while paused, before it looks around again
 /// (and beats).
 const CLAIM_WAIT: Duration = Duration::from_millis(500);
 const PAUSE_LOOK: Duration = Duration::from_millis(250);
-
-/// What a worker works with.
-pub struct WorkerCtx<'a> {
-    pub device: i32,
-    pub shared: &'a Shared,
-    pub spool: &'a Spool,
-    pub control: Control,
-    pub pulse: Pulse<'a>,
-    pub options: DaemonOptions,
-}
 
 /// The worker's thread: loads, says so on `loaded`, works until the daemon stops.
 pub fn run(

@@ -3,6 +3,7 @@
 //! and a loaded model whose sessions are reused across jobs.
 
 mod channels;
+pub mod config;
 pub mod family;
 pub mod layout;
 pub mod signature;

@@ -12,11 +12,11 @@ use super::PipelineError;
 use super::conditioning::Conditioning;
 use crate::engine::model::Part;
 use crate::engine::model::family::UnetGraph;
+use crate::engine::scheduler::Scheduler;
 use crate::runtime::tensors::{
     extract_float, fill_float, float_tensor, float_tensor_from, ort_err, set_timestep,
     timestep_tensor,
 };
-use crate::engine::scheduler::Scheduler;
 
 /// Progress of the loop, given to the per-step callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

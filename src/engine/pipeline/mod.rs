@@ -31,8 +31,8 @@ use ndarray::{ArrayD, Axis};
 
 use crate::engine::model::{Family, SdModel, SideError};
 use crate::engine::noise::RngKind;
-pub use crate::runtime::tensors::OrtCallError;
 use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
+pub use crate::runtime::tensors::OrtCallError;
 pub use conditioning::{CondInput, Conditioning, is_guided};
 pub use denoise::Step;
 use latents::BatchNoise;

@@ -8,8 +8,8 @@ use ndarray::{ArrayD, Axis};
 use super::PipelineError;
 use crate::engine::model::Part;
 use crate::engine::model::family::TextEncoderGraph;
-use crate::runtime::tensors::{extract_float, int_tensor, ort_err};
 use crate::engine::tokenizer::ClipTokenizer;
+use crate::runtime::tensors::{extract_float, int_tensor, ort_err};
 
 /// The embeddings of some prompts, `[n, sequence, hidden]`, plus the text dropped by truncation.
 #[derive(Debug, Clone)]

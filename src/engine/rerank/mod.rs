@@ -43,10 +43,10 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 use serde::Deserialize;
 
+use crate::engine::tokenizer::{ClipTokenizer, TokenizerError};
 use crate::runtime::signature::{Signature, SignatureError};
 use crate::runtime::tensors;
 use crate::runtime::{LoadedSession, Runtime, RuntimeError};
-use crate::engine::tokenizer::{ClipTokenizer, TokenizerError};
 use model::{Layout, RerankFolder, TextFeed, VisionFeed};
 pub use preprocess::ImageProcessor;
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::JobError;
 use super::spec::{OneOrMany, Size};
-use crate::app::config::Limits;
+use crate::jobs::settings::Limits;
 
 /// Where a value was written in a job file: what an error about it names.
 #[derive(Debug, Clone, PartialEq, Eq)]

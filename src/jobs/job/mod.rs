@@ -11,10 +11,10 @@ pub mod sweep;
 
 use std::path::{Path, PathBuf};
 
-use crate::app::config::Config;
 use crate::engine::model::layout::ModelFolder;
 use crate::engine::noise::RngKind;
 use crate::engine::scheduler::SchedulerKind;
+use crate::jobs::settings::JobSettings;
 pub use read::{JobFile, read_spec};
 pub use spec::{JobSpec, OneOrMany, PromptObject, PromptSpec, Rejected, SchedulerChoice, Size};
 pub use sweep::{AxisValue, SweepCell};
@@ -112,9 +112,9 @@ pub enum PromptFiles {
 }
 
 /// Reads and resolves a job file against the configuration (reading its prompt file).
-pub fn load(path: &Path, config: &Config) -> Result<Job, JobError> {
+pub fn load(path: &Path, config: &dyn JobSettings) -> Result<Job, JobError> {
     resolve_file(
-        &read::read(path, config.limits.max_job_bytes)?,
+        &read::read(path, config.limits().max_job_bytes)?,
         config,
         PromptFiles::Read,
     )
@@ -122,8 +122,8 @@ pub fn load(path: &Path, config: &Config) -> Result<Job, JobError> {
 
 /// Reads and resolves a job file in the spool, as the daemon takes it: a `prompt_file` must come
 /// with its `prompt_lines`, and every size must fit the model ([`fits_model`]).
-pub fn load_spooled(path: &Path, config: &Config) -> Result<Job, JobError> {
-    let file = read::read(path, config.limits.max_job_bytes)?;
+pub fn load_spooled(path: &Path, config: &dyn JobSettings) -> Result<Job, JobError> {
+    let file = read::read(path, config.limits().max_job_bytes)?;
     let job = resolve_file(&file, config, PromptFiles::Refuse)?;
     fits_model(&job, config, path)?;
     Ok(job)
@@ -131,7 +131,11 @@ pub fn load_spooled(path: &Path, config: &Config) -> Result<Job, JobError> {
 
 /// Resolves a job file that was read: the job's id defaults to the file's stem and its seed to
 /// the file's ([`JobFile::seed`]).
-pub fn resolve_file(file: &JobFile, config: &Config, files: PromptFiles) -> Result<Job, JobError> {
+pub fn resolve_file(
+    file: &JobFile,
+    config: &dyn JobSettings,
+    files: PromptFiles,
+) -> Result<Job, JobError> {
     let spec = read::parse(file)?;
     let stem = file
         .path
@@ -147,7 +151,7 @@ pub fn resolve(
     spec: JobSpec,
     stem: &str,
     file: &Path,
-    config: &Config,
+    config: &dyn JobSettings,
     fallback_seed: u64,
 ) -> Result<Job, JobError> {
     resolve_with(spec, stem, file, config, fallback_seed, PromptFiles::Read)
@@ -158,7 +162,7 @@ pub fn resolve_with(
     spec: JobSpec,
     stem: &str,
     file: &Path,
-    config: &Config,
+    config: &dyn JobSettings,
     fallback_seed: u64,
     files: PromptFiles,
 ) -> Result<Job, JobError> {
@@ -183,9 +187,9 @@ pub fn sizes_fit(job: &Job, folder: &ModelFolder, job_file: &Path) -> Result<(),
 
 /// [`sizes_fit`] for the job's model, when its folder can be read here; a folder that cannot is
 /// reported by whatever loads the model.
-pub fn fits_model(job: &Job, config: &Config, job_file: &Path) -> Result<(), JobError> {
+pub fn fits_model(job: &Job, config: &dyn JobSettings, job_file: &Path) -> Result<(), JobError> {
     match config
-        .models
+        .models()
         .get(&job.model)
         .map(|m| ModelFolder::open(&m.path))
     {

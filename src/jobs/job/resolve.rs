@@ -10,21 +10,21 @@ use super::prompt_file::{self, Line};
 use super::spec::{JobSpec, OneOrMany, PromptSpec, SchedulerChoice, Size};
 use super::sweep::{self, Lists, SweepCell};
 use super::{Job, JobError, JobPrompt, PromptFiles, valid_name};
-use crate::app::config::Config;
+use crate::jobs::settings::JobSettings;
 
 /// Fills in defaults and checks every field (see [`super::resolve_with`]).
 pub(super) fn resolve(
     spec: JobSpec,
     stem: &str,
     file: &Path,
-    config: &Config,
+    config: &dyn JobSettings,
     fallback_seed: u64,
     files: PromptFiles,
 ) -> Result<Job, JobError> {
     let r = Resolver {
         checks: Checks {
             file,
-            limits: &config.limits,
+            limits: &config.limits(),
         },
         config,
     };
@@ -44,7 +44,7 @@ pub(super) fn resolve(
         .collect::<Result<Vec<_>, _>>()?;
     r.expanded_limits(&prompts, matrix)?;
     r.rerank(&spec)?;
-    let defaults = &config.defaults;
+    let defaults = &config.defaults();
     Ok(Job {
         id,
         model,
@@ -145,7 +145,7 @@ struct Source {
 
 struct Resolver<'a> {
     checks: Checks<'a>,
-    config: &'a Config,
+    config: &'a dyn JobSettings,
 }
 
 impl<'a> Resolver<'a> {
@@ -183,8 +183,8 @@ impl<'a> Resolver<'a> {
             .model
             .clone()
             .unwrap_or_else(|| config.default_model_name().to_string());
-        if !config.models.contains_key(&model) {
-            let names: Vec<&str> = config.models.keys().map(String::as_str).collect();
+        if !config.models().contains_key(&model) {
+            let names: Vec<&str> = config.models().keys().map(String::as_str).collect();
             return Err(self.error(
                 &Field::named("model"),
                 format!(
@@ -198,7 +198,7 @@ impl<'a> Resolver<'a> {
 
     /// The job's own settings over `config.yaml`'s defaults (checked too).
     fn job_lists(&self, spec: &JobSpec) -> Result<Lists, JobError> {
-        let d = &self.config.defaults;
+        let d = &self.config.defaults();
         let job = Field::job();
         let defaults = Lists {
             sizes: vec![self.checks.size(SizeAt::Sides(&job), (d.width, d.height))?],
@@ -270,7 +270,7 @@ impl<'a> Resolver<'a> {
         Ok(Shared {
             lists,
             negative,
-            candidates: candidates.map_or(self.config.defaults.candidates, |(_, n)| n),
+            candidates: candidates.map_or(self.config.defaults().candidates, |(_, n)| n),
             seed: spec.seed.unwrap_or(fallback_seed),
             seeds: spec.seeds.as_deref(),
         })
@@ -294,7 +294,7 @@ impl<'a> Resolver<'a> {
                 .map_err(|e| self.error(&Field::named("prompt_lines"), e))?,
             (None, Some(name)) => match files {
                 PromptFiles::Read => {
-                    let max = self.config.limits.max_job_bytes;
+                    let max = self.config.limits().max_job_bytes;
                     let lines = prompt_file::read(self.checks.file, name, max)
                         .map_err(|e| self.error(&at, e))?;
                     prompt_file::parse(&lines)
@@ -328,7 +328,7 @@ impl<'a> Resolver<'a> {
                 "is empty: a job needs at least one prompt",
             ));
         }
-        let max = self.config.limits.max_prompts;
+        let max = self.config.limits().max_prompts;
         if written > max as usize {
             return Err(self.error(
                 &Field::named("prompts"),
@@ -410,7 +410,7 @@ impl<'a> Resolver<'a> {
     /// `limits.max_prompts` and `limits.max_images` on the job as it will be rendered, counted
     /// without expanding anything.
     fn expanded_limits(&self, sources: &[Source], matrix: bool) -> Result<(), JobError> {
-        let l = &self.config.limits;
+        let l = &self.config.limits();
         let mut prompt_count: u64 = 0;
         let mut image_count: u64 = 0;
         for s in sources {
@@ -447,7 +447,7 @@ impl<'a> Resolver<'a> {
 
     /// `rerank` needs a rerank model; `keep_top` needs reranking and at least one image.
     fn rerank(&self, spec: &JobSpec) -> Result<(), JobError> {
-        let available = self.config.rerank.as_ref().is_some_and(|r| r.enabled);
+        let available = self.config.rerank().is_some_and(|r| r.enabled);
         if spec.rerank == Some(true) && !available {
             return Err(self.error(
                 &Field::named("rerank"),

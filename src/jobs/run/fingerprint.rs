@@ -16,14 +16,14 @@ use serde::Serialize;
 
 use super::RunOptions;
 use super::manifest::Manifest;
-use crate::jobs::job::{Job, Rejected};
 use crate::engine::scheduler::SchedulerKind;
+use crate::jobs::job::{Job, Rejected};
 
 /// The fingerprint version new manifests carry.
 pub const VERSION: u32 = 2;
 
 /// The version of a manifest that has no `fingerprint_version`.
-pub const LEGACY_VERSION: u32 = 1;
+pub const LEGACY_VERSION: u32 = super::manifest::LEGACY_FINGERPRINT_VERSION;
 
 /// A job's fingerprint, in the current version and in the legacy one.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,11 +9,11 @@ use image::RgbImage;
 use super::JobRunError;
 use super::manifest::{CandidateEntry, GridCell, GridEntry, Manifest};
 use super::outdir::{self, REJECTED};
+use crate::engine::rerank::{self, Reranker};
+use crate::engine::scheduler::SchedulerKind;
 use crate::jobs::job::{Job, Rejected};
 use crate::jobs::output::folder::{Entry, Folder};
 use crate::jobs::output::{self, contact_sheet, grid, png::Parameters};
-use crate::engine::rerank::{self, Reranker};
-use crate::engine::scheduler::SchedulerKind;
 
 /// Rendered candidates of one prompt, to be written.
 pub struct Batch {

@@ -127,8 +127,12 @@ pub struct GridCell {
     pub row: usize,
 }
 
+/// The fingerprint version of a manifest that has no `fingerprint_version` (the releases before
+/// versioned fingerprints; see `fingerprint::legacy`).
+pub const LEGACY_FINGERPRINT_VERSION: u32 = 1;
+
 fn legacy_fingerprint_version() -> u32 {
-    super::fingerprint::LEGACY_VERSION
+    LEGACY_FINGERPRINT_VERSION
 }
 
 impl Manifest {

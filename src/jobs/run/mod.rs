@@ -21,11 +21,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crate::app::config::Config;
-use crate::jobs::job::Job;
 use crate::engine::model::SdModel;
 use crate::engine::pipeline::{Pipeline, PipelineError};
 use crate::engine::rerank::Reranker;
+use crate::jobs::job::Job;
+use crate::jobs::settings::JobSettings;
 use crate::runtime::Runtime;
 use crate::runtime::clock::SessionClock;
 use fingerprint::Fingerprint;
@@ -184,13 +184,13 @@ impl Worker {
     /// configured and enabled, on `device`.
     pub fn load(
         runtime: &Runtime,
-        config: &Config,
+        config: &dyn JobSettings,
         device: i32,
         only: Option<&str>,
     ) -> anyhow::Result<Worker> {
         let mut pipelines = BTreeMap::new();
         for (name, model) in config
-            .models
+            .models()
             .iter()
             .filter(|(n, _)| only.is_none_or(|o| o == n.as_str()))
         {
@@ -198,7 +198,7 @@ impl Worker {
             tracing::info!(model = %name, device, provider = %m.unet.loaded.providers.serving(), "model loaded");
             pipelines.insert(name.clone(), Pipeline::new(m)?);
         }
-        let reranker = match &config.rerank {
+        let reranker = match config.rerank() {
             Some(cfg) if cfg.enabled => {
                 let r = Reranker::load(runtime, cfg, device)?;
                 tracing::info!(model = %cfg.model.display(), device, "rerank model loaded");
@@ -210,7 +210,7 @@ impl Worker {
             device,
             pipelines,
             reranker,
-            output_dir: config.output_dir.clone(),
+            output_dir: config.output_dir().to_path_buf(),
             last_dir: None,
         })
     }

@@ -11,8 +11,8 @@ use super::finish::{Batch, Finisher};
 use super::manifest::PhaseTimings;
 use super::plan::Plan;
 use super::{JobRunError, PhaseDurations, Progress};
-use crate::jobs::job::Job;
 use crate::engine::pipeline::{Pipeline, PipelineError, Rendered};
+use crate::jobs::job::Job;
 
 /// What the passes of one run add up to.
 #[derive(Debug, Default)]

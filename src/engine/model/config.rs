@@ -1,0 +1,23 @@
+//! One entry under `models:` in config.yaml, and what a model's name may be.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// One entry under `models:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Folder in the layout optimum writes for Stable Diffusion exports.
+    pub path: PathBuf,
+}
+
+/// Model names end up in log lines, manifests and file names: keep them plain.
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.starts_with('.')
+}
