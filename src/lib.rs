@@ -25,4 +25,5 @@ pub mod runtime;
 pub mod scheduler;
 pub mod spool;
 pub mod tokenizer;
+pub mod web;
 pub mod yaml;
