@@ -16,7 +16,11 @@ use common::{Running, wait_for};
 const TOKEN: &str = "test-token-0123456789";
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One HTTP/1.1 request; the status and the body.
@@ -32,7 +36,10 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -53,8 +60,7 @@ fn receiver(status: Option<u16>) -> (u16, Arc<Mutex<Vec<String>>>) {
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut buf = Vec::new();
             let mut chunk = [0u8; 4096];
-            loop {
-                let Ok(n) = s.read(&mut chunk) else { break };
+            while let Ok(n) = s.read(&mut chunk) {
                 if n == 0 {
                     break;
                 }
@@ -63,7 +69,11 @@ fn receiver(status: Option<u16>) -> (u16, Arc<Mutex<Vec<String>>>) {
                 if let Some((head, body)) = text.split_once("\r\n\r\n") {
                     let len: usize = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
                         .unwrap_or(0);
                     if body.len() >= len {
                         seen.lock().unwrap().push(body.to_string());
@@ -73,7 +83,12 @@ fn receiver(status: Option<u16>) -> (u16, Arc<Mutex<Vec<String>>>) {
             }
             match status {
                 Some(code) => {
-                    let _ = s.write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+                    let _ = s.write_all(
+                        format!(
+                            "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    );
                 }
                 None => held.push(s),
             }
@@ -93,7 +108,8 @@ impl Env {
     fn new(extra: &str) -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let lib = sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort")).unwrap();
+        let lib =
+            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort")).unwrap();
         let port = free_port();
         let config = root.join("config.yaml");
         std::fs::write(
@@ -113,7 +129,12 @@ impl Env {
             std::fs::create_dir_all(root.join("spool").join(d)).unwrap();
         }
         std::fs::create_dir_all(root.join("output")).unwrap();
-        Env { _tmp: tmp, root, config, port }
+        Env {
+            _tmp: tmp,
+            root,
+            config,
+            port,
+        }
     }
 
     fn start(&self, args: &[&str]) -> Running {
@@ -135,7 +156,9 @@ impl Env {
 
     fn wait_up(&self) {
         let port = self.port;
-        wait_for("the server", Duration::from_secs(60), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+        wait_for("the server", Duration::from_secs(60), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
     }
 }
 
@@ -148,11 +171,19 @@ fn promtool_check(text: &str) {
         .stderr(Stdio::piped())
         .spawn()
     else {
-        assert!(std::env::var("CI").is_err(), "promtool is missing (install Debian's prometheus package: tests/setup-tools.sh)");
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool is missing (install Debian's prometheus package: tests/setup-tools.sh)"
+        );
         eprintln!("promtool not installed: skipping its check (tests/setup-tools.sh installs it)");
         return;
     };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -164,13 +195,30 @@ fn promtool_check(text: &str) {
 
 /// `(file, rank, score)` of the kept cards on a job page, in page order.
 fn kept_cards(html: &str) -> Vec<(String, String, String)> {
-    let kept = html.split("id=\"kept\"").nth(1).unwrap().split("id=\"rejected\"").next().unwrap_or("");
+    let kept = html
+        .split("id=\"kept\"")
+        .nth(1)
+        .unwrap()
+        .split("id=\"rejected\"")
+        .next()
+        .unwrap_or("");
     let attr = |chunk: &str, name: &str| {
-        chunk.split(&format!("{name}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_string()
+        chunk
+            .split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("")
+            .to_string()
     };
     kept.split("class=\"card\"")
         .skip(1)
-        .map(|c| (attr(c, "data-file"), attr(c, "data-rank"), attr(c, "data-score")))
+        .map(|c| {
+            (
+                attr(c, "data-file"),
+                attr(c, "data-rank"),
+                attr(c, "data-score"),
+            )
+        })
         .collect()
 }
 
@@ -186,26 +234,45 @@ fn the_daemon_serves_pages_metrics_and_webhooks_while_rendering() {
     let log = env.root.join("command.log");
     std::fs::write(
         env.root.join("notify.sh"),
-        format!("#!/bin/sh\ncat \"$1\" >> {log}\necho >> {log}\n", log = log.display()),
+        format!(
+            "#!/bin/sh\ncat \"$1\" >> {log}\necho >> {log}\n",
+            log = log.display()
+        ),
     )
     .unwrap();
-    Command::new("chmod").arg("+x").arg(env.root.join("notify.sh")).status().unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(env.root.join("notify.sh"))
+        .status()
+        .unwrap();
     let config_dir_cmd = env.root.join("notify.sh");
-    let text = std::fs::read_to_string(&env.config).unwrap().replace("command: notify.sh", &format!("command: {}", config_dir_cmd.display()));
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "command: notify.sh",
+        &format!("command: {}", config_dir_cmd.display()),
+    );
     std::fs::write(&env.config, text).unwrap();
 
     let mut daemon = env.start(&["run"]);
     env.wait_up();
     assert_eq!(get(env.port, "/healthz").0, 200);
-    wait_for("/readyz", Duration::from_secs(60), || get(env.port, "/readyz").0 == 200);
+    wait_for("/readyz", Duration::from_secs(60), || {
+        get(env.port, "/readyz").0 == 200
+    });
     let started = Instant::now();
-    env.submit("cats.yaml", "prompts:\n  - a photo of a cat\n  - a red circle\nseed: 5\nkeep_top: 1\n");
-    wait_for("cats in done/", Duration::from_secs(120), || env.root.join("spool/done/cats.yaml").exists());
+    env.submit(
+        "cats.yaml",
+        "prompts:\n  - a photo of a cat\n  - a red circle\nseed: 5\nkeep_top: 1\n",
+    );
+    wait_for("cats in done/", Duration::from_secs(120), || {
+        env.root.join("spool/done/cats.yaml").exists()
+    });
     let rendered_in = started.elapsed();
 
     // Metrics: promtool accepts them; the job's figures are there.
     wait_for("the worker idle", Duration::from_secs(30), || {
-        get(env.port, "/metrics").1.contains("sdspool_worker_state{device=\"0\",state=\"idle\"} 1")
+        get(env.port, "/metrics")
+            .1
+            .contains("sdspool_worker_state{device=\"0\",state=\"idle\"} 1")
     });
     let (status, metrics) = get(env.port, "/metrics");
     assert_eq!(status, 200);
@@ -228,61 +295,153 @@ fn the_daemon_serves_pages_metrics_and_webhooks_while_rendering() {
     assert!(queue.contains("href=\"/jobs/cats\""), "{queue}");
     let (status, page) = get(env.port, "/jobs/cats");
     assert_eq!(status, 200, "{page}");
-    let manifest: sdspool::jobrun::manifest::Manifest =
-        serde_json::from_str(&std::fs::read_to_string(env.root.join("output/cats/manifest.json")).unwrap()).unwrap();
+    let manifest: sdspool::jobrun::manifest::Manifest = serde_json::from_str(
+        &std::fs::read_to_string(env.root.join("output/cats/manifest.json")).unwrap(),
+    )
+    .unwrap();
     let mut expected = Vec::new();
     for p in &manifest.prompts {
         let mut c: Vec<_> = p.candidates.iter().filter(|c| c.kept).collect();
         c.sort_by_key(|c| c.rank);
         for c in c {
-            expected.push((c.file.clone().unwrap(), c.rank.unwrap().to_string(), c.clip_score.unwrap().to_string()));
+            expected.push((
+                c.file.clone().unwrap(),
+                c.rank.unwrap().to_string(),
+                c.clip_score.unwrap().to_string(),
+            ));
         }
     }
     let shown = kept_cards(&page);
     assert_eq!(shown.len(), 2, "{page}");
     for ((f, r, s), (ef, er, es)) in shown.iter().zip(&expected) {
         assert_eq!((f, r), (ef, er));
-        assert!((s.parse::<f32>().unwrap() - es.parse::<f32>().unwrap()).abs() < 1e-4, "{s} vs {es}");
+        assert!(
+            (s.parse::<f32>().unwrap() - es.parse::<f32>().unwrap()).abs() < 1e-4,
+            "{s} vs {es}"
+        );
     }
-    assert!(page.contains("id=\"rejected\"") && page.contains("2 rejected candidates"), "{page}");
+    assert!(
+        page.contains("id=\"rejected\"") && page.contains("2 rejected candidates"),
+        "{page}"
+    );
     // The full-size view shows the PNG's parameters; thumbnails are made and cached.
     let (status, view) = get(env.port, &format!("/jobs/cats?image={}", expected[0].0));
     assert_eq!(status, 200);
     assert!(view.contains("Steps: 4"), "{view}");
     let (status, _) = get(env.port, &format!("/thumbs/cats/{}", expected[0].0));
     assert_eq!(status, 200);
-    assert_eq!(common::names(&env.root.join("spool/web-cache/thumbs")).len(), 1);
+    assert_eq!(
+        common::names(&env.root.join("spool/web-cache/thumbs")).len(),
+        1
+    );
 
     // The static index.html in the job folder and at the root.
     let index = std::fs::read_to_string(env.root.join("output/cats/index.html")).unwrap();
-    assert!(index.contains(&format!("src=\"{}\"", expected[0].0)) && !index.contains("/files/"), "{index}");
-    let root_index = std::fs::read_to_string(env.root.join("output/index.html")).unwrap().replace("&#x2f;", "/");
-    assert!(root_index.contains("href=\"cats/index.html\""), "{root_index}");
+    assert!(
+        index.contains(&format!("src=\"{}\"", expected[0].0)) && !index.contains("/files/"),
+        "{index}"
+    );
+    let root_index = std::fs::read_to_string(env.root.join("output/index.html"))
+        .unwrap()
+        .replace("&#x2f;", "/");
+    assert!(
+        root_index.contains("href=\"cats/index.html\""),
+        "{root_index}"
+    );
 
     // Webhooks: the answering receiver got the job and the queue's end; the failing one got
     // every try; the hanging one did not hold up rendering.
-    wait_for("webhooks", Duration::from_secs(30), || ok_got.lock().unwrap().len() >= 2 && bad_got.lock().unwrap().len() >= 4);
+    wait_for("webhooks", Duration::from_secs(30), || {
+        ok_got.lock().unwrap().len() >= 2 && bad_got.lock().unwrap().len() >= 4
+    });
     let got = ok_got.lock().unwrap().clone();
     let done: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
-    assert_eq!((done["event"].as_str(), done["job"].as_str(), done["images"].as_u64()), (Some("job_done"), Some("cats"), Some(4)));
+    assert_eq!(
+        (
+            done["event"].as_str(),
+            done["job"].as_str(),
+            done["images"].as_u64()
+        ),
+        (Some("job_done"), Some("cats"), Some(4))
+    );
     let night: serde_json::Value = serde_json::from_str(&got[1]).unwrap();
-    assert_eq!((night["event"].as_str(), night["jobs"].as_u64(), night["images"].as_u64()), (Some("queue_empty"), Some(1), Some(4)));
-    assert_eq!(bad_got.lock().unwrap().len(), 4, "2 events x (1 try + 1 retry)");
+    assert_eq!(
+        (
+            night["event"].as_str(),
+            night["jobs"].as_u64(),
+            night["images"].as_u64()
+        ),
+        (Some("queue_empty"), Some(1), Some(4))
+    );
+    assert_eq!(
+        bad_got.lock().unwrap().len(),
+        4,
+        "2 events x (1 try + 1 retry)"
+    );
     assert!(rendered_in < Duration::from_secs(100));
-    wait_for("the command", Duration::from_secs(30), || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("queue_empty")));
+    wait_for("the command", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("queue_empty"))
+    });
 
     // Control: a token is required and checked; with it, cancel files a queued job in failed/.
-    assert_eq!(http(env.port, "POST", "/control/pause", &format!("token={TOKEN}")).0, 303);
+    assert_eq!(
+        http(
+            env.port,
+            "POST",
+            "/control/pause",
+            &format!("token={TOKEN}")
+        )
+        .0,
+        303
+    );
     assert!(env.root.join("spool/control/paused").exists());
     // A worker already waiting for a job (up to 500 ms) when the pause came may still take one.
     std::thread::sleep(Duration::from_secs(1));
     env.submit("later.yaml", "prompts: [a dog]\n");
-    assert_eq!(http(env.port, "POST", "/control/cancel", "job=later").0, 401);
-    assert_eq!(http(env.port, "POST", "/control/cancel", "job=later&token=wrong-token-0123456789").0, 403);
-    assert!(env.root.join("spool/incoming/later.yaml").exists(), "{:?}", common::tree(&env.root.join("spool")));
-    assert_eq!(http(env.port, "POST", "/control/priority", &format!("job=later&priority=7&token={TOKEN}")).0, 303);
-    assert!(std::fs::read_to_string(env.root.join("spool/incoming/later.yaml")).unwrap().contains("priority: 7"));
-    assert_eq!(http(env.port, "POST", "/control/cancel", &format!("job=later&token={TOKEN}")).0, 303);
+    assert_eq!(
+        http(env.port, "POST", "/control/cancel", "job=later").0,
+        401
+    );
+    assert_eq!(
+        http(
+            env.port,
+            "POST",
+            "/control/cancel",
+            "job=later&token=wrong-token-0123456789"
+        )
+        .0,
+        403
+    );
+    assert!(
+        env.root.join("spool/incoming/later.yaml").exists(),
+        "{:?}",
+        common::tree(&env.root.join("spool"))
+    );
+    assert_eq!(
+        http(
+            env.port,
+            "POST",
+            "/control/priority",
+            &format!("job=later&priority=7&token={TOKEN}")
+        )
+        .0,
+        303
+    );
+    assert!(
+        std::fs::read_to_string(env.root.join("spool/incoming/later.yaml"))
+            .unwrap()
+            .contains("priority: 7")
+    );
+    assert_eq!(
+        http(
+            env.port,
+            "POST",
+            "/control/cancel",
+            &format!("job=later&token={TOKEN}")
+        )
+        .0,
+        303
+    );
     assert!(env.root.join("spool/failed/later.yaml").exists());
     drop(daemon.kill());
 }
@@ -301,7 +460,10 @@ fn serve_alone_is_read_only_and_serves_nothing_outside_its_roots() {
     let _server = env.start(&["serve"]);
     env.wait_up();
     assert_eq!(get(env.port, "/readyz").0, 200);
-    assert_eq!(get(env.port, "/files/job/manifest.json"), (200, "{}".to_string()));
+    assert_eq!(
+        get(env.port, "/files/job/manifest.json"),
+        (200, "{}".to_string())
+    );
     for path in [
         "/files/job/../../secret.txt",
         "/files/job/%2e%2e/%2e%2e/secret.txt",
@@ -325,16 +487,30 @@ fn serve_alone_is_read_only_and_serves_nothing_outside_its_roots() {
     // Read-only: every control request is refused, with or without a token.
     for body in ["", "token=test-token-0123456789"] {
         assert_eq!(http(env.port, "POST", "/control/pause", body).0, 403);
-        assert_eq!(http(env.port, "POST", "/control/cancel", &format!("job=q&{body}")).0, 403);
+        assert_eq!(
+            http(
+                env.port,
+                "POST",
+                "/control/cancel",
+                &format!("job=q&{body}")
+            )
+            .0,
+            403
+        );
     }
     assert!(env.root.join("spool/incoming/q.yaml").exists());
     assert!(!env.root.join("spool/control/paused").exists());
     // A slow client that never finishes its request head is cut off.
     let mut slow = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let t0 = Instant::now();
     let mut buf = Vec::new();
     let _ = slow.read_to_end(&mut buf);
-    assert!(t0.elapsed() < Duration::from_secs(15), "held for {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "held for {:?}",
+        t0.elapsed()
+    );
 }

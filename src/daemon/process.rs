@@ -157,7 +157,8 @@ fn render(
         .shutdown
         .run_job(&claimed.stem, &claimed.path_in_running);
     let hook = stall::Hook::new(ctx.device, running.flag());
-    let mut sink = ProgressSink::start(config, ctx.spool, claimed, job, ctx.pulse, ctx.device, hook);
+    let mut sink =
+        ProgressSink::start(config, ctx.spool, claimed, job, ctx.pulse, ctx.device, hook);
     let result = worker.run(job, &RunOptions::default(), running.flag(), &mut |p| {
         sink.on_progress(p)
     });

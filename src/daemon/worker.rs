@@ -47,7 +47,11 @@ pub fn run(
         None,
     )
     .with_context(|| format!("loading the models on device {}", ctx.device))?;
-    for model in config.models.keys().filter(|m| config.serves(ctx.device, m)) {
+    for model in config
+        .models
+        .keys()
+        .filter(|m| config.serves(ctx.device, m))
+    {
         if let Some(provider) = worker.provider(model) {
             crate::web::metrics::telemetry().record_provider(ctx.device, model, &provider);
         }

@@ -38,14 +38,19 @@ pub enum Action {
 pub fn token_matches(expected: &str, given: &str) -> bool {
     let (a, b) = (expected.as_bytes(), given.as_bytes());
     let mut diff = (a.len() != b.len()) as u8;
-    for i in 0..a.len() {
-        diff |= a[i] ^ b.get(i).copied().unwrap_or(0);
+    for (k, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(k).copied().unwrap_or(0);
     }
     diff == 0
 }
 
-/// Why a request may not change anything, if it may not.
-pub fn authorize(config: &Config, headers: &HeaderMap, form_token: Option<&str>) -> Result<(), Response> {
+/// Why a request may not change anything, if it may not (the refusal, ready to send).
+#[allow(clippy::result_large_err)]
+pub fn authorize(
+    config: &Config,
+    headers: &HeaderMap,
+    form_token: Option<&str>,
+) -> Result<(), Response> {
     let Some(expected) = config.serve.control_token.as_deref() else {
         return Err(error(
             StatusCode::FORBIDDEN,
@@ -59,12 +64,20 @@ pub fn authorize(config: &Config, headers: &HeaderMap, form_token: Option<&str>)
     match form_token.or(bearer) {
         Some(t) if token_matches(expected, t) => Ok(()),
         Some(_) => Err(error(StatusCode::FORBIDDEN, "wrong control token")),
-        None => Err(error(StatusCode::UNAUTHORIZED, "a control token is required")),
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "a control token is required",
+        )),
     }
 }
 
 fn action(name: &str, form: &ControlForm) -> Result<Action, String> {
-    let job = || form.job.clone().filter(|j| !j.is_empty()).ok_or("`job` is missing");
+    let job = || {
+        form.job
+            .clone()
+            .filter(|j| !j.is_empty())
+            .ok_or("`job` is missing")
+    };
     Ok(match name {
         "pause" => Action::Pause(form.reason.clone().filter(|r| !r.is_empty())),
         "resume" => Action::Resume,
@@ -101,11 +114,17 @@ pub async fn act(
 pub fn apply(config: &Config, act: Action) -> Result<(), String> {
     use crate::commands::control;
     match act {
-        Action::Pause(reason) => control::pause(config, reason.or(Some("from the web page".into())))
+        Action::Pause(reason) => {
+            control::pause(config, reason.or(Some("from the web page".into())))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        Action::Resume => control::resume(config)
             .map(|_| ())
             .map_err(|e| e.to_string()),
-        Action::Resume => control::resume(config).map(|_| ()).map_err(|e| e.to_string()),
-        Action::Cancel(job) => control::cancel(config, &job).map(|_| ()).map_err(|e| e.to_string()),
+        Action::Cancel(job) => control::cancel(config, &job)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         Action::Priority(job, p) => set_priority(config, &job, p),
     }
 }
@@ -134,7 +153,11 @@ pub fn set_priority(config: &Config, job: &str, priority: i32) -> Result<(), Str
     let changed = with_priority(&text, priority);
     match serde_saphyr::from_str::<PriorityOnly>(&changed) {
         Ok(p) if p.priority == Some(priority) => {}
-        _ => return Err(format!("{job}: cannot set its priority in place (write `priority:` as a top-level line)")),
+        _ => {
+            return Err(format!(
+                "{job}: cannot set its priority in place (write `priority:` as a top-level line)"
+            ));
+        }
     }
     let tmp = crate::output::atomic::temp_path(&path);
     let write = || -> std::io::Result<()> {
@@ -177,14 +200,25 @@ mod tests {
     #[test]
     fn tokens_must_match_exactly() {
         assert!(token_matches("0123456789abcdef", "0123456789abcdef"));
-        for wrong in ["", "0123456789abcdeF", "0123456789abcde", "0123456789abcdef0"] {
+        for wrong in [
+            "",
+            "0123456789abcdeF",
+            "0123456789abcde",
+            "0123456789abcdef0",
+        ] {
             assert!(!token_matches("0123456789abcdef", wrong), "{wrong}");
         }
     }
 
     #[test]
     fn priority_is_replaced_or_added() {
-        assert_eq!(with_priority("prompts: [a]\npriority: 1\n", 5), "prompts: [a]\npriority: 5\n");
-        assert_eq!(with_priority("prompts: [a]", -2), "prompts: [a]\npriority: -2\n");
+        assert_eq!(
+            with_priority("prompts: [a]\npriority: 1\n", 5),
+            "prompts: [a]\npriority: 5\n"
+        );
+        assert_eq!(
+            with_priority("prompts: [a]", -2),
+            "prompts: [a]\npriority: -2\n"
+        );
     }
 }

@@ -51,7 +51,10 @@ fn file_response(name: &str, bytes: Vec<u8>) -> Response {
         [
             (header::CONTENT_TYPE, content_type(name)),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'",
+            ),
         ],
         bytes,
     )
@@ -66,7 +69,9 @@ pub fn read_under(root: &std::path::Path, rel: &str) -> Option<Vec<u8>> {
         None => (crate::output::folder::Folder::open_root(root).ok()?, rel),
     };
     match dir.entry(name).ok()? {
-        crate::output::folder::Entry::File { len } if len <= MAX_FILE_BYTES => dir.read_at(name).ok(),
+        crate::output::folder::Entry::File { len } if len <= MAX_FILE_BYTES => {
+            dir.read_at(name).ok()
+        }
         _ => None,
     }
 }
@@ -85,7 +90,10 @@ pub async fn output_file(State(state): State<Arc<AppState>>, Path(path): Path<St
 }
 
 /// `GET /spool/<done|failed>/<name>`: a job file or its result or error file.
-pub async fn spool_file(State(state): State<Arc<AppState>>, Path((folder, name)): Path<(String, String)>) -> Response {
+pub async fn spool_file(
+    State(state): State<Arc<AppState>>,
+    Path((folder, name)): Path<(String, String)>,
+) -> Response {
     if !matches!(folder.as_str(), "done" | "failed")
         || safe_rel(&name).is_none_or(|n| n.contains('/'))
         || !name.ends_with(".yaml")
@@ -106,8 +114,21 @@ mod tests {
 
     #[test]
     fn only_plain_names_pass() {
-        assert_eq!(safe_rel("cats/p000-c00-s1.png").as_deref(), Some("cats/p000-c00-s1.png"));
-        for bad in ["", "..", "a/../b", "a//b", ".hidden", "cats/.sdspool-tmp-x", "a\\..\\b", "/etc/passwd", "a/\u{0}"] {
+        assert_eq!(
+            safe_rel("cats/p000-c00-s1.png").as_deref(),
+            Some("cats/p000-c00-s1.png")
+        );
+        for bad in [
+            "",
+            "..",
+            "a/../b",
+            "a//b",
+            ".hidden",
+            "cats/.sdspool-tmp-x",
+            "a\\..\\b",
+            "/etc/passwd",
+            "a/\u{0}",
+        ] {
             assert!(safe_rel(bad).is_none(), "{bad:?}");
         }
     }

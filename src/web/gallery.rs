@@ -140,9 +140,8 @@ pub fn cards(m: &Manifest, folder: &str, links: Links, q: &str) -> Vec<Card> {
                     Links::Server => href(links, folder, &file, "thumbs"),
                     Links::Static => encode_path(&file),
                 },
-                view: (links == Links::Server).then(|| {
-                    format!("/jobs/{}?image={}", encode_path(folder), encode_path(&file))
-                }),
+                view: (links == Links::Server)
+                    .then(|| format!("/jobs/{}?image={}", encode_path(folder), encode_path(&file))),
                 settings: format!(
                     "{} steps, {}, CFG {}, {}x{}",
                     p.steps, p.scheduler, p.guidance, p.width, p.height
@@ -155,7 +154,14 @@ pub fn cards(m: &Manifest, folder: &str, links: Links, q: &str) -> Vec<Card> {
 }
 
 /// The gallery of `m` (page `page`, 1-based, of `page_size` candidates).
-pub fn gallery(m: &Manifest, folder: &str, links: Links, q: &str, page: usize, page_size: usize) -> GalleryView {
+pub fn gallery(
+    m: &Manifest,
+    folder: &str,
+    links: Links,
+    q: &str,
+    page: usize,
+    page_size: usize,
+) -> GalleryView {
     let all = cards(m, folder, links, q);
     let pages = all.len().div_ceil(page_size).max(1);
     let page = page.clamp(1, pages);
@@ -236,9 +242,15 @@ pub fn job_view(state: &AppState, rel: &str, query: &JobQuery) -> Option<JobPage
 
 /// The `parameters` text chunk of a PNG (AUTOMATIC1111's settings line).
 pub fn png_parameters(bytes: &[u8]) -> Option<String> {
-    let reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().ok()?;
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .ok()?;
     let info = reader.info();
-    if let Some(t) = info.uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters") {
+    if let Some(t) = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+    {
         return Some(t.text.clone());
     }
     info.utf8_text
@@ -295,7 +307,10 @@ pub fn jobs_view(state: &AppState, query: &JobsQuery) -> JobsView {
     let rows: Vec<JobRow> = folders
         .into_iter()
         .filter_map(|(at, folder)| {
-            let day = crate::spool::fsops::rfc3339::format(at).chars().take(10).collect::<String>();
+            let day = crate::spool::fsops::rfc3339::format(at)
+                .chars()
+                .take(10)
+                .collect::<String>();
             if !date.is_empty() && day != date {
                 return None;
             }
@@ -303,14 +318,23 @@ pub fn jobs_view(state: &AppState, query: &JobsQuery) -> JobsView {
             if !model.is_empty() && m.model != model {
                 return None;
             }
-            if !q.is_empty() && !m.prompts.iter().any(|p| p.prompt.to_lowercase().contains(&q)) {
+            if !q.is_empty()
+                && !m
+                    .prompts
+                    .iter()
+                    .any(|p| p.prompt.to_lowercase().contains(&q))
+            {
                 return None;
             }
             Some(JobRow {
                 href: format!("/jobs/{}", encode_path(&folder)),
                 job: m.job.clone(),
                 model: m.model.clone(),
-                first_prompt: m.prompts.first().map(|p| p.prompt.clone()).unwrap_or_default(),
+                first_prompt: m
+                    .prompts
+                    .first()
+                    .map(|p| p.prompt.clone())
+                    .unwrap_or_default(),
                 prompts: m.prompts.len(),
                 images: m.candidates().filter(|c| c.file.is_some()).count(),
                 date: day,
@@ -324,7 +348,11 @@ pub fn jobs_view(state: &AppState, query: &JobsQuery) -> JobsView {
     let page = query.page.unwrap_or(1).clamp(1, pages);
     JobsView {
         total: rows.len(),
-        rows: rows.into_iter().skip((page - 1) * per_page).take(per_page).collect(),
+        rows: rows
+            .into_iter()
+            .skip((page - 1) * per_page)
+            .take(per_page)
+            .collect(),
         page,
         pages,
         q,

@@ -97,25 +97,61 @@ impl Telemetry {
     pub fn new() -> Telemetry {
         let mut r = Registry::with_prefix("sdspool");
         let jobs = Family::<StateLabel, Gauge>::default();
-        r.register("jobs", "Jobs in the spool by state (incoming, running, done, failed)", jobs.clone());
+        r.register(
+            "jobs",
+            "Jobs in the spool by state (incoming, running, done, failed)",
+            jobs.clone(),
+        );
         let queue_length = Gauge::default();
-        r.register("queue_length", "Jobs waiting in incoming/", queue_length.clone());
+        r.register(
+            "queue_length",
+            "Jobs waiting in incoming/",
+            queue_length.clone(),
+        );
         let queue_eta = Gauge::<f64, AtomicU64>::default();
-        r.register("queue_eta_seconds", "Seconds until the queue is done, from the measured timings (0 when empty or unknown)", queue_eta.clone());
+        r.register(
+            "queue_eta_seconds",
+            "Seconds until the queue is done, from the measured timings (0 when empty or unknown)",
+            queue_eta.clone(),
+        );
         let paused = Gauge::default();
         r.register("paused", "1 while the spool is paused", paused.clone());
         let images = Counter::default();
-        r.register("images_rendered", "Images rendered by this daemon since it started", images.clone());
+        r.register(
+            "images_rendered",
+            "Images rendered by this daemon since it started",
+            images.clone(),
+        );
         let unet_step: HistogramFamily = Family::new_with_constructor(step_histogram);
-        r.register("unet_step_seconds", "Seconds per UNet step by model, image size and device", unet_step.clone());
+        r.register(
+            "unet_step_seconds",
+            "Seconds per UNet step by model, image size and device",
+            unet_step.clone(),
+        );
         let failures = Family::<ReasonLabel, Counter>::default();
-        r.register("job_failures", "Jobs this daemon filed in failed/, by the step that failed", failures.clone());
+        r.register(
+            "job_failures",
+            "Jobs this daemon filed in failed/, by the step that failed",
+            failures.clone(),
+        );
         let workers = Family::<WorkerLabels, Gauge>::default();
-        r.register("worker_state", "1 for the state each device's worker is in", workers.clone());
+        r.register(
+            "worker_state",
+            "1 for the state each device's worker is in",
+            workers.clone(),
+        );
         let providers = Family::<ProviderLabels, Gauge>::default();
-        r.register("worker_execution_provider", "1 for the execution provider ONNX Runtime runs each device's UNet of each model on", providers.clone());
+        r.register(
+            "worker_execution_provider",
+            "1 for the execution provider ONNX Runtime runs each device's UNet of each model on",
+            providers.clone(),
+        );
         let storage_waits = Counter::default();
-        r.register("storage_waits", "Times a job waited because its files could not be written (disk full, read-only)", storage_waits.clone());
+        r.register(
+            "storage_waits",
+            "Times a job waited because its files could not be written (disk full, read-only)",
+            storage_waits.clone(),
+        );
         Telemetry {
             registry: r,
             jobs,
@@ -134,7 +170,14 @@ impl Telemetry {
     }
 
     /// One UNet step of `seconds` on `device`.
-    pub fn record_unet_step(&self, model: &str, width: u32, height: u32, device: i32, seconds: f64) {
+    pub fn record_unet_step(
+        &self,
+        model: &str,
+        width: u32,
+        height: u32,
+        device: i32,
+        seconds: f64,
+    ) {
         self.unet_step
             .get_or_create(&StepLabels {
                 model: model.to_string(),
@@ -202,7 +245,9 @@ impl Telemetry {
             ("failed", spool.failed),
         ] {
             self.jobs
-                .get_or_create(&StateLabel { state: state.into() })
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
                 .set(n as i64);
         }
         self.queue_length.set(spool.incoming as i64);

@@ -34,9 +34,11 @@ pub fn serve(config: &crate::config::Config, listen: Option<&str>) -> anyhow::Re
     use anyhow::Context as _;
     let addr = match listen {
         Some(l) => settings::parse_listen(l).map_err(|e| anyhow::anyhow!("--listen: {e}"))?,
-        None => config.serve.address().map_err(anyhow::Error::msg)?.context(
-            "nothing to listen on: set `serve.listen` in the config or pass --listen",
-        )?,
+        None => config
+            .serve
+            .address()
+            .map_err(anyhow::Error::msg)?
+            .context("nothing to listen on: set `serve.listen` in the config or pass --listen")?,
     };
     metrics::telemetry().set_ready();
     let server = start(std::sync::Arc::new(config.clone()), addr)?;

@@ -165,7 +165,11 @@ impl Notifier {
                 Event::QueueEmpty(_) => {}
             }
             n.seconds = now.duration_since(*started).as_secs_f64();
-            if queue_empty { night.take().map(|(n, _)| n) } else { None }
+            if queue_empty {
+                night.take().map(|(n, _)| n)
+            } else {
+                None
+            }
         };
         self.send(event);
         if let Some(n) = summary {
@@ -181,7 +185,10 @@ impl Notifier {
         while *pending > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                tracing::warn!(events = *pending, "exiting with notifications not delivered");
+                tracing::warn!(
+                    events = *pending,
+                    "exiting with notifications not delivered"
+                );
                 return;
             }
             pending = self
@@ -248,18 +255,27 @@ impl Sender {
             Event::QueueEmpty(_) => None,
         };
         let mut cmd = std::process::Command::new(command);
-        cmd.arg(&file).args(second).stdin(std::process::Stdio::null());
+        cmd.arg(&file)
+            .args(second)
+            .stdin(std::process::Stdio::null());
         match run_bounded(&mut cmd, self.config.timeout()) {
             Ok(status) if status.success() => {}
-            Ok(status) => tracing::warn!(command = %command.display(), %status, "notify.command failed"),
-            Err(e) => tracing::warn!(command = %command.display(), error = %e, "notify.command could not run"),
+            Ok(status) => {
+                tracing::warn!(command = %command.display(), %status, "notify.command failed")
+            }
+            Err(e) => {
+                tracing::warn!(command = %command.display(), error = %e, "notify.command could not run")
+            }
         }
         let _ = std::fs::remove_file(&file);
     }
 }
 
 /// Runs `cmd`, killing it after `limit`.
-fn run_bounded(cmd: &mut std::process::Command, limit: Duration) -> std::io::Result<std::process::ExitStatus> {
+fn run_bounded(
+    cmd: &mut std::process::Command,
+    limit: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
     let mut child = cmd.spawn()?;
     let deadline = Instant::now() + limit;
     loop {
@@ -269,7 +285,10 @@ fn run_bounded(cmd: &mut std::process::Command, limit: Duration) -> std::io::Res
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("killed after {limit:?}")));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("killed after {limit:?}"),
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -291,7 +310,12 @@ pub fn post_with_retries(url: &str, body: &str, timeout: Duration, retries: u32)
             .send(body);
         match outcome {
             Ok(r) if r.status().is_success() => return true,
-            Ok(r) => tracing::warn!(url, attempt, status = r.status().as_u16(), "webhook refused the notification"),
+            Ok(r) => tracing::warn!(
+                url,
+                attempt,
+                status = r.status().as_u16(),
+                "webhook refused the notification"
+            ),
             Err(e) => tracing::warn!(url, attempt, error = %e, "webhook not reached"),
         }
         if attempt < retries {

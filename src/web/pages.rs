@@ -44,7 +44,11 @@ pub fn render(state: &AppState, name: &str, ctx: impl Serialize) -> Response {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
             tracing::warn!(template = name, error = %e, "cannot render a page");
-            (StatusCode::INTERNAL_SERVER_ERROR, "cannot render the page\n").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot render the page\n",
+            )
+                .into_response()
         }
     }
 }
@@ -52,7 +56,12 @@ pub fn render(state: &AppState, name: &str, ctx: impl Serialize) -> Response {
 pub fn error(status: StatusCode, text: impl Into<String>) -> Response {
     let mut t = text.into();
     t.push('\n');
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        t,
+    )
+        .into_response()
 }
 
 /// Blocking file system work, off the runtime's thread.
@@ -68,7 +77,10 @@ pub async fn readyz() -> Response {
     if telemetry().is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        error(StatusCode::SERVICE_UNAVAILABLE, "not ready: models are loading")
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: models are loading",
+        )
     }
 }
 
@@ -77,12 +89,20 @@ pub async fn metrics(State(state): Shared) -> Response {
     let gauges = blocking(move || SpoolGauges::read(&config)).await;
     let gauges = match gauges {
         Some(Ok(g)) => g,
-        Some(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the spool: {e}")),
+        Some(Err(e)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the spool: {e}"),
+            );
+        }
         None => return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the spool"),
     };
     match telemetry().encode(&gauges) {
         Ok(text) => ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response(),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics",
+        ),
     }
 }
 
@@ -108,8 +128,14 @@ async fn queue_view(state: &Arc<AppState>) -> Result<QueueView, Response> {
             recent,
             control,
         }),
-        Some(Err(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the spool: {e}"))),
-        None => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the spool")),
+        Some(Err(e)) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the spool: {e}"),
+        )),
+        None => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the spool",
+        )),
     }
 }
 
@@ -135,8 +161,11 @@ pub async fn queue_json(State(state): Shared) -> Response {
 /// once, not per page); at most [`MANIFESTS_KEPT`].
 #[derive(Default)]
 pub struct ManifestCache {
-    entries: Mutex<HashMap<PathBuf, (SystemTime, u64, Arc<Manifest>)>>,
+    entries: Mutex<Entries>,
 }
+
+/// Folder -> (manifest mtime, length, parsed).
+type Entries = HashMap<PathBuf, (SystemTime, u64, Arc<Manifest>)>;
 
 const MANIFESTS_KEPT: usize = 8;
 
@@ -162,7 +191,7 @@ impl ManifestCache {
         Some(manifest)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (SystemTime, u64, Arc<Manifest>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -187,16 +216,25 @@ pub struct JobQuery {
     pub image: Option<String>,
 }
 
-pub async fn job_page(State(state): Shared, Path(folder): Path<String>, Query(query): Query<JobQuery>) -> Response {
+pub async fn job_page(
+    State(state): Shared,
+    Path(folder): Path<String>,
+    Query(query): Query<JobQuery>,
+) -> Response {
     let Some(rel) = safe_rel(&folder) else {
         return error(StatusCode::NOT_FOUND, "no such job folder");
     };
     let st = state.clone();
-    let view = blocking(move || super::gallery::job_view(&st, &rel, &query)).await.flatten();
+    let view = blocking(move || super::gallery::job_view(&st, &rel, &query))
+        .await
+        .flatten();
     match view {
         Some(super::gallery::JobPage::Gallery(v)) => render(&state, "job.html", v),
         Some(super::gallery::JobPage::Image(v)) => render(&state, "image.html", v),
-        None => error(StatusCode::NOT_FOUND, "no such job folder (or it has no manifest.json)"),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no such job folder (or it has no manifest.json)",
+        ),
     }
 }
 

@@ -58,18 +58,24 @@ pub fn recent(config: &Config, limit: usize) -> Vec<Ended> {
         (&layout.done, ".result.yaml", false),
         (&layout.failed, ".error.yaml", true),
     ] {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || !name.ends_with(suffix) {
                 continue;
             }
             if let Ok(m) = e.metadata() {
-                found.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), e.path(), failed));
+                found.push((
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    e.path(),
+                    failed,
+                ));
             }
         }
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|e| std::cmp::Reverse(e.0));
     found.truncate(limit);
     found
         .into_iter()
@@ -113,7 +119,11 @@ fn read_ended(config: &Config, path: &Path, at: SystemTime, failed: bool) -> End
         ended.images = r.images;
         ended.output = r
             .output
-            .and_then(|o| o.strip_prefix(&config.output_dir).ok().map(Path::to_path_buf))
+            .and_then(|o| {
+                o.strip_prefix(&config.output_dir)
+                    .ok()
+                    .map(Path::to_path_buf)
+            })
             .map(|p| p.to_string_lossy().into_owned());
     }
     ended

@@ -65,7 +65,10 @@ pub fn start(config: Arc<Config>, addr: SocketAddr) -> anyhow::Result<Server> {
     let thread = std::thread::Builder::new()
         .name("sdspool-web".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the web server's runtime");

@@ -47,11 +47,16 @@ impl ServeConfig {
         {
             return Err((
                 "serve.control_token".into(),
-                format!("must be at least {MIN_TOKEN_CHARS} characters without spaces (e.g. `openssl rand -hex 16`)"),
+                format!(
+                    "must be at least {MIN_TOKEN_CHARS} characters without spaces (e.g. `openssl rand -hex 16`)"
+                ),
             ));
         }
         if self.page_size == Some(0) {
-            return Err(("serve.page_size".into(), "is 0; give the images per page".into()));
+            return Err((
+                "serve.page_size".into(),
+                "is 0; give the images per page".into(),
+            ));
         }
         Ok(())
     }
@@ -108,11 +113,16 @@ impl NotifyConfig {
             if !url.starts_with("http://") {
                 return Err((
                     format!("notify.webhooks[{i}]"),
-                    format!("`{url}` is not an http:// URL (https is not built in: send through a local relay)"),
+                    format!(
+                        "`{url}` is not an http:// URL (https is not built in: send through a local relay)"
+                    ),
                 ));
             }
             if url.parse::<axum::http::Uri>().is_err() {
-                return Err((format!("notify.webhooks[{i}]"), format!("`{url}` is not a valid URL")));
+                return Err((
+                    format!("notify.webhooks[{i}]"),
+                    format!("`{url}` is not a valid URL"),
+                ));
             }
         }
         if self.timeout_seconds == 0 || self.timeout_seconds > 600 {
@@ -131,8 +141,14 @@ mod tests {
 
     #[test]
     fn a_bare_port_binds_loopback_only() {
-        assert_eq!(parse_listen("8080").unwrap(), "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(parse_listen("0.0.0.0:9").unwrap(), "0.0.0.0:9".parse().unwrap());
+        assert_eq!(
+            parse_listen("8080").unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("0.0.0.0:9").unwrap(),
+            "0.0.0.0:9".parse().unwrap()
+        );
         assert!(parse_listen("localhost").unwrap_err().contains("HOST:PORT"));
     }
 

@@ -16,9 +16,9 @@ const ALL: usize = usize::MAX / 2;
 
 pub fn job_html(manifest: &Manifest, folder: &str) -> Result<String, minijinja::Error> {
     let view: GalleryView = gallery(manifest, folder, Links::Static, "", 1, ALL);
-    super::pages::templates()
-        .get_template("job.html")?
-        .render(minijinja::context! { static_page => true, ..minijinja::Value::from_serialize(&view) })
+    super::pages::templates().get_template("job.html")?.render(
+        minijinja::context! { static_page => true, ..minijinja::Value::from_serialize(&view) },
+    )
 }
 
 /// Writes `<dir>/index.html` for the job whose manifest is in `dir`, then the root's.
@@ -57,12 +57,18 @@ pub fn write_root(output_root: &Path) -> std::io::Result<()> {
         .collect();
     names.sort();
     for name in names {
-        let Some(m) = Manifest::read(&output_root.join(&name)) else { continue };
+        let Some(m) = Manifest::read(&output_root.join(&name)) else {
+            continue;
+        };
         rows.push(Row {
             href: format!("{name}/{FILE}"),
             job: m.job.clone(),
             model: m.model.clone(),
-            first_prompt: m.prompts.first().map(|p| p.prompt.clone()).unwrap_or_default(),
+            first_prompt: m
+                .prompts
+                .first()
+                .map(|p| p.prompt.clone())
+                .unwrap_or_default(),
             images: m.candidates().filter(|c| c.file.is_some()).count(),
             complete: m.complete,
         });

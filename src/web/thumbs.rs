@@ -50,7 +50,10 @@ impl ThumbCache {
             .ok()?
             .as_nanos();
         let id = format!("{rel}\0{len}\0{mtime}");
-        Some(self.dir.join(format!("{:016x}.png", crate::hash::fnv1a64(id.bytes()))))
+        Some(
+            self.dir
+                .join(format!("{:016x}.png", crate::hash::fnv1a64(id.bytes()))),
+        )
     }
 
     /// The thumbnail's PNG bytes, from the cache or made now (and cached).
@@ -71,13 +74,18 @@ impl ThumbCache {
 
 /// A PNG thumbnail of the PNG `bytes`.
 pub fn make(bytes: &[u8]) -> Option<Vec<u8>> {
-    let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
+    let reader =
+        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
     let (w, h) = reader.into_dimensions().ok()?;
     if u64::from(w) * u64::from(h) > MAX_PIXELS {
         return None;
     }
     let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Png).ok()?;
-    let small = if w.max(h) > SIDE { img.thumbnail(SIDE, SIDE) } else { img };
+    let small = if w.max(h) > SIDE {
+        img.thumbnail(SIDE, SIDE)
+    } else {
+        img
+    };
     let mut out = Vec::new();
     small
         .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
@@ -94,7 +102,10 @@ pub async fn thumbnail(State(state): State<Arc<AppState>>, Path(path): Path<Stri
         return error(StatusCode::SERVICE_UNAVAILABLE, "busy");
     };
     let st = state.clone();
-    match blocking(move || st.thumbs.get(&st.config.output_dir, &rel)).await.flatten() {
+    match blocking(move || st.thumbs.get(&st.config.output_dir, &rel))
+        .await
+        .flatten()
+    {
         Some(bytes) => (
             [
                 (header::CONTENT_TYPE, "image/png"),
