@@ -56,6 +56,7 @@ demo: build
 	@ls -1 local/output/*/manifest.json local/output/*/p*-sheet.png local/output/*/sweep*-grid.png
 
 test: setup
+	tests/setup-tools.sh
 	$(CARGO) test --locked
 
 # The Python reference stack (torch, diffusers, transformers, optimum; about 6 GB) for the scripts

@@ -95,6 +95,13 @@ enum Command {
     /// seconds per UNet step, time in ONNX Runtime against wall time, peak memory, time per
     /// phase and time to first image (a table, and JSON with --json).
     Bench(BenchArgs),
+    /// Serve the queue and job pages, /metrics, /healthz and /readyz without rendering (a
+    /// viewer of a shared spool), until SIGTERM or SIGINT.
+    Serve {
+        /// Address to listen on (`HOST:PORT` or a port on 127.0.0.1); default `serve.listen`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
 }
 
 /// `sdspool bench` options; the defaults are the documented workload.
@@ -234,6 +241,10 @@ fn execute(command: Command, config: &Config, started: std::time::Instant) -> Ou
         }
         Command::Check { job } => {
             print!("{}", sdspool::app::commands::check::run(config, &job)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { listen } => {
+            sdspool::app::web::serve(config, listen.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {

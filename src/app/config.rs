@@ -83,6 +83,12 @@ pub struct Config {
     /// CLIP reranking of each prompt's candidates; none when absent.
     #[serde(default)]
     pub rerank: Option<crate::engine::rerank::RerankConfig>,
+    /// The web page and metrics (`serve:`, see [`crate::app::web::settings`]).
+    #[serde(default)]
+    pub serve: crate::app::web::settings::ServeConfig,
+    /// Webhooks and a command told when jobs end (`notify:`).
+    #[serde(default)]
+    pub notify: crate::app::web::settings::NotifyConfig,
     /// The file this configuration was read from (not part of the YAML).
     #[serde(skip)]
     pub source: PathBuf,
@@ -261,6 +267,8 @@ impl Config {
             ));
         }
         self.check_devices()?;
+        self.serve.check()?;
+        self.notify.check()?;
         if self.daemon.hang_seconds == Some(0) {
             return Err(self.invalid(
                 "daemon.hang_seconds",

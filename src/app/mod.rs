@@ -5,3 +5,4 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod logging;
+pub mod web;

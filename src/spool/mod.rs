@@ -206,7 +206,7 @@ impl Default for SpoolOptions {
         SpoolOptions {
             watch: true,
             claim_method: ClaimMethod::Auto,
-            max_job_bytes: crate::app::config::Limits::default().max_job_bytes,
+            max_job_bytes: crate::jobs::settings::Limits::default().max_job_bytes,
         }
     }
 }

@@ -104,6 +104,7 @@ impl Heartbeats {
     /// `worker` now does `state` (on `job`); counts as a beat.
     pub fn set_at(&self, worker: usize, state: WorkerState, job: Option<&str>, now: Instant) {
         self.with(worker, |s| {
+            crate::app::web::metrics::telemetry().record_worker_state(s.device, state);
             s.state = state;
             s.job = job.map(str::to_string);
             s.last = s.last.max(now);

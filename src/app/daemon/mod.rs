@@ -93,6 +93,7 @@ pub fn run(config: &Config, options: DaemonOptions) -> anyhow::Result<()> {
         ..SpoolOptions::default()
     };
     let spool = Spool::open_with(&config.spool, spool_options)?;
+    let _web = crate::app::web::hooks::daemon_starting(config)?;
     let recovered = spool.recover()?;
     if !recovered.is_empty() {
         tracing::info!(jobs = recovered.len(), "resuming jobs left in running/");
@@ -113,6 +114,7 @@ pub fn run(config: &Config, options: DaemonOptions) -> anyhow::Result<()> {
     };
     let result = std::thread::scope(|scope| daemon.serve(scope, &rt, signals));
     daemon.release_waiting();
+    crate::app::web::hooks::daemon_stopping();
     result?;
     notify::stopping("stopped");
     tracing::info!("sdspool stopped");
@@ -154,6 +156,7 @@ impl<'env> Daemon<'env> {
         }
         drop((loaded_tx, done_tx));
         self.wait_until_loaded(&loaded_rx)?;
+        crate::app::web::hooks::daemon_ready();
         let counts = supervise::spool_counts(self.spool);
         notify::ready(&format!(
             "ready: {} worker(s); {counts}",

@@ -157,7 +157,8 @@ fn render(
         .shutdown
         .run_job(&claimed.stem, &claimed.path_in_running);
     let hook = stall::Hook::new(ctx.device, running.flag());
-    let mut sink = ProgressSink::start(config, ctx.spool, claimed, job, ctx.pulse, hook);
+    let mut sink =
+        ProgressSink::start(config, ctx.spool, claimed, job, ctx.pulse, ctx.device, hook);
     let result = worker.run(job, &RunOptions::default(), running.flag(), &mut |p| {
         sink.on_progress(p)
     });
@@ -295,6 +296,16 @@ fn file_done(
         Err(e) => return filing_error(e, Some(&job.model)).map(Processed::WaitsForStorage),
     };
     ctx.control.clear_cancel(&stem);
+    let done = crate::app::web::hooks::Done {
+        stem: &stem,
+        model: &m.model,
+        images: summary.images,
+        kept: summary.kept,
+        rendered: outcome.rendered,
+        seconds: summary.seconds,
+        output: &outcome.dir,
+    };
+    crate::app::web::hooks::job_done(&ctx.shared.config(), ctx.spool, done, &finished.side_file);
     tracing::info!(output = %outcome.dir.display(), images = summary.images, rendered = outcome.rendered, seconds = summary.seconds, path = %finished.job.display(), "job done");
     notify::status(&format!("job {} done", job.id));
     Ok(Processed::Settled)
@@ -313,6 +324,7 @@ fn file_failed(
         Err(e) => return filing_error(e, model).map(Processed::WaitsForStorage),
     };
     ctx.control.clear_cancel(&stem);
+    crate::app::web::hooks::job_failed(ctx.spool, &stem, failure, &finished.side_file);
     tracing::info!(path = %finished.job.display(), step = %failure.step, "filed in failed/");
     Ok(Processed::Settled)
 }

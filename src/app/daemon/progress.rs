@@ -41,8 +41,8 @@ impl JobClock {
     }
 
     /// Records step `p` (of a prompt whose work is `w`), ended at `now`: the time since the
-    /// previous step of the same batch is one UNet call's.
-    pub fn step(&mut self, model: &str, w: &PromptWork, p: &Progress, now: Instant) {
+    /// previous step of the same batch is one UNet call's (returned, when measured).
+    pub fn step(&mut self, model: &str, w: &PromptWork, p: &Progress, now: Instant) -> Option<f64> {
         let unet_batch = (p.batch * if w.guided { 2 } else { 1 }) as u32;
         *self
             .calls
@@ -56,8 +56,11 @@ impl JobClock {
             let seconds = now.duration_since(at).as_secs_f64();
             self.measured
                 .add_step(model, w.width, w.height, unet_batch, seconds);
+            self.previous = Some(((p.prompt, p.images_done, p.step), now));
+            return Some(seconds);
         }
         self.previous = Some(((p.prompt, p.images_done, p.step), now));
+        None
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -96,6 +99,7 @@ pub struct ProgressSink<'a> {
     claimed: &'a Claimed,
     job: &'a Job,
     pulse: Pulse<'a>,
+    device: i32,
     /// The spool's timings when the job started, and the job's work, for the ETA.
     timings: Timings,
     work: Vec<PromptWork>,
@@ -115,6 +119,7 @@ impl<'a> ProgressSink<'a> {
         claimed: &'a Claimed,
         job: &'a Job,
         pulse: Pulse<'a>,
+        device: i32,
         stall: stall::Hook<'a>,
     ) -> ProgressSink<'a> {
         let status = JobStatus::starting(
@@ -131,6 +136,7 @@ impl<'a> ProgressSink<'a> {
             claimed,
             job,
             pulse,
+            device,
             timings: Timings::read(&Timings::path(&spool.layout().root)),
             work: eta::StepCounter::new(config).job_work(job),
             clock: JobClock::start(),
@@ -147,7 +153,15 @@ impl<'a> ProgressSink<'a> {
         self.pulse.beat();
         let now = Instant::now();
         let w = &self.work[p.prompt.min(self.work.len().saturating_sub(1))];
-        self.clock.step(&self.job.model, w, p, now);
+        if let Some(seconds) = self.clock.step(&self.job.model, w, p, now) {
+            crate::app::web::metrics::telemetry().record_unet_step(
+                &self.job.model,
+                w.width,
+                w.height,
+                self.device,
+                seconds,
+            );
+        }
         self.last = Some(*p);
         if !self.report_due(p, now) {
             return;

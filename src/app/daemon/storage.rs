@@ -58,6 +58,7 @@ pub fn wait_for_storage(ctx: &WorkerCtx<'_>, waiting: WaitForStorage, wait: &mut
         claimed.stem,
         wait.as_secs()
     ));
+    crate::app::web::metrics::telemetry().record_storage_wait();
     // `sdspool status` shows the wait (on a full disk this write may fail too).
     let retry_at = SystemTime::now() + *wait;
     if let Err(e) = ctx.spool.write_waiting(

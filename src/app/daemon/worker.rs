@@ -35,6 +35,15 @@ pub fn run(
         None,
     )
     .with_context(|| format!("loading the models on device {}", ctx.device))?;
+    for model in config
+        .models
+        .keys()
+        .filter(|m| config.serves(ctx.device, m))
+    {
+        if let Some(provider) = worker.provider(model) {
+            crate::app::web::metrics::telemetry().record_provider(ctx.device, model, &provider);
+        }
+    }
     let _ = loaded.send(Ok(ctx.device));
     ctx.pulse.set(WorkerState::Idle, None);
     let result = work(&ctx, &mut worker);
