@@ -57,7 +57,11 @@ impl Part {
 pub struct SdModel {
     pub name: String,
     pub folder: ModelFolder,
+    /// The family's first text encoder (the SDXL refiner's only one is `text_encoder_2`: see
+    /// [`Part::component`]).
     pub text_encoder: Part,
+    /// SDXL base's second text encoder.
+    pub text_encoder_2: Option<Part>,
     pub unet: Part,
     pub vae_decoder: Part,
     pub vae_encoder: Option<Part>,
@@ -82,7 +86,12 @@ impl SdModel {
         })?;
         let family = folder.family;
         let part = |c: Component, file: &Path| load_part(runtime, name, family, c, file, device_id);
-        let text_encoder = part(Component::TextEncoder, &folder.text_encoder)?;
+        let first_encoder = family.required_parts()[0];
+        let text_encoder = part(first_encoder, &folder.text_encoder)?;
+        let text_encoder_2 = match &folder.text_encoder_2 {
+            Some(f) => Some(part(Component::TextEncoder2, f)?),
+            None => None,
+        };
         let unet = part(Component::Unet, &folder.unet)?;
         let vae_decoder = part(Component::VaeDecoder, &folder.vae_decoder)?;
         let vae_encoder = match &folder.vae_encoder {
@@ -105,6 +114,7 @@ impl SdModel {
             name: name.to_string(),
             folder,
             text_encoder,
+            text_encoder_2,
             unet,
             vae_decoder,
             vae_encoder,
@@ -120,8 +130,9 @@ impl SdModel {
     }
 
     pub fn parts(&self) -> impl Iterator<Item = &Part> {
-        [&self.text_encoder, &self.unet, &self.vae_decoder]
-            .into_iter()
+        std::iter::once(&self.text_encoder)
+            .chain(self.text_encoder_2.as_ref())
+            .chain([&self.unet, &self.vae_decoder])
             .chain(self.vae_encoder.as_ref())
     }
 

@@ -20,7 +20,9 @@ pub mod conditioning;
 pub mod decode;
 pub mod denoise;
 mod latents;
+pub mod lcm;
 pub mod sd;
+pub mod sdxl;
 pub mod text;
 
 use std::ops::ControlFlow;
@@ -95,6 +97,35 @@ pub struct RenderRequest {
     /// Per-step noise for stochastic schedulers, one `[candidates, c, h/8, w/8]` array per step
     /// that draws noise, instead of drawing it from the seeds.
     pub step_noise: Option<Vec<ArrayD<f32>>>,
+    /// SDXL's micro-conditioning (ignored by the other families).
+    pub sdxl: SdxlConditioning,
+}
+
+/// SDXL's size and aesthetic conditioning, diffusers' `original_size`,
+/// `crops_coords_top_left`, `target_size` (each `[height, width]`) and the refiner's
+/// `aesthetic_score` / `negative_aesthetic_score`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SdxlConditioning {
+    /// `None`: the image's size, as diffusers defaults it.
+    pub original_size: Option<[u32; 2]>,
+    pub crop_top_left: [u32; 2],
+    /// `None`: the image's size.
+    pub target_size: Option<[u32; 2]>,
+    pub aesthetic_score: f32,
+    pub negative_aesthetic_score: f32,
+}
+
+impl Default for SdxlConditioning {
+    /// diffusers' defaults: sizes from the image, crop (0, 0), aesthetic scores 6.0 and 2.5.
+    fn default() -> Self {
+        SdxlConditioning {
+            original_size: None,
+            crop_top_left: [0, 0],
+            target_size: None,
+            aesthetic_score: 6.0,
+            negative_aesthetic_score: 2.5,
+        }
+    }
 }
 
 impl RenderRequest {
@@ -114,6 +145,7 @@ impl RenderRequest {
             max_batch: 8,
             initial_latents: None,
             step_noise: None,
+            sdxl: SdxlConditioning::default(),
         }
     }
 }
@@ -157,16 +189,15 @@ pub struct Rendered {
 }
 
 /// What a model family supplies to the shared steps of [`Pipeline::render`]: diffusers'
-/// `encode_prompt`, the prompt and negative prompt to the UNet's conditioning inputs.
+/// `encode_prompt`, the request's prompt and negative prompt (and the family's other
+/// conditioning) to the UNet's conditioning inputs.
 pub trait FamilyPipeline: Send {
-    /// The conditioning of `prompt`; with `guidance` (classifier-free guidance is on) also of
-    /// `negative_prompt` (empty for none).
+    /// The conditioning of `req`'s prompt; with classifier-free guidance (the family decides:
+    /// [`is_guided`] for most) also of its negative prompt (empty for none).
     fn encode_prompt(
         &mut self,
         model: &mut SdModel,
-        prompt: &str,
-        negative_prompt: &str,
-        guidance: Option<f32>,
+        req: &RenderRequest,
     ) -> Result<Conditioning, PipelineError>;
 }
 
@@ -174,6 +205,8 @@ pub trait FamilyPipeline: Send {
 pub fn family_pipeline(model: &SdModel) -> Result<Box<dyn FamilyPipeline>, PipelineError> {
     Ok(match model.family() {
         Family::Sd => Box::new(sd::StableDiffusion::new(model)?),
+        Family::Sdxl | Family::SdxlRefiner => Box::new(sdxl::StableDiffusionXl::new(model)?),
+        Family::Lcm => Box::new(lcm::LatentConsistency::new(model)?),
     })
 }
 
@@ -300,15 +333,9 @@ impl Pipeline {
         })
     }
 
-    /// The family's `encode_prompt`, guided when [`is_guided`] says so.
+    /// The family's `encode_prompt`.
     fn encode_prompt(&mut self, req: &RenderRequest) -> Result<Conditioning, PipelineError> {
-        let guidance = is_guided(req.guidance_scale).then_some(req.guidance_scale);
-        let conditioning = self.family.encode_prompt(
-            &mut self.model,
-            &req.prompt,
-            &req.negative_prompt,
-            guidance,
-        )?;
+        let conditioning = self.family.encode_prompt(&mut self.model, req)?;
         // The tokenizer has logged any truncation, once and briefly.
         Ok(conditioning)
     }

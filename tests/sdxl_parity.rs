@@ -1,0 +1,245 @@
+//! The SDXL, Turbo and LCM families against diffusers: every case of tests/golden/sdxl (made by
+//! onnx/golden_sdxl.py with optimum's ORT pipelines on the committed models) is rendered twice,
+//! from the golden initial latents and per-step noise (.npy) and from the seeds alone, and must
+//! match: final latents within 1e-4 relative L2 error, 8-bit pixels within 1. The conditioning
+//! of the first UNet call is compared where the golden recorded it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, Axis};
+use ndarray_npy::read_npy;
+use sdspool::model::{Family, SdModel};
+use sdspool::pipeline::{Pipeline, RenderRequest};
+use serde_json::Value;
+
+fn golden_dir() -> PathBuf {
+    common::root().join("tests/golden/sdxl")
+}
+
+fn npy(name: &str) -> ArrayD<f32> {
+    read_npy(golden_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn rel_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+fn cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(golden_dir().join("index.json")).unwrap();
+    let index: Value = serde_json::from_str(&text).unwrap();
+    index["cases"].as_array().unwrap().clone()
+}
+
+fn load(dir: &Path, name: &str) -> Pipeline {
+    let m = SdModel::load(common::runtime(), name, dir, 0).unwrap_or_else(|e| panic!("{e}"));
+    Pipeline::new(m).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A copy of tiny-sdxl whose model_index.json says `force_zeros_for_empty_prompt: false`.
+fn no_force_zeros() -> (tempfile::TempDir, PathBuf) {
+    let (tmp, dir) = common::model_copy("tiny-sdxl");
+    let index = dir.join("model_index.json");
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    json["force_zeros_for_empty_prompt"] = Value::Bool(false);
+    std::fs::write(&index, json.to_string()).unwrap();
+    (tmp, dir)
+}
+
+fn pair(v: &Value) -> Option<[u32; 2]> {
+    let a = v.as_array()?;
+    Some([a[0].as_u64()? as u32, a[1].as_u64()? as u32])
+}
+
+/// The request of a golden case; `from_files` takes the recorded latents and noise.
+pub fn request(case: &Value, from_files: bool) -> RenderRequest {
+    let files = &case["files"];
+    let scheduler = match case["scheduler"].as_str().unwrap() {
+        "ddim_eta" => "ddim",
+        s => s,
+    };
+    let seeds = case["seeds"].as_array().unwrap();
+    let mut req = RenderRequest::new(
+        case["prompt"].as_str().unwrap(),
+        seeds.iter().map(|s| s.as_u64().unwrap()).collect(),
+    );
+    req.negative_prompt = case["negative"].as_str().unwrap().to_string();
+    req.steps = case["steps"].as_u64().unwrap() as usize;
+    req.guidance_scale = case["guidance"].as_f64().unwrap() as f32;
+    req.eta = case["eta"].as_f64().unwrap() as f32;
+    // Turbo and LCM render with the folder's own scheduler (its config sets the defaults).
+    if !case["model"]
+        .as_str()
+        .unwrap()
+        .starts_with("tiny-sdxl-turbo")
+        && case["model"] != "tiny-lcm"
+    {
+        req.scheduler = Some(scheduler.parse().unwrap());
+    }
+    req.width = case["width"].as_u64().unwrap() as u32;
+    req.height = case["height"].as_u64().unwrap() as u32;
+    req.sdxl.original_size = pair(&case["original_size"]);
+    req.sdxl.target_size = pair(&case["target_size"]);
+    if let Some(c) = pair(&case["crops_coords_top_left"]) {
+        req.sdxl.crop_top_left = c;
+    }
+    if from_files {
+        req.initial_latents = Some(npy(files["initial"].as_str().unwrap()));
+        if let Some(noise) = files.get("noise").and_then(Value::as_str) {
+            let all = npy(noise);
+            req.step_noise = Some(all.axis_iter(Axis(0)).map(|a| a.to_owned()).collect());
+        }
+    }
+    req
+}
+
+struct Outcome {
+    latent_err: f64,
+    max_pixel_diff: i32,
+}
+
+fn compare(case: &Value, latents: &ArrayD<f32>, images: &[image::RgbImage]) -> Outcome {
+    let files = &case["files"];
+    let want_latents = npy(files["latents"].as_str().unwrap());
+    let want_pixels: ArrayD<u8> =
+        read_npy(golden_dir().join(files["pixels"].as_str().unwrap())).unwrap();
+    let mut max_pixel_diff = 0;
+    for (i, img) in images.iter().enumerate() {
+        for (x, y, px) in img.enumerate_pixels() {
+            for c in 0..3 {
+                let want = want_pixels[[i, y as usize, x as usize, c]];
+                max_pixel_diff = max_pixel_diff.max((i32::from(px[c]) - i32::from(want)).abs());
+            }
+        }
+    }
+    Outcome {
+        latent_err: rel_l2(latents, &want_latents),
+        max_pixel_diff,
+    }
+}
+
+fn render(pipe: &mut Pipeline, case: &Value, from_files: bool) -> Outcome {
+    let req = request(case, from_files);
+    let mut calls = 0;
+    let out = pipe
+        .render(&req, &mut |_| {
+            calls += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
+    assert_eq!(
+        calls,
+        case["unet_calls"].as_u64().unwrap() as usize,
+        "{}: UNet calls",
+        case["name"]
+    );
+    compare(case, &out.latents, &out.images)
+}
+
+/// Runs `cases` (those `select` picks) both ways and fails listing every case off the limits.
+fn check_cases(select: impl Fn(&Value) -> bool) {
+    let (_tmp, nozeros_dir) = no_force_zeros();
+    let mut pipes: HashMap<String, Pipeline> = HashMap::new();
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    let mut ran = 0;
+    for case in cases().into_iter().filter(|c| select(c)) {
+        let name = case["name"].as_str().unwrap().to_string();
+        let model = case["model"].as_str().unwrap().to_string();
+        let key = if name.ends_with("-nozeros") {
+            "nozeros".to_string()
+        } else {
+            model.clone()
+        };
+        let pipe = pipes.entry(key.clone()).or_insert_with(|| {
+            let dir = if key == "nozeros" {
+                nozeros_dir.clone()
+            } else {
+                common::model_dir(&model)
+            };
+            load(&dir, &model)
+        });
+        // float16: diffusers does the guidance arithmetic in float16, sdspool in float32.
+        let latent_tol = if case["dtype"] == "float16" {
+            2e-3
+        } else {
+            1e-4
+        };
+        for from_files in [true, false] {
+            let o = render(pipe, &case, from_files);
+            let mode = if from_files { "npy" } else { "seeds" };
+            report.push(format!(
+                "{name} ({mode}): latents {:.2e}, pixels {}",
+                o.latent_err, o.max_pixel_diff
+            ));
+            if !(o.latent_err <= latent_tol) || o.max_pixel_diff > 1 {
+                failures.push(format!(
+                    "{name} ({mode}): latent rel L2 {:.3e} (limit {latent_tol:e}), max pixel diff {}",
+                    o.latent_err, o.max_pixel_diff
+                ));
+            }
+        }
+        ran += 1;
+    }
+    println!("{}", report.join("\n"));
+    assert!(ran > 0, "no golden case selected");
+    assert!(
+        failures.is_empty(),
+        "{} renders differ from diffusers:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn sdxl_base_matches_diffusers() {
+    check_cases(|c| c["model"] == "tiny-sdxl" && c.get("refiner").is_none());
+}
+
+#[test]
+fn sdxl_turbo_matches_diffusers_with_the_folders_scheduler_and_no_guidance() {
+    check_cases(|c| c["model"] == "tiny-sdxl-turbo");
+}
+
+#[test]
+fn lcm_matches_diffusers() {
+    check_cases(|c| c["model"] == "tiny-lcm");
+}
+
+#[test]
+fn folders_are_read_as_their_family() {
+    for (name, family) in [
+        ("tiny-sdxl", Family::Sdxl),
+        ("tiny-sdxl-turbo", Family::Sdxl),
+        ("tiny-sdxl-fp16", Family::Sdxl),
+        ("tiny-sdxl-refiner", Family::SdxlRefiner),
+        ("tiny-lcm", Family::Lcm),
+    ] {
+        let m = SdModel::load(common::runtime(), name, &common::model_dir(name), 0)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(m.family(), family, "{name}");
+        assert_eq!(m.latent_channels, 4);
+    }
+}
+
+#[test]
+fn lcm_guidance_embedding_is_diffusers() {
+    let want = npy("lcm-lcm-1.timestep_cond.npy");
+    let got = sdspool::pipeline::lcm::guidance_embedding(7.5, want.shape()[1]);
+    let err = rel_l2(&got, &want.slice_axis(Axis(0), (0..1).into()).to_owned());
+    assert!(err < 1e-6, "timestep_cond off by {err:e}");
+}
