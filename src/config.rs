@@ -353,6 +353,11 @@ impl Default for Limits {
 pub struct ModelConfig {
     /// Folder in the layout optimum writes for Stable Diffusion exports.
     pub path: PathBuf,
+    /// A replacement VAE decoder: a folder with `vae_decoder/model.onnx` and its config.json
+    /// (e.g. a float32 export of the same VAE, or madebyollin's sdxl-vae-fp16-fix). A float16
+    /// SDXL folder whose VAE has `force_upcast` needs one.
+    #[serde(default)]
+    pub vae: Option<PathBuf>,
 }
 
 impl fmt::Display for GraphOptimization {
@@ -438,6 +443,9 @@ impl Config {
         }
         for model in self.models.values_mut() {
             resolve(&mut model.path);
+            if let Some(vae) = model.vae.as_mut() {
+                resolve(vae);
+            }
         }
         if let Some(rerank) = self.rerank.as_mut() {
             resolve(&mut rerank.model);

@@ -45,8 +45,15 @@ fn cases() -> Vec<Value> {
     index["cases"].as_array().unwrap().clone()
 }
 
+/// The pipeline of a golden case's model; a float16 folder decodes with tiny-sdxl's float32
+/// VAE as its replacement (`vae_decoder_from`), as the goldens' `pixels` were made.
 fn load(dir: &Path, name: &str) -> Pipeline {
-    let m = SdModel::load(common::runtime(), name, dir, 0).unwrap_or_else(|e| panic!("{e}"));
+    let mut m = SdModel::load(common::runtime(), name, dir, 0).unwrap_or_else(|e| panic!("{e}"));
+    if name == "tiny-sdxl-fp16" {
+        m.replace_vae_decoder(common::runtime(), &common::model_dir("tiny-sdxl"), 0)
+            .unwrap();
+        assert!(!m.vae_needs_upcast());
+    }
     Pipeline::new(m).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -218,6 +225,75 @@ fn sdxl_turbo_matches_diffusers_with_the_folders_scheduler_and_no_guidance() {
 #[test]
 fn lcm_matches_diffusers() {
     check_cases(|c| c["model"] == "tiny-lcm");
+}
+
+#[test]
+fn sdxl_float16_matches_diffusers_with_a_float32_replacement_vae() {
+    check_cases(|c| c["model"] == "tiny-sdxl-fp16");
+}
+
+#[test]
+fn float16_sdxl_vae_without_a_replacement_is_refused_clearly() {
+    let dir = common::model_dir("tiny-sdxl-fp16");
+    let m = SdModel::load(common::runtime(), "tiny-sdxl-fp16", &dir, 0).unwrap();
+    assert!(m.vae_needs_upcast());
+    let mut pipe = Pipeline::new(m).unwrap();
+    let mut req = RenderRequest::new("a photo of a cat", vec![1]);
+    (req.steps, req.width, req.height) = (1, 64, 64);
+    let err = pipe
+        .render(&req, &mut |_| ControlFlow::Continue(()))
+        .unwrap_err()
+        .to_string();
+    for word in [
+        "tiny-sdxl-fp16/vae_decoder/model.onnx",
+        "force_upcast",
+        "`vae:`",
+    ] {
+        assert!(err.contains(word), "{err}");
+    }
+}
+
+#[test]
+fn a_folder_mixing_families_is_refused_naming_the_part() {
+    // An SDXL model_index.json over SD parts: text_encoder_2 is missing.
+    let (_tmp, dir) = common::model_copy("tiny-sd");
+    let sdxl_index = common::model_dir("tiny-sdxl").join("model_index.json");
+    std::fs::copy(sdxl_index, dir.join("model_index.json")).unwrap();
+    let err = SdModel::load(common::runtime(), "mixed", &dir, 0)
+        .unwrap_err()
+        .to_string();
+    for word in [
+        "model_index.json",
+        "StableDiffusionXLPipeline",
+        "text_encoder_2/model.onnx",
+        "StableDiffusionPipeline (sd)",
+    ] {
+        assert!(err.contains(word), "{err}");
+    }
+    // An SDXL folder whose UNet is SD's: the UNet lacks text_embeds.
+    let (_tmp2, dir) = common::model_copy("tiny-sdxl");
+    std::fs::copy(
+        common::model_dir("tiny-sd").join("unet/model.onnx"),
+        dir.join("unet/model.onnx"),
+    )
+    .unwrap();
+    let err = SdModel::load(common::runtime(), "mixed", &dir, 0)
+        .unwrap_err()
+        .to_string();
+    for word in ["unet/model.onnx", "input 'text_embeds'", "missing"] {
+        assert!(err.contains(word), "{err}");
+    }
+    // An LCM folder whose UNet is SD's (no timestep_cond).
+    let (_tmp3, dir) = common::model_copy("tiny-lcm");
+    std::fs::copy(
+        common::model_dir("tiny-sd").join("unet/model.onnx"),
+        dir.join("unet/model.onnx"),
+    )
+    .unwrap();
+    let err = SdModel::load(common::runtime(), "mixed", &dir, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("input 'timestep_cond'"), "{err}");
 }
 
 #[test]

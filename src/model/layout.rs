@@ -450,6 +450,11 @@ fn vae_config(root: &Path) -> Result<VaeConfig, LayoutError> {
     })
 }
 
+/// `force_upcast` of the VAE config in a (model or VAE) folder; false without one.
+pub fn vae_force_upcast(root: &Path) -> Result<bool, LayoutError> {
+    Ok(vae_config(root)?.force_upcast)
+}
+
 /// Reads a JSON file of a model folder; `what` says what the file is for in the error.
 pub fn read_json(path: &Path, what: &str) -> Result<Value, LayoutError> {
     let meta = match std::fs::metadata(path) {

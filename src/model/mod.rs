@@ -136,6 +136,48 @@ impl SdModel {
             .chain(self.vae_encoder.as_ref())
     }
 
+    /// Replaces the VAE decoder by `folder`'s `vae_decoder/model.onnx` (checked against the
+    /// family), whose config's `force_upcast` then applies.
+    pub fn replace_vae_decoder(
+        &mut self,
+        runtime: &Runtime,
+        folder: &Path,
+        device_id: i32,
+    ) -> Result<(), ModelError> {
+        let layout_err = |source| ModelError::Layout {
+            model: self.name.clone(),
+            source,
+        };
+        let file = folder.join(Component::VaeDecoder.dir()).join("model.onnx");
+        if !file.is_file() {
+            return Err(layout_err(LayoutError::Missing {
+                path: file,
+                what: "the replacement VAE decoder (`vae:` of the model's configuration)".into(),
+            }));
+        }
+        let force_upcast = layout::vae_force_upcast(folder).map_err(layout_err)?;
+        let part = load_part(
+            runtime,
+            &self.name,
+            self.family(),
+            Component::VaeDecoder,
+            &file,
+            device_id,
+        )?;
+        self.vae_decoder = part;
+        self.folder.vae_force_upcast = force_upcast;
+        Ok(())
+    }
+
+    /// Whether the VAE decoder cannot decode this model: an SDXL-class VAE that overflows in
+    /// float16 (`force_upcast`, which diffusers honours by decoding in float32) loaded as a
+    /// float16 graph.
+    pub fn vae_needs_upcast(&self) -> bool {
+        matches!(self.family(), Family::Sdxl | Family::SdxlRefiner)
+            && self.folder.vae_force_upcast
+            && self.vae_decoder.feeding.float == Elem::F16
+    }
+
     /// float32 or float16, as the UNet takes it.
     pub fn precision(&self) -> Elem {
         self.unet.feeding.float

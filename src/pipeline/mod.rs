@@ -67,6 +67,22 @@ pub enum PipelineError {
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error(transparent)]
     Scheduler(#[from] crate::scheduler::SchedulerError),
+    #[error(
+        "{file}: the VAE decoder is float16 but its config says `force_upcast` (SDXL's VAE \
+         overflows in float16 and gives black or NaN images); configure a float32 or fp16-fixed \
+         VAE folder as `vae:` of this model in config.yaml"
+    )]
+    VaeNeedsUpcast { file: String },
+    #[error(
+        "candidate {candidate} (seed {seed}): the {what} has non-finite values (NaN or infinity); \
+         {hint}"
+    )]
+    NonFinite {
+        candidate: usize,
+        seed: u64,
+        what: &'static str,
+        hint: &'static str,
+    },
     #[error("cancelled after step {step} of {total}")]
     Cancelled { step: usize, total: usize },
 }
@@ -259,6 +275,11 @@ impl Pipeline {
         if req.max_batch == 0 {
             return bad("max_batch", "is 0".into());
         }
+        if self.model.vae_needs_upcast() {
+            return Err(PipelineError::VaeNeedsUpcast {
+                file: self.model.vae_decoder.file().display().to_string(),
+            });
+        }
         let shape = self.latent_shape(req, req.seeds.len());
         if let Some(l) = &req.initial_latents
             && l.shape() != shape.as_slice()
@@ -313,9 +334,11 @@ impl Pipeline {
             let started = Instant::now();
             let latents = self.denoise_batch(req, kind, &conditioning, first, n, on_progress)?;
             timings.denoise += started.elapsed();
+            check_finite(&latents, req, first, "final latent", LATENT_HINT)?;
 
             let started = Instant::now();
             let decoded = self.decode(latents.view())?;
+            check_finite(&decoded, req, first, "decoded image", VAE_HINT)?;
             for i in 0..n {
                 images.push(decode::to_rgb8(decoded.index_axis(Axis(0), i).into_dyn()));
             }
@@ -394,10 +417,56 @@ impl Pipeline {
     }
 }
 
+const LATENT_HINT: &str = "the UNet overflowed (a float16 model at a guidance or size it cannot \
+                           take?); nothing was written for it";
+const VAE_HINT: &str = "the VAE decoder overflowed (float16 SDXL VAE? configure a float32 or \
+                        fp16-fixed `vae:` folder); nothing was written for it";
+
+/// Fails the first candidate of `batch` (candidates `first..`) with a non-finite value.
+fn check_finite(
+    batch: &ArrayD<f32>,
+    req: &RenderRequest,
+    first: usize,
+    what: &'static str,
+    hint: &'static str,
+) -> Result<(), PipelineError> {
+    for (i, one) in batch.axis_iter(Axis(0)).enumerate() {
+        if one.iter().any(|v| !v.is_finite()) {
+            return Err(PipelineError::NonFinite {
+                candidate: first + i,
+                seed: req.seeds[first + i],
+                what,
+                hint,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn concat(parts: Vec<ArrayD<f32>>) -> Result<ArrayD<f32>, PipelineError> {
     let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
     ndarray::concatenate(Axis(0), &views).map_err(|source| PipelineError::Concatenate {
         file: "(pipeline)".into(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_finite_candidate_fails_naming_its_seed() {
+        let mut req = RenderRequest::new("p", vec![7, 8, 9]);
+        req.max_batch = 2;
+        let mut batch = ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 4, 2, 2]));
+        check_finite(&batch, &req, 1, "final latent", LATENT_HINT).unwrap();
+        batch[[1, 3, 1, 0]] = f32::NAN;
+        let err = check_finite(&batch, &req, 1, "final latent", LATENT_HINT).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("candidate 2 (seed 9): the final latent has non-finite values"),
+            "{text}"
+        );
+    }
 }
