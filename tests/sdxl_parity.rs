@@ -319,3 +319,52 @@ fn lcm_guidance_embedding_is_diffusers() {
     let err = rel_l2(&got, &want.slice_axis(Axis(0), (0..1).into()).to_owned());
     assert!(err < 1e-6, "timestep_cond off by {err:e}");
 }
+
+/// The refiner hand-off goldens: tiny-sdxl to 0.8 of the schedule, tiny-sdxl-refiner from there
+/// (diffusers' `denoising_end` / `denoising_start`, aesthetic scores 6.0 / 2.5), from the
+/// recorded noise and from the seeds (the generators continue into the refiner).
+#[test]
+fn refiner_handoff_matches_diffusers() {
+    let mut base = load(&common::model_dir("tiny-sdxl"), "tiny-sdxl");
+    let mut refiner = load(&common::model_dir("tiny-sdxl-refiner"), "tiny-sdxl-refiner");
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for case in cases().into_iter().filter(|c| c.get("refiner").is_some()) {
+        let name = case["name"].as_str().unwrap().to_string();
+        for from_files in [true, false] {
+            let req = request(&case, from_files);
+            let handoff = sdspool::pipeline::Handoff {
+                start: case["refiner_start"].as_f64().unwrap(),
+                refiner_noise: case["files"]
+                    .get("refiner_noise")
+                    .and_then(Value::as_str)
+                    .filter(|_| from_files)
+                    .map(|f| npy(f).axis_iter(Axis(0)).map(|a| a.to_owned()).collect()),
+            };
+            let mut calls = 0;
+            let out = base
+                .render_refined(&mut refiner, &req, &handoff, &mut |_| {
+                    calls += 1;
+                    ControlFlow::Continue(())
+                })
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let want_calls =
+                case["unet_calls"].as_u64().unwrap() + case["refiner_unet_calls"].as_u64().unwrap();
+            assert_eq!(calls as u64, want_calls, "{name}: UNet calls");
+            let o = compare(&case, &out.latents, &out.images);
+            println!(
+                "{name} ({from_files}): latents {:.2e}, pixels {}",
+                o.latent_err, o.max_pixel_diff
+            );
+            if !(o.latent_err <= 1e-4) || o.max_pixel_diff > 1 {
+                failures.push(format!(
+                    "{name} (from files: {from_files}): {:.3e}, {}",
+                    o.latent_err, o.max_pixel_diff
+                ));
+            }
+        }
+        ran += 1;
+    }
+    assert_eq!(ran, 2);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

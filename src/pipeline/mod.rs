@@ -21,6 +21,7 @@ pub mod decode;
 pub mod denoise;
 mod latents;
 pub mod lcm;
+pub mod refine;
 pub mod sd;
 pub mod sdxl;
 pub mod text;
@@ -38,6 +39,7 @@ use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
 pub use conditioning::{CondInput, Conditioning, is_guided};
 pub use denoise::Step;
 use latents::BatchNoise;
+pub use refine::Handoff;
 
 /// Why a render failed.
 #[derive(Debug, thiserror::Error)]
