@@ -8,11 +8,11 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use ndarray::{ArrayD, IxDyn};
-use sdspool::model::family::{CondInputSpec, UnetGraph, sd};
-use sdspool::model::{Component, Elem, Feeding, Part, Signature};
-use sdspool::pipeline::denoise::denoise;
-use sdspool::pipeline::{CondInput, Conditioning, PipelineError};
-use sdspool::scheduler::{self, SchedulerConfig, SchedulerKind};
+use sdspool::engine::model::family::{CondInputSpec, UnetGraph, sd};
+use sdspool::engine::model::{Component, Elem, Feeding, Part, Signature};
+use sdspool::engine::pipeline::denoise::denoise;
+use sdspool::engine::pipeline::{CondInput, Conditioning, PipelineError};
+use sdspool::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
 
 /// SD's UNet inputs plus an SDXL-style pooled embedding.
 const GRAPH: UnetGraph = UnetGraph {

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{model_copy, model_dir, runtime};
-use sdspool::model::{Elem, Family, ModelError, SdModel};
+use sdspool::engine::model::{Elem, Family, ModelError, SdModel};
 
 fn load(dir: &Path) -> Result<SdModel, ModelError> {
     SdModel::load(runtime(), "test-model", dir, 0)
@@ -315,7 +315,7 @@ fn models_command_shows_each_models_family() {
     let config = common::fixture_config();
     let mut out = String::new();
     assert!(
-        sdspool::commands::models::run(&config, runtime(), &mut out),
+        sdspool::app::commands::models::run(&config, runtime(), &mut out),
         "{out}"
     );
     for name in config.models.keys() {

@@ -13,7 +13,7 @@ use ndarray::{Array4, Array5, ArrayD, ArrayViewD, Axis, IxDyn};
 use ndarray_npy::read_npy;
 use serde_json::Value;
 
-use sdspool::scheduler::{self, SchedulerConfig, SchedulerKind};
+use sdspool::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
 
 /// Largest accepted relative L2 error of latents against diffusers (the worst case seen is
 /// about 6e-7; float32 rounding noise, mostly from torch's CPU sqrt/log/exp not being
@@ -338,8 +338,8 @@ fn add_noise_matches_diffusers() {
 /// (relative L2 at most `TOLERANCE`) with the synthetic model and the shared noise bank.
 #[test]
 fn lcm_matches_diffusers() {
-    use sdspool::scheduler::Scheduler;
-    use sdspool::scheduler::lcm::Lcm;
+    use sdspool::engine::scheduler::Scheduler;
+    use sdspool::engine::scheduler::lcm::Lcm;
 
     let path = golden_dir().join("lcm.json");
     let index: Value =

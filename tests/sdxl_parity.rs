@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, Axis};
 use ndarray_npy::read_npy;
-use sdspool::model::{Family, SdModel};
-use sdspool::pipeline::{Pipeline, RenderRequest};
+use sdspool::engine::model::{Family, SdModel};
+use sdspool::engine::pipeline::{Pipeline, RenderRequest};
 use serde_json::Value;
 
 fn golden_dir() -> PathBuf {
@@ -315,7 +315,7 @@ fn folders_are_read_as_their_family() {
 #[test]
 fn lcm_guidance_embedding_is_diffusers() {
     let want = npy("lcm-lcm-1.timestep_cond.npy");
-    let got = sdspool::pipeline::lcm::guidance_embedding(7.5, want.shape()[1]);
+    let got = sdspool::engine::pipeline::lcm::guidance_embedding(7.5, want.shape()[1]);
     let err = rel_l2(&got, &want.slice_axis(Axis(0), (0..1).into()).to_owned());
     assert!(err < 1e-6, "timestep_cond off by {err:e}");
 }
@@ -333,7 +333,7 @@ fn refiner_handoff_matches_diffusers() {
         let name = case["name"].as_str().unwrap().to_string();
         for from_files in [true, false] {
             let req = request(&case, from_files);
-            let handoff = sdspool::pipeline::Handoff {
+            let handoff = sdspool::engine::pipeline::Handoff {
                 start: case["refiner_start"].as_f64().unwrap(),
                 refiner_noise: case["files"]
                     .get("refiner_noise")

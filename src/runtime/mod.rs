@@ -3,6 +3,7 @@
 
 pub mod assignment;
 pub mod clock;
+pub mod config;
 pub mod library;
 pub mod providers;
 pub mod signature;
@@ -17,7 +18,7 @@ use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session, SessionInputs, SessionOutputs};
 
-use crate::config::{ExecutionConfig, GraphOptimization};
+use crate::runtime::config::{ExecutionConfig, GraphOptimization};
 use assignment::Assignment;
 use clock::{BusyClock, SessionClock};
 use providers::{ProviderKind, Registration};

@@ -11,55 +11,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ort::ep::{self, ExecutionProvider as _};
-use serde::Deserialize;
 
-use crate::config::{ConvSearch, ExecutionConfig};
-
-/// A provider named in `execution.providers`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    #[serde(alias = "trt")]
-    Tensorrt,
-    Cuda,
-    Cpu,
-}
-
-impl ProviderKind {
-    pub fn is_gpu(self) -> bool {
-        !matches!(self, ProviderKind::Cpu)
-    }
-
-    /// ONNX Runtime's name for the provider, as the assignment report uses it.
-    pub fn ort_name(self) -> &'static str {
-        match self {
-            ProviderKind::Tensorrt => ep::TensorRT::NAME,
-            ProviderKind::Cuda => ep::CUDA::NAME,
-            ProviderKind::Cpu => ep::CPU::NAME,
-        }
-    }
-
-    /// Maps ONNX Runtime's provider name back.
-    pub fn from_ort_name(name: &str) -> Option<ProviderKind> {
-        [
-            ProviderKind::Tensorrt,
-            ProviderKind::Cuda,
-            ProviderKind::Cpu,
-        ]
-        .into_iter()
-        .find(|p| p.ort_name() == name)
-    }
-}
-
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ProviderKind::Tensorrt => "tensorrt",
-            ProviderKind::Cuda => "cuda",
-            ProviderKind::Cpu => "cpu",
-        })
-    }
-}
+pub use crate::runtime::config::ProviderKind;
+use crate::runtime::config::{ConvSearch, ExecutionConfig};
 
 /// What happened when a configured provider was offered to a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
