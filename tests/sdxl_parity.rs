@@ -193,7 +193,7 @@ fn check_cases(select: impl Fn(&Value) -> bool) {
                 "{name} ({mode}): latents {:.2e}, pixels {}",
                 o.latent_err, o.max_pixel_diff
             ));
-            if !(o.latent_err <= latent_tol) || o.max_pixel_diff > 1 {
+            if o.latent_err.is_nan() || o.latent_err > latent_tol || o.max_pixel_diff > 1 {
                 failures.push(format!(
                     "{name} ({mode}): latent rel L2 {:.3e} (limit {latent_tol:e}), max pixel diff {}",
                     o.latent_err, o.max_pixel_diff
@@ -356,7 +356,7 @@ fn refiner_handoff_matches_diffusers() {
                 "{name} ({from_files}): latents {:.2e}, pixels {}",
                 o.latent_err, o.max_pixel_diff
             );
-            if !(o.latent_err <= 1e-4) || o.max_pixel_diff > 1 {
+            if o.latent_err.is_nan() || o.latent_err > 1e-4 || o.max_pixel_diff > 1 {
                 failures.push(format!(
                     "{name} (from files: {from_files}): {:.3e}, {}",
                     o.latent_err, o.max_pixel_diff
