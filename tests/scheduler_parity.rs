@@ -332,3 +332,99 @@ fn add_noise_matches_diffusers() {
         failures.join("\n  ")
     );
 }
+
+/// `LCMScheduler` (tests/golden/schedulers/lcm.json): timesteps exact, which steps draw noise,
+/// the boundary scalings (1e-6 relative), and every step's `denoised` and `prev_sample`
+/// (relative L2 at most `TOLERANCE`) with the synthetic model and the shared noise bank.
+#[test]
+fn lcm_matches_diffusers() {
+    use sdspool::engine::scheduler::Scheduler;
+    use sdspool::engine::scheduler::lcm::Lcm;
+
+    let path = golden_dir().join("lcm.json");
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("lcm.json")).expect("json");
+    let init: Array4<f32> = npy(index["init_latents"].as_str().expect("init_latents"));
+    let bank: Array5<f32> = npy(index["noise_bank"].as_str().expect("noise_bank"));
+    let cases = index["cases"].as_array().expect("cases");
+    assert_eq!(cases.len(), 24, "6 configs x 4 step counts");
+    let mut failures = Vec::new();
+    let mut worst = 0f64;
+    for case in cases {
+        let name = case["name"].as_str().expect("name");
+        assert_eq!(case["kind"], "lcm");
+        let steps = case["steps"].as_u64().expect("steps") as usize;
+        let config = config_of(case, name);
+        let mut sched = Lcm::new(&config, steps).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            scheduler::build(SchedulerKind::Lcm, &config, steps)
+                .expect("builds")
+                .timesteps(),
+            sched.timesteps()
+        );
+        let want_t: Vec<f32> = case["timesteps"]
+            .as_array()
+            .expect("timesteps")
+            .iter()
+            .map(|v| v.as_f64().expect("number") as f32)
+            .collect();
+        assert_eq!(sched.timesteps(), want_t.as_slice(), "{name}: timesteps");
+        assert_eq!(sched.init_noise_sigma() as f64, case["init_noise_sigma"]);
+        let noise_steps: Vec<usize> = (0..steps).filter(|&i| sched.needs_noise(i)).collect();
+        let want_noise: Vec<usize> = case["noise_steps"]
+            .as_array()
+            .expect("noise_steps")
+            .iter()
+            .map(|v| v.as_u64().expect("index") as usize)
+            .collect();
+        assert_eq!(noise_steps, want_noise, "{name}: noise steps");
+        for (i, pair) in case["scalings_c_skip_c_out"]
+            .as_array()
+            .expect("scalings")
+            .iter()
+            .enumerate()
+        {
+            let (c_skip, c_out) = sched.scalings(want_t[i] as i64);
+            for (got, want) in [(c_skip, &pair[0]), (c_out, &pair[1])] {
+                let want = want.as_f64().expect("number");
+                if (got as f64 - want).abs() > SCALAR_TOLERANCE * want.abs() {
+                    failures.push(format!("{name}: step {i} scaling {got}, diffusers {want}"));
+                }
+            }
+        }
+        let golden: ndarray::Array6<f32> = npy(case["file"].as_str().expect("file"));
+        let mut latents: ArrayD<f32> = init.clone().into_dyn();
+        for (i, &t) in want_t.iter().enumerate() {
+            let input = sched.scale_model_input(latents.view(), i);
+            let out = synthetic_model(&input.view(), t as f64);
+            let denoised = sched
+                .denoised(out.view(), i, latents.view())
+                .expect("denoised");
+            let noise = sched
+                .needs_noise(i)
+                .then(|| bank.index_axis(Axis(0), i).to_owned().into_dyn());
+            latents = sched
+                .try_step(
+                    out.view(),
+                    i,
+                    latents.view(),
+                    noise.as_ref().map(|n| n.view()),
+                )
+                .unwrap_or_else(|e| panic!("{name}: step {i}: {e}"));
+            let step = golden.index_axis(Axis(0), i);
+            for (what, got, k) in [("denoised", &denoised, 0), ("prev_sample", &latents, 1)] {
+                let err = rel_l2(&got.view(), &step.index_axis(Axis(0), k).into_dyn());
+                worst = worst.max(err);
+                if err > TOLERANCE {
+                    failures.push(format!("{name}: step {i} {what} off by {err:.3e}"));
+                }
+            }
+        }
+    }
+    eprintln!("LCM: worst relative L2 error {worst:.3e} (tolerance {TOLERANCE:e})");
+    assert!(
+        failures.is_empty(),
+        "LCM disagrees with diffusers:\n  {}",
+        failures.join("\n  ")
+    );
+}

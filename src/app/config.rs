@@ -195,6 +195,9 @@ impl Config {
         }
         for model in self.models.values_mut() {
             resolve(&mut model.path);
+            if let Some(vae) = model.vae.as_mut() {
+                resolve(vae);
+            }
         }
         if let Some(rerank) = self.rerank.as_mut() {
             resolve(&mut rerank.model);

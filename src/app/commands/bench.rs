@@ -277,7 +277,9 @@ fn choose_model(config: &mut Config, wanted: Option<&str>) -> anyhow::Result<Str
         {
             name = "bench-model".to_string();
         }
-        config.models.insert(name.clone(), ModelConfig { path });
+        config
+            .models
+            .insert(name.clone(), ModelConfig { path, vae: None });
         return Ok(name);
     }
     anyhow::bail!(

@@ -10,6 +10,11 @@ use serde::Deserialize;
 pub struct ModelConfig {
     /// Folder in the layout optimum writes for Stable Diffusion exports.
     pub path: PathBuf,
+    /// A replacement VAE decoder: a folder with `vae_decoder/model.onnx` and its config.json
+    /// (e.g. a float32 export of the same VAE, or madebyollin's sdxl-vae-fp16-fix). A float16
+    /// SDXL folder whose VAE has `force_upcast` needs one.
+    #[serde(default)]
+    pub vae: Option<PathBuf>,
 }
 
 /// Model names end up in log lines, manifests and file names: keep them plain.

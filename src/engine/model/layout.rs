@@ -87,13 +87,28 @@ pub struct ModelFolder {
     pub pipeline_class: Option<String>,
     /// The model family `pipeline_class` names (SD 1.x/2.x when there is none).
     pub family: Family,
+    /// The family's first text encoder: `text_encoder/model.onnx`, or for the SDXL refiner
+    /// (which has only the second) `text_encoder_2/model.onnx`.
     pub text_encoder: PathBuf,
+    /// SDXL base's second text encoder, `text_encoder_2/model.onnx`.
+    pub text_encoder_2: Option<PathBuf>,
     pub unet: PathBuf,
     pub vae_decoder: PathBuf,
     pub vae_encoder: Option<PathBuf>,
+    /// The tokenizer of [`Self::text_encoder`] (`tokenizer/`, the refiner's `tokenizer_2/`).
     pub tokenizer_dir: PathBuf,
     pub tokenizer: TokenizerFiles,
+    /// The tokenizer of [`Self::text_encoder_2`] (`tokenizer_2/`).
+    pub tokenizer_2_dir: Option<PathBuf>,
     pub scheduler_config: PathBuf,
+    /// model_index.json's `force_zeros_for_empty_prompt` (SDXL; diffusers' default true): no
+    /// negative prompt gives zero negative conditioning rather than an encoded empty string.
+    pub force_zeros_for_empty_prompt: bool,
+    /// model_index.json's `requires_aesthetics_score` (the SDXL refiner; default false).
+    pub requires_aesthetics_score: bool,
+    /// The VAE config's `force_upcast`: the VAE overflows in float16 (SDXL's), so a float16
+    /// folder must decode in float32.
+    pub vae_force_upcast: bool,
     /// From the VAE config's `scaling_factor`.
     pub vae_scaling_factor: f32,
     /// Where the scaling factor came from: the config file, or `None` for the default.
@@ -124,26 +139,8 @@ impl ModelFolder {
         )?;
         let (pipeline_class, family) = family(&index, &index_path)?;
 
-        let onnx = |c: Component| -> Result<PathBuf, LayoutError> {
-            let p = root.join(c.dir()).join("model.onnx");
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(LayoutError::Missing {
-                    path: p,
-                    what: format!(
-                        "the {c} model (export the pipeline with optimum's `--task text-to-image`)"
-                    ),
-                })
-            }
-        };
-        let text_encoder = onnx(Component::TextEncoder)?;
-        let unet = onnx(Component::Unet)?;
-        let vae_decoder = onnx(Component::VaeDecoder)?;
-        let vae_encoder = onnx(Component::VaeEncoder).ok();
-
-        let tokenizer_dir = root.join("tokenizer");
-        let tokenizer = tokenizer_files(&tokenizer_dir)?;
+        let parts = family_parts(root, family, &index_path, pipeline_class.as_deref())?;
+        let vae_encoder = onnx_file(root, Component::VaeEncoder).ok();
 
         let scheduler_config = root.join("scheduler").join("scheduler_config.json");
         read_json(&scheduler_config, "the scheduler configuration")?;
@@ -151,17 +148,24 @@ impl ModelFolder {
         let vae = vae_config(root)?;
         let unet_config = unet_config(root)?;
 
+        let flag =
+            |key: &str, default: bool| index.get(key).and_then(Value::as_bool).unwrap_or(default);
         Ok(ModelFolder {
             root: root.to_path_buf(),
             pipeline_class,
             family,
-            text_encoder,
-            unet,
-            vae_decoder,
+            text_encoder: parts.text_encoder,
+            text_encoder_2: parts.text_encoder_2,
+            unet: parts.unet,
+            vae_decoder: parts.vae_decoder,
             vae_encoder,
-            tokenizer_dir,
-            tokenizer,
+            tokenizer_dir: parts.tokenizer_dir,
+            tokenizer: parts.tokenizer,
+            tokenizer_2_dir: parts.tokenizer_2_dir,
             scheduler_config,
+            force_zeros_for_empty_prompt: flag("force_zeros_for_empty_prompt", true),
+            requires_aesthetics_score: flag("requires_aesthetics_score", false),
+            vae_force_upcast: vae.force_upcast,
             vae_scaling_factor: vae.scaling_factor,
             vae_scaling_source: vae.source,
             vae_downsampling: vae.downsampling,
@@ -195,12 +199,100 @@ impl ModelFolder {
     /// The ONNX file of a component.
     pub fn onnx(&self, c: Component) -> Option<&Path> {
         match c {
+            Component::TextEncoder if self.family == Family::SdxlRefiner => None,
             Component::TextEncoder => Some(&self.text_encoder),
+            Component::TextEncoder2 if self.family == Family::SdxlRefiner => {
+                Some(&self.text_encoder)
+            }
+            Component::TextEncoder2 => self.text_encoder_2.as_deref(),
             Component::Unet => Some(&self.unet),
             Component::VaeDecoder => Some(&self.vae_decoder),
             Component::VaeEncoder => self.vae_encoder.as_deref(),
         }
     }
+}
+
+/// `<part>/model.onnx`, or what is missing.
+fn onnx_file(root: &Path, c: Component) -> Result<PathBuf, LayoutError> {
+    let p = root.join(c.dir()).join("model.onnx");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(LayoutError::Missing {
+            path: p,
+            what: format!(
+                "the {c} model (export the pipeline with optimum's `--task text-to-image`)"
+            ),
+        })
+    }
+}
+
+/// The files of a family's required parts.
+struct FamilyParts {
+    text_encoder: PathBuf,
+    text_encoder_2: Option<PathBuf>,
+    unet: PathBuf,
+    vae_decoder: PathBuf,
+    tokenizer_dir: PathBuf,
+    tokenizer: TokenizerFiles,
+    tokenizer_2_dir: Option<PathBuf>,
+}
+
+/// The parts `family` needs. A folder that lacks one of them but has every part of another
+/// family (parts of two pipelines mixed, or a model_index.json from another model) is refused
+/// naming the class, the missing part and the families the parts fit.
+fn family_parts(
+    root: &Path,
+    family: Family,
+    index_path: &Path,
+    class: Option<&str>,
+) -> Result<FamilyParts, LayoutError> {
+    let has = |c: &Component| onnx_file(root, *c).is_ok();
+    if let Some(missing) = family.required_parts().iter().find(|c| !has(c))
+        && let Some(class) = class
+    {
+        let fits: Vec<String> = Family::ALL
+            .iter()
+            .filter(|f| f.required_parts().iter().all(has))
+            .map(|f| format!("{} ({})", f.pipeline_classes()[0], f.name()))
+            .collect();
+        if !fits.is_empty() {
+            return Err(LayoutError::Field {
+                path: index_path.to_path_buf(),
+                field: "_class_name".into(),
+                problem: format!(
+                    "is {class:?} (the {} family), which needs {missing}/model.onnx, but the                      folder has none; its parts are those of {}: a folder that mixes two                      pipelines, or the wrong model_index.json",
+                    family.name(),
+                    fits.join(" or ")
+                ),
+            });
+        }
+    }
+    let mut encoders = Vec::new();
+    let mut tokenizers = Vec::new();
+    for c in family.required_parts() {
+        if matches!(c, Component::TextEncoder | Component::TextEncoder2) {
+            encoders.push(onnx_file(root, *c)?);
+            let dir = root.join(match c {
+                Component::TextEncoder2 => "tokenizer_2",
+                _ => "tokenizer",
+            });
+            let files = tokenizer_files(&dir)?;
+            tokenizers.push((dir, files));
+        }
+    }
+    let mut encoders = encoders.into_iter();
+    let mut tokenizers = tokenizers.into_iter();
+    let (tokenizer_dir, tokenizer) = tokenizers.next().expect("every family has a text encoder");
+    Ok(FamilyParts {
+        text_encoder: encoders.next().expect("every family has a text encoder"),
+        text_encoder_2: encoders.next(),
+        unet: onnx_file(root, Component::Unet)?,
+        vae_decoder: onnx_file(root, Component::VaeDecoder)?,
+        tokenizer_dir,
+        tokenizer,
+        tokenizer_2_dir: tokenizers.next().map(|(dir, _)| dir),
+    })
 }
 
 fn tokenizer_files(dir: &Path) -> Result<TokenizerFiles, LayoutError> {
@@ -306,6 +398,7 @@ fn downsampling(config: &Value, path: &Path, part: &str) -> Result<Option<usize>
 
 /// What the pipeline needs from the VAE's config.json.
 struct VaeConfig {
+    force_upcast: bool,
     scaling_factor: f32,
     source: Option<PathBuf>,
     downsampling: usize,
@@ -336,7 +429,12 @@ fn vae_config(root: &Path) -> Result<VaeConfig, LayoutError> {
                 }
             },
         };
+        let force_upcast = config
+            .get("force_upcast")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         return Ok(VaeConfig {
+            force_upcast,
             scaling_factor,
             source,
             downsampling,
@@ -344,11 +442,17 @@ fn vae_config(root: &Path) -> Result<VaeConfig, LayoutError> {
         });
     }
     Ok(VaeConfig {
+        force_upcast: false,
         scaling_factor: DEFAULT_VAE_SCALING_FACTOR,
         source: None,
         downsampling: DEFAULT_VAE_DOWNSAMPLING,
         latent_channels: None,
     })
+}
+
+/// `force_upcast` of the VAE config in a (model or VAE) folder; false without one.
+pub fn vae_force_upcast(root: &Path) -> Result<bool, LayoutError> {
+    Ok(vae_config(root)?.force_upcast)
 }
 
 /// Reads a JSON file of a model folder; `what` says what the file is for in the error.

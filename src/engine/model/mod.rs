@@ -58,7 +58,11 @@ impl Part {
 pub struct SdModel {
     pub name: String,
     pub folder: ModelFolder,
+    /// The family's first text encoder (the SDXL refiner's only one is `text_encoder_2`: see
+    /// [`Part::component`]).
     pub text_encoder: Part,
+    /// SDXL base's second text encoder.
+    pub text_encoder_2: Option<Part>,
     pub unet: Part,
     pub vae_decoder: Part,
     pub vae_encoder: Option<Part>,
@@ -83,7 +87,12 @@ impl SdModel {
         })?;
         let family = folder.family;
         let part = |c: Component, file: &Path| load_part(runtime, name, family, c, file, device_id);
-        let text_encoder = part(Component::TextEncoder, &folder.text_encoder)?;
+        let first_encoder = family.required_parts()[0];
+        let text_encoder = part(first_encoder, &folder.text_encoder)?;
+        let text_encoder_2 = match &folder.text_encoder_2 {
+            Some(f) => Some(part(Component::TextEncoder2, f)?),
+            None => None,
+        };
         let unet = part(Component::Unet, &folder.unet)?;
         let vae_decoder = part(Component::VaeDecoder, &folder.vae_decoder)?;
         let vae_encoder = match &folder.vae_encoder {
@@ -106,6 +115,7 @@ impl SdModel {
             name: name.to_string(),
             folder,
             text_encoder,
+            text_encoder_2,
             unet,
             vae_decoder,
             vae_encoder,
@@ -121,9 +131,52 @@ impl SdModel {
     }
 
     pub fn parts(&self) -> impl Iterator<Item = &Part> {
-        [&self.text_encoder, &self.unet, &self.vae_decoder]
-            .into_iter()
+        std::iter::once(&self.text_encoder)
+            .chain(self.text_encoder_2.as_ref())
+            .chain([&self.unet, &self.vae_decoder])
             .chain(self.vae_encoder.as_ref())
+    }
+
+    /// Replaces the VAE decoder by `folder`'s `vae_decoder/model.onnx` (checked against the
+    /// family), whose config's `force_upcast` then applies.
+    pub fn replace_vae_decoder(
+        &mut self,
+        runtime: &Runtime,
+        folder: &Path,
+        device_id: i32,
+    ) -> Result<(), ModelError> {
+        let layout_err = |source| ModelError::Layout {
+            model: self.name.clone(),
+            source,
+        };
+        let file = folder.join(Component::VaeDecoder.dir()).join("model.onnx");
+        if !file.is_file() {
+            return Err(layout_err(LayoutError::Missing {
+                path: file,
+                what: "the replacement VAE decoder (`vae:` of the model's configuration)".into(),
+            }));
+        }
+        let force_upcast = layout::vae_force_upcast(folder).map_err(layout_err)?;
+        let part = load_part(
+            runtime,
+            &self.name,
+            self.family(),
+            Component::VaeDecoder,
+            &file,
+            device_id,
+        )?;
+        self.vae_decoder = part;
+        self.folder.vae_force_upcast = force_upcast;
+        Ok(())
+    }
+
+    /// Whether the VAE decoder cannot decode this model: an SDXL-class VAE that overflows in
+    /// float16 (`force_upcast`, which diffusers honours by decoding in float32) loaded as a
+    /// float16 graph.
+    pub fn vae_needs_upcast(&self) -> bool {
+        matches!(self.family(), Family::Sdxl | Family::SdxlRefiner)
+            && self.folder.vae_force_upcast
+            && self.vae_decoder.feeding.float == Elem::F16
     }
 
     /// float32 or float16, as the UNet takes it.

@@ -10,6 +10,8 @@ pub use crate::runtime::signature::{Elem, Port, Signature, SignatureError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
     TextEncoder,
+    /// SDXL's second text encoder (OpenCLIP bigG with projection); the refiner's only one.
+    TextEncoder2,
     Unet,
     VaeDecoder,
     VaeEncoder,
@@ -20,6 +22,7 @@ impl Component {
     pub fn dir(self) -> &'static str {
         match self {
             Component::TextEncoder => "text_encoder",
+            Component::TextEncoder2 => "text_encoder_2",
             Component::Unet => "unet",
             Component::VaeDecoder => "vae_decoder",
             Component::VaeEncoder => "vae_encoder",

@@ -34,8 +34,25 @@ pub fn denoise(
     unet: &mut Part,
     graph: &UnetGraph,
     scheduler: &mut dyn Scheduler,
+    latents: ArrayD<f32>,
+    cond: &Conditioning,
+    noise: &mut dyn FnMut(usize) -> Result<ArrayD<f32>, PipelineError>,
+    on_step: &mut dyn FnMut(Step) -> ControlFlow<()>,
+) -> Result<ArrayD<f32>, PipelineError> {
+    let all = 0..scheduler.timesteps().len();
+    denoise_range(unet, graph, scheduler, latents, cond, all, noise, on_step)
+}
+
+/// [`denoise`] over the schedule's UNet calls `range` only: a base model that hands over
+/// part-way (diffusers' `denoising_end`), a refiner that takes over (`denoising_start`).
+#[allow(clippy::too_many_arguments)]
+pub fn denoise_range(
+    unet: &mut Part,
+    graph: &UnetGraph,
+    scheduler: &mut dyn Scheduler,
     mut latents: ArrayD<f32>,
     cond: &Conditioning,
+    range: std::ops::Range<usize>,
     noise: &mut dyn FnMut(usize) -> Result<ArrayD<f32>, PipelineError>,
     on_step: &mut dyn FnMut(Step) -> ControlFlow<()>,
 ) -> Result<ArrayD<f32>, PipelineError> {
@@ -58,7 +75,12 @@ pub fn denoise(
     .map_err(|e| ort_err(&file, e))?;
     let mut timestep = timestep_tensor(0.0, unet.feeding.aux, unet.feeding.aux_rank, batch)
         .map_err(|e| ort_err(&file, e))?;
-    for (i, &t) in timesteps.iter().enumerate() {
+    for (i, &t) in timesteps
+        .iter()
+        .enumerate()
+        .take(range.end)
+        .skip(range.start)
+    {
         // scale_model_input is element-wise: scaling the n latents once is scaling both halves.
         let scaled = scheduler.scale_model_input(latents.view(), i);
         let scaled = scaled.as_standard_layout();

@@ -77,6 +77,15 @@ impl<'a> BatchNoise<'a> {
         }
     }
 
+    /// Hands the generators on to a second model (the SDXL refiner): its step noise comes from
+    /// `supplied` (one `[candidates, c, h, w]` array per draw) or the same generators, continued.
+    pub(super) fn continue_with(&mut self, supplied: Option<&'a [ArrayD<f32>]>) {
+        if self.supplied_steps.is_some() || supplied.is_some() {
+            self.supplied_steps = supplied;
+        }
+        self.draws = 0;
+    }
+
     /// One `[1, c, h, w]` draw from each candidate's generator, concatenated.
     fn draw(&mut self) -> Result<ArrayD<f32>, PipelineError> {
         let one = &self.one;

@@ -20,7 +20,10 @@ pub mod conditioning;
 pub mod decode;
 pub mod denoise;
 mod latents;
+pub mod lcm;
+pub mod refine;
 pub mod sd;
+pub mod sdxl;
 pub mod text;
 
 use std::ops::ControlFlow;
@@ -36,6 +39,7 @@ pub use crate::runtime::tensors::OrtCallError;
 pub use conditioning::{CondInput, Conditioning, is_guided};
 pub use denoise::Step;
 use latents::BatchNoise;
+pub use refine::Handoff;
 
 /// Why a render failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,22 @@ pub enum PipelineError {
     Tokenizer(#[from] crate::engine::tokenizer::TokenizerError),
     #[error(transparent)]
     Scheduler(#[from] crate::engine::scheduler::SchedulerError),
+    #[error(
+        "{file}: the VAE decoder is float16 but its config says `force_upcast` (SDXL's VAE \
+         overflows in float16 and gives black or NaN images); configure a float32 or fp16-fixed \
+         VAE folder as `vae:` of this model in config.yaml"
+    )]
+    VaeNeedsUpcast { file: String },
+    #[error(
+        "candidate {candidate} (seed {seed}): the {what} has non-finite values (NaN or infinity); \
+         {hint}"
+    )]
+    NonFinite {
+        candidate: usize,
+        seed: u64,
+        what: &'static str,
+        hint: &'static str,
+    },
     #[error("cancelled after step {step} of {total}")]
     Cancelled { step: usize, total: usize },
 }
@@ -95,6 +115,35 @@ pub struct RenderRequest {
     /// Per-step noise for stochastic schedulers, one `[candidates, c, h/8, w/8]` array per step
     /// that draws noise, instead of drawing it from the seeds.
     pub step_noise: Option<Vec<ArrayD<f32>>>,
+    /// SDXL's micro-conditioning (ignored by the other families).
+    pub sdxl: SdxlConditioning,
+}
+
+/// SDXL's size and aesthetic conditioning, diffusers' `original_size`,
+/// `crops_coords_top_left`, `target_size` (each `[height, width]`) and the refiner's
+/// `aesthetic_score` / `negative_aesthetic_score`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SdxlConditioning {
+    /// `None`: the image's size, as diffusers defaults it.
+    pub original_size: Option<[u32; 2]>,
+    pub crop_top_left: [u32; 2],
+    /// `None`: the image's size.
+    pub target_size: Option<[u32; 2]>,
+    pub aesthetic_score: f32,
+    pub negative_aesthetic_score: f32,
+}
+
+impl Default for SdxlConditioning {
+    /// diffusers' defaults: sizes from the image, crop (0, 0), aesthetic scores 6.0 and 2.5.
+    fn default() -> Self {
+        SdxlConditioning {
+            original_size: None,
+            crop_top_left: [0, 0],
+            target_size: None,
+            aesthetic_score: 6.0,
+            negative_aesthetic_score: 2.5,
+        }
+    }
 }
 
 impl RenderRequest {
@@ -114,6 +163,7 @@ impl RenderRequest {
             max_batch: 8,
             initial_latents: None,
             step_noise: None,
+            sdxl: SdxlConditioning::default(),
         }
     }
 }
@@ -157,16 +207,15 @@ pub struct Rendered {
 }
 
 /// What a model family supplies to the shared steps of [`Pipeline::render`]: diffusers'
-/// `encode_prompt`, the prompt and negative prompt to the UNet's conditioning inputs.
+/// `encode_prompt`, the request's prompt and negative prompt (and the family's other
+/// conditioning) to the UNet's conditioning inputs.
 pub trait FamilyPipeline: Send {
-    /// The conditioning of `prompt`; with `guidance` (classifier-free guidance is on) also of
-    /// `negative_prompt` (empty for none).
+    /// The conditioning of `req`'s prompt; with classifier-free guidance (the family decides:
+    /// [`is_guided`] for most) also of its negative prompt (empty for none).
     fn encode_prompt(
         &mut self,
         model: &mut SdModel,
-        prompt: &str,
-        negative_prompt: &str,
-        guidance: Option<f32>,
+        req: &RenderRequest,
     ) -> Result<Conditioning, PipelineError>;
 }
 
@@ -174,6 +223,8 @@ pub trait FamilyPipeline: Send {
 pub fn family_pipeline(model: &SdModel) -> Result<Box<dyn FamilyPipeline>, PipelineError> {
     Ok(match model.family() {
         Family::Sd => Box::new(sd::StableDiffusion::new(model)?),
+        Family::Sdxl | Family::SdxlRefiner => Box::new(sdxl::StableDiffusionXl::new(model)?),
+        Family::Lcm => Box::new(lcm::LatentConsistency::new(model)?),
     })
 }
 
@@ -225,6 +276,11 @@ impl Pipeline {
         }
         if req.max_batch == 0 {
             return bad("max_batch", "is 0".into());
+        }
+        if self.model.vae_needs_upcast() {
+            return Err(PipelineError::VaeNeedsUpcast {
+                file: self.model.vae_decoder.file().display().to_string(),
+            });
         }
         let shape = self.latent_shape(req, req.seeds.len());
         if let Some(l) = &req.initial_latents
@@ -280,9 +336,11 @@ impl Pipeline {
             let started = Instant::now();
             let latents = self.denoise_batch(req, kind, &conditioning, first, n, on_progress)?;
             timings.denoise += started.elapsed();
+            check_finite(&latents, req, first, "final latent", LATENT_HINT)?;
 
             let started = Instant::now();
             let decoded = self.decode(latents.view())?;
+            check_finite(&decoded, req, first, "decoded image", VAE_HINT)?;
             for i in 0..n {
                 images.push(decode::to_rgb8(decoded.index_axis(Axis(0), i).into_dyn()));
             }
@@ -300,15 +358,9 @@ impl Pipeline {
         })
     }
 
-    /// The family's `encode_prompt`, guided when [`is_guided`] says so.
+    /// The family's `encode_prompt`.
     fn encode_prompt(&mut self, req: &RenderRequest) -> Result<Conditioning, PipelineError> {
-        let guidance = is_guided(req.guidance_scale).then_some(req.guidance_scale);
-        let conditioning = self.family.encode_prompt(
-            &mut self.model,
-            &req.prompt,
-            &req.negative_prompt,
-            guidance,
-        )?;
+        let conditioning = self.family.encode_prompt(&mut self.model, req)?;
         // The tokenizer has logged any truncation, once and briefly.
         Ok(conditioning)
     }
@@ -367,10 +419,56 @@ impl Pipeline {
     }
 }
 
+const LATENT_HINT: &str = "the UNet overflowed (a float16 model at a guidance or size it cannot \
+                           take?); nothing was written for it";
+const VAE_HINT: &str = "the VAE decoder overflowed (float16 SDXL VAE? configure a float32 or \
+                        fp16-fixed `vae:` folder); nothing was written for it";
+
+/// Fails the first candidate of `batch` (candidates `first..`) with a non-finite value.
+fn check_finite(
+    batch: &ArrayD<f32>,
+    req: &RenderRequest,
+    first: usize,
+    what: &'static str,
+    hint: &'static str,
+) -> Result<(), PipelineError> {
+    for (i, one) in batch.axis_iter(Axis(0)).enumerate() {
+        if one.iter().any(|v| !v.is_finite()) {
+            return Err(PipelineError::NonFinite {
+                candidate: first + i,
+                seed: req.seeds[first + i],
+                what,
+                hint,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn concat(parts: Vec<ArrayD<f32>>) -> Result<ArrayD<f32>, PipelineError> {
     let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
     ndarray::concatenate(Axis(0), &views).map_err(|source| PipelineError::Concatenate {
         file: "(pipeline)".into(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_finite_candidate_fails_naming_its_seed() {
+        let mut req = RenderRequest::new("p", vec![7, 8, 9]);
+        req.max_batch = 2;
+        let mut batch = ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 4, 2, 2]));
+        check_finite(&batch, &req, 1, "final latent", LATENT_HINT).unwrap();
+        batch[[1, 3, 1, 0]] = f32::NAN;
+        let err = check_finite(&batch, &req, 1, "final latent", LATENT_HINT).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("candidate 2 (seed 9): the final latent has non-finite values"),
+            "{text}"
+        );
+    }
 }

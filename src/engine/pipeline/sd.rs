@@ -5,8 +5,8 @@
 
 use ndarray::Axis;
 
-use super::conditioning::{CondInput, Conditioning};
-use super::{FamilyPipeline, PipelineError, text};
+use super::conditioning::{CondInput, Conditioning, is_guided};
+use super::{FamilyPipeline, PipelineError, RenderRequest, text};
 use crate::engine::model::SdModel;
 use crate::engine::model::family::sd::{ENCODER_HIDDEN_STATES, GRAPH};
 use crate::engine::tokenizer::ClipTokenizer;
@@ -28,6 +28,18 @@ impl StableDiffusion {
 impl FamilyPipeline for StableDiffusion {
     fn encode_prompt(
         &mut self,
+        model: &mut SdModel,
+        req: &RenderRequest,
+    ) -> Result<Conditioning, PipelineError> {
+        let guidance = is_guided(req.guidance_scale).then_some(req.guidance_scale);
+        self.encode(model, &req.prompt, &req.negative_prompt, guidance)
+    }
+}
+
+impl StableDiffusion {
+    /// The conditioning of `prompt`; with `guidance` also of `negative_prompt` (empty for none).
+    pub fn encode(
+        &self,
         model: &mut SdModel,
         prompt: &str,
         negative_prompt: &str,

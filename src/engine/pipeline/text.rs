@@ -28,6 +28,39 @@ pub fn encode(
     graph: &TextEncoderGraph,
     prompts: &[&str],
 ) -> Result<TextEmbeddings, PipelineError> {
+    let mut out = encode_outputs(
+        tokenizer,
+        text_encoder,
+        graph.input_ids,
+        prompts,
+        &[(graph.hidden_state, 3)],
+    )?;
+    Ok(TextEmbeddings {
+        hidden: out.outputs.remove(0),
+        truncated: out.truncated,
+        tokenize: out.tokenize,
+    })
+}
+
+/// Several outputs of one text-encoder run, in the order asked for, each batch first.
+#[derive(Debug, Clone)]
+pub struct EncoderOutputs {
+    pub outputs: Vec<ArrayD<f32>>,
+    /// For each prompt, the words cut off beyond the tokenizer's limit.
+    pub truncated: Vec<Option<String>>,
+    /// Time spent in the tokenizer.
+    pub tokenize: Duration,
+}
+
+/// Tokenizes each prompt and runs the text encoder once for all of them; returns the outputs
+/// named in `wanted` (name and rank), each checked to have one row per prompt.
+pub fn encode_outputs(
+    tokenizer: &ClipTokenizer,
+    text_encoder: &mut Part,
+    input_ids: &str,
+    prompts: &[&str],
+    wanted: &[(&str, usize)],
+) -> Result<EncoderOutputs, PipelineError> {
     let started = Instant::now();
     let mut ids = Vec::new();
     let mut truncated = Vec::new();
@@ -44,22 +77,25 @@ pub fn encode(
         .map_err(|e| ort_err(&file, e))?;
     let outputs = text_encoder
         .loaded
-        .run(ort::inputs![graph.input_ids => input])
+        .run(ort::inputs![input_ids => input])
         .map_err(|e| ort_err(&file, e))?;
-    let hidden = extract_float(&outputs[graph.hidden_state]).map_err(|e| ort_err(&file, e))?;
-    if hidden.ndim() != 3 || hidden.len_of(Axis(0)) != prompts.len() {
-        return Err(PipelineError::Shape {
-            file: file.display().to_string(),
-            what: format!(
-                "{} has shape {:?}, expected [{}, {seq}, hidden]",
-                graph.hidden_state,
-                hidden.shape(),
-                prompts.len()
-            ),
-        });
+    let mut got = Vec::with_capacity(wanted.len());
+    for &(name, rank) in wanted {
+        let value = extract_float(&outputs[name]).map_err(|e| ort_err(&file, e))?;
+        if value.ndim() != rank || value.len_of(Axis(0)) != prompts.len() {
+            return Err(PipelineError::Shape {
+                file: file.display().to_string(),
+                what: format!(
+                    "{name} has shape {:?}, expected rank {rank} with {} rows",
+                    value.shape(),
+                    prompts.len()
+                ),
+            });
+        }
+        got.push(value);
     }
-    Ok(TextEmbeddings {
-        hidden,
+    Ok(EncoderOutputs {
+        outputs: got,
         truncated,
         tokenize,
     })

@@ -63,6 +63,10 @@ pub struct SchedulerConfig {
     pub predict_x0: Option<bool>,
     /// UniPC: steps (0-based) after which the corrector is skipped.
     pub disable_corrector: Option<Vec<usize>>,
+    /// LCM: the distillation schedule's step count (diffusers' default 50).
+    pub original_inference_steps: Option<usize>,
+    /// LCM: the factor on the timestep in the boundary-condition scalings (default 10).
+    pub timestep_scaling: Option<f64>,
     /// DDIM's `eta` (0 = deterministic DDIM, 1 = DDPM-like noise). Not a scheduler_config.json
     /// key in diffusers (the pipeline passes it to `step`); a pipeline sets it per job.
     pub eta: Option<f64>,
@@ -141,6 +145,8 @@ impl SchedulerConfig {
             variance_type: r.string("variance_type")?,
             predict_x0: r.boolean("predict_x0")?,
             disable_corrector: r.uint_list("disable_corrector")?,
+            original_inference_steps: r.uint("original_inference_steps")?,
+            timestep_scaling: r.float("timestep_scaling")?,
             eta: r.float("eta")?,
         })
     }

@@ -16,6 +16,7 @@
 //! | `dpmpp_2m_karras` | the same with `use_karras_sigmas`   | `DPM++ 2M Karras` | [`dpm_solver`] |
 //! | `ddpm`            | `DDPMScheduler`                     | `DDPM`            | [`ddpm`] |
 //! | `unipc`           | `UniPCMultistepScheduler`           | `UniPC`           | [`unipc`] |
+//! | `lcm`             | `LCMScheduler`                      | `LCM`             | [`lcm`] |
 //!
 //! The names themselves live in one table, [`REGISTRY`]: parsing, error messages, PNG
 //! `parameters` and prompt files all read it.
@@ -58,6 +59,7 @@ pub mod ddpm;
 pub mod dpm_solver;
 pub mod euler;
 pub mod euler_ancestral;
+pub mod lcm;
 pub mod lms;
 pub mod pndm;
 mod quadrature;
@@ -68,7 +70,7 @@ pub use config::SchedulerConfig;
 /// Which scheduler a job asks for.
 ///
 /// Parsed (case-insensitively, `-` accepted for `_`) from the short names `ddim`, `pndm`,
-/// `lms`, `euler`, `euler_a`, `dpmpp_2m`, `dpmpp_2m_karras`, `ddpm`, `unipc`, or from the
+/// `lms`, `euler`, `euler_a`, `dpmpp_2m`, `dpmpp_2m_karras`, `ddpm`, `unipc`, `lcm`, or from the
 /// diffusers class names found in `_class_name` of scheduler_config.json (`PNDMScheduler`,
 /// `EulerDiscreteScheduler`, ...). `DPMSolverMultistepScheduler` parses as
 /// [`SchedulerKind::DpmPp2m`], which honours the config's own `use_karras_sigmas`.
@@ -92,6 +94,9 @@ pub enum SchedulerKind {
     Ddpm,
     /// `UniPCMultistepScheduler` (bh2, order 2, predictor-corrector by default).
     UniPc,
+    /// `LCMScheduler` (latent consistency models: few steps, fresh noise on every step but the
+    /// last).
+    Lcm,
 }
 
 /// The names of one scheduler: sdspool's, the diffusers class it ports, AUTOMATIC1111's.
@@ -110,7 +115,7 @@ pub struct SchedulerNames {
 
 /// Every scheduler with its names: the one table of scheduler names, in the order of
 /// [`SchedulerKind`]'s variants (checked when compiling).
-pub const REGISTRY: [SchedulerNames; 9] = {
+pub const REGISTRY: [SchedulerNames; 10] = {
     const fn row(
         kind: SchedulerKind,
         name: &'static str,
@@ -150,6 +155,7 @@ pub const REGISTRY: [SchedulerNames; 9] = {
         ),
         row(Ddpm, "ddpm", "DDPMScheduler", "DDPM"),
         row(UniPc, "unipc", "UniPCMultistepScheduler", "UniPC"),
+        row(Lcm, "lcm", "LCMScheduler", "LCM"),
     ]
 };
 
@@ -164,8 +170,8 @@ const _: () = {
 
 impl SchedulerKind {
     /// Every kind, in the order of the names listed in errors.
-    pub const ALL: [SchedulerKind; 9] = {
-        let mut all = [SchedulerKind::Ddim; 9];
+    pub const ALL: [SchedulerKind; 10] = {
+        let mut all = [SchedulerKind::Ddim; 10];
         let mut i = 0;
         while i < all.len() {
             all[i] = REGISTRY[i].kind;
@@ -423,6 +429,7 @@ pub fn build(
         )?),
         SchedulerKind::Ddpm => Box::new(ddpm::Ddpm::new(config, num_inference_steps)?),
         SchedulerKind::UniPc => Box::new(unipc::UniPc::new(config, num_inference_steps)?),
+        SchedulerKind::Lcm => Box::new(lcm::Lcm::new(config, num_inference_steps)?),
     })
 }
 

@@ -62,6 +62,7 @@ fn short_and_class_names_parse() {
         ("DPMSolverMultistepScheduler", SchedulerKind::DpmPp2m),
         ("DDPMScheduler", SchedulerKind::Ddpm),
         ("UniPCMultistepScheduler", SchedulerKind::UniPc),
+        ("LCMScheduler", SchedulerKind::Lcm),
         ("Euler-A", SchedulerKind::EulerAncestral),
         (" DPMPP_2M_KARRAS ", SchedulerKind::DpmPp2mKarras),
     ];
@@ -97,10 +98,10 @@ fn registry_has_one_row_per_kind_with_every_name() {
     let text = err_text("heun".parse::<SchedulerKind>());
     assert!(
         text.ends_with(
-            "ddim, pndm, lms, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, ddpm, unipc, \
+            "ddim, pndm, lms, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, ddpm, unipc, lcm, \
              DDIMScheduler, PNDMScheduler, LMSDiscreteScheduler, EulerDiscreteScheduler, \
              EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler, DDPMScheduler, \
-             UniPCMultistepScheduler"
+             UniPCMultistepScheduler, LCMScheduler"
         ),
         "{text}"
     );

@@ -194,7 +194,10 @@ impl Worker {
             .iter()
             .filter(|(n, _)| only.is_none_or(|o| o == n.as_str()))
         {
-            let m = SdModel::load(runtime, name, &model.path, device)?;
+            let mut m = SdModel::load(runtime, name, &model.path, device)?;
+            if let Some(vae) = &model.vae {
+                m.replace_vae_decoder(runtime, vae, device)?;
+            }
             tracing::info!(model = %name, device, provider = %m.unet.loaded.providers.serving(), "model loaded");
             pipelines.insert(name.clone(), Pipeline::new(m)?);
         }

@@ -14,13 +14,18 @@
 //! | family | pipeline classes | parts | UNet conditioning |
 //! |--------|------------------|-------|-------------------|
 //! | [`Family::Sd`] | `StableDiffusionPipeline` and its ONNX and image-to-image variants ([`sd::PIPELINE_CLASSES`]) | text_encoder, unet, vae_decoder (+ vae_encoder) | `encoder_hidden_states` |
+//! | [`Family::Sdxl`] | `StableDiffusionXLPipeline` | text_encoder, text_encoder_2, unet, vae_decoder (+ vae_encoder) | `encoder_hidden_states`, `text_embeds`, `time_ids` [B, 6] |
+//! | [`Family::SdxlRefiner`] | `StableDiffusionXLImg2ImgPipeline` | text_encoder_2, unet, vae_decoder (+ vae_encoder) | `encoder_hidden_states`, `text_embeds`, `time_ids` [B, 5] |
+//! | [`Family::Lcm`] | `LatentConsistencyModelPipeline` | as SD | `encoder_hidden_states`, `timestep_cond` |
 //!
 //! Adding a family: a variant here with its module (pipeline classes, [`Graph`], part checks,
 //! the check of the loaded parts together), and its prompt encoding in the pipeline module. The
 //! denoising loop feeds whatever named inputs the conditioning carries, so it does not change.
 
+pub mod lcm;
 mod parts;
 pub mod sd;
+pub mod sdxl;
 
 use std::fmt;
 use std::path::Path;
@@ -28,6 +33,7 @@ use std::path::Path;
 use super::SdModel;
 use super::signature::{Component, Feeding, SignatureError};
 use crate::runtime::signature::Signature;
+use Component::{TextEncoder, TextEncoder2, Unet, VaeDecoder};
 
 /// A family of diffusion pipelines sharing one graph contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,16 +41,28 @@ pub enum Family {
     /// Stable Diffusion 1.x and 2.x (diffusers' `StableDiffusionPipeline`): one CLIP text
     /// encoder whose last hidden state is the UNet's only conditioning.
     Sd,
+    /// Stable Diffusion XL base (diffusers' `StableDiffusionXLPipeline`; SDXL-Turbo too): two
+    /// text encoders, pooled text embeddings and size conditioning.
+    Sdxl,
+    /// The SDXL refiner (`StableDiffusionXLImg2ImgPipeline` with only `text_encoder_2`):
+    /// aesthetic-score conditioning, takes over a base model's latents part-way.
+    SdxlRefiner,
+    /// Latent consistency models distilled from SD (`LatentConsistencyModelPipeline`): the
+    /// UNet takes the guidance-scale embedding `timestep_cond`.
+    Lcm,
 }
 
 impl Family {
     /// Every family sdspool renders.
-    pub const ALL: [Family; 1] = [Family::Sd];
+    pub const ALL: [Family; 4] = [Family::Sd, Family::Sdxl, Family::SdxlRefiner, Family::Lcm];
 
     /// Short name, as `sdspool models` shows it.
     pub fn name(self) -> &'static str {
         match self {
             Family::Sd => "sd",
+            Family::Sdxl => "sdxl",
+            Family::SdxlRefiner => "sdxl-refiner",
+            Family::Lcm => "lcm",
         }
     }
 
@@ -52,6 +70,9 @@ impl Family {
     pub fn title(self) -> &'static str {
         match self {
             Family::Sd => "Stable Diffusion 1.x/2.x",
+            Family::Sdxl => "Stable Diffusion XL",
+            Family::SdxlRefiner => "Stable Diffusion XL refiner",
+            Family::Lcm => "latent consistency model",
         }
     }
 
@@ -59,6 +80,19 @@ impl Family {
     pub fn pipeline_classes(self) -> &'static [&'static str] {
         match self {
             Family::Sd => sd::PIPELINE_CLASSES,
+            Family::Sdxl => sdxl::PIPELINE_CLASSES,
+            Family::SdxlRefiner => sdxl::REFINER_PIPELINE_CLASSES,
+            Family::Lcm => lcm::PIPELINE_CLASSES,
+        }
+    }
+
+    /// The parts a folder of this family must have (the VAE encoder is optional throughout), the
+    /// text encoders first.
+    pub fn required_parts(self) -> &'static [Component] {
+        match self {
+            Family::Sd | Family::Lcm => &[TextEncoder, Unet, VaeDecoder],
+            Family::Sdxl => &[TextEncoder, TextEncoder2, Unet, VaeDecoder],
+            Family::SdxlRefiner => &[TextEncoder2, Unet, VaeDecoder],
         }
     }
 
@@ -82,6 +116,8 @@ impl Family {
     pub fn graph(self) -> &'static Graph {
         match self {
             Family::Sd => &sd::GRAPH,
+            Family::Sdxl | Family::SdxlRefiner => &sdxl::GRAPH,
+            Family::Lcm => &lcm::GRAPH,
         }
     }
 
@@ -94,6 +130,8 @@ impl Family {
     ) -> Result<Feeding, SignatureError> {
         match self {
             Family::Sd => sd::check(component, file, sig),
+            Family::Sdxl | Family::SdxlRefiner => sdxl::check(self, component, file, sig),
+            Family::Lcm => lcm::check(component, file, sig),
         }
     }
 
@@ -102,6 +140,8 @@ impl Family {
     pub fn check_model(self, model: &SdModel) -> Result<(), SignatureError> {
         match self {
             Family::Sd => sd::check_model(model),
+            Family::Sdxl | Family::SdxlRefiner => sdxl::check_model(self, model),
+            Family::Lcm => lcm::check_model(model),
         }
     }
 }
@@ -211,8 +251,20 @@ mod tests {
                 "{class}"
             );
         }
+        assert_eq!(
+            Family::from_pipeline_class("StableDiffusionXLPipeline"),
+            Some(Family::Sdxl)
+        );
+        assert_eq!(
+            Family::from_pipeline_class("StableDiffusionXLImg2ImgPipeline"),
+            Some(Family::SdxlRefiner)
+        );
+        assert_eq!(
+            Family::from_pipeline_class("LatentConsistencyModelPipeline"),
+            Some(Family::Lcm)
+        );
         for class in [
-            "StableDiffusionXLPipeline",
+            "StableDiffusionXLInpaintPipeline",
             "stablediffusionpipeline",
             "StableDiffusionInpaintPipeline",
             "",

@@ -49,7 +49,9 @@ pub fn check(
     let c = checker(file, sig);
     let family = Family::Sd;
     match component {
-        Component::TextEncoder => parts::text_encoder(&c, &GRAPH.text_encoder, family),
+        Component::TextEncoder | Component::TextEncoder2 => {
+            parts::text_encoder(&c, &GRAPH.text_encoder, family)
+        }
         Component::Unet => parts::unet(&c, &GRAPH.unet, family),
         Component::VaeDecoder => parts::vae_decoder(&c, &GRAPH.vae_decoder, family),
         Component::VaeEncoder => parts::vae_encoder(&c, &GRAPH.vae_encoder, family),
