@@ -6,3 +6,4 @@ pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod web;
+pub mod worker_state;

@@ -11,40 +11,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// What a worker is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerState {
-    /// Loading its models.
-    Loading,
-    /// Waiting for a job (or for a resume, or for storage).
-    Idle,
-    /// Running a job.
-    Rendering,
-    /// Its thread has ended.
-    Stopped,
-}
-
-impl WorkerState {
-    fn name(self) -> &'static str {
-        match self {
-            WorkerState::Loading => "loading",
-            WorkerState::Idle => "idle",
-            WorkerState::Rendering => "rendering",
-            WorkerState::Stopped => "stopped",
-        }
-    }
-
-    /// Whether a worker in this state must beat within the limit.
-    fn must_beat(self) -> bool {
-        matches!(self, WorkerState::Idle | WorkerState::Rendering)
-    }
-}
-
-impl std::fmt::Display for WorkerState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::app::worker_state::WorkerState;
 
 #[derive(Debug)]
 struct Slot {

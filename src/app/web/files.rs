@@ -10,8 +10,9 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::pages::{blocking, error, open_job_folder};
-use super::server::AppState;
+use super::respond::{blocking, error};
+use crate::jobs::output::folder::Folder;
+use super::AppState;
 
 /// Files larger than this are not served (a PNG of the largest allowed image is far smaller).
 pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
@@ -106,6 +107,15 @@ pub async fn spool_file(
         Some(bytes) => file_response(&name, bytes),
         None => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// Opens `rel` (checked by [`safe_rel`]) under the output root without following links.
+pub fn open_job_folder(root: &std::path::Path, rel: &str) -> Option<Folder> {
+    let mut dir = Folder::open_root(root).ok()?;
+    for part in rel.split('/') {
+        dir = dir.open_dir(part).ok()??;
+    }
+    Some(dir)
 }
 
 #[cfg(test)]

@@ -3,13 +3,35 @@
 //! apart; and the list of jobs with search. Shared by the server's pages and the static
 //! `index.html` ([`super::static_index`]), which differ only in their links ([`Links`]).
 
+use serde::Deserialize;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::pages::{JobQuery, JobsQuery, open_job_folder};
-use super::server::AppState;
+use super::files::open_job_folder;
+use super::AppState;
 use crate::jobs::run::manifest::{FILE as MANIFEST, Manifest};
+
+/// Query of a job page.
+#[derive(Debug, Default, Deserialize)]
+pub struct JobQuery {
+    /// 1-based page.
+    pub page: Option<usize>,
+    /// Only prompts containing this text.
+    pub q: Option<String>,
+    /// Full-size view of this image (a file the manifest lists).
+    pub image: Option<String>,
+}
+
+/// Query of the job list.
+#[derive(Debug, Default, Deserialize)]
+pub struct JobsQuery {
+    pub page: Option<usize>,
+    pub q: Option<String>,
+    pub model: Option<String>,
+    /// `YYYY-MM-DD`: jobs whose manifest was last written that day (UTC).
+    pub date: Option<String>,
+}
 
 /// How the gallery links to images: through the server, or relative to the job folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::app::config::Config;
-use crate::app::daemon::heartbeat::WorkerState;
+use crate::app::worker_state::WorkerState;
 
 /// Content type of [`Telemetry::encode`]'s output: the Prometheus text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

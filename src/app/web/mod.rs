@@ -21,8 +21,8 @@ pub mod metrics;
 pub mod notify;
 pub mod pages;
 pub mod queue;
+pub mod respond;
 pub mod server;
-pub mod settings;
 pub mod static_index;
 pub mod thumbs;
 
@@ -33,7 +33,7 @@ pub use server::{Server, start};
 pub fn serve(config: &crate::app::config::Config, listen: Option<&str>) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let addr = match listen {
-        Some(l) => settings::parse_listen(l).map_err(|e| anyhow::anyhow!("--listen: {e}"))?,
+        Some(l) => crate::app::config::serve::parse_listen(l).map_err(|e| anyhow::anyhow!("--listen: {e}"))?,
         None => config
             .serve
             .address()
@@ -57,4 +57,12 @@ pub fn serve(config: &crate::app::config::Config, listen: Option<&str>) -> anyho
     })?;
     drop(server);
     Ok(())
+}
+
+/// What the handlers share.
+pub struct AppState {
+    pub config: std::sync::Arc<crate::app::config::Config>,
+    pub templates: minijinja::Environment<'static>,
+    pub thumbs: thumbs::ThumbCache,
+    pub manifests: pages::ManifestCache,
 }

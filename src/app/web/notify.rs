@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::settings::NotifyConfig;
+use crate::app::config::serve::NotifyConfig;
 
 /// Events waiting for the sender thread at most.
 pub const QUEUE: usize = 256;

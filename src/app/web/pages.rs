@@ -9,13 +9,14 @@ use std::time::SystemTime;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::files::safe_rel;
+use super::files::{open_job_folder, safe_rel};
+use super::gallery::{JobQuery, JobsQuery};
+use super::respond::{blocking, error};
 use super::metrics::{SpoolGauges, telemetry};
-use super::server::AppState;
+use super::AppState;
 use crate::jobs::run::manifest::{FILE as MANIFEST, Manifest};
-use crate::jobs::output::folder::Folder;
 
 type Shared = State<Arc<AppState>>;
 
@@ -53,21 +54,6 @@ pub fn render(state: &AppState, name: &str, ctx: impl Serialize) -> Response {
     }
 }
 
-pub fn error(status: StatusCode, text: impl Into<String>) -> Response {
-    let mut t = text.into();
-    t.push('\n');
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        t,
-    )
-        .into_response()
-}
-
-/// Blocking file system work, off the runtime's thread.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    tokio::task::spawn_blocking(f).await.ok()
-}
 
 pub async fn healthz() -> &'static str {
     "ok\n"
@@ -196,25 +182,6 @@ impl ManifestCache {
     }
 }
 
-/// Opens `rel` (checked by [`safe_rel`]) under the output root without following links.
-pub fn open_job_folder(root: &std::path::Path, rel: &str) -> Option<Folder> {
-    let mut dir = Folder::open_root(root).ok()?;
-    for part in rel.split('/') {
-        dir = dir.open_dir(part).ok()??;
-    }
-    Some(dir)
-}
-
-/// Query of a job page.
-#[derive(Debug, Default, Deserialize)]
-pub struct JobQuery {
-    /// 1-based page.
-    pub page: Option<usize>,
-    /// Only prompts containing this text.
-    pub q: Option<String>,
-    /// Full-size view of this image (a file the manifest lists).
-    pub image: Option<String>,
-}
 
 pub async fn job_page(
     State(state): Shared,
@@ -238,15 +205,6 @@ pub async fn job_page(
     }
 }
 
-/// Query of the job list.
-#[derive(Debug, Default, Deserialize)]
-pub struct JobsQuery {
-    pub page: Option<usize>,
-    pub q: Option<String>,
-    pub model: Option<String>,
-    /// `YYYY-MM-DD`: jobs whose manifest was last written that day (UTC).
-    pub date: Option<String>,
-}
 
 pub async fn jobs_page(State(state): Shared, Query(query): Query<JobsQuery>) -> Response {
     let st = state.clone();

@@ -15,20 +15,13 @@ use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 
+use super::AppState;
 use crate::app::config::Config;
 
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const MAX_CONNECTIONS: usize = 64;
-
-/// What the handlers share.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub templates: minijinja::Environment<'static>,
-    pub thumbs: super::thumbs::ThumbCache,
-    pub manifests: super::pages::ManifestCache,
-}
 
 /// The running server; dropping it stops it.
 pub struct Server {

@@ -12,8 +12,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::files::{read_under, safe_rel};
-use super::pages::{blocking, error, open_job_folder};
-use super::server::AppState;
+use super::files::open_job_folder;
+use super::respond::{blocking, error};
+use super::AppState;
 
 /// Longest side of a thumbnail.
 pub const SIDE: u32 = 192;

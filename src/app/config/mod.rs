@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod serve;
+
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
@@ -83,12 +85,12 @@ pub struct Config {
     /// CLIP reranking of each prompt's candidates; none when absent.
     #[serde(default)]
     pub rerank: Option<crate::engine::rerank::RerankConfig>,
-    /// The web page and metrics (`serve:`, see [`crate::app::web::settings`]).
+    /// The web page and metrics (`serve:`, see [`serve`]).
     #[serde(default)]
-    pub serve: crate::app::web::settings::ServeConfig,
+    pub serve: serve::ServeConfig,
     /// Webhooks and a command told when jobs end (`notify:`).
     #[serde(default)]
-    pub notify: crate::app::web::settings::NotifyConfig,
+    pub notify: serve::NotifyConfig,
     /// The file this configuration was read from (not part of the YAML).
     #[serde(skip)]
     pub source: PathBuf,
