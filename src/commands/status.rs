@@ -132,6 +132,7 @@ pub fn render(o: &Overview) -> String {
                                 .as_secs()
                         )
                     ),
+                    None if r.stale => String::new(),
                     None => p
                         .eta_seconds
                         .map(|s| format!(", ETA {}", duration(s)))
@@ -156,9 +157,8 @@ pub fn render(o: &Overview) -> String {
         };
         let stale = if r.stale {
             format!(
-                "  STALE: no update for {} and pid {} is not running on this host",
-                duration(r.seconds_since_update.unwrap_or(0)),
-                r.pid.unwrap_or(0)
+                "  STALE: {}",
+                r.stale_reason.as_deref().unwrap_or("its owner is gone")
             )
         } else {
             match r.seconds_since_update {

@@ -77,7 +77,8 @@ pub fn run(config: &Config, options: DaemonOptions) -> anyhow::Result<()> {
         ..SpoolOptions::default()
     };
     let spool = Spool::open_with(&config.spool, spool_options)?;
-    let resumable = spool.recover()?;
+    // Claimed now, started once the models are loaded: a kill meanwhile is not held against them.
+    let resumable = spool.recover_queued()?;
     if !resumable.is_empty() {
         tracing::info!(jobs = resumable.len(), "resuming jobs left in running/");
     }
@@ -457,7 +458,7 @@ fn process(
         tracing::info!(path = %finished.job.display(), "cancelled");
         return Ok(());
     }
-    let job = match crate::job::load_spooled(&claimed.path_in_running, config) {
+    let job = match crate::job::load_spooled(&spool.begin_work(&claimed), config) {
         Ok(j) => j,
         Err(e) => {
             tracing::warn!(error = %e, "job file is not valid; moving it to failed/");
@@ -528,7 +529,7 @@ fn process(
                 tracing::info!(by = %request.by, "cancel requested; stopping the job at this step");
                 cancelled = Some(request);
             }
-            if cancelled.is_some() || shared.stop_now.load(Ordering::Relaxed) {
+            if cancelled.is_some() || shared.stop_now.load(Ordering::Relaxed) || claimed.is_lost() {
                 job_stop.store(true, Ordering::Relaxed);
             }
             if last_write.elapsed() < Duration::from_millis(500) && p.step != p.steps {

@@ -241,6 +241,7 @@ pub fn cancel_queued(
         attempts: 0,
         host: fsops::hostname(),
         pid: std::process::id(),
+        job_file_changed: None,
     };
     let mover = fsops::Mover::new(fsops::ClaimMethod::Auto);
     let placed = super::finish::place(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::harness::{self, Env, Settings};
 
 /// Whether `unshare` can give a child its own host name and process ids here.
-fn namespaces_available() -> Result<(), String> {
+pub fn namespaces_available() -> Result<(), String> {
     let out = Command::new("unshare")
         .args([
             "--uts",
@@ -31,7 +31,13 @@ fn namespaces_available() -> Result<(), String> {
 }
 
 fn machine(env: &Env, name: &str, isolated: bool) -> harness::Daemon {
-    let args = env.run_args(&["--until-idle"]);
+    machine_with(env, name, isolated, &["--until-idle"])
+}
+
+/// `sdspool run` as machine `name`: in its own UTS and PID namespace (host name `name`, pid 1)
+/// when `isolated`, else as a plain child of this host.
+pub fn machine_with(env: &Env, name: &str, isolated: bool, extra: &[&str]) -> harness::Daemon {
+    let args = env.run_args(extra);
     if !isolated {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdspool"));
         cmd.args(args);
