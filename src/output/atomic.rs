@@ -9,18 +9,21 @@ use std::path::{Path, PathBuf};
 pub const TEMP_PREFIX: &str = ".sdspool-tmp-";
 
 /// The temporary name used while `target` is written:
-/// `.sdspool-tmp-<host tag>-<pid>-<n>-<name>`. The host tag (a hash of the host name) lets a
-/// daemon on one machine of a shared spool tell its own leftovers from another machine's files
-/// in progress, whose process ids mean nothing here.
+/// `.sdspool-tmp-<host tag>-<pid>i<instance>-<n>-<name>`. The host tag (a hash of the host name)
+/// lets a daemon on one machine of a shared spool tell its own leftovers from another machine's
+/// files in progress, whose process ids mean nothing here; the instance (random per process)
+/// tells this process's files from those of an earlier process that had the same id (a
+/// container restarted in a new PID namespace is pid 1 again).
 pub fn temp_path(target: &Path) -> PathBuf {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let unique = format!(
-        "{TEMP_PREFIX}{}-{}-{}-{name}",
+        "{TEMP_PREFIX}{}-{}i{}-{}-{name}",
         host_tag(),
         std::process::id(),
+        instance(),
         next_counter()
     );
     target.with_file_name(unique)
@@ -29,18 +32,41 @@ pub fn temp_path(target: &Path) -> PathBuf {
 /// This host's tag in temporary names: 8 hex digits of a hash of the host name.
 pub fn host_tag() -> &'static str {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TAG.get_or_init(|| {
-        let h = crate::hash::fnv1a64(crate::spool::hostname().into_bytes());
+    TAG.get_or_init(|| host_tag_of(&crate::spool::hostname()))
+}
+
+/// The tag of host `name` in temporary names.
+pub fn host_tag_of(name: &str) -> String {
+    let h = crate::hash::fnv1a64(name.bytes());
+    format!("{:08x}", h >> 32)
+}
+
+/// This process's instance in temporary names: 8 hex digits, the same for the whole process.
+fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let h = crate::hash::fnv1a64(format!("{nanos}-{}", std::process::id()).into_bytes());
         format!("{:08x}", h >> 32)
     })
 }
 
-/// The host tag and process id in a temporary file name, when it has them.
-fn temp_owner(name: &str) -> Option<(&str, u32)> {
+/// Who wrote a temporary file, from its name: host tag, process id, and the process's instance
+/// (names written before instances were added have none).
+pub fn temp_writer(name: &str) -> Option<(&str, u32, Option<&str>)> {
     let mut parts = name.strip_prefix(TEMP_PREFIX)?.splitn(3, '-');
     let host = parts.next()?;
-    let pid = parts.next()?.parse().ok()?;
-    (host.len() == 8 && host.chars().all(|c| c.is_ascii_hexdigit())).then_some((host, pid))
+    let field = parts.next()?;
+    let (pid, instance) = match field.split_once('i') {
+        Some((pid, instance)) => (pid, Some(instance)),
+        None => (field, None),
+    };
+    let pid = pid.parse().ok()?;
+    (host.len() == 8 && host.chars().all(|c| c.is_ascii_hexdigit()))
+        .then_some((host, pid, instance))
 }
 
 fn next_counter() -> u64 {
@@ -71,8 +97,9 @@ pub const STALE_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Whether `name` is a temporary file whose writer is gone: any writer, of any host, when the
 /// file is older than [`STALE_AGE`]; else a process of this host that no longer exists (killed
-/// during a write). This process's recent temporaries are not, and neither are another host's
-/// recent ones (its process ids cannot be checked from here).
+/// during a write), also one that had this process's id (another instance). This process's
+/// recent temporaries are not, and neither are another host's recent ones (its process ids
+/// cannot be checked from here).
 pub fn is_leftover(name: &str, meta: &fs::Metadata) -> bool {
     if !name.starts_with(TEMP_PREFIX) {
         return false;
@@ -85,9 +112,14 @@ pub fn is_leftover(name: &str, meta: &fs::Metadata) -> bool {
     if old {
         return true;
     }
-    match temp_owner(name) {
-        Some((host, pid)) if host == host_tag() => {
-            pid != std::process::id() && !crate::spool::pid_alive(pid)
+    match temp_writer(name) {
+        Some((host, pid, writer)) if host == host_tag() => {
+            if pid == std::process::id() {
+                // This process's, or an earlier process's that had the same id.
+                writer.is_some_and(|w| w != instance())
+            } else {
+                !crate::spool::pid_alive(pid)
+            }
         }
         _ => false,
     }
@@ -110,6 +142,38 @@ pub fn remove_leftovers(dir: &Path) -> io::Result<Vec<PathBuf>> {
         }
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_file() && is_leftover(&name, &meta) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed.push(entry.path()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes every temporary file in `dir` (not below it) that this process did not write, of any
+/// host and age, and returns their paths: for a folder only the caller may write to (a job's
+/// output folder, held through the job's claim), where any other writer is gone.
+pub fn remove_others(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mine = temp_writer(&name).is_some_and(|(host, pid, writer)| {
+            host == host_tag()
+                && pid == std::process::id()
+                && writer.is_none_or(|w| w == instance())
+        });
+        if !name.starts_with(TEMP_PREFIX) || mine {
+            continue;
+        }
+        if entry.metadata().is_ok_and(|m| m.is_file()) {
             match fs::remove_file(entry.path()) {
                 Ok(()) => removed.push(entry.path()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -171,6 +235,32 @@ mod tests {
             "another host's recent file"
         );
         assert!(!is_leftover("a.png", &meta("a.png")));
+    }
+
+    #[test]
+    fn an_earlier_process_with_this_pid_left_its_files_over() {
+        // A container restarted in a new PID namespace is pid 1 again, under the same host name.
+        let dir = tempfile::tempdir().unwrap();
+        let meta = |name: &str| {
+            let p = dir.path().join(name);
+            fs::write(&p, b"x").unwrap();
+            fs::metadata(&p).unwrap()
+        };
+        let (tag, me) = (host_tag(), std::process::id());
+        let other = if instance() == "00000000" {
+            "11111111"
+        } else {
+            "00000000"
+        };
+        let earlier = format!("{TEMP_PREFIX}{tag}-{me}i{other}-3-a.png");
+        assert!(is_leftover(&earlier, &meta(&earlier)));
+        let mine = format!("{TEMP_PREFIX}{tag}-{me}i{}-3-b.png", instance());
+        assert!(!is_leftover(&mine, &meta(&mine)));
+        // Names from before instances: this pid's are taken to be this process's.
+        let old = format!("{TEMP_PREFIX}{tag}-{me}-3-c.png");
+        assert!(!is_leftover(&old, &meta(&old)));
+        assert_eq!(temp_writer(&earlier), Some((tag, me, Some(other))));
+        assert_eq!(temp_writer(&old), Some((tag, me, None)));
     }
 
     #[test]

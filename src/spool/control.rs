@@ -5,7 +5,7 @@
 //! <spool.dir>/control/
 //!   paused              present: no job starts (the running ones finish); `sdspool pause`/`resume`
 //!   cancel/cats.yaml    a request to cancel the running job `cats` (`sdspool cancel cats`)
-//!   timings.json        measured seconds per UNet step, for ETAs ([`crate::eta`])
+//!   timings.json        measured seconds per UNet step, for ETAs (written by the daemon)
 //! ```
 //!
 //! A cancel request names the job's file by device and inode as well as by name, so a request

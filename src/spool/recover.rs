@@ -363,6 +363,11 @@ impl Spool {
             }
             return Ok(None);
         }
+        if let Some(owner) = &record
+            && !owner.released
+        {
+            self.remove_temps_of(stem, owner);
+        }
         if let Some(bytes) = &claimed.record().job
             && let Some(change) =
                 copy::change(&claimed.path_in_running, bytes, self.options.max_job_bytes)
@@ -378,6 +383,38 @@ impl Spool {
             "taking over a job left in running/"
         );
         Ok(Some(claimed))
+    }
+
+    /// Removes the temporary files the gone owner of `stem` left in `running/` and `.claimed/`
+    /// (its status or claim record, its copy being written): written by its host and process,
+    /// which a daemon of another host cannot otherwise tell from files in progress.
+    fn remove_temps_of(&self, stem: &str, owner: &Attempts) {
+        let tag = crate::output::atomic::host_tag_of(&owner.host);
+        let targets = [
+            format!("{stem}{STATUS_SUFFIX}"),
+            format!("{stem}{ATTEMPTS_SUFFIX}"),
+            format!("{stem}.yaml"),
+        ];
+        for dir in [self.layout.running.clone(), copy::dir(&self.layout)] {
+            for (name, _) in list(&dir).unwrap_or_default() {
+                let ours = crate::output::atomic::temp_writer(&name)
+                    .is_some_and(|(t, pid, _)| t == tag && pid == owner.pid);
+                let target = name
+                    .strip_prefix(crate::output::atomic::TEMP_PREFIX)
+                    .and_then(|rest| rest.splitn(4, '-').nth(3));
+                if ours && target.is_some_and(|t| targets.iter().any(|x| x == t)) {
+                    match std::fs::remove_file(dir.join(&name)) {
+                        Ok(()) => {
+                            tracing::info!(file = %dir.join(&name).display(), "removed a temporary file the job's gone owner left")
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::warn!(file = %dir.join(&name).display(), error = %e, "cannot remove a temporary file the job's gone owner left")
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn remove_stale_temps(&self) -> Result<(), SpoolError> {
