@@ -277,11 +277,9 @@ impl Worker {
             None => output_folder(&self.output_dir, &job.output, &fingerprint)?,
         };
         self.last_dir = Some(dir.clone());
-        // A run killed while writing an image or the manifest left its temporary file behind;
-        // the folder is this job's and the job this process's (its claim), so whatever host
-        // wrote them is gone.
+        // A run killed while writing an image or the manifest left its temporary file behind.
         for folder in [dir.clone(), dir.join("rejected")] {
-            match crate::output::atomic::remove_others(&folder) {
+            match crate::output::atomic::remove_leftovers(&folder) {
                 Ok(removed) => {
                     for path in removed {
                         tracing::info!(file = %path.display(), "removed a temporary file left by an earlier run");

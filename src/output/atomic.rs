@@ -92,14 +92,42 @@ pub fn write(target: &Path, bytes: &[u8]) -> io::Result<()> {
     result.map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", target.display())))
 }
 
+/// Writers of other hosts this process knows to be gone (a spool daemon took their jobs over
+/// when their leases expired): their temporary files are leftovers, whatever their age.
+static GONE: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records that process `pid` of host `host` is gone, so [`is_leftover`] takes its temporary
+/// files for leftovers. This host's own processes are judged by their ids already.
+pub fn note_gone_writer(host: &str, pid: u32) {
+    let tag = host_tag_of(host);
+    if tag == host_tag() {
+        return;
+    }
+    let mut gone = GONE.lock().unwrap_or_else(|e| e.into_inner());
+    if !gone.contains(&(tag.clone(), pid)) {
+        if gone.len() >= 1024 {
+            gone.remove(0);
+        }
+        gone.push((tag, pid));
+    }
+}
+
+fn known_gone(host: &str, pid: u32) -> bool {
+    GONE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|(h, p)| h == host && *p == pid)
+}
+
 /// A temporary file this old is a leftover whatever process wrote it.
 pub const STALE_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Whether `name` is a temporary file whose writer is gone: any writer, of any host, when the
 /// file is older than [`STALE_AGE`]; else a process of this host that no longer exists (killed
-/// during a write), also one that had this process's id (another instance). This process's
-/// recent temporaries are not, and neither are another host's recent ones (its process ids
-/// cannot be checked from here).
+/// during a write), also one that had this process's id (another instance), or a process of
+/// another host known to be gone ([`note_gone_writer`]). This process's recent temporaries are
+/// not, and neither are another host's recent ones otherwise (its process ids cannot be checked
+/// from here).
 pub fn is_leftover(name: &str, meta: &fs::Metadata) -> bool {
     if !name.starts_with(TEMP_PREFIX) {
         return false;
@@ -121,6 +149,7 @@ pub fn is_leftover(name: &str, meta: &fs::Metadata) -> bool {
                 !crate::spool::pid_alive(pid)
             }
         }
+        Some((host, pid, _)) => known_gone(host, pid),
         _ => false,
     }
 }
@@ -142,38 +171,6 @@ pub fn remove_leftovers(dir: &Path) -> io::Result<Vec<PathBuf>> {
         }
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_file() && is_leftover(&name, &meta) {
-            match fs::remove_file(entry.path()) {
-                Ok(()) => removed.push(entry.path()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(removed)
-}
-
-/// Removes every temporary file in `dir` (not below it) that this process did not write, of any
-/// host and age, and returns their paths: for a folder only the caller may write to (a job's
-/// output folder, held through the job's claim), where any other writer is gone.
-pub fn remove_others(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut removed = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let mine = temp_writer(&name).is_some_and(|(host, pid, writer)| {
-            host == host_tag()
-                && pid == std::process::id()
-                && writer.is_none_or(|w| w == instance())
-        });
-        if !name.starts_with(TEMP_PREFIX) || mine {
-            continue;
-        }
-        if entry.metadata().is_ok_and(|m| m.is_file()) {
             match fs::remove_file(entry.path()) {
                 Ok(()) => removed.push(entry.path()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -261,6 +258,24 @@ mod tests {
         assert!(!is_leftover(&old, &meta(&old)));
         assert_eq!(temp_writer(&earlier), Some((tag, me, Some(other))));
         assert_eq!(temp_writer(&old), Some((tag, me, None)));
+    }
+
+    #[test]
+    fn a_gone_writer_of_another_host_left_its_files_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        fs::write(&p, b"x").unwrap();
+        let meta = fs::metadata(&p).unwrap();
+        let host = "a-host-that-died";
+        let name = format!("{TEMP_PREFIX}{}-77i0badc0de-1-a.png", host_tag_of(host));
+        assert!(
+            !is_leftover(&name, &meta),
+            "another host's file in progress"
+        );
+        note_gone_writer(host, 77);
+        assert!(is_leftover(&name, &meta));
+        let other_pid = format!("{TEMP_PREFIX}{}-78-1-a.png", host_tag_of(host));
+        assert!(!is_leftover(&other_pid, &meta));
     }
 
     #[test]

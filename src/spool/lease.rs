@@ -3,9 +3,9 @@
 //!
 //! A claim is `running/<stem>.attempts` (an [`Attempts`] record naming the owner's host,
 //! process and a claim id unique to this claim). The owner renews it by setting the record's
-//! modification time to now, every quarter of the lease, from a thread owned by the
-//! [`Claimed`](super::Claimed) ([`LeaseGuard`]); setting a time needs no free disk space, so a
-//! full disk does not make a working daemon look dead.
+//! modification time to now, every quarter of the lease (at most every 15 s), from a thread
+//! owned by the [`Claimed`](super::Claimed); setting a time needs no free disk space, so a full
+//! disk does not make a working daemon look dead.
 //!
 //! Whether a claim expired is judged by the observer's own monotonic clock, never by comparing
 //! the owner's clock with the observer's: a claim expired when the observer saw its record (claim
@@ -17,7 +17,7 @@
 //! The taker writes a new record with its own claim id; the old owner, should it still be alive
 //! (stopped, or cut off from the file system for longer than the lease), sees on its next renewal
 //! that the record is no longer its own, stops renewing and reports the claim as lost
-//! ([`LeaseGuard::is_lost`]); filing a lost job is refused.
+//! ([`Claimed::is_lost`](super::Claimed::is_lost)); filing a lost job is refused.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

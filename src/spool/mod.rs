@@ -115,7 +115,7 @@ pub mod copy;
 pub mod crashes;
 mod finish;
 pub(crate) mod fsops;
-mod lease;
+pub mod lease;
 pub mod names;
 mod queue;
 mod recover;

@@ -366,6 +366,10 @@ impl Spool {
         if let Some(owner) = &record
             && !owner.released
         {
+            // Its files in progress anywhere (the job's output folder too) are leftovers now.
+            if !owner.host.is_empty() && owner.host != self.host.name {
+                crate::output::atomic::note_gone_writer(&owner.host, owner.pid);
+            }
             self.remove_temps_of(stem, owner);
         }
         if let Some(bytes) = &claimed.record().job
