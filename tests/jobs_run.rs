@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sdspool::app::config::Config;
+use sdspool::engine::rerank::Reranker;
 use sdspool::jobs::job::{self, Job};
 use sdspool::jobs::run::{JobRunError, RunOptions, Worker};
-use sdspool::engine::rerank::Reranker;
 
 fn config_with_output(out: &Path) -> Config {
     let mut c = common::fixture_config();

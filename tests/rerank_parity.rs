@@ -476,12 +476,14 @@ fn broken_folders_are_reported_by_file_and_field() {
 fn config_section_resolves_the_model_path() {
     let yaml =
         "models:\n  sd:\n    path: models/sd\nrerank:\n  model: models/clip\n  batch_size: 4\n";
-    let cfg = sdspool::app::config::Config::parse(yaml, Path::new("/etc/sdspool/config.yaml")).unwrap();
+    let cfg =
+        sdspool::app::config::Config::parse(yaml, Path::new("/etc/sdspool/config.yaml")).unwrap();
     let rerank = cfg.rerank.unwrap();
     assert_eq!(rerank.model, Path::new("/etc/sdspool/models/clip"));
     assert_eq!((rerank.enabled, rerank.batch_size.get()), (true, 4));
-    let cfg = sdspool::app::config::Config::parse("models:\n  sd:\n    path: m\n", Path::new("c.yaml"))
-        .unwrap();
+    let cfg =
+        sdspool::app::config::Config::parse("models:\n  sd:\n    path: m\n", Path::new("c.yaml"))
+            .unwrap();
     assert!(cfg.rerank.is_none());
     let err = sdspool::app::config::Config::parse(
         "models:\n  sd:\n    path: m\nrerank:\n  model: m\n  size: 3\n",

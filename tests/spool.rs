@@ -22,6 +22,7 @@ fn config(dir: &Path, rescan: u64, settle: u64) -> SpoolConfig {
         rescan_seconds: rescan,
         settle_seconds: settle,
         max_crashes: 3,
+        ..SpoolConfig::default()
     }
 }
 
@@ -393,23 +394,59 @@ fn dotfiles_temporary_files_and_other_names_are_ignored() {
         ".sdspool-tmp-1-1-x.yaml",
         "notes.txt",
         "job.yaml.part",
-        "UPPER.YAML",
         "README",
     ];
     for name in ignored {
         fs::write(l.incoming.join(name), job_text(None)).unwrap();
     }
     fs::write(l.incoming.join("real.yaml"), job_text(None)).unwrap();
-    let c = spool.next_job(Duration::from_secs(3)).unwrap().unwrap();
-    assert_eq!(c.name, "real.yaml");
-    assert!(
-        spool
-            .next_job(Duration::from_millis(1500))
-            .unwrap()
-            .is_none()
+    // Issue 17: an upper-case extension is a job too (it sat in incoming/ forever before).
+    fs::write(l.incoming.join("UPPER.YAML"), job_text(None)).unwrap();
+    let mut claimed = Vec::new();
+    while let Some(c) = spool.next_job(Duration::from_millis(1500)).unwrap() {
+        claimed.push((c.submitted_as.clone(), c.name.clone()));
+        spool.finish_done(c, "ok: 1\n").unwrap();
+    }
+    claimed.sort();
+    assert_eq!(
+        claimed,
+        [
+            ("UPPER.YAML".to_string(), "UPPER.yaml".to_string()),
+            ("real.yaml".to_string(), "real.yaml".to_string())
+        ]
     );
     assert_eq!(names_in(&l.incoming), set(&ignored));
     assert!(names_in(&l.failed).is_empty());
+    assert!(l.done.join("UPPER.yaml").is_file());
+}
+
+#[test]
+fn hidden_and_temporary_job_names_are_logged_once_not_at_every_scan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool =
+        Spool::open_with(&config(tmp.path(), 1, 0), options(false, ClaimMethod::Auto)).unwrap();
+    let l = spool.layout().clone();
+    fs::write(l.incoming.join(".hidden.yaml"), job_text(None)).unwrap();
+    let temp = l.incoming.join(".sdspool-tmp-1-1-left.yaml");
+    fs::write(&temp, job_text(None)).unwrap();
+    // A temporary file that stays: a writer killed long ago.
+    set_age(&temp, 3600);
+    fs::write(l.incoming.join("notes.txt"), "x").unwrap();
+    let (_, logs) = capture_logs(|| {
+        // Rescans every second: three or four of them.
+        assert!(
+            spool
+                .next_job(Duration::from_millis(3500))
+                .unwrap()
+                .is_none()
+        );
+    });
+    let lines = |what: &str| logs.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(lines(".hidden.yaml"), 1, "{logs}");
+    assert!(logs.contains("hidden file"), "{logs}");
+    assert_eq!(lines(".sdspool-tmp-1-1-left.yaml"), 1, "{logs}");
+    assert!(logs.contains("temporary files"), "{logs}");
+    assert_eq!(lines("notes.txt"), 0, "{logs}");
 }
 
 /// Log lines written through `tracing` while `f` runs on this thread.
@@ -871,7 +908,8 @@ fn the_worker_status_file_is_written_atomically_and_removed_when_filed() {
 fn the_spool_section_of_config_yaml() {
     let text =
         "models:\n  m:\n    path: /models/m\nspool:\n  dir: spool-here\n  rescan_seconds: 5\n";
-    let c = sdspool::app::config::Config::parse(text, Path::new("/etc/sdspool/config.yaml")).unwrap();
+    let c =
+        sdspool::app::config::Config::parse(text, Path::new("/etc/sdspool/config.yaml")).unwrap();
     assert_eq!(c.spool.dir, PathBuf::from("/etc/sdspool/spool-here"));
     assert_eq!(
         (
@@ -881,8 +919,9 @@ fn the_spool_section_of_config_yaml() {
         ),
         (5, 2, 3)
     );
-    let c = sdspool::app::config::Config::parse("models:\n  m:\n    path: /m\n", Path::new("c.yaml"))
-        .unwrap();
+    let c =
+        sdspool::app::config::Config::parse("models:\n  m:\n    path: /m\n", Path::new("c.yaml"))
+            .unwrap();
     assert_eq!(c.spool, SpoolConfig::new("local/spool"));
     let e = sdspool::app::config::Config::parse(
         "models:\n  m:\n    path: /m\nspool:\n  rescan_seconds: 0\n",
@@ -901,4 +940,425 @@ fn the_spool_section_of_config_yaml() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("settle"), "{e}");
+}
+
+// ---- Issue 17: crash evidence, leases and takeover, the claimed copy ----
+
+fn config_with(dir: &Path, max_crashes: u32, lease_seconds: u64) -> SpoolConfig {
+    SpoolConfig {
+        max_crashes,
+        lease_seconds,
+        ..config(dir, 1, 0)
+    }
+}
+
+/// The status a worker writes at a point of the job (this process, now).
+fn status_at(prompt: usize, images_done: usize, step: u32) -> JobStatus {
+    let mut s = JobStatus::starting("x", "tiny-sd", 8, 5, 16);
+    s.prompt_index = prompt;
+    s.images_done = images_done;
+    s.step = step;
+    s
+}
+
+#[test]
+fn kills_at_different_points_never_fail_a_job_but_the_same_point_max_crashes_times_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_with(tmp.path(), 3, 60);
+    {
+        let spool = Spool::open(&cfg).unwrap();
+        fs::write(spool.layout().incoming.join("x.yaml"), job_text(None)).unwrap();
+        let c = spool.next_job(Duration::from_secs(3)).unwrap().unwrap();
+        spool.write_status(&c, &status_at(0, 0, 2)).unwrap();
+        // Killed from outside: the claim goes away unfiled.
+        drop(c);
+    }
+    // Ten more kills, each after the job got somewhere else: never held against it.
+    for k in 1..=10usize {
+        let spool = Spool::open(&cfg).unwrap();
+        let resumed = spool.recover().unwrap();
+        assert_eq!(
+            resumed.len(),
+            1,
+            "kill {k}: {:?}",
+            names_in(&spool.layout().failed)
+        );
+        assert_eq!(resumed[0].attempts as usize, k + 1);
+        assert_eq!(
+            resumed[0].record().crashes,
+            1,
+            "a new point starts the count again"
+        );
+        spool
+            .write_status(&resumed[0], &status_at(k / 2, k, (k % 4) as u32))
+            .unwrap();
+    }
+    // Now it dies at the same point, again and again: the third time in a row it is failed.
+    for again in 1..=2 {
+        let spool = Spool::open(&cfg).unwrap();
+        let resumed = spool.recover().unwrap();
+        assert_eq!(resumed.len(), 1);
+        assert_eq!(resumed[0].record().crashes, again);
+        spool
+            .write_status(&resumed[0], &status_at(5, 10, 2))
+            .unwrap();
+    }
+    let spool = Spool::open(&cfg).unwrap();
+    assert!(spool.recover().unwrap().is_empty());
+    let l = spool.layout();
+    assert_eq!(names_in(&l.failed), set(&["x.yaml", "x.error.yaml"]));
+    let e = ErrorFile::read(&l.failed.join("x.error.yaml")).unwrap();
+    assert!(
+        e.error.contains("crashed the daemon 3 times")
+            && e.error
+                .contains("at the same point (prompt 6, 10 images done, step 2)"),
+        "{}",
+        e.error
+    );
+    assert_eq!(e.attempts, 13);
+}
+
+#[test]
+fn a_panic_while_a_job_is_held_counts_against_it_wherever_it_happens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_with(tmp.path(), 2, 60);
+    let spool = Arc::new(Spool::open(&cfg).unwrap());
+    fs::write(spool.layout().incoming.join("x.yaml"), job_text(None)).unwrap();
+    let first = spool.next_job(Duration::from_secs(3)).unwrap().unwrap();
+    let panic_holding = |c: sdspool::spool::Claimed, at: JobStatus| {
+        let spool = Arc::clone(&spool);
+        let r = std::thread::spawn(move || {
+            spool.write_status(&c, &at).unwrap();
+            let _held = c;
+            panic!("a bug the job triggers");
+        })
+        .join();
+        assert!(r.is_err());
+    };
+    panic_holding(first, status_at(0, 0, 1));
+    let again = Spool::open(&cfg).unwrap().recover().unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].record().crashes, 1);
+    // At another point this time: still counted, for the panic.
+    panic_holding(again.into_iter().next().unwrap(), status_at(3, 2, 4));
+    let spool = Spool::open(&cfg).unwrap();
+    assert!(spool.recover().unwrap().is_empty());
+    let e = ErrorFile::read(&spool.layout().failed.join("x.error.yaml")).unwrap();
+    assert!(
+        e.error.contains("crashed the daemon 2 times") && e.error.contains("panicked at prompt 4"),
+        "{}",
+        e.error
+    );
+}
+
+#[test]
+fn a_kill_before_a_worker_started_on_a_resumed_job_is_not_held_against_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_with(tmp.path(), 2, 60);
+    {
+        let spool = Spool::open(&cfg).unwrap();
+        fs::write(spool.layout().incoming.join("x.yaml"), job_text(None)).unwrap();
+        let c = spool.next_job(Duration::from_secs(3)).unwrap().unwrap();
+        spool.write_status(&c, &status_at(1, 1, 1)).unwrap();
+    }
+    // A daemon that is killed while it loads its models, five times over.
+    for _ in 0..5 {
+        let resumed = Spool::open(&cfg).unwrap().recover_queued().unwrap();
+        assert_eq!(resumed.len(), 1);
+        assert_eq!(resumed[0].record().crashes, 1);
+        assert!(!resumed[0].record().working);
+    }
+    let spool = Spool::open(&cfg).unwrap();
+    let c = spool.recover_queued().unwrap().pop().unwrap();
+    // The worker starts on it and loads the claimed copy.
+    let file = spool.begin_work(&c);
+    assert_eq!(fs::read_to_string(file).unwrap(), job_text(None));
+    assert!(c.record().working);
+    spool.finish_done(c, "ok: 1\n").unwrap();
+}
+
+/// A claim record of a daemon on another host, as it would write it.
+fn foreign_claim(running: &Path, stem: &str, claim: &str) -> PathBuf {
+    fs::write(running.join(format!("{stem}.yaml")), job_text(None)).unwrap();
+    let path = running.join(format!("{stem}.attempts"));
+    fs::write(
+        &path,
+        format!(
+            "attempts: 1\nhost: another-machine\npid: 1\nlocked: true\nstarted_at: \"2026-01-01T00:00:00Z\"\nclaim: {claim}\nworking: true\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn the_owner_renews_its_claim_while_it_holds_the_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&config_with(tmp.path(), 3, 1)).unwrap();
+    fs::write(spool.layout().incoming.join("x.yaml"), job_text(None)).unwrap();
+    let c = spool.next_job(Duration::from_secs(3)).unwrap().unwrap();
+    let mtime = || fs::metadata(c.attempts_path()).unwrap().modified().unwrap();
+    let first = mtime();
+    std::thread::sleep(Duration::from_millis(700));
+    let later = mtime();
+    assert!(later > first, "renewed every quarter of the 1 s lease");
+    let record = c.record();
+    assert_eq!(
+        (record.host, record.pid),
+        (sdspool::spool::hostname(), std::process::id())
+    );
+    assert!(record.claim.is_some());
+    spool.finish_done(c, "ok: 1\n").unwrap();
+}
+
+#[test]
+fn a_live_spool_takes_over_a_job_whose_lease_expired_and_not_one_that_is_renewed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = Spool::open_with(
+        &config_with(tmp.path(), 3, 2),
+        options(false, ClaimMethod::Auto),
+    )
+    .unwrap();
+    let running = spool.layout().running.clone();
+    // Two jobs of a daemon on another host: one whose owner keeps renewing, one whose owner died.
+    let alive = foreign_claim(&running, "alive", "a11ce");
+    foreign_claim(&running, "dead", "dead0");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renewer = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let f = fs::File::options().write(true).open(&alive).unwrap();
+                f.set_modified(SystemTime::now()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let start = Instant::now();
+    // Not before a whole lease seen unchanged, however old its times look.
+    assert!(
+        spool
+            .next_job(Duration::from_millis(1500))
+            .unwrap()
+            .is_none()
+    );
+    let c = spool.next_job(Duration::from_secs(5)).unwrap().unwrap();
+    let waited = start.elapsed();
+    assert_eq!(c.name, "dead.yaml");
+    assert!(c.resumed);
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // The claim is this process's now, one attempt further.
+    let record = c.record();
+    assert_eq!(
+        (record.attempts, record.host.as_str()),
+        (2, sdspool::spool::hostname().as_str())
+    );
+    assert_ne!(record.claim.as_deref(), Some("dead0"));
+    // The renewed one stays with its owner.
+    assert!(spool.next_job(Duration::from_secs(3)).unwrap().is_none());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    renewer.join().unwrap();
+    spool.finish_done(c, "ok: 1\n").unwrap();
+    // Once its owner stops renewing, it is taken over too.
+    let c = spool.next_job(Duration::from_secs(6)).unwrap().unwrap();
+    assert_eq!(c.name, "alive.yaml");
+    spool.finish_done(c, "ok: 1\n").unwrap();
+}
+
+#[test]
+fn two_live_spools_that_find_an_expired_claim_at_once_take_it_over_exactly_once() {
+    for method in [ClaimMethod::Auto, ClaimMethod::LinkUnlink] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config_with(tmp.path(), 3, 1);
+        let running = tmp.path().join("running");
+        fs::create_dir_all(&running).unwrap();
+        for i in 0..6 {
+            foreign_claim(&running, &format!("j{i}"), &format!("c{i}"));
+        }
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let racers: Vec<_> = (0..3)
+            .map(|_| {
+                let (cfg, taken) = (cfg.clone(), Arc::clone(&taken));
+                std::thread::spawn(move || {
+                    let spool = Spool::open_with(&cfg, options(false, method)).unwrap();
+                    let start = Instant::now();
+                    while start.elapsed() < Duration::from_secs(6) {
+                        if let Some(c) = spool.next_job(Duration::from_millis(200)).unwrap() {
+                            taken.lock().unwrap().push(c.name.clone());
+                            spool.finish_done(c, "ok: 1\n").unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for r in racers {
+            r.join().unwrap();
+        }
+        let mut taken = taken.lock().unwrap().clone();
+        taken.sort();
+        let expected: Vec<String> = (0..6).map(|i| format!("j{i}.yaml")).collect();
+        assert_eq!(taken, expected, "{method:?}");
+        assert_eq!(names_in(&tmp.path().join("done")).len(), 12);
+    }
+}
+
+#[test]
+fn a_daemon_that_lost_its_claim_stops_and_neither_files_nor_releases_the_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&config_with(tmp.path(), 3, 1)).unwrap();
+    fs::write(spool.layout().incoming.join("x.yaml"), job_text(None)).unwrap();
+    let c = spool.next_job(Duration::from_secs(3)).unwrap().unwrap();
+    assert!(!c.is_lost());
+    // Another host took it over while this daemon was stopped.
+    let theirs = "attempts: 2\nhost: another-machine\npid: 1\nlocked: true\nstarted_at: \"2026-01-01T00:00:00Z\"\nclaim: beef\n";
+    fs::write(c.attempts_path(), theirs).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !c.is_lost() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(c.is_lost());
+    let e = spool.finish_done(*Box::new(c), "ok: 1\n").unwrap_err();
+    assert!(
+        e.to_string().contains("another daemon took the job over"),
+        "{e}"
+    );
+    assert!(names_in(&spool.layout().done).is_empty());
+    spool.release(*e.claimed).unwrap();
+    assert_eq!(
+        fs::read_to_string(spool.layout().running.join("x.attempts")).unwrap(),
+        theirs
+    );
+    assert!(spool.layout().running.join("x.yaml").is_file());
+}
+
+#[test]
+fn status_shows_a_claim_nobody_renews_as_stale_without_an_eta() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_with(tmp.path(), 3, 60);
+    let spool = Spool::open(&cfg).unwrap();
+    let running = spool.layout().running.clone();
+    let record = foreign_claim(&running, "orphan", "0ff");
+    let mut s = status_at(1, 3, 4);
+    s.hostname = "another-machine".into();
+    s.pid = 1;
+    s.eta_seconds = Some(600);
+    sdspool::spool::write_status(&running.join("orphan.status.json"), &s).unwrap();
+    set_age(&record, 300);
+    let o = spool.overview().unwrap();
+    let r = &o.running[0];
+    assert!(r.stale, "{r:?}");
+    assert!(
+        r.stale_reason
+            .as_deref()
+            .unwrap()
+            .contains("pid 1 on another-machine, has not renewed its claim for 5m"),
+        "{r:?}"
+    );
+    assert_eq!(r.finishes_in_seconds, None);
+    assert!(r.lease_renewed_seconds_ago.unwrap() >= 300);
+    let text = sdspool::app::commands::status::render(&o);
+    let line = text.lines().find(|l| l.contains("orphan.yaml")).unwrap();
+    assert!(line.contains("STALE") && !line.contains("ETA"), "{line}");
+    // Renewed: not stale.
+    set_age(&record, 0);
+    let o = spool.overview().unwrap();
+    assert!(!o.running[0].stale, "{:?}", o.running[0]);
+    assert_eq!(
+        o.running[0].finishes_in_seconds.map(|s| s > 500),
+        Some(true)
+    );
+}
+
+#[test]
+fn a_running_job_edited_in_place_is_filed_as_claimed_with_a_note() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&config(tmp.path(), 1, 0)).unwrap();
+    let l = spool.layout().clone();
+    fs::write(l.incoming.join("x.yaml"), job_text(Some(1))).unwrap();
+    let c = spool.next_job(Duration::from_secs(3)).unwrap().unwrap();
+    // Edited in place while it runs.
+    let mut f = fs::File::options()
+        .append(true)
+        .open(&c.path_in_running)
+        .unwrap();
+    f.write_all(b"steps: 40\n").unwrap();
+    drop(f);
+    assert_eq!(fs::read_to_string(c.job_file()).unwrap(), job_text(Some(1)));
+    let filed = spool.finish_done(c, "images: 1\n").unwrap();
+    assert_eq!(fs::read_to_string(&filed.job).unwrap(), job_text(Some(1)));
+    let result = fs::read_to_string(&filed.side_file).unwrap();
+    assert!(result.starts_with("images: 1\n"), "{result}");
+    assert!(
+        result.contains("job_file_changed:") && result.contains("changed after it was claimed"),
+        "{result}"
+    );
+    assert!(names_in(&l.running).is_empty());
+    assert!(names_in(&tmp.path().join(".claimed")).is_empty());
+}
+
+#[test]
+fn a_file_renamed_in_while_its_writer_still_writes_is_filed_as_it_was_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&config(tmp.path(), 1, 0)).unwrap();
+    let l = spool.layout().clone();
+    let elsewhere = tmp.path().join("x.part");
+    let mut writer = fs::File::create(&elsewhere).unwrap();
+    writer.write_all(b"prompts:\n  - a cat\n").unwrap();
+    fs::rename(&elsewhere, l.incoming.join("x.yaml")).unwrap();
+    let c = spool.next_job(Duration::from_secs(3)).unwrap().unwrap();
+    // The writer was not done.
+    writer.write_all(b"  - a dog\ncandidates: 4\n").unwrap();
+    drop(writer);
+    assert_eq!(
+        fs::read_to_string(c.job_file()).unwrap(),
+        "prompts:\n  - a cat\n"
+    );
+    let filed = spool
+        .finish_failed(c, &Failure::new("validate", "whatever the worker found"))
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(&filed.job).unwrap(),
+        "prompts:\n  - a cat\n"
+    );
+    let e = ErrorFile::read(&filed.side_file).unwrap();
+    let change = e.job_file_changed.unwrap();
+    assert!(
+        change.contains("(19 bytes") && change.contains("; 43 bytes"),
+        "{change}"
+    );
+}
+
+#[test]
+fn a_job_edited_after_a_kill_resumes_from_the_claimed_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 1, 0);
+    let first = {
+        let spool = Spool::open(&cfg).unwrap();
+        fs::write(spool.layout().incoming.join("x.yaml"), job_text(None)).unwrap();
+        let c = spool.next_job(Duration::from_secs(3)).unwrap().unwrap();
+        let file = spool.begin_work(&c);
+        (
+            fs::read(&file).unwrap(),
+            sdspool::jobs::job::read::read(&file, 1 << 20).unwrap().seed,
+        )
+    };
+    let running = tmp.path().join("running").join("x.yaml");
+    fs::write(&running, "prompts: [something else]\n").unwrap();
+    let spool = Spool::open(&cfg).unwrap();
+    let (c, logs) = capture_logs(|| spool.recover().unwrap().pop().unwrap());
+    assert!(logs.contains("changed after it was claimed"), "{logs}");
+    let file = spool.begin_work(&c);
+    // The same bytes and the same seed: the same fingerprint, so the same output folder.
+    assert_eq!(
+        (
+            fs::read(&file).unwrap(),
+            sdspool::jobs::job::read::read(&file, 1 << 20).unwrap().seed
+        ),
+        first
+    );
+    let filed = spool.finish_done(c, "ok: 1\n").unwrap();
+    assert_eq!(fs::read(&filed.job).unwrap(), first.0);
 }

@@ -12,9 +12,9 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use sdspool::app::config::Config;
+use sdspool::engine::scheduler::SchedulerKind;
 use sdspool::jobs::job::{self, Job};
 use sdspool::jobs::run::{RunOptions, Worker};
-use sdspool::engine::scheduler::SchedulerKind;
 
 fn config() -> Config {
     common::fixture_config()

@@ -24,6 +24,8 @@ use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
 use crate::jobs::job::Job;
 use crate::jobs::settings::JobSettings;
 use crate::spool::fsops::rfc3339;
+/// A job's expected cost, and how its rates were found: data the spool's status carries.
+pub use crate::spool::status::{Basis, Estimate};
 
 /// File name inside the spool's control folder.
 pub const TIMINGS_FILE: &str = "timings.json";
@@ -122,16 +124,6 @@ impl Measurements {
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty() && self.images.is_empty()
     }
-}
-
-/// How a rate was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Basis {
-    /// Measured for this model, size and batch.
-    Measured,
-    /// Scaled from another size or batch of the same model.
-    Scaled,
 }
 
 fn ema(old: f64, new: f64, samples: u64) -> f64 {
@@ -322,18 +314,6 @@ pub struct PromptWork {
     pub calls_per_batch: u64,
     /// Candidates to render.
     pub candidates: usize,
-}
-
-/// A job's expected cost.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Estimate {
-    pub images: usize,
-    /// UNet calls in all (each runs a whole batch).
-    pub unet_calls: u64,
-    /// `None` when nothing was measured for the model yet.
-    pub seconds: Option<f64>,
-    /// `measured`, or `scaled` when some rate came from another size or batch.
-    pub basis: Option<Basis>,
 }
 
 /// UNet calls per batch of each scheduler and step count, from the models' scheduler

@@ -89,7 +89,7 @@ impl Default for Limits {
             max_candidates: 32,
             max_prompts: 1000,
             max_images: 10_000,
-            max_job_bytes: 1 << 20,
+            max_job_bytes: crate::spool::DEFAULT_MAX_JOB_BYTES,
             max_prompt_chars: 4000,
         }
     }

@@ -5,7 +5,7 @@
 //! <spool.dir>/control/
 //!   paused              present: no job starts (the running ones finish); `sdspool pause`/`resume`
 //!   cancel/cats.yaml    a request to cancel the running job `cats` (`sdspool cancel cats`)
-//!   timings.json        measured seconds per UNet step, for ETAs ([`crate::jobs::eta`])
+//!   timings.json        measured seconds per UNet step, for ETAs (written by the daemon)
 //! ```
 //!
 //! A cancel request names the job's file by device and inode as well as by name, so a request
@@ -29,8 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::fsops::{self, FileId, rfc3339};
 use super::{Layout, SpoolError};
 
-/// The control folder inside the spool.
-pub const CONTROL: &str = "control";
+pub use super::CONTROL;
 /// The pause flag file inside the control folder.
 pub const PAUSED: &str = "paused";
 /// The folder of cancel requests inside the control folder.
@@ -280,6 +279,7 @@ pub fn cancel_queued(
         attempts: 0,
         host: fsops::hostname(),
         pid: std::process::id(),
+        job_file_changed: None,
     };
     let mover = fsops::Mover::new(fsops::ClaimMethod::Auto);
     let placed = super::finish::place(

@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fsops::{self, Moved, Mover};
 use super::names::{ERROR_SUFFIX, RESULT_SUFFIX};
-use super::{Claimed, Spool, SpoolError};
-use crate::jobs::job::JobError;
+use super::{Claimed, Spool, SpoolError, copy};
 
 /// Most `-N` suffixes tried for a free name.
 pub(crate) const MAX_SUFFIX: u32 = 100_000;
@@ -45,17 +44,6 @@ impl Failure {
     }
 }
 
-impl From<&JobError> for Failure {
-    /// A job file that does not validate: step `validate`, its field and message.
-    fn from(e: &JobError) -> Failure {
-        Failure {
-            step: "validate".into(),
-            field: (!e.field.is_empty()).then(|| e.field.clone()),
-            message: e.message.clone(),
-        }
-    }
-}
-
 /// `failed/x.error.yaml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorFile {
@@ -73,6 +61,16 @@ pub struct ErrorFile {
     pub attempts: u32,
     pub host: String,
     pub pid: u32,
+    /// How the job file changed after it was claimed (the file filed beside this one is the
+    /// claimed one, see [`super::copy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_file_changed: Option<String>,
+}
+
+/// The note added to `done/x.result.yaml` when the job file changed after it was claimed.
+#[derive(Serialize)]
+struct ChangeNote<'a> {
+    job_file_changed: &'a str,
 }
 
 impl ErrorFile {
@@ -178,22 +176,41 @@ impl FileIdExists {
 
 impl Spool {
     /// Files a job whose work succeeded: writes `done/<stem>.result.yaml` with `summary_yaml`
-    /// (written as given; the caller formats it), then moves the job file to
+    /// (written as given; the caller formats it, as a YAML mapping), then moves the job file to
     /// `done/<stem>.yaml`, and removes its attempts and status files. A name taken by an earlier
-    /// job gets `-2`, `-3`, ....
+    /// job gets `-2`, `-3`, .... When the job file changed after it was claimed, the claimed
+    /// file is what is filed, and `job_file_changed:` is added to the summary.
     pub fn finish_done(
         &self,
         claimed: Claimed,
         summary_yaml: &str,
     ) -> Result<Finished, FinishError> {
         let dest = self.layout.done.clone();
-        self.file(
-            claimed,
-            &dest,
-            RESULT_SUFFIX,
-            summary_yaml.as_bytes().to_vec(),
-            "done/",
-        )
+        let mut side = summary_yaml.to_string();
+        if let Some(change) = self.job_file_change(&claimed) {
+            if !side.is_empty() && !side.ends_with('\n') {
+                side.push('\n');
+            }
+            let note = ChangeNote {
+                job_file_changed: &change,
+            };
+            side.push_str(&serde_saphyr::to_string(&note).unwrap_or_default());
+        }
+        self.file(claimed, &dest, RESULT_SUFFIX, side.into_bytes(), "done/")
+    }
+
+    /// How the job file in `running/` differs from the bytes claimed, logged; remembered in the
+    /// claim so that it is still reported when filing is tried again.
+    fn job_file_change(&self, claimed: &Claimed) -> Option<String> {
+        let record = claimed.record();
+        let bytes = record.job.as_ref()?;
+        if let Some(note) = &*claimed.change.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Some(note.clone());
+        }
+        let change = copy::change(&claimed.path_in_running, bytes, self.options.max_job_bytes)?;
+        tracing::warn!(job = %claimed.name, "{change}");
+        *claimed.change.lock().unwrap_or_else(|e| e.into_inner()) = Some(change.clone());
+        Some(change)
     }
 
     /// Files a job that failed: writes `failed/<stem>.error.yaml` (step, field, reason, when,
@@ -212,6 +229,7 @@ impl Spool {
             attempts: claimed.attempts,
             host: self.host.name.clone(),
             pid: self.host.pid,
+            job_file_changed: self.job_file_change(&claimed),
         };
         let dest = self.layout.failed.clone();
         tracing::warn!(
@@ -232,7 +250,7 @@ impl Spool {
 
     fn file(
         &self,
-        claimed: Claimed,
+        mut claimed: Claimed,
         dest: &Path,
         side_suffix: &str,
         side: Vec<u8>,
@@ -243,6 +261,24 @@ impl Spool {
             error: SpoolError::new(&claimed.path_in_running, op.clone(), e),
             claimed: Box::new(claimed),
         };
+        if claimed.is_lost() {
+            let e = io::Error::other(
+                "another daemon took the job over (this daemon did not renew its claim within spool.lease_seconds); it files the job",
+            );
+            return Err(fail(claimed, e));
+        }
+        // The file filed is the one that was rendered.
+        if claimed
+            .change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+            && let Some(c) = &claimed.copy
+            && c.exists()
+            && let Err(e) = copy::restore(&self.layout, &claimed.stem, &claimed.path_in_running)
+        {
+            return Err(fail(claimed, e));
+        }
         let placed = match place(
             &self.mover,
             &claimed.path_in_running,
@@ -261,6 +297,11 @@ impl Spool {
             );
             return Err(fail(claimed, e));
         };
+        claimed.lease.stop();
+        copy::remove(&self.layout, &claimed.stem);
+        if claimed.lock.is_none() {
+            self.remove_takeover_tokens(&claimed.stem);
+        }
         for side in [claimed.attempts_path(), claimed.status_path()] {
             if let Err(e) = std::fs::remove_file(&side)
                 && e.kind() != io::ErrorKind::NotFound
@@ -272,5 +313,23 @@ impl Spool {
         tracing::info!(job = %claimed.name, filed_as = %finished.job.display(), "finished");
         drop(claimed);
         Ok(finished)
+    }
+
+    /// Removes the takeover tokens of `stem` (see [`Spool::recover`]; only made without locks).
+    fn remove_takeover_tokens(&self, stem: &str) {
+        let dir = copy::dir(&self.layout);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = name
+                .strip_suffix(super::names::TAKEOVER_SUFFIX)
+                .and_then(|rest| rest.rsplit_once('.'))
+                .is_some_and(|(s, _)| s == stem);
+            if ours {
+                let _ = std::fs::remove_file(dir.join(&name));
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@ use rustix::fs::{AtFlags, CWD, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use crate::sys::atomic;
+pub use crate::sys::host::{boot_id, hostname, pid_alive};
 
 /// How a file is moved from one spool folder to another without replacing what is there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -246,27 +247,6 @@ pub(crate) fn write_file(
 /// fsyncs the folder holding `path`.
 pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
     atomic::sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// This host's name.
-pub fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// This boot's id (changes at every reboot), when the kernel tells it.
-pub(crate) fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
-/// Whether a process with this id exists on this host.
-pub fn pid_alive(pid: u32) -> bool {
-    pid != 0 && Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Seconds from `t` to now; 0 when `t` is in the future.

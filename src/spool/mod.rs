@@ -1,5 +1,6 @@
 //! The spool: job files dropped into a folder, each claimed by exactly one daemon, run, and moved
-//! to `done/` or `failed/` with a side file saying what happened.
+//! to `done/` or `failed/` with a side file saying what happened. It depends on the system
+//! helpers only (atomic files, YAML, hashing); the caller supplies what it knows of jobs.
 //!
 //! # Layout
 //!
@@ -12,11 +13,14 @@
 //!   running/    cats.yaml  cats.attempts  cats.status.json
 //!   done/       cats.yaml  cats.result.yaml
 //!   failed/     cats.yaml  cats.error.yaml
+//!   .claimed/   cats.yaml: the job file as claimed (see below), while it runs
 //! ```
 //!
-//! Only `*.yaml` and `*.yml` names in `incoming/` are jobs; dotfiles (editors' and sdspool's
-//! temporary files, `.nfs*`) and other names are left alone ([`names::classify`]). A job is known
-//! by the stem of its name: `cats.yml` runs as `running/cats.yaml`.
+//! Only `*.yaml` and `*.yml` names (in any case: `X.YAML`) in `incoming/` are jobs; dotfiles
+//! (editors' and sdspool's temporary files, `.nfs*`) and other names are left alone
+//! ([`names::classify`]); a hidden `.x.yaml` or a file with sdspool's temporary prefix is said
+//! once in the log. A job is known by the stem of its name: `cats.yml` runs as
+//! `running/cats.yaml`.
 //!
 //! # Claiming
 //!
@@ -27,27 +31,59 @@
 //! several sharing the file system, succeeds; the others see "source gone" or "target exists".
 //! A job is never renamed over an existing `running/` file. Before moving, the claimer takes an
 //! exclusive `flock` on the file (the lock stays with the inode through the renames and is
-//! released when the [`Claimed`] is dropped or the process dies), which lets a starting daemon
-//! tell a job that a live daemon is working on from one whose daemon died.
+//! released when the [`Claimed`] is dropped or the process dies).
+//!
+//! The claim is recorded in `running/<stem>.attempts` ([`Attempts`]): owner host, process, boot
+//! id and a claim id, the attempts so far and the evidence about attempts that died. Its
+//! modification time is a lease, renewed by the owner every quarter of `spool.lease_seconds`
+//! while it holds the job ([`lease`]). The job file is read once, through the locked
+//! descriptor, into `<spool>/.claimed/<stem>.yaml`: the worker renders that copy and it is what
+//! is filed, whatever happens to the file in `running/` meanwhile ([`copy`]).
 //!
 //! A job whose stem is already in `running/` (the same name submitted again while the first
 //! runs) is not claimed: it waits in `incoming/` until the running one is finished, then runs,
 //! and is filed under a unique name (`done/cats-2.yaml`) so neither result is overwritten.
 //!
+//! # Taking over a dead daemon's job
+//!
+//! At startup ([`Spool::recover`]) and on every rescan ([`Spool::next_job`]), a daemon looks at
+//! the jobs in `running/` it does not hold. It takes one over when its owner is gone: the claim
+//! was given back by a clean stop; the owner was a process of this host that no longer exists
+//! (or the host rebooted); or, for any host, the daemon saw the claim unchanged (not renewed)
+//! for a whole lease by its own clock, so clocks of different hosts never matter. It must also
+//! get the job file's lock, so a live process holding it is never overtaken; where the file
+//! system has no locks, the first daemon to create a takeover token with a no-replace move
+//! wins. The taker writes its own claim (one attempt more) and resumes the job from its
+//! manifest. An owner that was only stopped or cut off and comes back finds another claim id in
+//! the record: it stops work on the job and neither files nor releases it
+//! ([`Claimed::is_lost`]).
+//!
+//! # Crashes counted against a job
+//!
+//! `spool.max_crashes` stops a job that itself brings the daemon down, not one that happened to
+//! run when the daemon was killed from outside. A death counts only on evidence: a panic while
+//! the job was held, or a death at the same point (prompt, images done, step, from the job's
+//! status file) as its previous one, without progress in between; a death at a new point starts
+//! the count again at 1, and an attempt that was given back, never started by a worker, or
+//! waiting for storage says nothing. See [`crashes`] for the rule in full.
+//!
 //! # What is guaranteed where
 //!
 //! * Local file systems (ext4, xfs, btrfs, tmpfs): a job is claimed once; a job in `running/`
-//!   is resumed by a starting daemon only if no live process holds its lock.
+//!   is taken over only if no live process holds its lock, and, for a claim of another host,
+//!   once its lease expired.
 //! * NFS: claims are exact through `link()`'s atomic `EEXIST` on the server (a retransmitted
-//!   link that reports `EEXIST` although it succeeded is recognised by the inode). Whether a
-//!   `running/` job is orphaned is known only if NFS locking works (NFSv4, or NFSv3 with
-//!   `lockd`); a client cut off from the server for longer than the lease loses its locks, so its
-//!   jobs may be resumed elsewhere while it still runs them. Without working locks, a starting
-//!   daemon resumes only jobs that a dead process on its own host left behind.
+//!   link that reports `EEXIST` although it succeeded is recognised by the inode). A job is taken
+//!   over once its lease expired and (where NFS locking works: NFSv4, or NFSv3 with `lockd`) its
+//!   lock is free; without working locks, the takeover token makes it exact. A daemon cut off
+//!   from the server for longer than the lease finds its jobs taken over when it comes back.
+//!   Daemons on one spool must all renew leases (a release from before leases never renews).
 //! * File-system events do not cross NFS: there new jobs are noticed by the periodic rescan.
 //! * A file written in place in `incoming/` is taken after the writer closes it, or, seen only
 //!   by scans, once unchanged for `settle_seconds`; a writer that pauses longer than that, or
 //!   closes and reopens the file, can have it taken half-written. Write elsewhere and rename in.
+//!   A file taken while its writer still writes runs as it was read; the change is reported in
+//!   the log and the result or error file.
 //!
 //! # The daemon loop
 //!
@@ -56,7 +92,9 @@
 //! # use sdspool::spool::{Failure, Spool, SpoolConfig};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let spool = Spool::open(&SpoolConfig::new("/srv/spool"))?;
-//! let mut work = spool.recover()?; // resumable jobs left by a crash, already claimed
+//! // Resumable jobs left by a crash, already claimed; they count as started once a worker
+//! // takes them (`begin_work`).
+//! let mut work = spool.recover_queued()?;
 //! loop {
 //!     let claimed = match work.pop() {
 //!         Some(c) => c,
@@ -65,7 +103,7 @@
 //!             None => continue, // timeout: a chance to check for shutdown
 //!         },
 //!     };
-//!     // job::load_spooled(&claimed.path_in_running, &config), render, write_status(...) while running
+//!     let _file = spool.begin_work(&claimed); // the claimed copy: load, render, write_status(...)
 //!     spool.finish_failed(claimed, &Failure::new("render", "not implemented here"))?;
 //! }
 //! # }
@@ -73,8 +111,11 @@
 
 pub mod config;
 pub mod control;
+pub mod copy;
+pub mod crashes;
 mod finish;
 pub(crate) mod fsops;
+pub mod lease;
 pub mod names;
 mod queue;
 mod recover;
@@ -91,13 +132,19 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use config::SpoolConfig;
+pub use copy::JobBytes;
+pub use crashes::Position;
 pub use finish::{ErrorFile, Failure, FinishError, Finished};
 pub use fsops::{ClaimMethod, hostname, pid_alive};
-pub use status::{JobStatus, Overview, StorageWait, read_status, write_status};
+pub use status::{Basis, Estimate, JobStatus, Overview, StorageWait, read_status, write_status};
 
 use fsops::{FileId, Lock, Moved, Mover};
+use lease::{Held, LeaseGuard};
 use names::{ATTEMPTS_SUFFIX, NameKind, STATUS_SUFFIX};
 use queue::Queue;
+
+/// Largest job file read by default (`limits.max_job_bytes` of the configuration replaces it).
+pub const DEFAULT_MAX_JOB_BYTES: u64 = 1 << 20;
 
 /// Folder for new jobs.
 pub const INCOMING: &str = "incoming";
@@ -107,6 +154,8 @@ pub const RUNNING: &str = "running";
 pub const DONE: &str = "done";
 /// Folder for failed jobs.
 pub const FAILED: &str = "failed";
+/// The control folder (pause flag, cancel requests, timings).
+pub const CONTROL: &str = "control";
 
 /// A spool operation that failed: the path, what was being done, and the system's reason.
 #[derive(Debug, thiserror::Error)]
@@ -196,8 +245,9 @@ pub struct SpoolOptions {
     pub watch: bool,
     /// How jobs move between folders.
     pub claim_method: ClaimMethod,
-    /// Largest job file read to learn its priority (`limits.max_job_bytes`); a larger file is
-    /// queued with priority 0 and fails when the worker loads it.
+    /// Largest job file read (`limits.max_job_bytes`; default [`DEFAULT_MAX_JOB_BYTES`]): to
+    /// learn its priority, and to keep its claimed copy. A larger file is queued with priority 0
+    /// and fails when the worker loads it.
     pub max_job_bytes: u64,
 }
 
@@ -206,15 +256,17 @@ impl Default for SpoolOptions {
         SpoolOptions {
             watch: true,
             claim_method: ClaimMethod::Auto,
-            max_job_bytes: crate::jobs::settings::Limits::default().max_job_bytes,
+            max_job_bytes: DEFAULT_MAX_JOB_BYTES,
         }
     }
 }
 
-/// A job this daemon has claimed: its file is in `running/` and this value holds the file's
-/// lock. Hand it to [`Spool::finish_done`] or [`Spool::finish_failed`] when the work ends, or to
+/// A job this daemon has claimed: its file is in `running/`, this value holds the file's lock
+/// and renews the claim's lease (see [`lease`]) while it lives. Hand it to
+/// [`Spool::finish_done`] or [`Spool::finish_failed`] when the work ends, or to
 /// [`Spool::release`] to stop without counting a crash. Dropping it otherwise leaves the job in
-/// `running/` for the next [`Spool::recover`], which counts that attempt as a crash.
+/// `running/` for a daemon to take over ([`Spool::recover`], or another daemon's rescan once the
+/// lease expired); a panic while it is held is recorded against the job (see [`crashes`]).
 #[derive(Debug)]
 pub struct Claimed {
     /// The job file's name in `running/`: `<stem>.yaml`.
@@ -225,14 +277,22 @@ pub struct Claimed {
     pub submitted_as: String,
     /// `running/<stem>.yaml`.
     pub path_in_running: PathBuf,
-    /// Which attempt this is: 1 for a new job, n + 1 for a job resumed after n crashes.
+    /// Which attempt this is: 1 for a new job, n + 1 for a job taken over after n attempts.
     pub attempts: u32,
     /// The job's `priority:` (0 when unset or when the file does not parse).
     pub priority: i32,
-    /// Whether [`Spool::recover`] handed it out (work may have been done before the crash).
+    /// Whether it was taken over from a daemon that stopped (work may have been done before).
     pub resumed: bool,
     /// The open job file holding the lock; `None` never happens on a file system with locks.
     lock: Option<File>,
+    /// The claim record as this claim last wrote it.
+    record: Mutex<Attempts>,
+    /// `<spool>/.claimed/<stem>.yaml`, when the claim keeps a copy of the job file.
+    copy: Option<PathBuf>,
+    /// How the job file changed after the claim, once noticed (see [`copy`]).
+    change: Mutex<Option<String>>,
+    lease: LeaseGuard,
+    _held: Held,
 }
 
 impl Claimed {
@@ -253,9 +313,56 @@ impl Claimed {
     pub fn is_locked(&self) -> bool {
         self.lock.is_some()
     }
+
+    /// The file the worker loads: the job file as it was claimed (its copy in
+    /// `<spool>/.claimed/`, see [`copy`]), else `running/<stem>.yaml` (a claim made by an
+    /// earlier release of sdspool, or a file larger than `max_job_bytes`).
+    pub fn job_file(&self) -> &Path {
+        match &self.copy {
+            Some(c) if std::fs::symlink_metadata(c).is_ok() => c,
+            _ => &self.path_in_running,
+        }
+    }
+
+    /// Whether another daemon took the job over because this one did not renew the claim in
+    /// time (it was stopped or cut off from the spool): stop working on it; it cannot be filed
+    /// or released by this daemon any more.
+    pub fn is_lost(&self) -> bool {
+        self.lease.is_lost()
+    }
+
+    /// A copy of the claim record as this claim last wrote it.
+    pub fn record(&self) -> Attempts {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Attempts)) -> Attempts {
+        let mut r = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut r);
+        r.clone()
+    }
 }
 
-/// `running/<stem>.attempts`: how many times work on a job started, and by whom.
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        // A panic while the job was held is evidence against the job (`spool.max_crashes`).
+        if std::thread::panicking() && !self.lease.is_lost() && self.attempts_path().exists() {
+            let record = self.update(|r| r.panicked = true);
+            if let Err(e) = write_record(&self.attempts_path(), &record, &Mover::default()) {
+                tracing::error!(job = %self.name, error = %e, "cannot record the panic against the job");
+            } else {
+                tracing::error!(job = %self.name, "panicked while working on the job; recorded against it");
+            }
+        }
+    }
+}
+
+/// `running/<stem>.attempts`: the claim. Who holds the job (host, process, claim id), how many
+/// times work on it started, and the evidence about the attempts that died (see [`crashes`]).
+/// Its modification time is the lease: the owner renews it (see [`lease`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempts {
     /// Attempts started, counting the current one.
@@ -270,12 +377,72 @@ pub struct Attempts {
     pub locked: bool,
     #[serde(with = "fsops::rfc3339")]
     pub started_at: SystemTime,
+    /// This claim's id, unique to it: a daemon that lost the claim sees another id here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    /// A worker started on the job in this attempt (a claim resumed at startup waits for the
+    /// models to load first: a kill before this is no evidence against the job).
+    #[serde(default = "yes")]
+    pub working: bool,
+    /// Given back by a clean stop: any daemon may resume it at once, no crash counted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub released: bool,
+    /// The attempt panicked while it held the job.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub panicked: bool,
+    /// Crashes counted against the job (see [`crashes`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crashes: u32,
+    /// Where the latest counted crash happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crashed_at: Option<Position>,
+    /// The job file as claimed (its copy is in `<spool>/.claimed/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobBytes>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Attempts {
     /// Reads an attempts file; a bare number is accepted too.
     pub fn read(path: &Path) -> io::Result<Attempts> {
         let text = std::fs::read_to_string(path)?;
+        Attempts::parse(&text).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })
+    }
+
+    /// Reads an attempts file and its modification time (the lease) from one open file, so a
+    /// network file system revalidates both.
+    pub(crate) fn read_with_time(path: &Path) -> io::Result<(Attempts, Option<SystemTime>)> {
+        use std::io::Read as _;
+        let mut file = fsops::open_nofollow(path)?;
+        let mut text = String::new();
+        (&mut file).take(1 << 20).read_to_string(&mut text)?;
+        let renewed = file.metadata()?.modified().ok();
+        let record = Attempts::parse(&text).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        Ok((record, renewed))
+    }
+
+    fn parse(text: &str) -> Result<Attempts, crate::sys::yaml::YamlError> {
         if let Ok(n) = text.trim().parse::<u32>() {
             return Ok(Attempts {
                 attempts: n,
@@ -284,15 +451,23 @@ impl Attempts {
                 boot_id: None,
                 locked: true,
                 started_at: SystemTime::UNIX_EPOCH,
+                claim: None,
+                working: true,
+                released: false,
+                panicked: false,
+                crashes: 0,
+                crashed_at: None,
+                job: None,
             });
         }
-        crate::sys::yaml::parse::<Attempts>(&text).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        })
+        crate::sys::yaml::parse::<Attempts>(text)
     }
+}
+
+/// Writes a claim record atomically (temporary file, fsync, rename).
+fn write_record(path: &Path, record: &Attempts, mover: &Mover) -> io::Result<()> {
+    let text = serde_saphyr::to_string(record).map_err(|e| io::Error::other(e.to_string()))?;
+    fsops::write_file(path, text.as_bytes(), true, mover).map(|_| ())
 }
 
 /// This process, as recorded in attempts and status files.
@@ -316,6 +491,8 @@ pub struct Spool {
     host: Host,
     queue: Mutex<Queue>,
     warned_no_locks: AtomicBool,
+    /// The identity of `running/`, naming this spool among the claims this process holds.
+    running_id: FileId,
 }
 
 impl std::fmt::Debug for Spool {
@@ -341,6 +518,13 @@ impl Spool {
     pub fn open_with(config: &SpoolConfig, options: SpoolOptions) -> Result<Spool, SpoolError> {
         let layout = Layout::new(&config.dir);
         layout.create()?;
+        let running_id = FileId::at(&layout.running).ok_or_else(|| {
+            SpoolError::new(
+                &layout.running,
+                "opening the spool",
+                io::Error::from(io::ErrorKind::NotFound),
+            )
+        })?;
         let watcher = if options.watch {
             match watch::Watcher::start(&layout.incoming) {
                 Ok(w) => Some(w),
@@ -369,6 +553,7 @@ impl Spool {
                 boot_id: fsops::boot_id(),
             },
             warned_no_locks: AtomicBool::new(false),
+            running_id,
         })
     }
 
@@ -395,6 +580,10 @@ impl Spool {
     /// best one (highest `priority:`, then oldest, then name) and returns it with its attempt
     /// counted. `None` when the time is up.
     ///
+    /// A job in `running/` whose daemon is gone comes first: on every rescan (`rescan_seconds`)
+    /// `running/` is looked at too, and a job whose claim expired (see [`lease`]) or whose
+    /// owner, on this host, is gone is taken over, one per call, and returned resumed.
+    ///
     /// Files that can never be jobs (folders, FIFOs, symbolic links, unreadable files, unusable
     /// names) are moved to `failed/` with the reason on the way; where that is impossible they
     /// are reported once in the log and skipped.
@@ -404,6 +593,17 @@ impl Spool {
         loop {
             self.drain_events(&mut q);
             let now = Instant::now();
+            if q.running_scan_due(now) {
+                let taken = self.scan_running(&mut q.observations)?;
+                q.next_running_scan = match taken {
+                    // Maybe more: look again at the next call.
+                    Some(_) => None,
+                    None => Some(now + Duration::from_secs(self.config.rescan_seconds)),
+                };
+                if let Some(claimed) = taken {
+                    return Ok(Some(claimed));
+                }
+            }
             if q.rescan_due(now) {
                 self.full_scan(&mut q)?;
             }
@@ -419,6 +619,9 @@ impl Spool {
             if let Some(t) = q.next_rescan {
                 wake = wake.min(t);
             }
+            if let Some(t) = q.next_running_scan {
+                wake = wake.min(t);
+            }
             if let Some(t) = q.earliest_look() {
                 wake = wake.min(t);
             }
@@ -432,15 +635,38 @@ impl Spool {
     /// hand out themselves; this is for a worker that retries a job in the same process.
     pub fn begin_attempt(&self, claimed: &mut Claimed) -> Result<u32, SpoolError> {
         let n = claimed.attempts + 1;
-        self.write_attempts(claimed, n)?;
+        let record = claimed.update(|r| {
+            r.attempts = n;
+            r.started_at = SystemTime::now();
+        });
+        self.write_claim(claimed, &record)?;
         claimed.attempts = n;
         Ok(n)
     }
 
+    /// Records that a worker starts on the job now (from here on a crash is evidence against
+    /// the job, see [`crashes`]) and returns the file to load: [`Claimed::job_file`]. A record
+    /// that cannot be written costs only that evidence, so it is logged, not returned.
+    pub fn begin_work(&self, claimed: &Claimed) -> PathBuf {
+        if !claimed.record().working {
+            let record = claimed.update(|r| r.working = true);
+            if let Err(e) = self.write_claim(claimed, &record) {
+                tracing::warn!(job = %claimed.name, error = %e, "cannot record that work on the job started");
+            }
+        }
+        claimed.job_file().to_path_buf()
+    }
+
     /// Stops working on a job without counting a crash (a clean shutdown): the attempt is taken
-    /// back and the lock released; the job stays in `running/` and is resumed by the next
-    /// [`Spool::recover`] of any daemon on this spool.
-    pub fn release(&self, claimed: Claimed) -> Result<(), SpoolError> {
+    /// back, the claim marked as given back and the lock released; the job stays in `running/`
+    /// and is resumed by the next [`Spool::recover`] of any daemon on this spool, or by a live
+    /// daemon's next rescan. A claim another daemon took over is left to it.
+    pub fn release(&self, mut claimed: Claimed) -> Result<(), SpoolError> {
+        if claimed.is_lost() {
+            tracing::warn!(job = %claimed.name, "not released: another daemon took it over");
+            return Ok(());
+        }
+        claimed.lease.stop();
         let path = claimed.attempts_path();
         let previous = claimed.attempts.saturating_sub(1);
         if previous == 0 {
@@ -450,7 +676,11 @@ impl Spool {
                 Err(e) => return Err(SpoolError::new(&path, "removing the attempts file", e)),
             }
         } else {
-            self.write_attempts(&claimed, previous)?;
+            let record = claimed.update(|r| {
+                r.attempts = previous;
+                r.released = true;
+            });
+            self.write_claim(&claimed, &record)?;
         }
         tracing::info!(job = %claimed.name, "released; it stays in running/ for the next start");
         Ok(())
@@ -480,26 +710,71 @@ impl Spool {
         status::overview(&self.config, self.options.max_job_bytes)
     }
 
-    fn write_attempts(&self, claimed: &Claimed, n: u32) -> Result<(), SpoolError> {
-        let record = Attempts {
-            attempts: n,
+    /// A claim record of this process for attempt `attempts`, with a new claim id.
+    fn new_record(&self, attempts: u32, locked: bool, working: bool) -> Attempts {
+        Attempts {
+            attempts,
             host: self.host.name.clone(),
             pid: self.host.pid,
             boot_id: self.host.boot_id.clone(),
-            locked: claimed.lock.is_some(),
+            locked,
             started_at: SystemTime::now(),
-        };
+            claim: Some(lease::new_claim_id(&self.host.name, self.host.pid)),
+            working,
+            released: false,
+            panicked: false,
+            crashes: 0,
+            crashed_at: None,
+            job: None,
+        }
+    }
+
+    fn write_claim(&self, claimed: &Claimed, record: &Attempts) -> Result<(), SpoolError> {
         let path = claimed.attempts_path();
-        let text = serde_saphyr::to_string(&record).map_err(|e| {
-            SpoolError::new(
-                &path,
-                "writing the attempts file",
-                io::Error::other(e.to_string()),
-            )
-        })?;
-        fsops::write_file(&path, text.as_bytes(), true, &self.mover)
-            .map(|_| ())
+        write_record(&path, record, &self.mover)
             .map_err(|e| SpoolError::new(&path, "writing the attempts file", e))
+    }
+
+    /// Writes the claim record and starts holding the claim: the lease renewal and this
+    /// process's registration. A record that cannot be written is logged (the job still runs;
+    /// other daemons see no owner for it).
+    #[allow(clippy::too_many_arguments)]
+    fn hold(
+        &self,
+        name: String,
+        stem: &str,
+        submitted_as: String,
+        path_in_running: PathBuf,
+        priority: i32,
+        lock: Option<File>,
+        record: Attempts,
+        resumed: bool,
+    ) -> Claimed {
+        let attempts_path = path_in_running.with_file_name(format!("{stem}{ATTEMPTS_SUFFIX}"));
+        if let Err(e) = write_record(&attempts_path, &record, &self.mover) {
+            tracing::error!(job = %name, error = %e, "cannot record the claim");
+        }
+        let lease = LeaseGuard::start(
+            attempts_path,
+            record.claim.clone().unwrap_or_default(),
+            lease::renew_interval(self.config.lease()),
+            name.clone(),
+        );
+        Claimed {
+            name,
+            stem: stem.to_string(),
+            submitted_as,
+            path_in_running,
+            attempts: record.attempts,
+            priority,
+            resumed,
+            lock,
+            copy: record.job.as_ref().map(|_| copy::path(&self.layout, stem)),
+            record: Mutex::new(record),
+            change: Mutex::new(None),
+            lease,
+            _held: Held::new(self.running_id, stem),
+        }
     }
 
     /// Opens `path` and takes its lock: `Ok(None)` when another open file holds it; the file
@@ -604,23 +879,47 @@ impl Spool {
     ) -> queue::ClaimOutcome {
         let _ = fsops::sync_parent(&dst);
         let _ = atomic_sync(&self.layout.incoming);
-        let claimed = Claimed {
-            name: format!("{stem}.yaml"),
-            stem: stem.to_string(),
-            submitted_as: name.to_string(),
-            path_in_running: dst,
-            attempts: 1,
-            priority,
-            resumed: false,
-            lock,
-        };
         // A fresh claim starts at 1 whatever a finished job of the same name left behind.
-        let _ = std::fs::remove_file(claimed.status_path());
-        if let Err(e) = self.write_attempts(&claimed, 1) {
-            tracing::error!(job = %claimed.name, error = %e, "cannot record the attempt");
-        }
+        let _ = std::fs::remove_file(dst.with_file_name(format!("{stem}{STATUS_SUFFIX}")));
+        let mut record = self.new_record(1, lock.is_some(), true);
+        record.job = self.copy_job(stem, &dst, lock.as_ref());
+        let claimed = self.hold(
+            format!("{stem}.yaml"),
+            stem,
+            name.to_string(),
+            dst,
+            priority,
+            lock,
+            record,
+            false,
+        );
         tracing::info!(job = %claimed.name, submitted_as = name, priority, "claimed");
         queue::ClaimOutcome::Claimed(Box::new(claimed))
+    }
+
+    /// Keeps the claimed bytes of the job file (see [`copy`]), read through the locked file.
+    fn copy_job(&self, stem: &str, path: &Path, locked: Option<&File>) -> Option<JobBytes> {
+        let opened;
+        let file = match locked {
+            Some(f) => f,
+            None => {
+                opened = fsops::open_nofollow(path).ok()?;
+                &opened
+            }
+        };
+        match copy::make(
+            &self.layout,
+            &self.mover,
+            stem,
+            file,
+            self.options.max_job_bytes,
+        ) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(job = %path.display(), error = %e, "cannot keep a copy of the job file as claimed; the worker reads the file in running/");
+                None
+            }
+        }
     }
 
     /// Moves something from `incoming/` that can never run straight to `failed/` with its reason.
@@ -640,6 +939,7 @@ impl Spool {
             attempts: 0,
             host: self.host.name.clone(),
             pid: self.host.pid,
+            job_file_changed: None,
         };
         let bytes = record.to_yaml();
         let placed = finish::place(

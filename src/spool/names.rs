@@ -15,8 +15,9 @@ use std::os::unix::ffi::OsStrExt as _;
 
 use crate::sys::atomic::TEMP_PREFIX;
 
-/// Extensions of job files, case-sensitive: `x.yaml`, `x.yml`.
-pub const JOB_EXTENSIONS: [&str; 2] = ["yaml", "yml"];
+/// Extensions of job files: `x.yaml`, `x.yml`, in any case (`X.YAML` is a job too; these are
+/// the spellings commands look for by name).
+pub const JOB_EXTENSIONS: [&str; 4] = ["yaml", "yml", "YAML", "YML"];
 /// Side file of a job in `running/`: how many times work on it started.
 pub const ATTEMPTS_SUFFIX: &str = ".attempts";
 /// Side file of a job in `running/`: the worker's progress ([`super::status::JobStatus`]).
@@ -25,6 +26,8 @@ pub const STATUS_SUFFIX: &str = ".status.json";
 pub const RESULT_SUFFIX: &str = ".result.yaml";
 /// Side file of a job in `failed/`: why it failed ([`super::finish::ErrorFile`]).
 pub const ERROR_SUFFIX: &str = ".error.yaml";
+/// Ends the name of a takeover token in `<spool>/.claimed/`.
+pub const TAKEOVER_SUFFIX: &str = ".takeover";
 /// Longest usable stem in bytes, so that every side-file name stays under the 255-byte limit.
 pub const MAX_STEM_BYTES: usize = 200;
 
@@ -37,8 +40,36 @@ pub enum NameKind {
     /// `sanitized` + `.yaml`.
     Unusable { reason: String, sanitized: String },
     /// Not a job: dotfiles (temporary files of sdspool and of editors, `.nfs*`), other
-    /// extensions. Left alone.
+    /// extensions. Left alone ([`ignored_reason`] says why, for the log, when it looks like a
+    /// job file).
     Ignored,
+}
+
+/// The extension of a job file name, matched without regard to case: `Some(stem bytes)`.
+fn job_stem(bytes: &[u8]) -> Option<&[u8]> {
+    ["yaml", "yml"].iter().find_map(|ext| {
+        let dot = bytes.len().checked_sub(ext.len() + 1)?;
+        (bytes[dot] == b'.' && bytes[dot + 1..].eq_ignore_ascii_case(ext.as_bytes()))
+            .then(|| &bytes[..dot])
+    })
+}
+
+/// Why a name in `incoming/` that looks like a job file is left alone, for one line in the log:
+/// a hidden name (`.cats.yaml`) or one of sdspool's temporary files. `None` for names that do
+/// not look like job files at all (`notes.txt`, `.nfs000123`) and for jobs.
+pub fn ignored_reason(name: &OsStr) -> Option<&'static str> {
+    if is_temp(name) {
+        return Some(
+            "has the prefix of sdspool's temporary files: it is a file being written, or one a killed writer left; it never runs (write elsewhere and rename it in without the prefix)",
+        );
+    }
+    let bytes = name.as_bytes();
+    if bytes.first() == Some(&b'.') && job_stem(&bytes[1..]).is_some_and(|s| !s.is_empty()) {
+        return Some(
+            "is a hidden file (its name starts with '.'): it never runs; rename it without the dot to submit it",
+        );
+    }
+    None
 }
 
 /// Classifies a file name found in `incoming/`.
@@ -47,10 +78,7 @@ pub fn classify(name: &OsStr) -> NameKind {
     if bytes.is_empty() || bytes[0] == b'.' {
         return NameKind::Ignored;
     }
-    let Some(stem_bytes) = JOB_EXTENSIONS.iter().find_map(|ext| {
-        let dotted = format!(".{ext}");
-        bytes.strip_suffix(dotted.as_bytes())
-    }) else {
+    let Some(stem_bytes) = job_stem(bytes) else {
         return NameKind::Ignored;
     };
     let lossy = String::from_utf8_lossy(stem_bytes).into_owned();
@@ -96,9 +124,7 @@ pub fn is_finished_job(name: &OsStr) -> bool {
         return false;
     };
     !s.starts_with('.')
-        && JOB_EXTENSIONS
-            .iter()
-            .any(|ext| s.len() > ext.len() + 1 && s.ends_with(&format!(".{ext}")))
+        && job_stem(s.as_bytes()).is_some_and(|stem| !stem.is_empty())
         && !s.ends_with(RESULT_SUFFIX)
         && !s.ends_with(ERROR_SUFFIX)
 }
@@ -143,6 +169,10 @@ mod tests {
             }
         );
         assert_eq!(kind("a b.yml"), NameKind::Job { stem: "a b".into() });
+        // Any case of the extension: `X.YAML` sat in incoming/ forever before.
+        for upper in ["X.YAML", "X.YML", "X.Yaml"] {
+            assert_eq!(kind(upper), NameKind::Job { stem: "X".into() }, "{upper}");
+        }
         assert_eq!(
             kind("v1.2.yaml"),
             NameKind::Job {
@@ -153,13 +183,33 @@ mod tests {
             ".cats.yaml",
             ".sdspool-tmp-1-2-cats.yaml",
             "cats.yaml.part",
-            "cats.YAML",
             "notes.txt",
             ".yaml",
             "yaml",
             ".nfs000123",
         ] {
             assert_eq!(kind(ignored), NameKind::Ignored, "{ignored}");
+        }
+    }
+
+    #[test]
+    fn hidden_and_temporary_job_names_have_a_reason_for_the_log() {
+        let reason = |n: &str| ignored_reason(OsStr::new(n));
+        assert!(reason(".cats.yaml").unwrap().contains("hidden"));
+        assert!(reason(".cats.YML").unwrap().contains("hidden"));
+        assert!(
+            reason(".sdspool-tmp-1-2-cats.yaml")
+                .unwrap()
+                .contains("temporary")
+        );
+        for quiet in [
+            "notes.txt",
+            ".nfs000123",
+            ".yaml",
+            "cats.yaml",
+            ".cats.yaml.swp",
+        ] {
+            assert_eq!(reason(quiet), None, "{quiet}");
         }
     }
 

@@ -13,11 +13,17 @@ use std::os::unix::fs::FileTypeExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::Deserialize;
+
 use super::fsops::{self, FileId};
+use super::lease::Observations;
 use super::names::NameKind;
 use super::watch::{Signal, Watcher};
 use super::{Claimed, Spool, SpoolError};
-use crate::jobs::job::JobSpec;
+
+/// How old a file with sdspool's temporary prefix in `incoming/` must be before the log says it
+/// is left alone (younger ones are being written).
+const TEMP_QUIET: Duration = Duration::from_secs(60);
 
 /// Shortest time between two looks for them to count as "unchanged since the previous look".
 pub(crate) const MIN_LOOK_GAP: Duration = Duration::from_millis(250);
@@ -51,8 +57,14 @@ pub(crate) struct Queue {
     reported: HashSet<(String, FileId)>,
     /// Files waiting for a running job of the same name, already said in the log.
     waiting_logged: HashSet<(String, FileId)>,
+    /// Names that look like job files but are left alone (hidden, temporary), said in the log.
+    ignored_logged: HashSet<(String, FileId)>,
     /// `None`: scan at once.
     pub next_rescan: Option<Instant>,
+    /// Other daemons' claims as seen on the scans of `running/`.
+    pub observations: Observations,
+    /// When to look at `running/` for jobs to take over; `None`: at once.
+    pub next_running_scan: Option<Instant>,
 }
 
 /// What an attempt to claim a candidate came to.
@@ -82,12 +94,19 @@ impl Queue {
             priorities: HashMap::new(),
             reported: HashSet::new(),
             waiting_logged: HashSet::new(),
+            ignored_logged: HashSet::new(),
             next_rescan: None,
+            observations: Observations::default(),
+            next_running_scan: None,
         }
     }
 
     pub fn rescan_due(&self, now: Instant) -> bool {
         self.next_rescan.is_none_or(|t| t <= now)
+    }
+
+    pub fn running_scan_due(&self, now: Instant) -> bool {
+        self.next_running_scan.is_none_or(|t| t <= now)
     }
 
     pub fn earliest_look(&self) -> Option<Instant> {
@@ -100,8 +119,17 @@ pub(crate) fn order_key(priority: i32, mtime: SystemTime, name: &str) -> (i64, S
     (-i64::from(priority), mtime, name.to_string())
 }
 
-/// Reads a job file's `priority:` with the job parser, without following links or blocking:
-/// `Ok(None)` for a file that does not parse (it still runs, and fails with its reason).
+/// What the spool reads of a job file: its `priority:`. Every other field is the job layer's
+/// business (the worker validates the whole file when it loads it).
+#[derive(Debug, Default, Deserialize)]
+struct Header {
+    #[serde(default)]
+    priority: Option<i32>,
+}
+
+/// Reads a job file's `priority:`, without following links or blocking: `Ok(Err(why))` for a
+/// file that is not a YAML mapping with an integer `priority:` (it still runs, and fails with
+/// its reason).
 pub(crate) fn read_priority(path: &Path, max_bytes: u64) -> io::Result<Result<i32, String>> {
     let file = fsops::open_nofollow(path)?;
     let meta = file.metadata()?;
@@ -119,8 +147,8 @@ pub(crate) fn read_priority(path: &Path, max_bytes: u64) -> io::Result<Result<i3
         return Ok(Err("is not UTF-8 text".into()));
     };
     Ok(
-        crate::sys::yaml::parse_with::<JobSpec>(&text, crate::sys::yaml::strict_options())
-            .map(|spec| spec.priority.unwrap_or(0))
+        crate::sys::yaml::parse_with::<Header>(&text, crate::sys::yaml::strict_options())
+            .map(|h| h.priority.unwrap_or(0))
             // The parser's message continues with a snippet of the file; keep the first line.
             .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string()),
     )
@@ -305,6 +333,7 @@ impl Spool {
             let os_name = entry.file_name();
             let kind = super::kind_of(&os_name);
             if kind == NameKind::Ignored {
+                self.note_ignored(q, &os_name, &mut seen);
                 continue;
             }
             let Some(name) = os_name.to_str().map(str::to_string) else {
@@ -328,8 +357,32 @@ impl Spool {
         q.reported.retain(|(name, _)| seen.contains(name));
         q.waiting_logged
             .retain(|(name, _)| q.candidates.contains_key(name));
+        q.ignored_logged.retain(|(name, _)| seen.contains(name));
         q.next_rescan = Some(now + Duration::from_secs(self.config.rescan_seconds));
         Ok(())
+    }
+
+    /// Says once in the log why a name that looks like a job file is left alone (hidden, or
+    /// sdspool's temporary prefix); `seen` keeps it from being said again while it stays.
+    fn note_ignored(&self, q: &mut Queue, name: &OsStr, seen: &mut HashSet<String>) {
+        let Some(reason) = super::names::ignored_reason(name) else {
+            return;
+        };
+        let path = self.layout.incoming.join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return;
+        };
+        // sdspool's own temporary files live for a moment; one that stays is worth a line.
+        if super::names::is_temp(name)
+            && fsops::age(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)) < TEMP_QUIET
+        {
+            return;
+        }
+        let key = (name.to_string_lossy().into_owned(), FileId::of(&meta));
+        seen.insert(key.0.clone());
+        if q.ignored_logged.insert(key) {
+            tracing::warn!(file = %path.display(), "left alone in incoming/: it {reason}");
+        }
     }
 
     /// Looks again at candidates whose time has come.

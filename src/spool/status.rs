@@ -137,8 +137,17 @@ pub struct RunningJob {
     pub pid: Option<u32>,
     /// Seconds since the last update (status, else attempt start).
     pub seconds_since_update: Option<u64>,
-    /// Not updated for a minute and its process, on this host, is gone.
+    /// Seconds since its owner last renewed the claim (the attempts file's modification time;
+    /// the owner renews it every quarter of `spool.lease_seconds` while it works).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_renewed_seconds_ago: Option<u64>,
+    /// Its owner is gone: the claim was not renewed for `spool.lease_seconds`, or its process
+    /// on this host no longer exists (for a minute). A live daemon takes it over; its ETA means
+    /// nothing until then.
     pub stale: bool,
+    /// Why it is stale, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_reason: Option<String>,
     /// `sdspool cancel` asked for it to stop; the daemon does at its next step.
     pub cancel_requested: Option<CancelRequest>,
     /// Seconds until it is done, from its status (`eta_seconds`, less the time since it was
@@ -163,12 +172,35 @@ pub struct QueuedJob {
     /// Images, UNet calls and seconds it takes, from the measured timings (filled in by
     /// `sdspool status`, which knows the configuration).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub estimate: Option<crate::jobs::eta::Estimate>,
+    pub estimate: Option<Estimate>,
     /// Seconds until it starts and until it is done, counting the jobs before it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub starts_in_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finishes_in_seconds: Option<u64>,
+}
+
+/// A queued job's expected cost (worked out by the caller, which knows the models and the
+/// measured speeds).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Estimate {
+    pub images: usize,
+    /// UNet calls in all (each runs a whole batch).
+    pub unet_calls: u64,
+    /// `None` when nothing was measured for the model yet.
+    pub seconds: Option<f64>,
+    /// `measured`, or `scaled` when some rate came from another size or batch.
+    pub basis: Option<Basis>,
+}
+
+/// How a rate of an [`Estimate`] was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// Measured for this model, size and batch.
+    Measured,
+    /// Scaled from another size or batch of the same model.
+    Scaled,
 }
 
 /// The whole spool at a glance.
@@ -182,6 +214,81 @@ pub struct Overview {
     pub paused: Option<PauseRecord>,
     pub running: Vec<RunningJob>,
     pub queued: Vec<QueuedJob>,
+}
+
+/// One job in `running/`, from its claim record, status file and cancel request.
+fn running_job(
+    layout: &Layout,
+    control: &Control,
+    config: &SpoolConfig,
+    host: &str,
+    name: &str,
+    stem: &str,
+) -> RunningJob {
+    let claim =
+        Attempts::read_with_time(&layout.running.join(format!("{stem}{ATTEMPTS_SUFFIX}"))).ok();
+    let attempts = claim.as_ref().map(|(a, _)| a);
+    let status_path = layout.running.join(format!("{stem}{STATUS_SUFFIX}"));
+    let (progress, progress_error) = match read_status(&status_path) {
+        Ok(s) => (Some(s), None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let (owner_host, pid, updated) = match (&progress, attempts) {
+        (Some(p), _) => (Some(p.hostname.clone()), Some(p.pid), Some(p.updated_at)),
+        (None, Some(a)) if !a.host.is_empty() => {
+            (Some(a.host.clone()), Some(a.pid), Some(a.started_at))
+        }
+        _ => (None, None, None),
+    };
+    let age = updated.map(fsops::age);
+    let renewed = claim
+        .as_ref()
+        .filter(|(a, _)| !a.host.is_empty() && !a.released)
+        .and_then(|(_, t)| t.map(fsops::age));
+    let stale_reason = match (&owner_host, pid, age) {
+        (Some(h), Some(pid), Some(age)) if age > STALE_AFTER && h == host && !fsops::pid_alive(pid) => Some(format!(
+            "no update for {} and pid {pid} is not running on this host",
+            humantime::format_duration(Duration::from_secs(age.as_secs()))
+        )),
+        _ => None,
+    }
+    .or_else(|| {
+        let (a, _) = claim.as_ref()?;
+        let ago = renewed.filter(|r| *r > config.lease())?;
+        Some(format!(
+            "its owner, pid {} on {}, has not renewed its claim for {} (spool.lease_seconds is {}): it is gone; a live daemon on the spool takes the job over",
+            a.pid,
+            a.host,
+            humantime::format_duration(Duration::from_secs(ago.as_secs())),
+            config.lease_seconds
+        ))
+    });
+    let cancel_requested = control.cancel_request_of(stem).filter(|r| {
+        fsops::FileId::at(&layout.running.join(name))
+            .is_some_and(|id| id.dev == r.dev && id.ino == r.ino)
+    });
+    let finishes_in_seconds = progress
+        .as_ref()
+        .filter(|_| stale_reason.is_none())
+        .and_then(|p| {
+            p.eta_seconds
+                .map(|eta| eta.saturating_sub(p.update_age().as_secs()))
+        });
+    RunningJob {
+        name: name.to_string(),
+        attempts: attempts.map(|a| a.attempts),
+        progress,
+        progress_error,
+        host: owner_host,
+        pid,
+        seconds_since_update: age.map(|a| a.as_secs()),
+        lease_renewed_seconds_ago: renewed.map(|r| r.as_secs()),
+        stale: stale_reason.is_some(),
+        stale_reason,
+        cancel_requested,
+        finishes_in_seconds,
+    }
 }
 
 /// Reads the spool at `config.dir` without changing anything. Missing folders count as empty.
@@ -222,48 +329,7 @@ pub fn overview(config: &SpoolConfig, max_job_bytes: u64) -> Result<Overview, Sp
         if name.starts_with('.') {
             continue;
         }
-        let attempts =
-            Attempts::read(&layout.running.join(format!("{stem}{ATTEMPTS_SUFFIX}"))).ok();
-        let status_path = layout.running.join(format!("{stem}{STATUS_SUFFIX}"));
-        let (progress, progress_error) = match read_status(&status_path) {
-            Ok(s) => (Some(s), None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
-            Err(e) => (None, Some(e.to_string())),
-        };
-        let (owner_host, pid, updated) = match (&progress, &attempts) {
-            (Some(p), _) => (Some(p.hostname.clone()), Some(p.pid), Some(p.updated_at)),
-            (None, Some(a)) if !a.host.is_empty() => {
-                (Some(a.host.clone()), Some(a.pid), Some(a.started_at))
-            }
-            _ => (None, None, None),
-        };
-        let age = updated.map(fsops::age);
-        let stale = match (&owner_host, pid, age) {
-            (Some(h), Some(pid), Some(age)) => {
-                age > STALE_AFTER && *h == host && !fsops::pid_alive(pid)
-            }
-            _ => false,
-        };
-        let cancel_requested = control.cancel_request_of(stem).filter(|r| {
-            fsops::FileId::at(&layout.running.join(&name))
-                .is_some_and(|id| id.dev == r.dev && id.ino == r.ino)
-        });
-        let finishes_in_seconds = progress.as_ref().and_then(|p| {
-            p.eta_seconds
-                .map(|eta| eta.saturating_sub(p.update_age().as_secs()))
-        });
-        running.push(RunningJob {
-            name,
-            attempts: attempts.map(|a| a.attempts),
-            progress,
-            progress_error,
-            host: owner_host,
-            pid,
-            seconds_since_update: age.map(|a| a.as_secs()),
-            stale,
-            cancel_requested,
-            finishes_in_seconds,
-        });
+        running.push(running_job(&layout, &control, config, &host, &name, stem));
     }
 
     let mut queued = Vec::new();

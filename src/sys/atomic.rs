@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 pub const TEMP_PREFIX: &str = ".sdspool-tmp-";
 
 /// The temporary name used while `target` is written:
-/// `.sdspool-tmp-<host tag>-<pid>-<n>-<name>`. The host tag (a hash of the host name) lets a
-/// daemon on one machine of a shared spool tell its own leftovers from another machine's files
-/// in progress, whose process ids mean nothing here.
+/// `.sdspool-tmp-<host tag>-<pid>i<instance>-<n>-<name>`. The host tag (a hash of the host name)
+/// lets a daemon on one machine of a shared spool tell its own leftovers from another machine's
+/// files in progress, whose process ids mean nothing here; the instance (random per process)
+/// tells this process's files from those of an earlier process that had the same id (a
+/// container restarted in a new PID namespace is pid 1 again).
 pub fn temp_path(target: &Path) -> PathBuf {
     let name = target
         .file_name()
@@ -23,9 +25,10 @@ pub fn temp_path(target: &Path) -> PathBuf {
 /// The temporary name used while the file `name` is written (see [`temp_path`]).
 pub fn temp_name(name: &str) -> String {
     format!(
-        "{TEMP_PREFIX}{}-{}-{}-{name}",
+        "{TEMP_PREFIX}{}-{}i{}-{}-{name}",
         host_tag(),
         std::process::id(),
+        instance(),
         next_counter()
     )
 }
@@ -33,18 +36,41 @@ pub fn temp_name(name: &str) -> String {
 /// This host's tag in temporary names: 8 hex digits of a hash of the host name.
 pub fn host_tag() -> &'static str {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TAG.get_or_init(|| {
-        let h = crate::sys::hash::fnv1a64(crate::spool::hostname().into_bytes());
+    TAG.get_or_init(|| host_tag_of(&crate::sys::host::hostname()))
+}
+
+/// The tag of host `name` in temporary names.
+pub fn host_tag_of(name: &str) -> String {
+    let h = crate::sys::hash::fnv1a64(name.bytes());
+    format!("{:08x}", h >> 32)
+}
+
+/// This process's instance in temporary names: 8 hex digits, the same for the whole process.
+fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let h = crate::sys::hash::fnv1a64(format!("{nanos}-{}", std::process::id()).into_bytes());
         format!("{:08x}", h >> 32)
     })
 }
 
-/// The host tag and process id in a temporary file name, when it has them.
-fn temp_owner(name: &str) -> Option<(&str, u32)> {
+/// Who wrote a temporary file, from its name: host tag, process id, and the process's instance
+/// (names written before instances were added have none).
+pub fn temp_writer(name: &str) -> Option<(&str, u32, Option<&str>)> {
     let mut parts = name.strip_prefix(TEMP_PREFIX)?.splitn(3, '-');
     let host = parts.next()?;
-    let pid = parts.next()?.parse().ok()?;
-    (host.len() == 8 && host.chars().all(|c| c.is_ascii_hexdigit())).then_some((host, pid))
+    let field = parts.next()?;
+    let (pid, instance) = match field.split_once('i') {
+        Some((pid, instance)) => (pid, Some(instance)),
+        None => (field, None),
+    };
+    let pid = pid.parse().ok()?;
+    (host.len() == 8 && host.chars().all(|c| c.is_ascii_hexdigit()))
+        .then_some((host, pid, instance))
 }
 
 fn next_counter() -> u64 {
@@ -70,13 +96,42 @@ pub fn write(target: &Path, bytes: &[u8]) -> io::Result<()> {
     result.map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", target.display())))
 }
 
+/// Writers of other hosts this process knows to be gone (a spool daemon took their jobs over
+/// when their leases expired): their temporary files are leftovers, whatever their age.
+static GONE: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records that process `pid` of host `host` is gone, so [`is_leftover`] takes its temporary
+/// files for leftovers. This host's own processes are judged by their ids already.
+pub fn note_gone_writer(host: &str, pid: u32) {
+    let tag = host_tag_of(host);
+    if tag == host_tag() {
+        return;
+    }
+    let mut gone = GONE.lock().unwrap_or_else(|e| e.into_inner());
+    if !gone.contains(&(tag.clone(), pid)) {
+        if gone.len() >= 1024 {
+            gone.remove(0);
+        }
+        gone.push((tag, pid));
+    }
+}
+
+fn known_gone(host: &str, pid: u32) -> bool {
+    GONE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|(h, p)| h == host && *p == pid)
+}
+
 /// A temporary file this old is a leftover whatever process wrote it.
 pub const STALE_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Whether `name` is a temporary file whose writer is gone: any writer, of any host, when the
 /// file is older than [`STALE_AGE`]; else a process of this host that no longer exists (killed
-/// during a write). This process's recent temporaries are not, and neither are another host's
-/// recent ones (its process ids cannot be checked from here).
+/// during a write), also one that had this process's id (another instance), or a process of
+/// another host known to be gone ([`note_gone_writer`]). This process's recent temporaries are
+/// not, and neither are another host's recent ones otherwise (its process ids cannot be checked
+/// from here).
 pub fn is_leftover(name: &str, meta: &fs::Metadata) -> bool {
     if !name.starts_with(TEMP_PREFIX) {
         return false;
@@ -89,10 +144,16 @@ pub fn is_leftover(name: &str, meta: &fs::Metadata) -> bool {
     if old {
         return true;
     }
-    match temp_owner(name) {
-        Some((host, pid)) if host == host_tag() => {
-            pid != std::process::id() && !crate::spool::pid_alive(pid)
+    match temp_writer(name) {
+        Some((host, pid, writer)) if host == host_tag() => {
+            if pid == std::process::id() {
+                // This process's, or an earlier process's that had the same id.
+                writer.is_some_and(|w| w != instance())
+            } else {
+                !crate::sys::host::pid_alive(pid)
+            }
         }
+        Some((host, pid, _)) => known_gone(host, pid),
         _ => false,
     }
 }
@@ -187,6 +248,50 @@ mod tests {
             "another host's recent file"
         );
         assert!(!is_leftover("a.png", &meta("a.png")));
+    }
+
+    #[test]
+    fn an_earlier_process_with_this_pid_left_its_files_over() {
+        // A container restarted in a new PID namespace is pid 1 again, under the same host name.
+        let dir = tempfile::tempdir().unwrap();
+        let meta = |name: &str| {
+            let p = dir.path().join(name);
+            fs::write(&p, b"x").unwrap();
+            fs::metadata(&p).unwrap()
+        };
+        let (tag, me) = (host_tag(), std::process::id());
+        let other = if instance() == "00000000" {
+            "11111111"
+        } else {
+            "00000000"
+        };
+        let earlier = format!("{TEMP_PREFIX}{tag}-{me}i{other}-3-a.png");
+        assert!(is_leftover(&earlier, &meta(&earlier)));
+        let mine = format!("{TEMP_PREFIX}{tag}-{me}i{}-3-b.png", instance());
+        assert!(!is_leftover(&mine, &meta(&mine)));
+        // Names from before instances: this pid's are taken to be this process's.
+        let old = format!("{TEMP_PREFIX}{tag}-{me}-3-c.png");
+        assert!(!is_leftover(&old, &meta(&old)));
+        assert_eq!(temp_writer(&earlier), Some((tag, me, Some(other))));
+        assert_eq!(temp_writer(&old), Some((tag, me, None)));
+    }
+
+    #[test]
+    fn a_gone_writer_of_another_host_left_its_files_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        fs::write(&p, b"x").unwrap();
+        let meta = fs::metadata(&p).unwrap();
+        let host = "a-host-that-died";
+        let name = format!("{TEMP_PREFIX}{}-77i0badc0de-1-a.png", host_tag_of(host));
+        assert!(
+            !is_leftover(&name, &meta),
+            "another host's file in progress"
+        );
+        note_gone_writer(host, 77);
+        assert!(is_leftover(&name, &meta));
+        let other_pid = format!("{TEMP_PREFIX}{}-78-1-a.png", host_tag_of(host));
+        assert!(!is_leftover(&other_pid, &meta));
     }
 
     #[test]

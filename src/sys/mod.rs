@@ -1,5 +1,6 @@
-//! Small system helpers that every layer may use: atomic files, YAML, hashing.
+//! Small system helpers that every layer may use: atomic files, YAML, hashing, host identity.
 
 pub mod atomic;
 pub mod hash;
+pub mod host;
 pub mod yaml;

@@ -17,6 +17,8 @@ pub struct Settings {
     pub grace_seconds: u64,
     pub max_crashes: u32,
     pub rescan_seconds: u64,
+    /// `spool.lease_seconds`; default: the daemon's.
+    pub lease_seconds: Option<u64>,
     /// Default: `<root>/output`.
     pub output_dir: Option<PathBuf>,
     /// Default: the committed tiny-sd.
@@ -32,6 +34,7 @@ impl Default for Settings {
             grace_seconds: 5,
             max_crashes: 3,
             rescan_seconds: 1,
+            lease_seconds: None,
             output_dir: None,
             model: None,
             rerank: true,
@@ -72,12 +75,16 @@ impl Env {
         } else {
             String::new()
         };
+        let lease = s
+            .lease_seconds
+            .map(|l| format!("  lease_seconds: {l}\n"))
+            .unwrap_or_default();
         let config = root.join("config.yaml");
         std::fs::write(
             &config,
             format!(
                 "onnxruntime:\n  library: {lib}\nexecution:\n  intra_threads: 1\n  inter_threads: 1\n\
-                 spool:\n  dir: {root}/spool\n  rescan_seconds: {rescan}\n  settle_seconds: 0\n  max_crashes: {crashes}\n\
+                 spool:\n  dir: {root}/spool\n  rescan_seconds: {rescan}\n  settle_seconds: 0\n  max_crashes: {crashes}\n{lease}\
                  output_dir: {output}\ndaemon:\n  grace_seconds: {grace}\n\
                  defaults:\n  width: 64\n  height: 64\n  steps: 2\n  candidates: 1\n\
                  default_model: tiny-sd\nmodels:\n  tiny-sd:\n    path: {model}\n{rerank}",

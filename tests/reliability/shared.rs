@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::harness::{self, Env, Settings};
 
 /// Whether `unshare` can give a child its own host name and process ids here.
-fn namespaces_available() -> Result<(), String> {
+pub fn namespaces_available() -> Result<(), String> {
     let out = Command::new("unshare")
         .args([
             "--uts",
@@ -31,7 +31,13 @@ fn namespaces_available() -> Result<(), String> {
 }
 
 fn machine(env: &Env, name: &str, isolated: bool) -> harness::Daemon {
-    let args = env.run_args(&["--until-idle"]);
+    machine_with(env, name, isolated, &["--until-idle"])
+}
+
+/// `sdspool run` as machine `name`: in its own UTS and PID namespace (host name `name`, pid 1)
+/// when `isolated`, else as a plain child of this host.
+pub fn machine_with(env: &Env, name: &str, isolated: bool, extra: &[&str]) -> harness::Daemon {
+    let args = env.run_args(extra);
     if !isolated {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdspool"));
         cmd.args(args);
@@ -131,5 +137,66 @@ fn two_daemons_on_one_spool_render_80_jobs_each_exactly_once() {
             ("rendered_twice", twice.len().to_string()),
             ("seconds", started.elapsed().as_secs().to_string()),
         ],
+    );
+}
+
+/// A job whose daemon, on another machine, died during the job's first write and never came
+/// back: a live daemon takes it over once the lease expired, resumes it in its own output folder
+/// (the dead writer's temporary file there is a leftover, not a file in progress) and leaves no
+/// temporary file anywhere.
+#[test]
+fn a_job_whose_machine_died_mid_write_is_taken_over_into_its_own_folder() {
+    let env = Env::new(Settings {
+        lease_seconds: Some(2),
+        rerank: false,
+        ..Settings::default()
+    });
+    let running = env.spool("running");
+    std::fs::create_dir_all(&running).unwrap();
+    std::fs::write(
+        running.join("orphan.yaml"),
+        "prompts: [a job of a dead machine]\ncandidates: 2\nseed: 9\n",
+    )
+    .unwrap();
+    std::fs::write(
+        running.join("orphan.attempts"),
+        "attempts: 1\nhost: machine-that-died\npid: 1\nlocked: true\nstarted_at: \"2026-01-01T00:00:00Z\"\nclaim: 0dead\nworking: true\n",
+    )
+    .unwrap();
+    // Its first image was being written when the machine died.
+    let tag = format!(
+        "{:08x}",
+        sdspool::sys::hash::fnv1a64("machine-that-died".bytes()) >> 32
+    );
+    let folder = env.output.join("orphan");
+    std::fs::create_dir_all(&folder).unwrap();
+    let temp = folder.join(format!(".sdspool-tmp-{tag}-1-0-p000-c00-s9.png"));
+    std::fs::write(&temp, b"half a png").unwrap();
+    let started = Instant::now();
+    let mut d = env.start(&["--until-idle"]);
+    let status = d.wait(Duration::from_secs(120));
+    let log = d.log_text();
+    assert!(status.success(), "{}", harness::tail(&log, 30));
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "taken over before the lease expired"
+    );
+    assert!(
+        log.contains("its lease expired"),
+        "{}",
+        harness::tail(&log, 30)
+    );
+    assert_eq!(harness::names(&env.output), ["orphan"]);
+    let (images, problems) = harness::check_output(&folder, 1, 2);
+    assert!(problems.is_empty() && images == 2, "{problems:#?}");
+    let left = [
+        harness::temp_files(&env.root.join("spool")),
+        harness::temp_files(&env.output),
+    ]
+    .concat();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    assert_eq!(
+        harness::names(&env.spool("done")),
+        ["orphan.result.yaml", "orphan.yaml"]
     );
 }

@@ -166,7 +166,7 @@ fn running_line(o: &Overview, r: &RunningJob) -> String {
         .map(|a| format!("attempt {a}, "))
         .unwrap_or_default();
     let progress = match &r.progress {
-        Some(p) => progress_text(p),
+        Some(p) => progress_text(p, r.stale),
         None => match &r.progress_error {
             Some(e) => format!("progress unreadable: {e}"),
             None => "starting (no progress yet)".to_string(),
@@ -174,9 +174,8 @@ fn running_line(o: &Overview, r: &RunningJob) -> String {
     };
     let stale = if r.stale {
         format!(
-            "  STALE: no update for {} and pid {} is not running on this host",
-            duration(r.seconds_since_update.unwrap_or(0)),
-            r.pid.unwrap_or(0)
+            "  STALE: {}",
+            r.stale_reason.as_deref().unwrap_or("its owner is gone")
         )
     } else {
         match r.seconds_since_update {
@@ -200,8 +199,8 @@ fn running_line(o: &Overview, r: &RunningJob) -> String {
     )
 }
 
-/// Where a running job is, and its ETA or why it waits.
-fn progress_text(p: &JobStatus) -> String {
+/// Where a running job is, and its ETA or why it waits (no ETA when its owner is gone).
+fn progress_text(p: &JobStatus, stale: bool) -> String {
     let eta = match &p.waiting {
         Some(w) => format!(
             "; WAITING: cannot write its files ({}), next try in {}",
@@ -213,6 +212,7 @@ fn progress_text(p: &JobStatus) -> String {
                     .as_secs()
             )
         ),
+        None if stale => String::new(),
         None => p
             .eta_seconds
             .map(|s| format!(", ETA {}", duration(s)))

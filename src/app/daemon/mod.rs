@@ -94,7 +94,8 @@ pub fn run(config: &Config, options: DaemonOptions) -> anyhow::Result<()> {
     };
     let spool = Spool::open_with(&config.spool, spool_options)?;
     let _web = crate::app::web::hooks::daemon_starting(config)?;
-    let recovered = spool.recover()?;
+    // Claimed now, started once the models are loaded: a kill meanwhile is not held against them.
+    let recovered = spool.recover_queued()?;
     if !recovered.is_empty() {
         tracing::info!(jobs = recovered.len(), "resuming jobs left in running/");
     }

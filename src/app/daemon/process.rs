@@ -81,7 +81,8 @@ pub fn process(
             model.as_deref(),
         );
     }
-    let job = match crate::jobs::job::load_spooled(&claimed.path_in_running, config.as_ref()) {
+    let job = match crate::jobs::job::load_spooled(&ctx.spool.begin_work(&claimed), config.as_ref())
+    {
         Ok(j) => j,
         Err(e) => {
             tracing::warn!(error = %e, "job file is not valid; moving it to failed/");
@@ -159,7 +160,12 @@ fn render(
     let hook = stall::Hook::new(ctx.device, running.flag());
     let mut sink =
         ProgressSink::start(config, ctx.spool, claimed, job, ctx.pulse, ctx.device, hook);
-    let result = worker.run(job, &RunOptions::default(), running.flag(), &mut |p| {
+    let stop = running.flag();
+    let result = worker.run(job, &RunOptions::default(), stop, &mut |p| {
+        // Another daemon took the job over (this one's lease expired): stop, file nothing.
+        if claimed.is_lost() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         sink.on_progress(p)
     });
     let last = sink.last;

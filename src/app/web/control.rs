@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
-use super::respond::{blocking, error};
 use super::AppState;
+use super::respond::{blocking, error};
 use crate::app::config::Config;
 
 /// The form of a control request.

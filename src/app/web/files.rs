@@ -10,9 +10,9 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::AppState;
 use super::respond::{blocking, error};
 use crate::jobs::output::folder::Folder;
-use super::AppState;
 
 /// Files larger than this are not served (a PNG of the largest allowed image is far smaller).
 pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
@@ -67,7 +67,10 @@ fn file_response(name: &str, bytes: Vec<u8>) -> Response {
 pub fn read_under(root: &std::path::Path, rel: &str) -> Option<Vec<u8>> {
     let (dir, name) = match rel.rsplit_once('/') {
         Some((d, n)) => (open_job_folder(root, d)?, n),
-        None => (crate::jobs::output::folder::Folder::open_root(root).ok()?, rel),
+        None => (
+            crate::jobs::output::folder::Folder::open_root(root).ok()?,
+            rel,
+        ),
     };
     match dir.entry(name).ok()? {
         crate::jobs::output::folder::Entry::File { len } if len <= MAX_FILE_BYTES => {

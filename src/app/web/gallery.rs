@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::files::open_job_folder;
 use super::AppState;
+use super::files::open_job_folder;
 use crate::jobs::run::manifest::{FILE as MANIFEST, Manifest};
 
 /// Query of a job page.

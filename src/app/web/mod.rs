@@ -33,7 +33,8 @@ pub use server::{Server, start};
 pub fn serve(config: &crate::app::config::Config, listen: Option<&str>) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let addr = match listen {
-        Some(l) => crate::app::config::serve::parse_listen(l).map_err(|e| anyhow::anyhow!("--listen: {e}"))?,
+        Some(l) => crate::app::config::serve::parse_listen(l)
+            .map_err(|e| anyhow::anyhow!("--listen: {e}"))?,
         None => config
             .serve
             .address()

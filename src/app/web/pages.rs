@@ -11,11 +11,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Serialize;
 
+use super::AppState;
 use super::files::{open_job_folder, safe_rel};
 use super::gallery::{JobQuery, JobsQuery};
-use super::respond::{blocking, error};
 use super::metrics::{SpoolGauges, telemetry};
-use super::AppState;
+use super::respond::{blocking, error};
 use crate::jobs::run::manifest::{FILE as MANIFEST, Manifest};
 
 type Shared = State<Arc<AppState>>;
@@ -53,7 +53,6 @@ pub fn render(state: &AppState, name: &str, ctx: impl Serialize) -> Response {
         }
     }
 }
-
 
 pub async fn healthz() -> &'static str {
     "ok\n"
@@ -182,7 +181,6 @@ impl ManifestCache {
     }
 }
 
-
 pub async fn job_page(
     State(state): Shared,
     Path(folder): Path<String>,
@@ -204,7 +202,6 @@ pub async fn job_page(
         ),
     }
 }
-
 
 pub async fn jobs_page(State(state): Shared, Query(query): Query<JobsQuery>) -> Response {
     let st = state.clone();

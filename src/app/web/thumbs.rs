@@ -11,10 +11,10 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::files::{read_under, safe_rel};
-use super::files::open_job_folder;
-use super::respond::{blocking, error};
 use super::AppState;
+use super::files::open_job_folder;
+use super::files::{read_under, safe_rel};
+use super::respond::{blocking, error};
 
 /// Longest side of a thumbnail.
 pub const SIDE: u32 = 192;
@@ -51,10 +51,10 @@ impl ThumbCache {
             .ok()?
             .as_nanos();
         let id = format!("{rel}\0{len}\0{mtime}");
-        Some(
-            self.dir
-                .join(format!("{:016x}.png", crate::sys::hash::fnv1a64(id.bytes()))),
-        )
+        Some(self.dir.join(format!(
+            "{:016x}.png",
+            crate::sys::hash::fnv1a64(id.bytes())
+        )))
     }
 
     /// The thumbnail's PNG bytes, from the cache or made now (and cached).

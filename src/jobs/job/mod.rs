@@ -29,6 +29,18 @@ pub struct JobError {
     pub message: String,
 }
 
+impl From<&JobError> for crate::spool::Failure {
+    /// A job file that does not validate: step `validate`, its field and message.
+    fn from(e: &JobError) -> crate::spool::Failure {
+        let failure = crate::spool::Failure::new("validate", e.message.clone());
+        if e.field.is_empty() {
+            failure
+        } else {
+            failure.with_field(e.field.clone())
+        }
+    }
+}
+
 /// One prompt of a job, resolved: its text, negative prompt, one seed per candidate, and the
 /// settings it is rendered with (a sweep makes one prompt per combination of settings).
 #[derive(Debug, Clone, PartialEq)]
