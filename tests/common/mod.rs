@@ -79,6 +79,15 @@ pub fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// What an output root holds besides its gallery page (`index.html`, written after every job):
+/// the job folders, and anything that should not be there.
+pub fn output_entries(dir: &Path) -> Vec<String> {
+    names(dir)
+        .into_iter()
+        .filter(|n| n != "index.html")
+        .collect()
+}
+
 /// Every path under `dir` (links not followed), relative to it.
 pub fn tree(dir: &Path) -> Vec<PathBuf> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) {

@@ -41,7 +41,7 @@ fn a_job_edited_while_it_runs_resumes_into_its_first_folder_and_is_filed_as_clai
     let log = last.log_text();
     assert!(status.success(), "{}", harness::tail(&log, 40));
     assert_eq!(
-        harness::names(&env.output),
+        harness::output_entries(&env.output),
         ["edited"],
         "resumed into a second folder"
     );
@@ -70,7 +70,7 @@ fn a_job_edited_while_it_runs_resumes_into_its_first_folder_and_is_filed_as_clai
         &[
             (
                 "output_folders",
-                harness::names(&env.output).len().to_string(),
+                harness::output_entries(&env.output).len().to_string(),
             ),
             ("runs", m.runs.to_string()),
             ("images", images.to_string()),

@@ -227,7 +227,7 @@ pub fn tail(text: &str, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
-pub use common::{is_candidate_image, names, tree, wait_for};
+pub use common::{is_candidate_image, names, output_entries, tree, wait_for};
 
 /// `.sdspool-tmp-*` files anywhere under `dir`.
 pub fn temp_files(dir: &Path) -> Vec<PathBuf> {

@@ -415,7 +415,7 @@ fn hostile_job_files_land_in_failed_with_their_reason_and_the_daemon_keeps_going
     ] {
         assert!(!Path::new(p).exists(), "{p} was created");
     }
-    let mut outputs = harness::names(&env.output);
+    let mut outputs = harness::output_entries(&env.output);
     let mut want: Vec<String> = expects
         .iter()
         .filter(|e| e.done)

@@ -125,7 +125,7 @@ fn two_daemons_on_one_spool_render_80_jobs_each_exactly_once() {
         let m = sdspool::jobs::run::manifest::Manifest::read(&dir).unwrap();
         assert_eq!(m.runs, 1, "{}: worked on {} times", dir.display(), m.runs);
     }
-    assert_eq!(harness::names(&env.output).len(), 80);
+    assert_eq!(harness::output_entries(&env.output).len(), 80);
     harness::report(
         "shared-spool",
         &[
@@ -186,7 +186,7 @@ fn a_job_whose_machine_died_mid_write_is_taken_over_into_its_own_folder() {
         "{}",
         harness::tail(&log, 30)
     );
-    assert_eq!(harness::names(&env.output), ["orphan"]);
+    assert_eq!(harness::output_entries(&env.output), ["orphan"]);
     let (images, problems) = harness::check_output(&folder, 1, 2);
     assert!(problems.is_empty() && images == 2, "{problems:#?}");
     let left = [

@@ -128,7 +128,11 @@ pub fn crash_storm(jobs: usize, kills: usize, seed: u64) {
         assert_eq!(folders, &["done".to_string()], "{stem}");
     }
     // Every output folder is one job's, complete, its images decode.
-    assert_eq!(harness::names(&env.output), expected, "output folders");
+    assert_eq!(
+        harness::output_entries(&env.output),
+        expected,
+        "output folders"
+    );
     let mut images = 0;
     let mut all_problems = Vec::new();
     for (s, _) in &shapes {
@@ -402,7 +406,11 @@ fn check_storm_result(
     for (stem, folders) in &where_ {
         assert_eq!(folders, &["done".to_string()], "{stem}");
     }
-    assert_eq!(harness::names(&env.output), expected, "output folders");
+    assert_eq!(
+        harness::output_entries(&env.output),
+        expected,
+        "output folders"
+    );
     let mut images = 0;
     for (s, _) in shapes {
         let (n, p) = harness::check_output(&env.output.join(&s.name), s.prompts, s.candidates);

@@ -21,7 +21,8 @@ pub fn job_html(manifest: &Manifest, folder: &str) -> Result<String, minijinja::
     )
 }
 
-/// Writes `<dir>/index.html` for the job whose manifest is in `dir`, then the root's.
+/// Writes `<dir>/index.html` for the job whose manifest is in `dir`, then the root's. The job
+/// folder is reached from the output root without following links, as every output file is.
 pub fn write_job(output_root: &Path, dir: &Path) -> std::io::Result<()> {
     let manifest = Manifest::read(dir)
         .ok_or_else(|| std::io::Error::other(format!("{}: no manifest.json", dir.display())))?;
@@ -31,7 +32,13 @@ pub fn write_job(output_root: &Path, dir: &Path) -> std::io::Result<()> {
         .to_string_lossy()
         .into_owned();
     let html = job_html(&manifest, &folder).map_err(std::io::Error::other)?;
-    crate::sys::atomic::write(&dir.join(FILE), html.as_bytes())?;
+    let job_dir = super::files::open_job_folder(output_root, &folder).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "{}: not a folder under the output root (links are not followed)",
+            dir.display()
+        ))
+    })?;
+    job_dir.write(FILE, html.as_bytes())?;
     write_root(output_root)
 }
 
