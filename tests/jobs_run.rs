@@ -50,7 +50,7 @@ fn the_manifest_lists_every_candidate_with_seed_scores_and_rank() {
     assert_eq!(
         (
             m.model.as_str(),
-            m.scheduler.as_str(),
+            m.scheduler.map_or("", |k| k.name()),
             m.execution_provider.as_str()
         ),
         ("tiny-sd", "euler_a", "cpu")

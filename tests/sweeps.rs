@@ -428,7 +428,7 @@ fn each_variant_is_rendered_with_its_own_settings() {
             (entry.steps, entry.guidance, entry.width, entry.height),
             (p.steps, p.guidance, p.width, p.height)
         );
-        assert_eq!(entry.scheduler, p.scheduler.unwrap().to_string());
+        assert_eq!(entry.scheduler, Some(p.scheduler.unwrap()));
         assert_eq!(entry.sweep, p.sweep);
         let file = o.dir.join(entry.candidates[0].file.as_ref().unwrap());
         let img = image::open(&file).unwrap();

@@ -47,7 +47,12 @@ impl Assignment {
     }
 }
 
-fn check(status: OrtStatusPtr) -> Result<(), String> {
+/// ONNX Runtime could not report which provider runs which node; its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AssignmentError(pub String);
+
+fn check(status: OrtStatusPtr) -> Result<(), AssignmentError> {
     if status.0.is_null() {
         return Ok(());
     }
@@ -63,7 +68,7 @@ fn check(status: OrtStatusPtr) -> Result<(), String> {
         (api.ReleaseStatus)(status.0);
         text
     };
-    Err(message)
+    Err(AssignmentError(message))
 }
 
 fn string(ptr: *const c_char) -> String {
@@ -77,7 +82,7 @@ fn string(ptr: *const c_char) -> String {
 }
 
 /// Reads the assignment of a session built with [`RECORD_KEY`] set to `1`.
-pub fn read(session: &Session) -> Result<Assignment, String> {
+pub fn read(session: &Session) -> Result<Assignment, AssignmentError> {
     let api = ort::api();
     let mut subgraphs: *const *const OrtEpAssignedSubgraph = std::ptr::null();
     let mut n_subgraphs: usize = 0;

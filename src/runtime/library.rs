@@ -46,7 +46,19 @@ impl fmt::Display for Source {
 pub struct Attempt {
     pub source: Source,
     pub path: PathBuf,
-    pub reason: String,
+    pub reason: LoadFailure,
+}
+
+/// Why a candidate library did not load.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadFailure {
+    #[error("is a folder with no onnxruntime/capi/libonnxruntime.so* inside (not installed yet?)")]
+    EmptyFolder,
+    #[error("does not exist")]
+    Missing,
+    /// `ort` refused it (wrong version, not a shared library); its message.
+    #[error("{0}")]
+    Init(String),
 }
 
 /// No ONNX Runtime library could be loaded.
@@ -149,15 +161,14 @@ pub fn load(configured: Option<&Path>, base: &Path) -> Result<Loaded, LibraryNot
     })
 }
 
-fn try_load(path: &Path) -> Result<(), String> {
+fn try_load(path: &Path) -> Result<(), LoadFailure> {
     if path.is_dir() {
-        return Err(
-            "is a folder with no onnxruntime/capi/libonnxruntime.so* inside (not installed yet?)"
-                .into(),
-        );
+        return Err(LoadFailure::EmptyFolder);
     }
     if !path.exists() {
-        return Err("does not exist".into());
+        return Err(LoadFailure::Missing);
     }
-    ort::init_from(path).map(|_| ()).map_err(|e| e.to_string())
+    ort::init_from(path)
+        .map(|_| ())
+        .map_err(|e| LoadFailure::Init(e.to_string()))
 }

@@ -352,7 +352,7 @@ impl fmt::Debug for LoadedSession {
 pub struct ProviderReport {
     pub registrations: Vec<(ProviderKind, Registration)>,
     /// Nodes per provider; an error text when ONNX Runtime could not say.
-    pub assignment: Result<Assignment, String>,
+    pub assignment: Result<Assignment, assignment::AssignmentError>,
 }
 
 impl ProviderReport {

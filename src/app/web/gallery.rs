@@ -166,7 +166,11 @@ pub fn cards(m: &Manifest, folder: &str, links: Links, q: &str) -> Vec<Card> {
                     .then(|| format!("/jobs/{}?image={}", encode_path(folder), encode_path(&file))),
                 settings: format!(
                     "{} steps, {}, CFG {}, {}x{}",
-                    p.steps, p.scheduler, p.guidance, p.width, p.height
+                    p.steps,
+                    p.scheduler.map_or("", |k| k.name()),
+                    p.guidance,
+                    p.width,
+                    p.height
                 ),
                 file,
             });
@@ -196,7 +200,7 @@ pub fn gallery(
         folder: folder.to_string(),
         job: m.job.clone(),
         model: m.model.clone(),
-        scheduler: m.scheduler.clone(),
+        scheduler: m.scheduler.map_or_else(String::new, |k| k.to_string()),
         execution_provider: m.execution_provider.clone(),
         size: format!("{}x{}", m.width, m.height),
         complete: m.complete,

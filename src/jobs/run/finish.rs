@@ -105,7 +105,7 @@ impl Finisher<'_> {
             self.clock.first_image.get_or_insert(t2);
             let entry = &mut self.manifest.prompts[batch.prompt];
             entry.truncated = batch.truncated.clone();
-            entry.scheduler = batch.scheduler.to_string();
+            entry.scheduler = Some(batch.scheduler);
             entry.candidates.retain(|c| c.candidate != *candidate);
             entry.candidates.push(CandidateEntry {
                 candidate: *candidate,
@@ -119,7 +119,7 @@ impl Finisher<'_> {
             entry.candidates.sort_by_key(|c| c.candidate);
         }
         if batch.prompt == 0 {
-            self.manifest.scheduler = batch.scheduler.to_string();
+            self.manifest.scheduler = Some(batch.scheduler);
         }
         self.manifest.timings.write_ms += started.elapsed().as_millis() as u64;
         self.save("writing the manifest")

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::noise::RngKind;
+use crate::engine::scheduler::SchedulerKind;
 use crate::jobs::output::folder::Folder;
 
 /// File name inside the job's output folder.
@@ -51,9 +53,10 @@ pub struct PromptEntry {
     pub steps: u32,
     #[serde(default)]
     pub guidance: f32,
-    /// The scheduler that ran (the model's own when the job names none); empty until then.
-    #[serde(default)]
-    pub scheduler: String,
+    /// The scheduler that ran (the model's own when the job names none); none (written as an
+    /// empty string) until then.
+    #[serde(default, with = "scheduler_name")]
+    pub scheduler: Option<SchedulerKind>,
     #[serde(default)]
     pub width: u32,
     #[serde(default)]
@@ -81,15 +84,17 @@ pub struct Manifest {
     pub fingerprint_version: u32,
     pub model: String,
     /// `scheduler`, `steps`, `guidance`, `width` and `height`: those of the first prompt; each
-    /// prompt's own are in `prompts` (they differ in a sweep).
-    pub scheduler: String,
+    /// prompt's own are in `prompts` (they differ in a sweep). None (an empty string in the file)
+    /// when the job names none and nothing has run yet.
+    #[serde(with = "scheduler_name")]
+    pub scheduler: Option<SchedulerKind>,
     /// The provider ONNX Runtime really runs the UNet on.
     pub execution_provider: String,
     pub steps: u32,
     pub guidance: f32,
     pub width: u32,
     pub height: u32,
-    pub rng: String,
+    pub rng: RngKind,
     pub rerank_model: Option<String>,
     pub keep_top: Option<u32>,
     pub complete: bool,
@@ -125,6 +130,26 @@ pub struct GridCell {
     pub file: String,
     pub column: usize,
     pub row: usize,
+}
+
+/// A scheduler as its sdspool name, none as an empty string (the form manifests have always
+/// had, so that those of earlier releases read and resume).
+mod scheduler_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::engine::scheduler::SchedulerKind;
+
+    pub fn serialize<S: Serializer>(k: &Option<SchedulerKind>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(k.map_or("", SchedulerKind::name))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SchedulerKind>, D::Error> {
+        let name = String::deserialize(d)?;
+        if name.is_empty() {
+            return Ok(None);
+        }
+        name.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The fingerprint version of a manifest that has no `fingerprint_version` (the releases before

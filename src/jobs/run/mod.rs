@@ -179,6 +179,21 @@ pub struct Worker {
     last_dir: Option<PathBuf>,
 }
 
+/// Why a worker could not load its models.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Model(#[from] crate::engine::model::ModelError),
+    #[error("model `{model}`: cannot set up its pipeline")]
+    Pipeline {
+        model: String,
+        #[source]
+        source: PipelineError,
+    },
+    #[error(transparent)]
+    Rerank(#[from] crate::engine::rerank::RerankError),
+}
+
 impl Worker {
     /// Loads the configured models (all of them, or only `only`) and the rerank model when
     /// configured and enabled, on `device`.
@@ -187,7 +202,7 @@ impl Worker {
         config: &dyn JobSettings,
         device: i32,
         only: Option<&str>,
-    ) -> anyhow::Result<Worker> {
+    ) -> Result<Worker, LoadError> {
         let mut pipelines = BTreeMap::new();
         for (name, model) in config
             .models()
@@ -199,7 +214,11 @@ impl Worker {
                 m.replace_vae_decoder(runtime, vae, device)?;
             }
             tracing::info!(model = %name, device, provider = %m.unet.loaded.providers.serving(), "model loaded");
-            pipelines.insert(name.clone(), Pipeline::new(m)?);
+            let pipeline = Pipeline::new(m).map_err(|source| LoadError::Pipeline {
+                model: name.clone(),
+                source,
+            })?;
+            pipelines.insert(name.clone(), pipeline);
         }
         let reranker = match config.rerank() {
             Some(cfg) if cfg.enabled => {
