@@ -3,26 +3,20 @@
 
 mod common;
 
+use common::config_file::TestConfig;
+
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
 fn config(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("config.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "onnxruntime:\n  library: {}\nmodels:\n  tiny-sd:\n    path: {}\nrerank:\n  model: {}\noutput_dir: out\n",
-            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort"))
-                .unwrap()
-                .display(),
-            common::model_dir("tiny-sd").display(),
-            common::model_dir("tiny-clip").display(),
-        ),
-    )
-    .unwrap();
-    path
+    let mut c = TestConfig::daemon(dir);
+    c.output_dir = "out".into();
+    c.default_model = None;
+    c.rescan_seconds = None;
+    c.settle_seconds = None;
+    c.write(dir)
 }
 
 fn bench(config: &Path, args: &[&str]) -> (String, String) {

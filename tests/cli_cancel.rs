@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::config_file::{Defaults, TestConfig};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -19,22 +21,14 @@ impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let lib =
-            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort")).unwrap();
-        let config = root.join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "onnxruntime:\n  library: {lib}\nspool:\n  dir: {root}/spool\n  rescan_seconds: 1\n  settle_seconds: 0\noutput_dir: {root}/output\n\
-                 defaults:\n  width: 64\n  height: 64\n  max_batch: 1\n\
-                 default_model: tiny-sd\nmodels:\n  tiny-sd:\n    path: {sd}\nrerank:\n  model: {clip}\n",
-                lib = lib.display(),
-                root = root.display(),
-                sd = common::model_dir("tiny-sd").display(),
-                clip = common::model_dir("tiny-clip").display(),
-            ),
-        )
-        .unwrap();
+        let mut c = TestConfig::daemon(&root);
+        c.defaults = Defaults {
+            width: Some(64),
+            height: Some(64),
+            max_batch: Some(1),
+            ..Defaults::default()
+        };
+        let config = c.write(&root);
         Env {
             _tmp: tmp,
             root,

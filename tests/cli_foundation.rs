@@ -281,3 +281,21 @@ fn require_gpu_on_a_cpu_build_is_a_startup_error_that_says_why() {
         assert!(stdout.contains(needle), "expected {needle:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn the_config_a_daemon_test_writes_is_what_sdspool_reads() {
+    let root = std::path::Path::new("/tmp/sdspool-test-root");
+    let mut c = common::config_file::TestConfig::daemon(root).with_model("tiny-sd-v");
+    c.grace_seconds = Some(7);
+    c.defaults = common::config_file::Defaults::small(4, 2);
+    c.device_ids = vec![0, 1];
+    c.device_models = vec![(1, vec!["tiny-sd-v".into()])];
+    let parsed = sdspool::app::config::Config::parse(&c.yaml(), &root.join("config.yaml")).unwrap();
+    assert_eq!(parsed.spool.dir, root.join("spool"));
+    assert_eq!(parsed.daemon.grace_seconds, 7);
+    assert_eq!((parsed.defaults.width, parsed.defaults.steps), (64, 4));
+    assert_eq!(parsed.execution.device_ids, [0, 1]);
+    assert!(parsed.serves(1, "tiny-sd-v") && !parsed.serves(1, "tiny-sd"));
+    assert_eq!(parsed.models.len(), 2);
+    assert_eq!(parsed.rerank.unwrap().model, common::model_dir("tiny-clip"));
+}

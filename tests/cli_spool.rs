@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::config_file::TestConfig;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -24,17 +26,7 @@ fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let spool = root.join("spool");
-    let config = root.join("config.yaml");
-    fs::write(
-        &config,
-        format!(
-            "onnxruntime:\n  library: {}\nmodels:\n  tiny-sd:\n    path: {}\noutput_dir: {}\nspool:\n  dir: spool\n",
-            root.join("no-such-libonnxruntime.so").display(),
-            common::model_dir("tiny-sd").display(),
-            root.join("out").display(),
-        ),
-    )
-    .unwrap();
+    let config = TestConfig::offline(&root).write(&root);
     Setup {
         _tmp: tmp,
         root,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::config_file::{Defaults, TestConfig};
 use common::{
     Running, is_candidate_image, names, parameters_chunk, stderr_of, wait_exit, wait_for,
 };
@@ -19,29 +20,18 @@ struct Env {
 
 impl Env {
     fn new(grace_seconds: u64) -> Env {
-        Env::with(grace_seconds, |yaml| yaml)
+        Env::with(grace_seconds, |_| {})
     }
 
-    /// [`Env::new`] with its config.yaml text changed by `edit`.
-    fn with(grace_seconds: u64, edit: impl FnOnce(String) -> String) -> Env {
+    /// [`Env::new`] with its configuration changed by `edit`.
+    fn with(grace_seconds: u64, edit: impl FnOnce(&mut TestConfig)) -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let lib =
-            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort")).unwrap();
-        let config = root.join("config.yaml");
-        std::fs::write(
-            &config,
-            edit(format!(
-                "onnxruntime:\n  library: {lib}\nspool:\n  dir: {root}/spool\n  rescan_seconds: 1\n  settle_seconds: 0\noutput_dir: {root}/output\n\
-                 daemon:\n  grace_seconds: {grace_seconds}\ndefaults:\n  width: 64\n  height: 64\n  steps: 4\n  candidates: 2\n\
-                 default_model: tiny-sd\nmodels:\n  tiny-sd:\n    path: {sd}\nrerank:\n  model: {clip}\n",
-                lib = lib.display(),
-                root = root.display(),
-                sd = common::model_dir("tiny-sd").display(),
-                clip = common::model_dir("tiny-clip").display(),
-            )),
-        )
-        .unwrap();
+        let mut c = TestConfig::daemon(&root);
+        c.grace_seconds = Some(grace_seconds);
+        c.defaults = Defaults::small(4, 2);
+        edit(&mut c);
+        let config = c.write(&root);
         Env {
             _tmp: tmp,
             root,
@@ -424,9 +414,9 @@ fn sighup_rereads_defaults_keeps_the_running_config_when_the_file_is_broken_and_
 #[cfg(debug_assertions)]
 #[test]
 fn the_watchdog_stops_when_one_of_two_workers_hangs_while_the_other_works() {
-    let env = Env::with(1, |yaml| {
-        yaml.replace("daemon:\n", "daemon:\n  hang_seconds: 2\n")
-            + "execution:\n  device_ids: [0, 1]\n"
+    let env = Env::with(1, |c| {
+        c.hang_seconds = Some(2);
+        c.device_ids = vec![0, 1];
     });
     let notify = NotifySocket::bind(&env.root);
     let mut daemon = env.start_with(
@@ -500,17 +490,13 @@ fn the_watchdog_stops_when_one_of_two_workers_hangs_while_the_other_works() {
 
 #[test]
 fn each_device_renders_only_the_models_it_serves_and_a_model_no_device_serves_fails_at_claim() {
-    let model = |name: &str| {
-        format!(
-            "  {name}:\n    path: {}\n",
-            common::model_dir(name).display()
-        )
-    };
-    let env = Env::with(30, |yaml| {
-        yaml.replace(
-            "models:\n",
-            &format!("models:\n{}{}", model("tiny-sd-v"), model("tiny-sd-fp16")),
-        ) + "execution:\n  device_ids: [0, 1]\n  devices:\n    0:\n      models: [tiny-sd]\n    1:\n      models: [tiny-sd-v]\n"
+    let env = Env::with(30, |c| {
+        c.models
+            .push(("tiny-sd-v".into(), common::model_dir("tiny-sd-v")));
+        c.models
+            .push(("tiny-sd-fp16".into(), common::model_dir("tiny-sd-fp16")));
+        c.device_ids = vec![0, 1];
+        c.device_models = vec![(0, vec!["tiny-sd".into()]), (1, vec!["tiny-sd-v".into()])];
     });
     let jobs = [
         ("a", "tiny-sd"),

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::config_file::{Defaults, TestConfig};
+
 use common::{Running, names, stderr_of, wait_exit, wait_for};
 
 use std::path::PathBuf;
@@ -21,22 +23,10 @@ impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let lib =
-            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort")).unwrap();
-        let config = root.join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "onnxruntime:\n  library: {lib}\nspool:\n  dir: {root}/spool\n  rescan_seconds: 1\n  settle_seconds: 0\noutput_dir: {root}/output\n\
-                 daemon:\n  grace_seconds: 30\ndefaults:\n  width: 64\n  height: 64\n  steps: 4\n  candidates: 2\n\
-                 default_model: tiny-sd\nmodels:\n  tiny-sd:\n    path: {sd}\nrerank:\n  model: {clip}\n",
-                lib = lib.display(),
-                root = root.display(),
-                sd = common::model_dir("tiny-sd").display(),
-                clip = common::model_dir("tiny-clip").display(),
-            ),
-        )
-        .unwrap();
+        let mut c = TestConfig::daemon(&root);
+        c.grace_seconds = Some(30);
+        c.defaults = Defaults::small(4, 2);
+        let config = c.write(&root);
         Env {
             _tmp: tmp,
             root,

@@ -59,45 +59,26 @@ impl Env {
     }
 
     fn at(tmp: tempfile::TempDir, root: PathBuf, s: Settings) -> Env {
-        let lib =
-            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort")).unwrap();
-        let output = s.output_dir.clone().unwrap_or_else(|| root.join("output"));
-        let model = s
-            .model
-            .clone()
-            .unwrap_or_else(|| common::model_dir("tiny-sd"));
-        let rerank = if s.rerank {
-            let clip = s
-                .rerank_model
+        let mut c = TestConfig::daemon(&root);
+        c.single_thread = true;
+        c.rescan_seconds = Some(s.rescan_seconds);
+        c.max_crashes = Some(s.max_crashes);
+        c.lease_seconds = s.lease_seconds;
+        if let Some(out) = &s.output_dir {
+            c.output_dir = out.clone();
+        }
+        c.grace_seconds = Some(s.grace_seconds);
+        c.defaults = Defaults::small(2, 1);
+        if let Some(model) = &s.model {
+            c.models = vec![("tiny-sd".into(), model.clone())];
+        }
+        c.rerank = s.rerank.then(|| {
+            s.rerank_model
                 .clone()
-                .unwrap_or_else(|| common::model_dir("tiny-clip"));
-            format!("rerank:\n  model: {}\n", clip.display())
-        } else {
-            String::new()
-        };
-        let lease = s
-            .lease_seconds
-            .map(|l| format!("  lease_seconds: {l}\n"))
-            .unwrap_or_default();
-        let config = root.join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "onnxruntime:\n  library: {lib}\nexecution:\n  intra_threads: 1\n  inter_threads: 1\n\
-                 spool:\n  dir: {root}/spool\n  rescan_seconds: {rescan}\n  settle_seconds: 0\n  max_crashes: {crashes}\n{lease}\
-                 output_dir: {output}\ndaemon:\n  grace_seconds: {grace}\n\
-                 defaults:\n  width: 64\n  height: 64\n  steps: 2\n  candidates: 1\n\
-                 default_model: tiny-sd\nmodels:\n  tiny-sd:\n    path: {model}\n{rerank}",
-                lib = lib.display(),
-                root = root.display(),
-                rescan = s.rescan_seconds,
-                crashes = s.max_crashes,
-                output = output.display(),
-                grace = s.grace_seconds,
-                model = model.display(),
-            ),
-        )
-        .unwrap();
+                .unwrap_or_else(|| common::model_dir("tiny-clip"))
+        });
+        let output = c.output_dir.clone();
+        let config = c.write(&root);
         std::fs::create_dir_all(root.join("spool/incoming")).unwrap();
         Env {
             _tmp: tmp,
@@ -227,6 +208,7 @@ pub fn tail(text: &str, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+use common::config_file::{Defaults, TestConfig};
 pub use common::{is_candidate_image, names, output_entries, tree, wait_for};
 
 /// `.sdspool-tmp-*` files anywhere under `dir`.
