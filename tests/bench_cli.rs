@@ -281,3 +281,59 @@ fn bench_without_output_cleans_up_and_takes_a_model_folder() {
         out.display()
     );
 }
+
+#[test]
+fn bench_runs_an_sdxl_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "onnxruntime:\n  library: {}\nmodels:\n  tiny-sdxl:\n    path: {}\noutput_dir: out\n",
+            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort"))
+                .unwrap()
+                .display(),
+            common::model_dir("tiny-sdxl").display(),
+        ),
+    )
+    .unwrap();
+    let json = tmp.path().join("bench.json");
+    bench(
+        &config,
+        &[
+            "--model",
+            "tiny-sdxl",
+            "--size",
+            "64x64",
+            "--prompts",
+            "2",
+            "--candidates",
+            "2",
+            "--steps",
+            "2",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+            "--no-rerank",
+        ],
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = &v["mean"];
+    assert_eq!(f(r, "images"), 4.0, "{v}");
+    assert_eq!(f(r, "unet_calls"), 4.0, "{v}");
+    assert_eq!(
+        f(r, "sessions.text_encoder.calls"),
+        2.0,
+        "one per prompt\n{v}"
+    );
+    assert_eq!(f(r, "sessions.vae_decoder.calls"), 4.0, "{v}");
+    assert!(
+        f(r, "sessions.unet.seconds") <= f(r, "phases.denoise"),
+        "{v}"
+    );
+}

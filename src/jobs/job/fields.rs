@@ -250,6 +250,52 @@ impl Checks<'_> {
         Ok(seeds)
     }
 
+    /// Where an SDXL refiner takes over: a fraction of the schedule strictly between 0 and 1.
+    pub fn refiner_start(&self, at: &Field, start: f64) -> Result<f64, JobError> {
+        if !(start > 0.0 && start < 1.0) {
+            return Err(self.error(
+                at,
+                format!("is {start}; it must be between 0 and 1, not either (0.8 is usual)"),
+            ));
+        }
+        Ok(start)
+    }
+
+    /// An SDXL size-conditioning pair written `[width, height]` (`[left, top]` for a crop),
+    /// as diffusers takes it: `[height, width]` (`[top, left]`). Sizes must be positive and
+    /// every value at most `limits.max_side` times 4 (SDXL was trained on original sizes up to
+    /// a few thousand pixels).
+    pub fn sdxl_pair(
+        &self,
+        at: &Field,
+        [x, y]: [u32; 2],
+        crop: bool,
+    ) -> Result<[u32; 2], JobError> {
+        let max = self.limits.max_side.saturating_mul(4);
+        for (i, v) in [x, y].into_iter().enumerate() {
+            if (v == 0 && !crop) || v > max {
+                let least = if crop { 0 } else { 1 };
+                return Err(self.error(
+                    &at.index(i),
+                    format!(
+                        "is {v}; it must be from {least} to {max} (4 × limits.max_side); write [{}]",
+                        if crop { "left, top" } else { "width, height" }
+                    ),
+                ));
+            }
+        }
+        Ok([y, x])
+    }
+
+    /// An aesthetic score for SDXL's refiner: a finite number from 0 to 10 (diffusers' defaults
+    /// are 6 and 2.5).
+    pub fn aesthetic_score(&self, at: &Field, score: f64) -> Result<f32, JobError> {
+        if !score.is_finite() || !(0.0..=10.0).contains(&score) {
+            return Err(self.error(at, format!("is {score}; it must be a number from 0 to 10")));
+        }
+        Ok(score as f32)
+    }
+
     /// A prompt or negative prompt of `chars` characters (the longest its prompt matrix makes,
     /// when `matrix`) against `limits.max_prompt_chars`.
     pub fn prompt_chars(&self, at: &Field, chars: usize, matrix: bool) -> Result<(), JobError> {

@@ -11,8 +11,10 @@ pub mod sweep;
 
 use std::path::{Path, PathBuf};
 
+use crate::engine::model::Family;
 use crate::engine::model::layout::ModelFolder;
 use crate::engine::noise::RngKind;
+use crate::engine::pipeline::SdxlConditioning;
 use crate::engine::scheduler::SchedulerKind;
 use crate::jobs::settings::JobSettings;
 pub use read::{JobFile, read_spec};
@@ -93,6 +95,18 @@ pub struct Job {
     pub rerank: Option<bool>,
     pub rejected: Rejected,
     pub max_batch: u32,
+    /// The SDXL refiner that takes over from the model, when the job names one.
+    pub refiner: Option<JobRefiner>,
+    /// SDXL's size and aesthetic conditioning (diffusers' defaults when the job sets none).
+    pub sdxl: SdxlConditioning,
+}
+
+/// An SDXL refiner named by a job: config.yaml's model name, and the fraction of the schedule
+/// the base model runs before it takes over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRefiner {
+    pub model: String,
+    pub start: f64,
 }
 
 impl Job {
@@ -197,15 +211,80 @@ pub fn sizes_fit(job: &Job, folder: &ModelFolder, job_file: &Path) -> Result<(),
     Ok(())
 }
 
-/// [`sizes_fit`] for the job's model, when its folder can be read here; a folder that cannot is
-/// reported by whatever loads the model.
-pub fn fits_model(job: &Job, config: &dyn JobSettings, job_file: &Path) -> Result<(), JobError> {
-    match config
-        .models()
-        .get(&job.model)
-        .map(|m| ModelFolder::open(&m.path))
-    {
-        Some(Ok(folder)) => sizes_fit(job, &folder, job_file),
-        _ => Ok(()),
+/// The model families a job's SDXL fields need: `refiner` only on an SDXL base model and naming
+/// an SDXL refiner (`refiner_family` the family of its folder, when it could be read), the size
+/// and aesthetic conditioning only on the SDXL families.
+pub fn families_fit(
+    job: &Job,
+    family: Family,
+    refiner_family: Option<Family>,
+    job_file: &Path,
+) -> Result<(), JobError> {
+    let err = |field: &str, message: String| JobError {
+        file: job_file.to_path_buf(),
+        field: field.to_string(),
+        message,
+    };
+    if let Some(r) = &job.refiner {
+        if family != Family::Sdxl {
+            return Err(err(
+                "refiner",
+                format!(
+                    "is for SDXL base models; model {:?} is of the {family} family",
+                    job.model
+                ),
+            ));
+        }
+        if let Some(f) = refiner_family
+            && f != Family::SdxlRefiner
+        {
+            return Err(err(
+                "refiner",
+                format!(
+                    "names model {:?} of the {f} family; a refiner must be of the {} family",
+                    r.model,
+                    Family::SdxlRefiner
+                ),
+            ));
+        }
     }
+    let sdxl = matches!(family, Family::Sdxl | Family::SdxlRefiner);
+    if !sdxl && job.sdxl != SdxlConditioning::default() {
+        let d = SdxlConditioning::default();
+        let c = &job.sdxl;
+        let field = [
+            ("original_size", c.original_size != d.original_size),
+            ("crop_top_left", c.crop_top_left != d.crop_top_left),
+            ("target_size", c.target_size != d.target_size),
+            ("aesthetic_score", c.aesthetic_score != d.aesthetic_score),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set)
+        .map_or("negative_aesthetic_score", |(f, _)| f);
+        return Err(err(
+            field,
+            format!(
+                "is SDXL conditioning; model {:?} is of the {family} family",
+                job.model
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// [`sizes_fit`] and [`families_fit`] for the job's model (and refiner), when its folder can be
+/// read here; a folder that cannot is reported by whatever loads the model.
+pub fn fits_model(job: &Job, config: &dyn JobSettings, job_file: &Path) -> Result<(), JobError> {
+    let open = |name: &str| {
+        config
+            .models()
+            .get(name)
+            .and_then(|m| ModelFolder::open(&m.path).ok())
+    };
+    let Some(folder) = open(&job.model) else {
+        return Ok(());
+    };
+    sizes_fit(job, &folder, job_file)?;
+    let refiner = job.refiner.as_ref().and_then(|r| open(&r.model));
+    families_fit(job, folder.family, refiner.map(|f| f.family), job_file)
 }

@@ -9,8 +9,12 @@ use super::fields::{Checks, Field, SizeAt};
 use super::prompt_file::{self, Line};
 use super::spec::{JobSpec, OneOrMany, PromptSpec, SchedulerChoice, Size};
 use super::sweep::{self, Lists, SweepCell};
-use super::{Job, JobError, JobPrompt, PromptFiles, valid_name};
+use super::{Job, JobError, JobPrompt, JobRefiner, PromptFiles, valid_name};
+use crate::engine::pipeline::SdxlConditioning;
 use crate::jobs::settings::JobSettings;
+
+/// Where a refiner takes over when the job does not say: diffusers' documented 0.8.
+pub const DEFAULT_REFINER_START: f64 = 0.8;
 
 /// Fills in defaults and checks every field (see [`super::resolve_with`]).
 pub(super) fn resolve(
@@ -44,6 +48,7 @@ pub(super) fn resolve(
         .collect::<Result<Vec<_>, _>>()?;
     r.expanded_limits(&prompts, matrix)?;
     r.rerank(&spec)?;
+    let (refiner, sdxl) = r.sdxl(&spec)?;
     let defaults = &config.defaults();
     Ok(Job {
         id,
@@ -62,6 +67,8 @@ pub(super) fn resolve(
         rerank: spec.rerank,
         rejected: spec.rejected.unwrap_or_default(),
         max_batch: defaults.max_batch.max(1),
+        refiner,
+        sdxl,
     })
 }
 
@@ -194,6 +201,58 @@ impl<'a> Resolver<'a> {
             ));
         }
         Ok((id, output, model))
+    }
+
+    /// The SDXL refiner (a configured model; its family is checked against its folder by
+    /// [`super::families_fit`]) and size and aesthetic conditioning, over diffusers' defaults.
+    fn sdxl(&self, spec: &JobSpec) -> Result<(Option<JobRefiner>, SdxlConditioning), JobError> {
+        let c = &self.checks;
+        let start_at = Field::named("refiner_start");
+        let refiner = match (&spec.refiner, spec.refiner_start) {
+            (None, Some(_)) => {
+                return Err(self.error(
+                    &start_at,
+                    "is given without `refiner`; name the refiner model too",
+                ));
+            }
+            (None, None) => None,
+            (Some(model), start) => {
+                if !self.config.models().contains_key(model) {
+                    let names: Vec<&str> =
+                        self.config.models().keys().map(String::as_str).collect();
+                    return Err(self.error(
+                        &Field::named("refiner"),
+                        format!(
+                            "{model:?} is not configured; config.yaml has {}",
+                            names.join(", ")
+                        ),
+                    ));
+                }
+                let start = c.refiner_start(&start_at, start.unwrap_or(DEFAULT_REFINER_START))?;
+                Some(JobRefiner {
+                    model: model.clone(),
+                    start,
+                })
+            }
+        };
+        let mut sdxl = SdxlConditioning::default();
+        let pair = |name: &str, v: Option<[u32; 2]>, crop| {
+            v.map(|v| c.sdxl_pair(&Field::named(name), v, crop))
+                .transpose()
+        };
+        sdxl.original_size = pair("original_size", spec.original_size, false)?;
+        sdxl.target_size = pair("target_size", spec.target_size, false)?;
+        if let Some(crop) = pair("crop_top_left", spec.crop_top_left, true)? {
+            sdxl.crop_top_left = crop;
+        }
+        if let Some(s) = spec.aesthetic_score {
+            sdxl.aesthetic_score = c.aesthetic_score(&Field::named("aesthetic_score"), s)?;
+        }
+        if let Some(s) = spec.negative_aesthetic_score {
+            sdxl.negative_aesthetic_score =
+                c.aesthetic_score(&Field::named("negative_aesthetic_score"), s)?;
+        }
+        Ok((refiner, sdxl))
     }
 
     /// The job's own settings over `config.yaml`'s defaults (checked too).

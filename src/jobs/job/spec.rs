@@ -17,6 +17,9 @@
 //! seed: 1234                 # candidate i of a prompt gets seed + i
 //! width: 512
 //! height: 512
+//! refiner: tiny-sdxl-refiner # SDXL: a refiner model takes over at refiner_start (0.8)
+//! original_size: [1024, 1024] # SDXL size conditioning, [width, height] (also target_size,
+//! crop_top_left: [0, 0]       # crop_top_left as [left, top]); aesthetic_score for the refiner
 //! ```
 //!
 //! Sweeps: `steps`, `guidance`, `scheduler` and `size` (`512x768`, instead of width and height)
@@ -68,6 +71,20 @@ pub struct JobSpec {
     pub keep_top: Option<u32>,
     pub rerank: Option<bool>,
     pub rejected: Option<Rejected>,
+    /// An SDXL refiner model (config.yaml's name) that takes over from the base model at
+    /// `refiner_start`, as diffusers' `denoising_end` / `denoising_start` hand over.
+    pub refiner: Option<String>,
+    /// Fraction of the schedule the base model runs before the refiner takes over, in (0, 1).
+    pub refiner_start: Option<f64>,
+    /// SDXL size conditioning, each `[width, height]` (diffusers' `original_size`,
+    /// `crops_coords_top_left` as `[left, top]`, `target_size`); default: the image's size,
+    /// `[0, 0]`, the image's size.
+    pub original_size: Option<[u32; 2]>,
+    pub crop_top_left: Option<[u32; 2]>,
+    pub target_size: Option<[u32; 2]>,
+    /// The SDXL refiner's aesthetic-score conditioning (diffusers' defaults 6.0 and 2.5).
+    pub aesthetic_score: Option<f64>,
+    pub negative_aesthetic_score: Option<f64>,
 }
 
 /// A prompt: a plain string, or an object with its own settings.
@@ -304,6 +321,13 @@ pub const JOB_FIELDS: &[&str] = &[
     "keep_top",
     "rerank",
     "rejected",
+    "refiner",
+    "refiner_start",
+    "original_size",
+    "crop_top_left",
+    "target_size",
+    "aesthetic_score",
+    "negative_aesthetic_score",
 ];
 pub const PROMPT_FIELDS: &[&str] = &[
     "prompt",

@@ -18,6 +18,9 @@ pub struct Parameters<'a> {
     pub width: u32,
     pub height: u32,
     pub model: &'a str,
+    /// The SDXL refiner and where it took over, which AUTOMATIC1111 writes after the model as
+    /// `Refiner: name, Refiner switch at: 0.8` (its refiner's `extra_generation_params`).
+    pub refiner: Option<(&'a str, f64)>,
 }
 
 /// AUTOMATIC1111's name for a sampler, from the scheduler registry
@@ -45,6 +48,9 @@ impl Parameters<'_> {
             self.height,
             self.model
         ));
+        if let Some((name, start)) = self.refiner {
+            text.push_str(&format!(", Refiner: {name}, Refiner switch at: {start}"));
+        }
         text
     }
 }
@@ -104,6 +110,7 @@ mod tests {
             width: 64,
             height: 64,
             model: "tiny-sd",
+            refiner: None,
         };
         let text = p.a1111_text();
         assert_eq!(
@@ -115,6 +122,26 @@ mod tests {
         assert_eq!(read_parameters(&bytes), text);
         let decoded = image::load_from_memory(&bytes).unwrap().to_rgb8();
         assert_eq!(decoded, img);
+    }
+
+    #[test]
+    fn a_refiner_follows_the_model_as_automatic1111_writes_it() {
+        let p = Parameters {
+            prompt: "a cat",
+            negative: "",
+            steps: 20,
+            scheduler: SchedulerKind::Euler,
+            guidance: 5.0,
+            seed: 1,
+            width: 1024,
+            height: 768,
+            model: "sdxl-base",
+            refiner: Some(("sdxl-refiner", 0.8)),
+        };
+        assert_eq!(
+            p.a1111_text(),
+            "a cat\nSteps: 20, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 1024x768, Model: sdxl-base, Refiner: sdxl-refiner, Refiner switch at: 0.8"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::RunOptions;
 use super::manifest::Manifest;
+use crate::engine::pipeline::SdxlConditioning;
 use crate::engine::scheduler::SchedulerKind;
 use crate::jobs::job::{Job, Rejected};
 
@@ -37,9 +38,14 @@ impl Fingerprint {
     pub fn of(job: &Job, options: &RunOptions) -> Fingerprint {
         let settings = Settings::of(job, options);
         let json = serde_json::to_vec(&settings).expect("plain data serializes");
+        // A job with SDXL settings cannot have run before version 2: no legacy manifest is its.
+        let legacy = match settings.sdxl {
+            Some(_) => "<not in version 1: sdxl settings>".to_string(),
+            None => legacy::fingerprint(job, options),
+        };
         Fingerprint {
             current: format!("{:016x}", crate::sys::hash::fnv1a64(json)),
-            legacy: legacy::fingerprint(job, options),
+            legacy,
         }
     }
 
@@ -78,6 +84,40 @@ struct Settings<'a> {
     prompts: Vec<PromptSettings<'a>>,
     /// fnv1a64 over the supplied initial latents and step noise (shape, then values), when any.
     noise: Option<String>,
+    /// The SDXL refiner and conditioning, only when the job sets any (so that the fingerprint
+    /// of every other job stays what it was before they existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sdxl: Option<SdxlSettings<'a>>,
+}
+
+/// A job's SDXL refiner and conditioning, as diffusers takes them (`[height, width]`).
+#[derive(Debug, Serialize)]
+struct SdxlSettings<'a> {
+    refiner: Option<&'a str>,
+    refiner_start: Option<f64>,
+    original_size: Option<[u32; 2]>,
+    crop_top_left: [u32; 2],
+    target_size: Option<[u32; 2]>,
+    aesthetic_score: f32,
+    negative_aesthetic_score: f32,
+}
+
+impl<'a> SdxlSettings<'a> {
+    fn of(job: &'a Job) -> Option<SdxlSettings<'a>> {
+        let c = &job.sdxl;
+        if job.refiner.is_none() && *c == SdxlConditioning::default() {
+            return None;
+        }
+        Some(SdxlSettings {
+            refiner: job.refiner.as_ref().map(|r| r.model.as_str()),
+            refiner_start: job.refiner.as_ref().map(|r| r.start),
+            original_size: c.original_size,
+            crop_top_left: c.crop_top_left,
+            target_size: c.target_size,
+            aesthetic_score: c.aesthetic_score,
+            negative_aesthetic_score: c.negative_aesthetic_score,
+        })
+    }
 }
 
 /// One prompt with everything it is rendered with.
@@ -122,6 +162,7 @@ impl<'a> Settings<'a> {
                 })
                 .collect(),
             noise: noise_digest(options),
+            sdxl: SdxlSettings::of(job),
         }
     }
 }
@@ -260,6 +301,8 @@ mod tests {
             rerank: Some(true),
             rejected: Rejected::Move,
             max_batch: 4,
+            refiner: None,
+            sdxl: SdxlConditioning::default(),
         }
     }
 
@@ -300,6 +343,44 @@ mod tests {
             ..Default::default()
         };
         assert_ne!(a, Fingerprint::of(&job(), &noise));
+    }
+
+    #[test]
+    fn sdxl_settings_change_the_fingerprint_only_when_set() {
+        let options = RunOptions::default();
+        let a = Fingerprint::of(&job(), &options);
+        let changes: [fn(&mut Job); 5] = [
+            |j| {
+                j.refiner = Some(crate::jobs::job::JobRefiner {
+                    model: "r".into(),
+                    start: 0.8,
+                })
+            },
+            |j| j.sdxl.original_size = Some([64, 32]),
+            |j| j.sdxl.crop_top_left = [8, 0],
+            |j| j.sdxl.target_size = Some([64, 32]),
+            |j| j.sdxl.aesthetic_score = 7.0,
+        ];
+        let mut seen = vec![a.current.clone()];
+        for change in changes {
+            let mut j = job();
+            change(&mut j);
+            let b = Fingerprint::of(&j, &options);
+            assert!(!seen.contains(&b.current), "{j:?}");
+            assert_ne!(a.legacy, b.legacy, "{j:?}");
+            seen.push(b.current);
+        }
+        let mut later = job();
+        later.refiner = Some(crate::jobs::job::JobRefiner {
+            model: "r".into(),
+            start: 0.7,
+        });
+        let mut earlier = later.clone();
+        earlier.refiner.as_mut().unwrap().start = 0.8;
+        assert_ne!(
+            Fingerprint::of(&later, &options),
+            Fingerprint::of(&earlier, &options)
+        );
     }
 
     #[test]

@@ -90,6 +90,7 @@ impl Finisher<'_> {
                 width: prompt.width,
                 height: prompt.height,
                 model: &job.model,
+                refiner: job.refiner.as_ref().map(|r| (r.model.as_str(), r.start)),
             };
             let name = output::image_file_name(batch.prompt, *candidate, *seed);
             let t0 = Instant::now();

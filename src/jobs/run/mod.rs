@@ -335,11 +335,7 @@ impl Worker {
             last_dir,
             ..
         } = self;
-        let pipeline = pipelines
-            .get_mut(&job.model)
-            .ok_or_else(|| JobRunError::UnknownModel {
-                model: job.model.clone(),
-            })?;
+        let mut pipeline = job_pipelines(pipelines, job)?;
         let finisher = Finisher {
             job,
             dir,
@@ -356,7 +352,14 @@ impl Worker {
             fingerprint: &fingerprint,
         };
         let mut totals = Totals::default();
-        let mut finisher = run.passes(pipeline, finisher, stop, progress, &mut totals, last_dir)?;
+        let mut finisher = run.passes(
+            &mut pipeline,
+            finisher,
+            stop,
+            progress,
+            &mut totals,
+            last_dir,
+        )?;
         run.complete(&mut finisher, totals, started)
     }
 
@@ -365,6 +368,38 @@ impl Worker {
             .as_ref()
             .map(|r| r.folder().root.display().to_string())
     }
+}
+
+/// The loaded pipelines of `job`'s model and of its refiner, if it names one.
+fn job_pipelines<'p>(
+    pipelines: &'p mut BTreeMap<String, Pipeline>,
+    job: &Job,
+) -> Result<pass::Pipelines<'p>, JobRunError> {
+    let refiner_name = job.refiner.as_ref().map(|r| r.model.as_str());
+    let (mut base, mut refiner) = (None, None);
+    for (name, p) in pipelines.iter_mut() {
+        if *name == job.model {
+            base = Some(p);
+        } else if Some(name.as_str()) == refiner_name {
+            refiner = Some(p);
+        }
+    }
+    let unknown = |model: &str| JobRunError::UnknownModel {
+        model: model.to_string(),
+    };
+    let base = base.ok_or_else(|| unknown(&job.model))?;
+    let refiner = match &job.refiner {
+        None => None,
+        Some(r) => {
+            let p = refiner.ok_or_else(|| unknown(&r.model))?;
+            let handoff = crate::engine::pipeline::Handoff {
+                start: r.start,
+                refiner_noise: None,
+            };
+            Some((p, handoff))
+        }
+    };
+    Ok(pass::Pipelines { base, refiner })
 }
 
 /// One run of a job after its manifest is read: the passes, and marking it complete.
@@ -382,7 +417,7 @@ impl Run<'_> {
     /// [`MAX_REPAIRS`] times.
     fn passes<'a>(
         &self,
-        pipeline: &mut Pipeline,
+        pipeline: &mut pass::Pipelines<'_>,
         mut finisher: Finisher<'a>,
         stop: &AtomicBool,
         progress: &mut dyn FnMut(&Progress),

@@ -11,7 +11,7 @@ use super::finish::{Batch, Finisher};
 use super::manifest::PhaseTimings;
 use super::plan::Plan;
 use super::{JobRunError, PhaseDurations, Progress};
-use crate::engine::pipeline::{Pipeline, PipelineError, Rendered};
+use crate::engine::pipeline::{Handoff, Pipeline, PipelineError, Progress as Step, Rendered};
 use crate::jobs::job::Job;
 
 /// What the passes of one run add up to.
@@ -39,6 +39,30 @@ impl Totals {
     }
 }
 
+/// The loaded pipelines a job renders with: its model, and the SDXL refiner that takes over
+/// from it when the job names one.
+pub struct Pipelines<'p> {
+    pub base: &'p mut Pipeline,
+    pub refiner: Option<(&'p mut Pipeline, Handoff)>,
+}
+
+impl Pipelines<'_> {
+    /// Renders `req`: with the base model alone, or handing over to the refiner
+    /// ([`Pipeline::render_refined`]).
+    fn render(
+        &mut self,
+        req: &crate::engine::pipeline::RenderRequest,
+        on_progress: &mut dyn FnMut(Step) -> ControlFlow<()>,
+    ) -> Result<Rendered, PipelineError> {
+        match &mut self.refiner {
+            Some((refiner, handoff)) => {
+                self.base.render_refined(refiner, req, handoff, on_progress)
+            }
+            None => self.base.render(req, on_progress),
+        }
+    }
+}
+
 /// Work for the finishing thread.
 enum Work {
     Batch(Batch),
@@ -55,7 +79,7 @@ pub struct Passed<'a> {
 /// Runs `plan` with `pipeline`, `finisher` writing and finishing.
 pub fn run<'a>(
     job: &Job,
-    pipeline: &mut Pipeline,
+    pipeline: &mut Pipelines<'_>,
     mut finisher: Finisher<'a>,
     plan: &Plan,
     stop: &AtomicBool,
@@ -112,7 +136,7 @@ pub fn run<'a>(
 /// own, when the finishing thread has stopped (its error is the pass's).
 fn render(
     job: &Job,
-    pipeline: &mut Pipeline,
+    pipeline: &mut Pipelines<'_>,
     plan: &Plan,
     stop: &AtomicBool,
     progress: &mut dyn FnMut(&Progress),

@@ -19,6 +19,7 @@ pub fn request(job: &Job, index: usize) -> RenderRequest {
     req.height = p.height;
     req.rng = job.rng;
     req.max_batch = job.max_batch as usize;
+    req.sdxl = job.sdxl;
     req
 }
 
