@@ -25,7 +25,7 @@ pub enum Processed {
     /// Filed, released for the next start, or handed to another worker.
     Settled,
     /// Its files cannot be written now: it runs again after a wait.
-    WaitsForStorage(WaitForStorage),
+    WaitsForStorage(Box<WaitForStorage>),
 }
 
 /// `done/x.result.yaml`.
@@ -206,11 +206,11 @@ fn file_outcome(
                 Ok(Processed::Settled)
             }
         },
-        Err(e) if e.is_storage() => Ok(Processed::WaitsForStorage(WaitForStorage {
+        Err(e) if e.is_storage() => Ok(Processed::WaitsForStorage(Box::new(WaitForStorage {
             claimed,
             model: Some(job.model.clone()),
             reason: e.to_string(),
-        })),
+        }))),
         Err(e) => {
             tracing::error!(error = %e, step = %e.step(), "job failed; moving it to failed/");
             file_failed(ctx, claimed, &Failure::new(e.step(), e.to_string()), model)
@@ -299,7 +299,10 @@ fn file_done(
     let stem = claimed.stem.clone();
     let finished = match ctx.spool.finish_done(claimed, &yaml) {
         Ok(f) => f,
-        Err(e) => return filing_error(e, Some(&job.model)).map(Processed::WaitsForStorage),
+        Err(e) => {
+            return filing_error(e, Some(&job.model))
+                .map(|w| Processed::WaitsForStorage(Box::new(w)));
+        }
     };
     ctx.control.clear_cancel(&stem);
     let done = crate::app::web::hooks::Done {
@@ -327,7 +330,7 @@ fn file_failed(
     let stem = claimed.stem.clone();
     let finished = match ctx.spool.finish_failed(claimed, failure) {
         Ok(f) => f,
-        Err(e) => return filing_error(e, model).map(Processed::WaitsForStorage),
+        Err(e) => return filing_error(e, model).map(|w| Processed::WaitsForStorage(Box::new(w))),
     };
     ctx.control.clear_cancel(&stem);
     crate::app::web::hooks::job_failed(ctx.spool, &stem, failure, &finished.side_file);

@@ -98,7 +98,7 @@ fn work(ctx: &WorkerCtx<'_>, worker: &mut Worker) -> anyhow::Result<()> {
         match processed? {
             Processed::Settled => storage_wait = storage::RETRY_FIRST,
             Processed::WaitsForStorage(waiting) => {
-                if !wait_for_storage(ctx, waiting, &mut storage_wait) {
+                if !wait_for_storage(ctx, *waiting, &mut storage_wait) {
                     return Ok(());
                 }
             }

@@ -28,7 +28,7 @@ pub(super) fn resolve(
     let r = Resolver {
         checks: Checks {
             file,
-            limits: &config.limits(),
+            limits: config.limits(),
         },
         config,
     };
