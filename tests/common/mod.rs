@@ -81,12 +81,12 @@ pub fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// What an output root holds besides its gallery page (`index.html`, written after every job):
-/// the job folders, and anything that should not be there.
+/// What an output root holds besides its gallery page (`index.html`, written after every job,
+/// and its rows cache `.index-rows.json`): the job folders, and anything that should not be there.
 pub fn output_entries(dir: &Path) -> Vec<String> {
     names(dir)
         .into_iter()
-        .filter(|n| n != "index.html")
+        .filter(|n| n != "index.html" && n != ".index-rows.json")
         .collect()
 }
 
