@@ -323,9 +323,17 @@ fn models_command_shows_each_models_family() {
             .split("\n\n")
             .find(|s| s.starts_with(name.as_str()))
             .unwrap_or_else(|| panic!("no section for {name} in:\n{out}"));
+        // The family named with the pipeline class the folder's model_index.json gives.
+        let index: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(config.models[name].path.join("model_index.json")).unwrap(),
+        )
+        .unwrap();
+        let class = index["_class_name"].as_str().unwrap();
+        let sd = class == "StableDiffusionPipeline";
         assert!(
-            section
-                .contains("  ok: family sd (Stable Diffusion 1.x/2.x, StableDiffusionPipeline), ")
+            section.contains("  ok: family ")
+                && section.contains(&format!(", {class}), "))
+                && (!sd || section.contains("family sd (Stable Diffusion 1.x/2.x, "))
                 && section.contains(" 4 latent channels, "),
             "{section}"
         );
