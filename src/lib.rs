@@ -20,6 +20,7 @@ pub mod model;
 pub mod noise;
 pub mod output;
 pub mod pipeline;
+pub mod prompt;
 pub mod rerank;
 pub mod runtime;
 pub mod scheduler;

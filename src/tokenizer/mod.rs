@@ -261,6 +261,11 @@ impl ClipTokenizer {
         self.bpe.get_vocab_size()
     }
 
+    /// The vocabulary id of `token` (a BPE token such as `,</w>`), if it has one.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.bpe.token_to_id(token)
+    }
+
     /// The prompt's token ids without bos/eos, not truncated (transformers'
     /// `tokenizer(prompt, add_special_tokens=False).input_ids`).
     pub fn token_ids(&self, prompt: &str) -> Result<Vec<u32>, TokenizerError> {
