@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+"""Golden files for sdspool's AUTOMATIC1111 prompt reading (src/prompt/).
+
+AUTOMATIC1111 cannot be installed here, so this script restates its behaviour, read from its
+published source (modules/prompt_parser.py and modules/sd_hijack_clip.py of
+AUTOMATIC1111/stable-diffusion-webui), on the same engines it uses:
+
+* prompt editing and alternation: a lark Earley grammar with the same language as
+  AUTOMATIC1111's (lark is what it parses with, so ambiguous prompts are resolved the way lark
+  resolves them), then the schedule steps and the text at each step (edits switch after
+  ``int(N * steps)`` for a number with a decimal point, after step ``N`` otherwise, capped at
+  ``steps``; alternation picks ``(step - 1) % count``); a prompt lark rejects is used unchanged;
+* emphasis: Python's ``re`` scanning the prompt for escapes, brackets, ``:number)`` closers and
+  text, BREAK split out with ``\\s*\\bBREAK\\b\\s*``, weights as Python floats, equal neighbours merged;
+* chunking: each weighted piece tokenized on its own by transformers' slow ``CLIPTokenizer``
+  (``add_special_tokens=False``, no truncation; ftfy not importable, as in
+  golden_tokenizer.py), 75 tokens per chunk, the text after the last comma moved to the next
+  chunk when it is at most 20 tokens back, ``BREAK`` closing a chunk, padding with the end token,
+  start/end tokens around, and for a tokenizer whose pad is not the end token (SD 2.x) the pad id
+  after the first end token.
+
+Output: ``tests/golden/prompt/a1111.json``: for each corpus prompt and its step count, the
+schedule (end step, index of its text) and each distinct text with its pieces (text, weight, or
+"BREAK") and chunks (77 ids, and the weights where not all 1) for the SD 1.x tokenizer, and the
+SD 2.x ids for the first 120 cases; a prompt
+AUTOMATIC1111 fails on (``(a:1.2.3)``) has ``"error"``.
+
+Usage: HF_HUB_OFFLINE=1 PYTHONPATH=<dir with lark> onnx/.venv/bin/python onnx/golden_prompts.py
+(lark 1.3.1 is listed in onnx/requirements.txt)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import sys
+import tempfile
+
+import lark
+import regex
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import golden_tokenizer as gt  # noqa: E402
+
+ROOT = gt.ROOT
+OUT_DIR = os.path.join(ROOT, "tests", "golden", "prompt")
+CHUNK = 75
+BACKTRACK = 20
+
+# The prompt-editing grammar: the same language as AUTOMATIC1111's, in lark's notation.
+GRAMMAR = r"""
+!start: (prompt | /[][():]/+)*
+prompt: (emphasized | scheduled | alternate | plain | WHITESPACE)*
+!emphasized: "(" prompt ")" | "(" prompt ":" prompt ")" | "[" prompt "]"
+scheduled: "[" [prompt ":"] prompt ":" [WHITESPACE] NUMBER [WHITESPACE] "]"
+alternate: "[" prompt ("|" [prompt])+ "]"
+WHITESPACE: /\s+/
+plain: /([^\\\[\]():|]|\\.)+/
+%import common.SIGNED_NUMBER -> NUMBER
+"""
+PARSER = lark.Lark(GRAMMAR)
+
+
+def switch_step(number: str, steps: int) -> int:
+    v = float(number)
+    v = v * steps if "." in number else v
+    return min(steps, int(v))
+
+
+def schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
+    try:
+        tree = PARSER.parse(prompt)
+    except lark.exceptions.LarkError:
+        return [(steps, prompt)]
+
+    points = {steps}
+    for node in tree.iter_subtrees():
+        if node.data == "scheduled":
+            t = switch_step(str(node.children[-2]), steps)
+            if t >= 1:
+                points.add(t)
+        elif node.data == "alternate":
+            points.update(range(1, steps + 1))
+
+    def text_at(node, step: int) -> str:
+        if isinstance(node, lark.Token):
+            return str(node)
+        if node is None:
+            return ""
+        if node.data == "scheduled":
+            before, after, when = node.children[0], node.children[1], str(node.children[-2])
+            return text_at(before, step) if step <= switch_step(when, steps) else text_at(after, step)
+        if node.data == "alternate":
+            options = node.children
+            return text_at(options[(step - 1) % len(options)], step)
+        return "".join(text_at(c, step) for c in node.children)
+
+    return [(t, text_at(tree, t)) for t in sorted(points)]
+
+
+ATTENTION = re.compile(
+    r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:",
+)
+BREAK_RE = re.compile(r"\s*\bBREAK\b\s*", re.S)
+
+
+def emphasis(text: str) -> list[list]:
+    res: list[list] = []
+    round_open: list[int] = []
+    square_open: list[int] = []
+
+    def scale(start: int, factor: float) -> None:
+        for item in res[start:]:
+            item[1] *= factor
+
+    for m in ATTENTION.finditer(text):
+        s, number = m.group(0), m.group(1)
+        if s.startswith("\\"):
+            res.append([s[1:], 1.0])
+        elif s == "(":
+            round_open.append(len(res))
+        elif s == "[":
+            square_open.append(len(res))
+        elif number is not None and round_open:
+            scale(round_open.pop(), float(number))  # ValueError on "1.2.3", as in AUTOMATIC1111
+        elif s == ")" and round_open:
+            scale(round_open.pop(), 1.1)
+        elif s == "]" and square_open:
+            scale(square_open.pop(), 1 / 1.1)
+        else:
+            for i, part in enumerate(BREAK_RE.split(s)):
+                if i:
+                    res.append(["BREAK", -1])
+                res.append([part, 1.0])
+    for start in round_open:
+        scale(start, 1.1)
+    for start in square_open:
+        scale(start, 1 / 1.1)
+    if not res:
+        res = [["", 1.0]]
+    merged: list[list] = []
+    for item in res:
+        if merged and merged[-1][1] == item[1]:
+            merged[-1][0] += item[0]
+        else:
+            merged.append(item)
+    return merged
+
+
+def chunks(tok, pieces: list[list]) -> list[dict]:
+    comma = tok.get_vocab().get(",</w>")
+    bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    out: list[dict] = []
+    cur_ids: list[int] = []
+    cur_w: list[float] = []
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal cur_ids, cur_w, last_comma
+        ids = [bos] + cur_ids + [eos] * (CHUNK - len(cur_ids)) + [eos]
+        w = [1.0] + cur_w + [1.0] * (CHUNK - len(cur_w)) + [1.0]
+        if pad != eos:
+            first = ids.index(eos)
+            ids = ids[: first + 1] + [pad] * (len(ids) - first - 1)
+        out.append({"ids": ids, "weights": w})
+        cur_ids, cur_w, last_comma = [], [], -1
+
+    texts = [t for t, _ in pieces]
+    token_lists = tok(texts, truncation=False, add_special_tokens=False)["input_ids"]
+    for ids, (text, weight) in zip(token_lists, pieces):
+        if text == "BREAK" and weight == -1:
+            close()
+            continue
+        for token in ids:
+            if token == comma:
+                last_comma = len(cur_ids)
+            elif len(cur_ids) == CHUNK and last_comma != -1 and len(cur_ids) - last_comma <= BACKTRACK:
+                cut = last_comma + 1
+                moved_ids, moved_w = cur_ids[cut:], cur_w[cut:]
+                cur_ids, cur_w = cur_ids[:cut], cur_w[:cut]
+                close()
+                cur_ids, cur_w = moved_ids, moved_w
+            if len(cur_ids) == CHUNK:
+                close()
+            cur_ids.append(token)
+            cur_w.append(weight)
+    if cur_ids or not out:
+        close()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# corpus
+# --------------------------------------------------------------------------------------------
+
+EMPHASIS = [
+    "a (cat)", "a ((cat))", "a (((cat)))", "a [cat]", "a [[cat]]", "a (cat:1.3)", "a (cat:0.5)",
+    "a (cat: 1.3 )", "a (cat:+1.3)", "a (cat:-1)", "a (cat:0)", "a (cat:.5)", "a (cat:5.)",
+    "a (big (cat:1.5) house)", "a [big (cat) house]", "((a [b] c):1.2)", "(a)(b)(c)", "(a)[b](c)",
+    "(a:1.1)(b:1.1)", "(cat:1.2) (dog:1.2)", "(masterpiece:1.2), (best quality:1.3), 1girl",
+    "(a, b, c:1.4), d", "((a:1.2):1.2)", "[[[a]]] (((b)))", "(a:2) [b:3]", "x (a:1e2) y",
+    "(cat:)", "(cat:abc)", "a:1.2)", "(a:1.2:1.3)", "((a:1.2) b:0.7)", "(a:0.000001)", "(a:100)",
+    "(a:1.23456789012345)", "(:1.2)", "()", "[]", "(())", "[()]", "( )", "[ ]",
+    "a ( b ) c", "(\n cat \n)", "(cat:1.2\n)", "(cat\t:\t1.2\t)",
+    "(one two three four:1.1) five", "a (b:1.5) c (d:0.5) e", "(a:1.2.3)", "(a:.)", "(a:+)",
+]
+
+ESCAPES = [
+    "\\(cat\\)", "\\[cat\\]", "a \\(b\\) (c)", "\\\\(cat)", "\\\\", "a\\b", "a \\ b", "\\:",
+    "\\(cat:1.2\\)", "(\\(cat\\):1.2)", "emoticon :\\)", "\\x", "\\", "a\\", "\\\\\\(",
+    "text \\[not emphasis\\] here", "(a\\)b)", "[a\\]b]", "a\\\nb", "\\|", "a \\| b",
+    "\\[a:b:3\\]", "[a\\:b:3]", "kaomoji (\\^_\\^)", "\\(\\(\\(", "path C:\\\\dir",
+]
+
+UNBALANCED = [
+    "(unbalanced", "unbalanced)", "[unbalanced", "unbalanced]", "((a)", "(a))", "[[a]", "[a]]",
+    "(a [b)", "[a (b]", "(a [b) c]", ")(", "][", ")a(", "(((", ")))", "[[[", "]]]",
+    "a (b c [d e", "a ) b ] c", "(a:1.2", "a:1.2)", "([a)]", "[(a])", "(a:1.2))", "((a:1.2)",
+    "a ((b) c", "a (b)) c", "((a][:b:c [d:3]", "[[a:b:3]", "(a [b:c:2] d", "a [b:c:2]] e",
+    "[a|b", "a|b]", "a (b|c) d", "(a:1.2]", "[a:1.2)",
+]
+
+BREAKS = [
+    "a BREAK b", "BREAK a", "a BREAK", "BREAK", "a BREAK BREAK b", "aBREAK b", "a BREAKb",
+    "a break b", "a Break b", "a BREAK\nb", "a\tBREAK\tb", "a,BREAK,b", "(a BREAK b)",
+    "(a BREAK b:0)", "[a BREAK b]", "a (b) BREAK (c)", "BREAK BREAK", "a  BREAK  b",
+    "cat BREAK_ dog", "cat _BREAK dog", "cat BREAK. dog", "a BREAK b BREAK c BREAK d",
+    "(BREAK:-1)", "a [b BREAK c:3] d", "1BREAK2", "é BREAK ü", "一BREAK二",
+]
+
+EDITING = [
+    "a [b:3]", "a [b: 3]", "a [b :3]", "a [b:3 ]", "a [b:c:3]", "a [b:c: 3 ]", "a [b::3]",
+    "a [:c:3]", "a [b:c:0]", "a [b:c:1]", "a [b:c:19]", "a [b:c:20]", "a [b:c:21]", "a [b:c:100]",
+    "a [b:c:-1]", "a [b:c:+2]", "a [b:c:0.5]", "a [b:c:.5]", "a [b:c:0.05]", "a [b:c:0.049]",
+    "a [b:c:0.99]", "a [b:c:1.0]", "a [b:c:1.5]", "a [b:c:0.0]", "a [b:c:0.25]", "a [b:c:0.29]",
+    "a [b:c:0.3]", "a [b:c:0.7]", "a [b:c:1e1]", "a [b:c:1e-1]", "a [b:c:2.5e-1]", "a [b:c:5.]",
+    "a [b:c:1.2.3]", "a [b:c:x]", "a [b:c:]", "a [b:c:3", "a [b:c:d:3]",
+    "a[b:[c:d:2]:1]e", "[[a:b:2]:c:4]", "[a:[b:c:3]:6]", "[(a:1.3):[b]:5]", "[(a:2):3]",
+    "a [[[b]]:2]", "fantasy landscape with a [mountain:lake:0.25] and [an oak:a christmas tree:0.75]"
+    "[ in foreground::0.6][ in background:0.25] [shoddy:masterful:0.5]",
+    "[dog:cat:0.5] sitting on a couch", "a (cat [with:without:5] hat)", "(a [b:c:5]:1.4)",
+    "[a (b:1.2):c:5]", "[a\\]:b:5]", "[a:b:5]BREAK[c:d:10]", "[a BREAK b:c:5]", "[a:b:10.]",
+    "[a:b:0.5] [c:d:0.5] [e:f:10]", "[a, b, c:d, e, f:0.4]", "photo of [young:old:15] man",
+]
+
+ALTERNATION = [
+    "[a|b]", "[a|b|c]", "[a|]", "[|b]", "[|]", "[fe|||]male", "[a|(b:1.1)]", "[a|[b|c]]",
+    "[a|b] [c|d|e]", "[a|[b:c:4]]", "[[a|b]:c:5]", "[a:[b|c]:5]", "[cat|dog] on a [red|blue] couch",
+    "[ a | b ]", "[(a)|[b]]", "[a|b", "a|b", "[a|b]|c", "([a|b])", "([a|b]:1.3)", "[a|b]BREAK[c|d]",
+    "[a|b c|d e]",
+]
+
+COMMAS = []
+
+
+def comma_prompts() -> list[str]:
+    """Commas near the 75-token boundary ('cat' and ',' are one token each)."""
+    out = []
+    for n in (50, 54, 55, 56, 60, 70, 73, 74, 75, 76):
+        out.append(" ".join(["cat"] * n) + ", " + " ".join(["dog"] * 30))
+    out.append(", ".join(["cat"] * 60))
+    out.append(", ".join(["red cat"] * 40))
+    out.append(" ".join(["cat"] * 75) + ", dog")
+    out.append(" ".join(["cat"] * 74) + ", dog")
+    out.append(" ".join(["cat"] * 55) + ", " + " ".join(["dog"] * 19) + " " + " ".join(["eel"] * 10))
+    out.append(" ".join(["cat"] * 54) + ", " + " ".join(["dog"] * 20) + " " + " ".join(["eel"] * 10))
+    out.append("(" + " ".join(["cat"] * 70) + ":1.2), " + " ".join(["dog"] * 20))
+    out.append(" ".join(["cat"] * 70) + " BREAK " + " ".join(["dog"] * 80))
+    out.append(" ".join(["cat"] * 150))
+    out.append(" ".join(["cat"] * 225) + ", end")
+    out.append(",,,,, " * 40)
+    out.append(" ".join(["cat"] * 60) + ", [a:b:5] " + " ".join(["dog"] * 20))
+    return out
+
+
+EMOJI = [
+    "🐱 (🐶:1.3) [🐭]", "a cat 🐱, BREAK 🐶", "(👍🏽:1.2)", "[🐱|🐶]", "[🐱:🐶:0.5]", "❤️ love",
+    "🇯🇵 flag (🇺🇸)", "(一只猫:1.2) 在月光下", "(café:1.1) naïve", "Москва (ПРИВЕТ:0.8)",
+    "🐱" * 80, "(🐱 " * 40,
+]
+
+FRAGMENTS = [
+    "cat", "a photo of", "(masterpiece:1.2)", "(", ")", "[", "]", ":", "|", "\\", "BREAK", ",",
+    "[dog:cat:0.5]", "[a|b]", "(red:0.8)", "((best))", "[[worst]]", "\\(", "\\)", "1.5", "0.3",
+    "🐱", "café", "  ", "\n", "[x:5]", "[y::0.4]", "(z:1.1)", "blue", "detailed", ":1.2)", "3]",
+]
+
+
+def generated(n: int, seed: int = 4321) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        k = rng.randint(1, 12)
+        out.append(" ".join(rng.choice(FRAGMENTS) for _ in range(k)))
+    return out
+
+
+def corpus() -> list[tuple[str, int]]:
+    prompts = (
+        gt.SD_PROMPTS + EMPHASIS + ESCAPES + UNBALANCED + BREAKS + EDITING + ALTERNATION
+        + comma_prompts() + EMOJI + gt.LONG[:6] + generated(90)
+    )
+    seen, out = set(), []
+    for p in prompts:
+        if p not in seen:
+            seen.add(p)
+            out.append((p, 20))
+    # Other step counts for the scheduling syntax.
+    for p in EDITING[:40]:
+        for steps in (1, 7, 30):
+            out.append((p, steps))
+    for p in ALTERNATION[:8]:
+        out.append((p, 7))
+    return out
+
+
+def read(tok, tok2, prompt: str, steps: int, with_sd2: bool) -> dict:
+    """One case: the schedule as (end step, index into texts), each distinct text read once."""
+    entry: dict = {"prompt": prompt, "steps": steps, "schedule": [], "texts": []}
+    index: dict[str, int] = {}
+    for end, text in schedule(prompt, steps):
+        if text not in index:
+            try:
+                pieces = emphasis(text)
+            except ValueError as e:
+                return {"prompt": prompt, "steps": steps, "error": f"{text!r}: {e}"}
+            item = {
+                "text": text,
+                "pieces": ["BREAK" if (t == "BREAK" and w == -1) else [t, w] for t, w in pieces],
+                "chunks": [
+                    {"ids": c["ids"], **({"weights": c["weights"]} if any(w != 1.0 for w in c["weights"]) else {})}
+                    for c in chunks(tok, pieces)
+                ],
+            }
+            if with_sd2:
+                item["sd2_ids"] = [c["ids"] for c in chunks(tok2, pieces)]
+            index[text] = len(entry["texts"])
+            entry["texts"].append(item)
+        entry["schedule"].append([end, index[text]])
+    return entry
+
+
+def main() -> None:
+    import transformers
+
+    items = corpus()
+    with tempfile.TemporaryDirectory() as work:
+        folders = gt.write_folders(work)
+        tok = gt.load_slow(folders["sd1"])
+        tok2 = gt.load_slow(folders["sd2"])
+        entries = [read(tok, tok2, p, steps, i < 120) for i, (p, steps) in enumerate(items)]
+    result = {
+        "generator": "onnx/golden_prompts.py",
+        "reference": (
+            f"lark {lark.__version__} Earley parse of AUTOMATIC1111's prompt-editing grammar; Python re emphasis; "
+            f"transformers {transformers.__version__} CLIPTokenizer (slow, no ftfy) per piece; 75-token chunks, "
+            "comma backtrack 20"
+        ),
+        "chunk_length": CHUNK,
+        "comma_backtrack": BACKTRACK,
+        "cases": entries,
+    }
+    n_multi = sum(1 for e in entries if "texts" in e and any(len(t["chunks"]) > 1 for t in e["texts"]))
+    n_sched = sum(1 for e in entries if "schedule" in e and len(e["schedule"]) > 1)
+    n_err = sum(1 for e in entries if "error" in e)
+    print(f"{len(entries)} cases ({len({e['prompt'] for e in entries})} prompts): {n_sched} scheduled, "
+          f"{n_multi} with more than one chunk, {n_err} errors")
+    text = json.dumps(result, ensure_ascii=True, indent=1)
+    text = regex.sub(r"\[\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?(?:,\s*-?\d+(?:\.\d+)?(?:e-?\d+)?)*)\s*\]",
+                     lambda m: "[" + regex.sub(r"\s+", "", m.group(1)) + "]", text)
+    os.makedirs(OUT_DIR, exist_ok=True)
+    with open(os.path.join(OUT_DIR, "a1111.json"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
