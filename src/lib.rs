@@ -1,29 +1,27 @@
 //! sdspool: a spool daemon for overnight bulk Stable Diffusion rendering.
 //!
-//! The data path, module by module:
-//! job file -> claim -> prompts -> [`tokenizer`] -> text embeddings -> [`scheduler`] denoising loop
-//! (initial latents from [`noise`]) -> VAE -> images -> CLIP scores -> outputs -> done.
+//! Layers, each importing only the ones below it (checked by `tests/architecture.rs`):
 //!
-//! [`runtime`] finds and loads ONNX Runtime and picks execution providers; [`model`] opens and
-//! validates Stable Diffusion model folders as Hugging Face optimum exports them; [`config`] reads
-//! `config.yaml`.
+//! ```text
+//! app      command line, daemon, config.yaml          (commands, daemon, config, logging)
+//!  |
+//! jobs     one job: file -> plan -> render -> outputs (job, run, output, eta)
+//!  |         \
+//! engine    \  model folders and families, pipeline, schedulers, noise, tokenizer, rerank
+//!  |         spool   incoming/running/done/failed, claims (uses sys only)
+//! runtime  ONNX Runtime: library, providers, sessions, signatures, tensors
+//!  |
+//! sys      atomic files, YAML, hashing
+//! ```
+//!
+//! The data path, module by module: job file ([`jobs::job`]) -> claim ([`spool`]) -> prompts
+//! and plan ([`jobs::run`]) -> conditioning ([`engine::pipeline`], [`engine::tokenizer`]) ->
+//! denoising ([`engine::scheduler`], initial latents from [`engine::noise`]) -> VAE -> images ->
+//! CLIP scores ([`engine::rerank`]) -> outputs ([`jobs::output`]) -> done ([`spool`]).
 
-pub mod commands;
-pub mod config;
-pub mod daemon;
-pub mod eta;
-pub mod hash;
-pub mod job;
-pub mod jobrun;
-pub mod logging;
-pub mod model;
-pub mod noise;
-pub mod output;
-pub mod pipeline;
-pub mod prompt;
-pub mod rerank;
+pub mod app;
+pub mod engine;
+pub mod jobs;
 pub mod runtime;
-pub mod scheduler;
 pub mod spool;
-pub mod tokenizer;
-pub mod yaml;
+pub mod sys;

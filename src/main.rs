@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use sdspool::config::Config;
-use sdspool::logging::{self, LogFormat};
+use sdspool::app::config::Config;
+use sdspool::app::logging::{self, LogFormat};
 use sdspool::runtime::Runtime;
 
 /// Overnight bulk Stable Diffusion rendering with ONNX Runtime.
@@ -103,7 +103,7 @@ struct BenchArgs {
     /// A model name from the config, or a model folder (default: the config's default model).
     #[arg(long)]
     model: Option<String>,
-    /// Prompts (fixed texts, see `sdspool::commands::bench::PROMPTS`).
+    /// Prompts (fixed texts, see `sdspool::app::commands::bench::PROMPTS`).
     #[arg(long, default_value_t = 4)]
     prompts: usize,
     /// Candidates per prompt.
@@ -214,7 +214,7 @@ fn execute(command: Command, config: &Config, started: std::time::Instant) -> Ou
             latents,
             step_noise,
         } => {
-            let noise = sdspool::commands::render::NoiseFiles {
+            let noise = sdspool::app::commands::render::NoiseFiles {
                 latents,
                 step_noise,
             };
@@ -222,18 +222,18 @@ fn execute(command: Command, config: &Config, started: std::time::Instant) -> Ou
         }
         Command::Submit { job, replace } => submit(config, &job, replace),
         Command::Status { json } => {
-            print!("{}", sdspool::commands::status::run(config, json)?);
+            print!("{}", sdspool::app::commands::status::run(config, json)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Pause { reason } => pause(config, reason),
         Command::Resume => resume(config),
         Command::Cancel { job } => {
-            let cancelled = sdspool::commands::control::cancel(config, &job)?;
-            print!("{}", sdspool::commands::control::describe(&cancelled));
+            let cancelled = sdspool::app::commands::control::cancel(config, &job)?;
+            print!("{}", sdspool::app::commands::control::describe(&cancelled));
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { job } => {
-            print!("{}", sdspool::commands::check::run(config, &job)?);
+            print!("{}", sdspool::app::commands::check::run(config, &job)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
@@ -244,7 +244,7 @@ fn execute(command: Command, config: &Config, started: std::time::Instant) -> Ou
 }
 
 fn run(config: &Config, until_idle: bool) -> Outcome {
-    sdspool::daemon::run(config, sdspool::daemon::DaemonOptions { until_idle }).map_err(|e| {
+    sdspool::app::daemon::run(config, sdspool::app::daemon::DaemonOptions { until_idle }).map_err(|e| {
         Failure {
             error: e,
             status: 1,
@@ -262,7 +262,7 @@ fn models(config: &Config) -> Outcome {
     )
     .map_err(Failure::usage)?;
     let mut out = String::new();
-    let ok = sdspool::commands::models::run(config, &runtime, &mut out);
+    let ok = sdspool::app::commands::models::run(config, &runtime, &mut out);
     print!("{out}");
     Ok(if ok {
         ExitCode::SUCCESS
@@ -275,9 +275,9 @@ fn render(
     config: &Config,
     job: &std::path::Path,
     output: Option<&std::path::Path>,
-    noise: &sdspool::commands::render::NoiseFiles,
+    noise: &sdspool::app::commands::render::NoiseFiles,
 ) -> Outcome {
-    let outcome = sdspool::commands::render::run(config, job, output, noise)?;
+    let outcome = sdspool::app::commands::render::run(config, job, output, noise)?;
     for c in outcome.manifest.candidates() {
         let Some(file) = &c.file else { continue };
         match (c.rank, c.clip_score) {
@@ -290,13 +290,13 @@ fn render(
     }
     println!(
         "{}",
-        outcome.dir.join(sdspool::jobrun::manifest::FILE).display()
+        outcome.dir.join(sdspool::jobs::run::manifest::FILE).display()
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn submit(config: &Config, job: &std::path::Path, replace: bool) -> Outcome {
-    let s = sdspool::commands::submit::run(config, job, replace)?;
+    let s = sdspool::app::commands::submit::run(config, job, replace)?;
     println!("{}", s.path.display());
     if s.waits_for_running {
         eprintln!("sdspool: a job of the same name is running; this one runs after it");
@@ -305,7 +305,7 @@ fn submit(config: &Config, job: &std::path::Path, replace: bool) -> Outcome {
 }
 
 fn pause(config: &Config, reason: Option<String>) -> Outcome {
-    match sdspool::commands::control::pause(config, reason)? {
+    match sdspool::app::commands::control::pause(config, reason)? {
         (record, true) => println!(
             "paused: running jobs finish, no job starts until `sdspool resume` ({})",
             record.by
@@ -320,7 +320,7 @@ fn pause(config: &Config, reason: Option<String>) -> Outcome {
 }
 
 fn resume(config: &Config) -> Outcome {
-    match sdspool::commands::control::resume(config)? {
+    match sdspool::app::commands::control::resume(config)? {
         Some(_) => println!("resumed: jobs start again"),
         None => println!("not paused"),
     }
@@ -328,7 +328,7 @@ fn resume(config: &Config) -> Outcome {
 }
 
 fn bench(config: &Config, args: BenchArgs, started: std::time::Instant) -> anyhow::Result<()> {
-    use sdspool::commands::bench::{self, BenchOptions};
+    use sdspool::app::commands::bench::{self, BenchOptions};
     let (width, height) =
         bench::parse_size(&args.size).map_err(|e| anyhow::anyhow!("--size: {e}"))?;
     let scheduler = match &args.scheduler {

@@ -112,7 +112,7 @@ fn models_shows_every_model_its_check_and_provider() {
         .unwrap();
     let (stdout, err) = text(&out);
     assert!(out.status.success(), "{stdout}\n{err}");
-    let config = sdspool::config::Config::load(&common::root().join("config.yaml")).unwrap();
+    let config = sdspool::app::config::Config::load(&common::root().join("config.yaml")).unwrap();
     for name in config.models.keys() {
         let section: String = stdout
             .split("\n\n")

@@ -393,7 +393,7 @@ fn status_of_a_spool_that_does_not_exist_yet_is_empty() {
     assert_eq!(v["counts"]["incoming"], 0);
     assert!(!s.spool.exists(), "status must not create the spool");
     // The spool directory is resolved against the config file's folder.
-    let c = sdspool::config::Config::load(&s.config).unwrap();
+    let c = sdspool::app::config::Config::load(&s.config).unwrap();
     assert_eq!(
         c.spool,
         SpoolConfig {

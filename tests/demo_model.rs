@@ -10,9 +10,9 @@ mod common;
 use std::ops::ControlFlow;
 
 use image::RgbImage;
-use sdspool::config::Config;
-use sdspool::model::SdModel;
-use sdspool::pipeline::{Pipeline, RenderRequest};
+use sdspool::app::config::Config;
+use sdspool::engine::model::SdModel;
+use sdspool::engine::pipeline::{Pipeline, RenderRequest};
 
 /// onnx/shapes_data.py's named colours.
 const COLOURS: [(&str, [u8; 3]); 8] = [

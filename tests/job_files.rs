@@ -4,8 +4,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use sdspool::config::Config;
-use sdspool::job::{self, Job};
+use sdspool::app::config::Config;
+use sdspool::jobs::job::{self, Job};
 
 fn config() -> Config {
     Config::load(&common::root().join("config.yaml")).unwrap()
@@ -315,7 +315,7 @@ fn check_submit_and_the_daemon_agree_on_the_default_seed() {
     ] {
         std::fs::write(jobs.join("p.txt"), "a dog\n").unwrap();
         let file = write(&jobs, name, body);
-        let shown = sdspool::commands::check::run(&c, &file).unwrap();
+        let shown = sdspool::app::commands::check::run(&c, &file).unwrap();
         let seed: u64 = shown
             .lines()
             .find_map(|l| l.trim().strip_prefix("rng"))
@@ -323,7 +323,7 @@ fn check_submit_and_the_daemon_agree_on_the_default_seed() {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or_else(|| panic!("no seed in {shown}"));
         assert_eq!(job::load(&file, &c).unwrap().seed, seed);
-        let submitted = sdspool::commands::submit::run(&c, &file, false).unwrap();
+        let submitted = sdspool::app::commands::submit::run(&c, &file, false).unwrap();
         let spooled = job::load_spooled(&submitted.path, &c).unwrap();
         if name == "null.yaml" {
             continue;

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use sdspool::config::Config;
-use sdspool::job::{self, Job};
+use sdspool::app::config::Config;
+use sdspool::jobs::job::{self, Job};
 
 fn config() -> &'static Config {
     static C: std::sync::OnceLock<Config> = std::sync::OnceLock::new();

@@ -7,10 +7,10 @@ mod common;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sdspool::config::Config;
-use sdspool::job::{self, Job};
-use sdspool::jobrun::{JobRunError, RunOptions, Worker};
-use sdspool::rerank::Reranker;
+use sdspool::app::config::Config;
+use sdspool::jobs::job::{self, Job};
+use sdspool::jobs::run::{JobRunError, RunOptions, Worker};
+use sdspool::engine::rerank::Reranker;
 
 fn config_with_output(out: &Path) -> Config {
     let mut c = common::fixture_config();
@@ -159,7 +159,7 @@ fn keep_top_moves_or_deletes_the_rest() {
                         assert!(c.file.is_none());
                         assert!(
                             !o.dir
-                                .join(sdspool::output::image_file_name(
+                                .join(sdspool::jobs::output::image_file_name(
                                     p.index,
                                     c.candidate,
                                     c.seed
@@ -200,7 +200,7 @@ fn a_kill_while_keep_top_files_the_rest_renders_nothing_again() {
         for p in &mut m.prompts {
             p.finished = false;
             for c in p.candidates.iter_mut().filter(|c| !c.kept) {
-                c.file = Some(sdspool::output::image_file_name(
+                c.file = Some(sdspool::jobs::output::image_file_name(
                     p.index,
                     c.candidate,
                     c.seed,

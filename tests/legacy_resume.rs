@@ -7,8 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use sdspool::config::Config;
-use sdspool::jobrun::{Outcome, RunOptions, Worker};
+use sdspool::app::config::Config;
+use sdspool::jobs::run::{Outcome, RunOptions, Worker};
 
 fn fixtures() -> PathBuf {
     common::root().join("tests/fixtures/legacy-resume")
@@ -42,7 +42,7 @@ fn resume(name: &str, options: &RunOptions) -> (Resumed, Config, Worker) {
     common::copy_dir(&fixtures().join("output").join(name), &out.join(name));
     let mut config = common::fixture_config();
     config.output_dir = out.clone();
-    let job = sdspool::job::load(&fixtures().join(format!("{name}.yaml")), &config).unwrap();
+    let job = sdspool::jobs::job::load(&fixtures().join(format!("{name}.yaml")), &config).unwrap();
     let mut worker = Worker::load(common::runtime(), &config, 0, Some("tiny-sd")).unwrap();
     let mut prompts_rendered = Vec::new();
     let outcome = worker
@@ -107,7 +107,7 @@ fn a_stopped_job_of_the_previous_release_continues_in_its_folder() {
         );
     }
     // The manifest is carried on in its folder: running once more renders nothing.
-    let job = sdspool::job::load(&fixtures().join("legacy-plain.yaml"), &config).unwrap();
+    let job = sdspool::jobs::job::load(&fixtures().join("legacy-plain.yaml"), &config).unwrap();
     let again = worker
         .run(
             &job,

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{model_copy, model_dir, runtime};
-use sdspool::model::{Elem, ModelError, SdModel};
+use sdspool::engine::model::{Elem, Family, ModelError, SdModel};
 
 fn load(dir: &Path) -> Result<SdModel, ModelError> {
     SdModel::load(runtime(), "test-model", dir, 0)
@@ -219,4 +219,115 @@ fn text_encoder_from_another_pipeline_is_rejected() {
             "produces 48",
         ],
     );
+}
+
+fn set_pipeline_class(dir: &Path, class: Option<&str>) {
+    let index = dir.join("model_index.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    match class {
+        Some(c) => json["_class_name"] = serde_json::json!(c),
+        None => {
+            json.as_object_mut().unwrap().remove("_class_name");
+        }
+    }
+    std::fs::write(&index, json.to_string()).unwrap();
+}
+
+#[test]
+fn family_comes_from_model_index_and_latent_channels_from_the_model() {
+    for name in ["tiny-sd", "tiny-sd-v", "tiny-sd-fp16"] {
+        let m = load(&model_dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(m.family(), Family::Sd, "{name}");
+        assert_eq!(
+            m.folder.pipeline_class.as_deref(),
+            Some("StableDiffusionPipeline"),
+            "{name}"
+        );
+        assert_eq!(m.latent_channels, 4, "{name}");
+    }
+}
+
+#[test]
+fn a_pipeline_class_sdspool_does_not_render_is_refused_naming_it() {
+    let (_tmp, dir) = model_copy("tiny-sd");
+    set_pipeline_class(&dir, Some("StableDiffusionXLPipeline"));
+    assert_mentions(
+        &load_err(&dir),
+        &[
+            "model_index.json",
+            "`_class_name`",
+            "\"StableDiffusionXLPipeline\"",
+            "StableDiffusionPipeline",
+        ],
+    );
+}
+
+#[test]
+fn model_index_without_a_class_is_read_as_sd() {
+    let (_tmp, dir) = model_copy("tiny-sd");
+    set_pipeline_class(&dir, None);
+    let m = load(&dir).unwrap();
+    assert_eq!((m.family(), m.folder.pipeline_class), (Family::Sd, None));
+}
+
+#[test]
+fn unet_input_the_family_does_not_supply_names_the_part_and_the_input() {
+    let (_tmp, dir) = model_copy("tiny-sd");
+    std::fs::copy(
+        common::root().join("tests/fixtures/signatures/unet_extra_input.onnx"),
+        dir.join("unet/model.onnx"),
+    )
+    .unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &[
+            "unet/model.onnx",
+            "input 'text_embeds'",
+            "sd family",
+            "'encoder_hidden_states'",
+        ],
+    );
+}
+
+#[test]
+fn vae_decoder_for_other_latent_channels_is_refused() {
+    let (_tmp, dir) = model_copy("tiny-sd");
+    std::fs::copy(
+        common::root().join("tests/fixtures/signatures/vae_decoder_16_channels.onnx"),
+        dir.join("vae_decoder/model.onnx"),
+    )
+    .unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &[
+            "vae_decoder/model.onnx",
+            "input 'latent_sample'",
+            "has 16 channels",
+            "expected 4",
+            "unet/model.onnx output 'out_sample'",
+        ],
+    );
+}
+
+#[test]
+fn models_command_shows_each_models_family() {
+    let config = common::fixture_config();
+    let mut out = String::new();
+    assert!(
+        sdspool::app::commands::models::run(&config, runtime(), &mut out),
+        "{out}"
+    );
+    for name in config.models.keys() {
+        let section = out
+            .split("\n\n")
+            .find(|s| s.starts_with(name.as_str()))
+            .unwrap_or_else(|| panic!("no section for {name} in:\n{out}"));
+        assert!(
+            section
+                .contains("  ok: family sd (Stable Diffusion 1.x/2.x, StableDiffusionPipeline), ")
+                && section.contains(" 4 latent channels, "),
+            "{section}"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! Bit-for-bit parity of `sdspool::noise` with torch's CPU generator.
+//! Bit-for-bit parity of `sdspool::engine::noise` with torch's CPU generator.
 //!
 //! The golden file is written by `onnx/golden_noise.py` from torch itself: for each case a
 //! fresh `torch.Generator("cpu").manual_seed(seed)` and one or more successive
@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use sdspool::noise::{NoiseGenerator, RngKind, TorchCpuRng};
+use sdspool::engine::noise::{NoiseGenerator, RngKind, TorchCpuRng};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

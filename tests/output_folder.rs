@@ -9,10 +9,10 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sdspool::config::Config;
-use sdspool::job::{self, Job};
-use sdspool::jobrun::manifest::Manifest;
-use sdspool::jobrun::{JobRunError, Outcome, Progress, RunOptions, Worker};
+use sdspool::app::config::Config;
+use sdspool::jobs::job::{self, Job};
+use sdspool::jobs::run::manifest::Manifest;
+use sdspool::jobs::run::{JobRunError, Outcome, Progress, RunOptions, Worker};
 
 struct Env {
     tmp: tempfile::TempDir,

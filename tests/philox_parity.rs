@@ -2,12 +2,12 @@
 //! made by `onnx/golden_philox.py`): the Philox4x32-10 stream, the offsets successive draws
 //! leave, the kernel's layout (thread, round, which half of which Box-Muller pair), the uniform,
 //! libdevice's `logf` and the square root, bit for bit, given the GPU's own sine and cosine of
-//! each element's angle (recorded by the script; see `sdspool::noise::philox` for why they are
+//! each element's angle (recorded by the script; see `sdspool::engine::noise::philox` for why they are
 //! not computed here).
 
 mod common;
 
-use sdspool::noise::philox::{CudaGrid, TorchCudaRng, normal};
+use sdspool::engine::noise::philox::{CudaGrid, TorchCudaRng, normal};
 
 fn base64(text: &str) -> Vec<u8> {
     let value = |c: u8| -> u32 {
@@ -42,7 +42,7 @@ fn words(text: &str) -> Vec<u32> {
 }
 
 fn fnv(words: &[u32]) -> String {
-    let h = sdspool::hash::fnv1a64(words.iter().flat_map(|w| w.to_le_bytes()));
+    let h = sdspool::sys::hash::fnv1a64(words.iter().flat_map(|w| w.to_le_bytes()));
     format!("{h:016x}")
 }
 

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use ndarray::{ArrayD, Axis};
 use ndarray_npy::read_npy;
-use sdspool::model::SdModel;
-use sdspool::pipeline::{Pipeline, RenderRequest};
+use sdspool::engine::model::SdModel;
+use sdspool::engine::pipeline::{Pipeline, RenderRequest};
 use serde_json::Value;
 
 fn golden_dir() -> PathBuf {
@@ -226,7 +226,7 @@ fn a_callback_can_cancel_between_steps() {
     assert!(
         matches!(
             err,
-            sdspool::pipeline::PipelineError::Cancelled { step: 3, .. }
+            sdspool::engine::pipeline::PipelineError::Cancelled { step: 3, .. }
         ),
         "{err}"
     );

@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use sdspool::prompt::{self, Chunk, Piece, SpecialIds};
-use sdspool::tokenizer::ClipTokenizer;
+use sdspool::engine::prompt::{self, Chunk, Piece, SpecialIds};
+use sdspool::engine::tokenizer::ClipTokenizer;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 use serde_json::Value;
 
-use sdspool::rerank::preprocess::{ImageProcessor, to_rgb};
-use sdspool::rerank::resample::{self, Filter};
-use sdspool::rerank::{RerankConfig, RerankError, Reranker, rank};
+use sdspool::engine::rerank::preprocess::{ImageProcessor, to_rgb};
+use sdspool::engine::rerank::resample::{self, Filter};
+use sdspool::engine::rerank::{RerankConfig, RerankError, Reranker, rank};
 
 const EMBED_REL_TOL: f64 = 1e-4;
 const COSINE_TOL: f64 = 1e-5;
@@ -476,14 +476,14 @@ fn broken_folders_are_reported_by_file_and_field() {
 fn config_section_resolves_the_model_path() {
     let yaml =
         "models:\n  sd:\n    path: models/sd\nrerank:\n  model: models/clip\n  batch_size: 4\n";
-    let cfg = sdspool::config::Config::parse(yaml, Path::new("/etc/sdspool/config.yaml")).unwrap();
+    let cfg = sdspool::app::config::Config::parse(yaml, Path::new("/etc/sdspool/config.yaml")).unwrap();
     let rerank = cfg.rerank.unwrap();
     assert_eq!(rerank.model, Path::new("/etc/sdspool/models/clip"));
     assert_eq!((rerank.enabled, rerank.batch_size.get()), (true, 4));
-    let cfg = sdspool::config::Config::parse("models:\n  sd:\n    path: m\n", Path::new("c.yaml"))
+    let cfg = sdspool::app::config::Config::parse("models:\n  sd:\n    path: m\n", Path::new("c.yaml"))
         .unwrap();
     assert!(cfg.rerank.is_none());
-    let err = sdspool::config::Config::parse(
+    let err = sdspool::app::config::Config::parse(
         "models:\n  sd:\n    path: m\nrerank:\n  model: m\n  size: 3\n",
         Path::new("c.yaml"),
     )

@@ -13,7 +13,7 @@ use ndarray::{Array4, Array5, ArrayD, ArrayViewD, Axis, IxDyn};
 use ndarray_npy::read_npy;
 use serde_json::Value;
 
-use sdspool::scheduler::{self, SchedulerConfig, SchedulerKind};
+use sdspool::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
 
 /// Largest accepted relative L2 error of latents against diffusers (the worst case seen is
 /// about 6e-7; float32 rounding noise, mostly from torch's CPU sqrt/log/exp not being

@@ -692,7 +692,7 @@ fn leftover_temporary_files_are_removed_at_startup() {
     let spool = Spool::open(&config(tmp.path(), 1, 0)).unwrap();
     let l = spool.layout().clone();
     let me = std::process::id();
-    let tag = sdspool::output::atomic::host_tag();
+    let tag = sdspool::sys::atomic::host_tag();
     let other = if tag == "00000000" {
         "11111111"
     } else {
@@ -797,7 +797,7 @@ fn a_job_error_from_the_job_loader_names_its_field_in_the_error_file() {
     let l = spool.layout().clone();
     fs::write(l.incoming.join("bad.yaml"), "prompts: [a]\nstepz: 3\n").unwrap();
     let c = spool.next_job(Duration::from_secs(3)).unwrap().unwrap();
-    let err = sdspool::job::read_spec(&c.path_in_running, 1 << 20).unwrap_err();
+    let err = sdspool::jobs::job::read_spec(&c.path_in_running, 1 << 20).unwrap_err();
     let f = spool.finish_failed(c, &Failure::from(&err)).unwrap();
     let e = ErrorFile::read(&f.side_file).unwrap();
     assert_eq!(e.step, "validate");
@@ -871,7 +871,7 @@ fn the_worker_status_file_is_written_atomically_and_removed_when_filed() {
 fn the_spool_section_of_config_yaml() {
     let text =
         "models:\n  m:\n    path: /models/m\nspool:\n  dir: spool-here\n  rescan_seconds: 5\n";
-    let c = sdspool::config::Config::parse(text, Path::new("/etc/sdspool/config.yaml")).unwrap();
+    let c = sdspool::app::config::Config::parse(text, Path::new("/etc/sdspool/config.yaml")).unwrap();
     assert_eq!(c.spool.dir, PathBuf::from("/etc/sdspool/spool-here"));
     assert_eq!(
         (
@@ -881,10 +881,10 @@ fn the_spool_section_of_config_yaml() {
         ),
         (5, 2, 3)
     );
-    let c = sdspool::config::Config::parse("models:\n  m:\n    path: /m\n", Path::new("c.yaml"))
+    let c = sdspool::app::config::Config::parse("models:\n  m:\n    path: /m\n", Path::new("c.yaml"))
         .unwrap();
     assert_eq!(c.spool, SpoolConfig::new("local/spool"));
-    let e = sdspool::config::Config::parse(
+    let e = sdspool::app::config::Config::parse(
         "models:\n  m:\n    path: /m\nspool:\n  rescan_seconds: 0\n",
         Path::new("c.yaml"),
     )
@@ -894,7 +894,7 @@ fn the_spool_section_of_config_yaml() {
         e.contains("spool.rescan_seconds") && e.contains("at least 1"),
         "{e}"
     );
-    let e = sdspool::config::Config::parse(
+    let e = sdspool::app::config::Config::parse(
         "models:\n  m:\n    path: /m\nspool:\n  settle: 1\n",
         Path::new("c.yaml"),
     )

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
-use sdspool::config::Config;
-use sdspool::job::{self, Job};
-use sdspool::jobrun::{RunOptions, Worker};
-use sdspool::scheduler::SchedulerKind;
+use sdspool::app::config::Config;
+use sdspool::jobs::job::{self, Job};
+use sdspool::jobs::run::{RunOptions, Worker};
+use sdspool::engine::scheduler::SchedulerKind;
 
 fn config() -> Config {
     common::fixture_config()
@@ -434,7 +434,7 @@ fn each_variant_is_rendered_with_its_own_settings() {
         let img = image::open(&file).unwrap();
         assert_eq!((img.width(), img.height()), (p.width, p.height));
         let params = parameters_chunk(&file);
-        let sampler = sdspool::output::png::a1111_sampler(p.scheduler.unwrap());
+        let sampler = sdspool::jobs::output::png::a1111_sampler(p.scheduler.unwrap());
         assert!(
             params.ends_with(&format!(
                 "Steps: {}, Sampler: {sampler}, CFG scale: {}, Seed: 11, Size: {}x{}, Model: tiny-sd",
@@ -500,7 +500,7 @@ fn each_variant_is_rendered_with_its_own_settings() {
                 == (3, 7.5, 32, 48, Some(SchedulerKind::EulerAncestral))
         })
         .unwrap();
-    let pixels = |dir: &Path, entry: &sdspool::jobrun::manifest::PromptEntry| {
+    let pixels = |dir: &Path, entry: &sdspool::jobs::run::manifest::PromptEntry| {
         image::open(dir.join(entry.candidates[0].file.as_ref().unwrap()))
             .unwrap()
             .to_rgb8()

@@ -69,7 +69,7 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
 
 #[test]
 fn the_service_config_example_parses() {
-    let c = sdspool::config::Config::load(&common::root().join("systemd/config.yaml")).unwrap();
+    let c = sdspool::app::config::Config::load(&common::root().join("systemd/config.yaml")).unwrap();
     assert!(c.execution.require_gpu);
     assert_eq!(c.spool.dir, std::path::Path::new("/var/lib/sdspool/spool"));
     assert!(c.daemon.grace_seconds < 120, "below TimeoutStopSec");
@@ -196,7 +196,7 @@ impl SharedSpool {
             set_mode(&path, d.mode);
         }
         let shipped =
-            sdspool::config::Config::load(&common::root().join("systemd/config.yaml")).unwrap();
+            sdspool::app::config::Config::load(&common::root().join("systemd/config.yaml")).unwrap();
         let inside = |p: &std::path::Path| root.join(p.strip_prefix("/").unwrap());
         let spool = inside(&shipped.spool.dir);
         assert!(

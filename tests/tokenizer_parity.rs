@@ -1,4 +1,4 @@
-//! Token-id parity of `sdspool::tokenizer::ClipTokenizer` with transformers' slow CLIPTokenizer
+//! Token-id parity of `sdspool::engine::tokenizer::ClipTokenizer` with transformers' slow CLIPTokenizer
 //! (no ftfy), on the corpus in tests/golden/tokenizer/clip_tokens.json written by
 //! onnx/golden_tokenizer.py, for every kind of tokenizer folder: SD 1.x (pad `<|endoftext|>`),
 //! SD 2.x (pad `!`), the format transformers 4.57 / optimum save, a tokenizer.json-only folder
@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use sdspool::tokenizer::{ClipTokenizer, Encoded};
+use sdspool::engine::tokenizer::{ClipTokenizer, Encoded};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -5,6 +5,8 @@ pub mod assignment;
 pub mod clock;
 pub mod library;
 pub mod providers;
+pub mod signature;
+pub mod tensors;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session, SessionInputs, SessionOutputs};
 
-use crate::config::{ExecutionConfig, GraphOptimization};
+use crate::app::config::{ExecutionConfig, GraphOptimization};
 use assignment::Assignment;
 use clock::{BusyClock, SessionClock};
 use providers::{ProviderKind, Registration};

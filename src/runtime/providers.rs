@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use ort::ep::{self, ExecutionProvider as _};
 use serde::Deserialize;
 
-use crate::config::{ConvSearch, ExecutionConfig};
+use crate::app::config::{ConvSearch, ExecutionConfig};
 
 /// A provider named in `execution.providers`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

@@ -5,7 +5,7 @@
 //! <spool.dir>/control/
 //!   paused              present: no job starts (the running ones finish); `sdspool pause`/`resume`
 //!   cancel/cats.yaml    a request to cancel the running job `cats` (`sdspool cancel cats`)
-//!   timings.json        measured seconds per UNet step, for ETAs ([`crate::eta`])
+//!   timings.json        measured seconds per UNet step, for ETAs ([`crate::jobs::eta`])
 //! ```
 //!
 //! A cancel request names the job's file by device and inode as well as by name, so a request
@@ -76,7 +76,7 @@ impl CancelRequest {
 /// renamed), with [`SHARED_MODE`] whatever the umask.
 fn write_shared(target: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write as _;
-    let tmp = crate::output::atomic::temp_path(target);
+    let tmp = crate::sys::atomic::temp_path(target);
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -87,7 +87,7 @@ fn write_shared(target: &Path, bytes: &[u8]) -> io::Result<()> {
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, target)?;
-        crate::output::atomic::sync_dir(target.parent().unwrap_or(Path::new(".")))
+        crate::sys::atomic::sync_dir(target.parent().unwrap_or(Path::new(".")))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -168,7 +168,7 @@ impl Control {
         let record = self.paused();
         match std::fs::remove_file(&path) {
             Ok(()) => {
-                let _ = crate::output::atomic::sync_dir(&self.dir);
+                let _ = crate::sys::atomic::sync_dir(&self.dir);
                 Ok(Some(record.unwrap_or(PauseRecord {
                     paused_at: SystemTime::UNIX_EPOCH,
                     by: String::new(),
@@ -193,7 +193,7 @@ impl Control {
         }
         let text = std::fs::read_to_string(self.paused_path()).unwrap_or_default();
         Some(
-            crate::yaml::parse::<PauseRecord>(&text).unwrap_or(PauseRecord {
+            crate::sys::yaml::parse::<PauseRecord>(&text).unwrap_or(PauseRecord {
                 paused_at: std::fs::symlink_metadata(self.paused_path())
                     .and_then(|m| m.modified())
                     .unwrap_or(SystemTime::UNIX_EPOCH),
@@ -235,14 +235,14 @@ impl Control {
         let path = self.cancel_path(stem);
         std::fs::symlink_metadata(&path).ok()?;
         let text = std::fs::read_to_string(&path).ok()?;
-        let request = crate::yaml::parse::<CancelRequest>(&text).ok()?;
+        let request = crate::sys::yaml::parse::<CancelRequest>(&text).ok()?;
         request.names(running_job).then_some(request)
     }
 
     /// The request for `stem` whatever file it names (for `sdspool status`).
     pub fn cancel_request_of(&self, stem: &str) -> Option<CancelRequest> {
         let text = std::fs::read_to_string(self.cancel_path(stem)).ok()?;
-        crate::yaml::parse::<CancelRequest>(&text).ok()
+        crate::sys::yaml::parse::<CancelRequest>(&text).ok()
     }
 
     /// Removes the request of `stem` (after its job was filed; any request left for that name
@@ -292,7 +292,7 @@ pub fn cancel_queued(
     )
     .map_err(|e| SpoolError::new(&src, "moving the cancelled job to failed/", e))?;
     if placed.is_some() {
-        let _ = crate::output::atomic::sync_dir(&layout.incoming);
+        let _ = crate::sys::atomic::sync_dir(&layout.incoming);
     }
     Ok(placed)
 }

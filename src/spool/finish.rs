@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::fsops::{self, Moved, Mover};
 use super::names::{ERROR_SUFFIX, RESULT_SUFFIX};
 use super::{Claimed, Spool, SpoolError};
-use crate::job::JobError;
+use crate::jobs::job::JobError;
 
 /// Most `-N` suffixes tried for a free name.
 pub(crate) const MAX_SUFFIX: u32 = 100_000;
@@ -84,7 +84,7 @@ impl ErrorFile {
     /// Reads an error file.
     pub fn read(path: &Path) -> io::Result<ErrorFile> {
         let text = std::fs::read_to_string(path)?;
-        crate::yaml::parse(&text).map_err(|e| {
+        crate::sys::yaml::parse(&text).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{}: {e}", path.display()),

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use rustix::fs::{AtFlags, CWD, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use crate::output::atomic;
+use crate::sys::atomic;
 
 /// How a file is moved from one spool folder to another without replacing what is there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

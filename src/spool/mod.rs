@@ -206,7 +206,7 @@ impl Default for SpoolOptions {
         SpoolOptions {
             watch: true,
             claim_method: ClaimMethod::Auto,
-            max_job_bytes: crate::config::Limits::default().max_job_bytes,
+            max_job_bytes: crate::app::config::Limits::default().max_job_bytes,
         }
     }
 }
@@ -286,7 +286,7 @@ impl Attempts {
                 started_at: SystemTime::UNIX_EPOCH,
             });
         }
-        crate::yaml::parse::<Attempts>(&text).map_err(|e| {
+        crate::sys::yaml::parse::<Attempts>(&text).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{}: {e}", path.display()),
@@ -659,7 +659,7 @@ impl Spool {
 }
 
 fn atomic_sync(dir: &Path) -> io::Result<()> {
-    crate::output::atomic::sync_dir(dir)
+    crate::sys::atomic::sync_dir(dir)
 }
 
 /// How a name in `incoming/` found by a scan is handled.

@@ -13,7 +13,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 
-use crate::output::atomic::TEMP_PREFIX;
+use crate::sys::atomic::TEMP_PREFIX;
 
 /// Extensions of job files, case-sensitive: `x.yaml`, `x.yml`.
 pub const JOB_EXTENSIONS: [&str; 2] = ["yaml", "yml"];

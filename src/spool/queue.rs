@@ -17,7 +17,7 @@ use super::fsops::{self, FileId};
 use super::names::NameKind;
 use super::watch::{Signal, Watcher};
 use super::{Claimed, Spool, SpoolError};
-use crate::job::JobSpec;
+use crate::jobs::job::JobSpec;
 
 /// Shortest time between two looks for them to count as "unchanged since the previous look".
 pub(crate) const MIN_LOOK_GAP: Duration = Duration::from_millis(250);
@@ -119,7 +119,7 @@ pub(crate) fn read_priority(path: &Path, max_bytes: u64) -> io::Result<Result<i3
         return Ok(Err("is not UTF-8 text".into()));
     };
     Ok(
-        crate::yaml::parse_with::<JobSpec>(&text, crate::yaml::strict_options())
+        crate::sys::yaml::parse_with::<JobSpec>(&text, crate::sys::yaml::strict_options())
             .map(|spec| spec.priority.unwrap_or(0))
             // The parser's message continues with a snippet of the file; keep the first line.
             .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string()),

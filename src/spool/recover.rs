@@ -192,7 +192,7 @@ impl Spool {
                 if !names::is_temp(std::ffi::OsStr::new(&name)) {
                     continue;
                 }
-                if crate::output::atomic::is_leftover(&name, &meta) {
+                if crate::sys::atomic::is_leftover(&name, &meta) {
                     let path = dir.join(&name);
                     match std::fs::remove_file(&path) {
                         Ok(()) => {

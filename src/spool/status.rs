@@ -163,7 +163,7 @@ pub struct QueuedJob {
     /// Images, UNet calls and seconds it takes, from the measured timings (filled in by
     /// `sdspool status`, which knows the configuration).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub estimate: Option<crate::eta::Estimate>,
+    pub estimate: Option<crate::jobs::eta::Estimate>,
     /// Seconds until it starts and until it is done, counting the jobs before it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub starts_in_seconds: Option<u64>,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use sdspool::config::ExecutionConfig;
+use sdspool::app::config::ExecutionConfig;
 use sdspool::runtime::Runtime;
 
 /// The repository root.
@@ -19,8 +19,8 @@ pub fn model_dir(name: &str) -> PathBuf {
 
 /// config.yaml with the small random-weight fixture `tiny-sd` as the default model: the tests
 /// that run jobs load that model (config.yaml's own default is the trained demo model).
-pub fn fixture_config() -> sdspool::config::Config {
-    let mut c = sdspool::config::Config::load(&root().join("config.yaml")).unwrap();
+pub fn fixture_config() -> sdspool::app::config::Config {
+    let mut c = sdspool::app::config::Config::load(&root().join("config.yaml")).unwrap();
     c.default_model = Some("tiny-sd".into());
     c
 }

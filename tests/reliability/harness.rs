@@ -304,7 +304,7 @@ pub fn check_output(dir: &Path, prompts: usize, candidates: usize) -> (usize, Ve
         Ok(t) => t,
         Err(e) => return (0, vec![format!("{}: no manifest: {e}", dir.display())]),
     };
-    let m: sdspool::jobrun::manifest::Manifest = match serde_json::from_str(&text) {
+    let m: sdspool::jobs::run::manifest::Manifest = match serde_json::from_str(&text) {
         Ok(m) => m,
         Err(e) => return (0, vec![format!("{}: manifest: {e}", dir.display())]),
     };

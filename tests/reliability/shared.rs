@@ -116,7 +116,7 @@ fn two_daemons_on_one_spool_render_80_jobs_each_exactly_once() {
         let dir = env.output.join(format!("shared{i:02}"));
         let (n, problems) = harness::check_output(&dir, 1, 1);
         assert!(problems.is_empty() && n == 1, "{problems:#?}");
-        let m = sdspool::jobrun::manifest::Manifest::read(&dir).unwrap();
+        let m = sdspool::jobs::run::manifest::Manifest::read(&dir).unwrap();
         assert_eq!(m.runs, 1, "{}: worked on {} times", dir.display(), m.runs);
     }
     assert_eq!(harness::names(&env.output).len(), 80);

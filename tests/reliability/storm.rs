@@ -155,7 +155,7 @@ pub fn crash_storm(jobs: usize, kills: usize, seed: u64) {
     assert!(temps.is_empty(), "temporary files left: {temps:?}");
     let runs: u32 = shapes
         .iter()
-        .filter_map(|(s, _)| sdspool::jobrun::manifest::Manifest::read(&env.output.join(&s.name)))
+        .filter_map(|(s, _)| sdspool::jobs::run::manifest::Manifest::read(&env.output.join(&s.name)))
         .map(|m| m.runs)
         .sum();
     harness::report(
@@ -199,7 +199,7 @@ fn startup_removes_temporaries_a_kill_left_in_the_control_folder() {
     let control = tmp.path().join("control");
     std::fs::create_dir_all(control.join("cancel")).unwrap();
     // pid 0 is never a live process.
-    let tag = sdspool::output::atomic::host_tag();
+    let tag = sdspool::sys::atomic::host_tag();
     let left = [
         control.join(format!(".sdspool-tmp-{tag}-0-27-timings.json")),
         control.join(format!("cancel/.sdspool-tmp-{tag}-0-3-job.yaml")),

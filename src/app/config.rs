@@ -1,0 +1,751 @@
+//! `config.yaml`: where the models are, which ONNX Runtime library to load and which execution
+//! providers to ask for.
+//!
+//! Relative paths in the file are resolved against the folder that holds the file, so the
+//! repository's own `config.yaml` works from any working directory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_saphyr::Spanned;
+
+use crate::runtime::providers::ProviderKind;
+
+/// Largest configuration file sdspool reads; a config is a few kilobytes.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "config file {path} is {size} bytes; a configuration is at most {MAX_CONFIG_BYTES} bytes"
+    )]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("config file {path} is not valid: {error}")]
+    Parse {
+        path: PathBuf,
+        error: crate::sys::yaml::YamlError,
+    },
+    #[error("config file {path}{}: `{key}` {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        /// Line of the key in the file, when it is there.
+        line: Option<u64>,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the ONNX Runtime shared library is.
+    #[serde(default)]
+    pub onnxruntime: OnnxRuntimeConfig,
+    /// Execution providers, device ids and session options.
+    #[serde(default)]
+    pub execution: ExecutionConfig,
+    /// Stable Diffusion model folders by name.
+    pub models: BTreeMap<String, ModelConfig>,
+    /// The model a job gets when it names none; the only model when there is just one.
+    #[serde(default)]
+    pub default_model: Option<String>,
+    /// Root of the rendered output: one folder per job.
+    #[serde(default = "default_output_dir")]
+    pub output_dir: PathBuf,
+    /// The spool (incoming/, running/, done/, failed/) and how it is watched.
+    #[serde(default)]
+    pub spool: crate::spool::SpoolConfig,
+    /// How the daemon starts and stops.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Settings a job gets for the fields it leaves out.
+    #[serde(default)]
+    pub defaults: JobDefaults,
+    /// Bounds every job must stay within, checked before any work starts.
+    #[serde(default)]
+    pub limits: Limits,
+    /// CLIP reranking of each prompt's candidates; none when absent.
+    #[serde(default)]
+    pub rerank: Option<crate::engine::rerank::RerankConfig>,
+    /// The file this configuration was read from (not part of the YAML).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `onnxruntime:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxRuntimeConfig {
+    /// Path to `libonnxruntime.so*`. Tried first; then `ORT_DYLIB_PATH`; then the project-local
+    /// folder `.ort/` beside the config file.
+    #[serde(default)]
+    pub library: Option<PathBuf>,
+}
+
+/// `execution:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionConfig {
+    /// Providers in order of preference, e.g. `[tensorrt, cuda, cpu]`.
+    #[serde(default = "default_providers")]
+    pub providers: Vec<ProviderKind>,
+    /// GPU device ids; one worker per id.
+    #[serde(default = "default_device_ids")]
+    pub device_ids: Vec<i32>,
+    /// Settings of single devices of `device_ids` (which models their worker serves), by id.
+    #[serde(default)]
+    pub devices: BTreeMap<i32, DeviceConfig>,
+    /// Refuse to start when no GPU provider really serves the models.
+    #[serde(default)]
+    pub require_gpu: bool,
+    /// Threads inside one operator; 0 lets ONNX Runtime choose.
+    #[serde(default)]
+    pub intra_threads: usize,
+    /// Threads across operators; 0 lets ONNX Runtime choose.
+    #[serde(default)]
+    pub inter_threads: usize,
+    /// ONNX Runtime graph optimisation level.
+    #[serde(default)]
+    pub graph_optimization: GraphOptimization,
+    /// ONNX Runtime's CPU memory arena (its own default; the `ort` crate turns it off unless
+    /// asked): activations stay allocated between runs.
+    #[serde(default = "yes")]
+    pub cpu_arena: bool,
+    /// When set, every session also writes its optimised graph below this folder (for
+    /// inspection; see [`crate::runtime::Runtime::optimized_model_path`]).
+    #[serde(default)]
+    pub optimized_model_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub tensorrt: TensorRtConfig,
+    #[serde(default)]
+    pub cuda: CudaConfig,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        ExecutionConfig {
+            providers: default_providers(),
+            device_ids: default_device_ids(),
+            devices: BTreeMap::new(),
+            require_gpu: false,
+            intra_threads: 0,
+            inter_threads: 0,
+            graph_optimization: GraphOptimization::default(),
+            cpu_arena: true,
+            optimized_model_dir: None,
+            tensorrt: TensorRtConfig::default(),
+            cuda: CudaConfig::default(),
+        }
+    }
+}
+
+/// `execution.devices.<id>:` section: the worker of one device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The models this device's worker loads and renders (names under `models:`); every
+    /// configured model when absent.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+}
+
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("local/output")
+}
+
+fn default_providers() -> Vec<ProviderKind> {
+    vec![ProviderKind::Cpu]
+}
+
+fn default_device_ids() -> Vec<i32> {
+    vec![0]
+}
+
+/// ONNX Runtime's graph optimisation levels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphOptimization {
+    Disable,
+    Basic,
+    Extended,
+    #[default]
+    All,
+}
+
+/// `execution.tensorrt:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorRtConfig {
+    /// Build fp16 engines.
+    #[serde(default = "yes")]
+    pub fp16: bool,
+    /// Folder for serialized engines, so the second start skips engine building.
+    #[serde(default)]
+    pub engine_cache: Option<PathBuf>,
+    /// Folder for the timing cache.
+    #[serde(default)]
+    pub timing_cache: Option<PathBuf>,
+    /// Builder workspace limit in bytes.
+    #[serde(default)]
+    pub max_workspace_bytes: Option<usize>,
+}
+
+impl Default for TensorRtConfig {
+    fn default() -> Self {
+        TensorRtConfig {
+            fp16: true,
+            engine_cache: None,
+            timing_cache: None,
+            max_workspace_bytes: None,
+        }
+    }
+}
+
+/// `execution.cuda:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CudaConfig {
+    /// Upper bound for the CUDA memory arena in bytes.
+    #[serde(default)]
+    pub memory_limit_bytes: Option<usize>,
+    /// cuDNN convolution algorithm search.
+    #[serde(default)]
+    pub conv_algorithm_search: ConvSearch,
+    /// Allow TF32 math on Ampere and newer.
+    #[serde(default = "yes")]
+    pub tf32: bool,
+    /// Capture the UNet in a CUDA graph (needs fixed shapes).
+    #[serde(default)]
+    pub cuda_graph: bool,
+}
+
+impl Default for CudaConfig {
+    fn default() -> Self {
+        CudaConfig {
+            memory_limit_bytes: None,
+            conv_algorithm_search: ConvSearch::default(),
+            tf32: true,
+            cuda_graph: false,
+        }
+    }
+}
+
+/// cuDNN convolution algorithm search modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvSearch {
+    #[default]
+    Exhaustive,
+    Heuristic,
+    Default,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `daemon:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// After SIGTERM or SIGINT, how long running jobs may take to finish before they are stopped
+    /// at their next step (and resumed on the next start).
+    pub grace_seconds: u64,
+    /// A worker that shows no sign of life for this long (no denoising step while it renders, no
+    /// turn of its loop while it waits for work) is hung: the daemon stops pinging the systemd
+    /// watchdog, so systemd restarts it. Must exceed the longest step between two denoising
+    /// steps (a VAE decode, CLIP scoring of a batch). Default: systemd's watchdog period
+    /// (`WatchdogSec`), or 300 s without a watchdog.
+    pub hang_seconds: Option<u64>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            grace_seconds: 60,
+            hang_seconds: None,
+        }
+    }
+}
+
+/// `defaults:` section: what a job gets for the fields it leaves out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobDefaults {
+    pub candidates: u32,
+    pub steps: u32,
+    pub guidance: f64,
+    pub width: u32,
+    pub height: u32,
+    /// Most candidates of a prompt in one UNet batch.
+    pub max_batch: u32,
+    /// Seed generator: `torch_cpu` (same latents as diffusers with a CPU generator).
+    pub rng: crate::engine::noise::RngKind,
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        JobDefaults {
+            candidates: 4,
+            steps: 25,
+            guidance: 7.5,
+            width: 512,
+            height: 512,
+            max_batch: 8,
+            rng: crate::engine::noise::RngKind::TorchCpu,
+        }
+    }
+}
+
+/// `limits:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_steps: u32,
+    /// Width times height.
+    pub max_pixels: u64,
+    /// Longest side in pixels, width or height. `max_pixels` alone lets a 131072x8 image
+    /// through, whose attention maps do not fit in memory.
+    pub max_side: u32,
+    /// Candidates of one prompt.
+    pub max_candidates: u32,
+    /// Prompts of one job once sweeps and prompt matrices are expanded.
+    pub max_prompts: u32,
+    /// Images of one job (all prompts' candidates, sweeps expanded).
+    pub max_images: u64,
+    /// Size of a job file in bytes.
+    pub max_job_bytes: u64,
+    /// Characters of one prompt or negative prompt as rendered (a prompt matrix expanded). The
+    /// text encoder reads 77 tokens, a few hundred characters; the rest is cut off, but it would
+    /// still be kept in memory, the manifest and every PNG's `parameters`.
+    pub max_prompt_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_steps: 150,
+            max_pixels: 1024 * 1024,
+            max_side: 2048,
+            max_candidates: 32,
+            max_prompts: 1000,
+            max_images: 10_000,
+            max_job_bytes: 1 << 20,
+            max_prompt_chars: 4000,
+        }
+    }
+}
+
+/// One entry under `models:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Folder in the layout optimum writes for Stable Diffusion exports.
+    pub path: PathBuf,
+}
+
+impl fmt::Display for GraphOptimization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GraphOptimization::Disable => "disable",
+            GraphOptimization::Basic => "basic",
+            GraphOptimization::Extended => "extended",
+            GraphOptimization::All => "all",
+        })
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(read_err)?.len();
+        if size > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+                size,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses configuration text that came from `path` (used for messages and to resolve
+    /// relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = crate::sys::yaml::parse(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        config.source = path.to_path_buf();
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        config.resolve_paths(&base);
+        config
+            .check()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: key_line(text, &key),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// The folder relative paths are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.source.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.output_dir);
+        resolve(&mut self.spool.dir);
+        if let Some(lib) = self.onnxruntime.library.as_mut() {
+            resolve(lib);
+        }
+        if let Some(p) = self.execution.optimized_model_dir.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.execution.tensorrt.engine_cache.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.execution.tensorrt.timing_cache.as_mut() {
+            resolve(p);
+        }
+        for model in self.models.values_mut() {
+            resolve(&mut model.path);
+        }
+        if let Some(rerank) = self.rerank.as_mut() {
+            resolve(&mut rerank.model);
+        }
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>) -> (String, String) {
+        (key.to_string(), message.into())
+    }
+
+    /// Checks what the types alone do not; an error is the dotted key and what is wrong.
+    fn check(&self) -> Result<(), (String, String)> {
+        if self.models.is_empty() {
+            return Err(self.invalid("models", "is empty: configure at least one model folder"));
+        }
+        for name in self.models.keys() {
+            if !valid_model_name(name) {
+                return Err(self.invalid(
+                    &format!("models.{name}"),
+                    "is not a usable model name: use letters, digits, '.', '_' and '-' (at most 64)",
+                ));
+            }
+        }
+        if let Some(default) = &self.default_model
+            && !self.models.contains_key(default)
+        {
+            let names: Vec<&str> = self.models.keys().map(String::as_str).collect();
+            return Err(self.invalid(
+                "default_model",
+                format!(
+                    "names `{default}`, which is not under `models:` (configured: {})",
+                    names.join(", ")
+                ),
+            ));
+        }
+        if self.default_model.is_none() && self.models.len() > 1 {
+            return Err(self.invalid(
+                "default_model",
+                "is missing: with more than one model configured, say which one jobs get by default",
+            ));
+        }
+        let providers = &self.execution.providers;
+        if providers.is_empty() {
+            return Err(self.invalid(
+                "execution.providers",
+                "is empty: list at least one of tensorrt, cuda, cpu",
+            ));
+        }
+        for (i, p) in providers.iter().enumerate() {
+            if providers[..i].contains(p) {
+                return Err(self.invalid("execution.providers", format!("lists `{p}` twice")));
+            }
+        }
+        if self.execution.require_gpu && !providers.iter().any(|p| p.is_gpu()) {
+            return Err(self.invalid(
+                "execution.require_gpu",
+                "is true but `execution.providers` lists no GPU provider (tensorrt or cuda)",
+            ));
+        }
+        if self.execution.device_ids.is_empty() {
+            return Err(self.invalid(
+                "execution.device_ids",
+                "is empty: list at least one device id, e.g. [0]",
+            ));
+        }
+        if let Some(id) = self.execution.device_ids.iter().find(|id| **id < 0) {
+            return Err(self.invalid(
+                "execution.device_ids",
+                format!("contains {id}; device ids are 0 or greater"),
+            ));
+        }
+        self.check_devices()?;
+        if self.daemon.hang_seconds == Some(0) {
+            return Err(self.invalid(
+                "daemon.hang_seconds",
+                "is 0: give the seconds without progress after which a worker counts as hung",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `execution.devices`: each entry names a device of `device_ids` and models under `models:`.
+    fn check_devices(&self) -> Result<(), (String, String)> {
+        for (id, device) in &self.execution.devices {
+            let key = format!("execution.devices.{id}");
+            if !self.execution.device_ids.contains(id) {
+                return Err(self.invalid(
+                    &key,
+                    format!(
+                        "configures device {id}, which is not in `execution.device_ids` ({})",
+                        join(self.execution.device_ids.iter())
+                    ),
+                ));
+            }
+            let Some(models) = &device.models else {
+                continue;
+            };
+            let key = format!("{key}.models");
+            if models.is_empty() {
+                return Err(self.invalid(
+                    &key,
+                    "is empty: list the models this device serves, or leave `models` out for all",
+                ));
+            }
+            for (i, name) in models.iter().enumerate() {
+                if models[..i].contains(name) {
+                    return Err(self.invalid(&key, format!("lists `{name}` twice")));
+                }
+                if !self.models.contains_key(name) {
+                    return Err(self.invalid(
+                        &key,
+                        format!(
+                            "names `{name}`, which is not under `models:` (configured: {})",
+                            join(self.models.keys())
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the worker of `device` serves `model`: loads it and renders its jobs. A device
+    /// serves the models its `execution.devices` entry lists, or every configured model.
+    pub fn serves(&self, device: i32, model: &str) -> bool {
+        self.models.contains_key(model)
+            && match self
+                .execution
+                .devices
+                .get(&device)
+                .and_then(|d| d.models.as_ref())
+            {
+                Some(models) => models.iter().any(|m| m == model),
+                None => true,
+            }
+    }
+
+    /// The names of the models the worker of `device` serves, in `models:` order.
+    pub fn models_of(&self, device: i32) -> Vec<&str> {
+        self.models
+            .keys()
+            .map(String::as_str)
+            .filter(|m| self.serves(device, m))
+            .collect()
+    }
+
+    /// The model a job gets when it names none.
+    pub fn default_model_name(&self) -> &str {
+        match &self.default_model {
+            Some(name) => name,
+            // check() guarantees exactly one model here.
+            None => self
+                .models
+                .keys()
+                .next()
+                .map(String::as_str)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// `a, b, c`.
+fn join<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// The keys [`Config::check`] can complain about, with where they are in the file.
+#[derive(Default, Deserialize)]
+struct KeyLines {
+    default_model: Option<Spanned<IgnoredAny>>,
+    models: Option<Spanned<IgnoredAny>>,
+    execution: Option<ExecutionLines>,
+    daemon: Option<DaemonLines>,
+}
+
+#[derive(Default, Deserialize)]
+struct ExecutionLines {
+    providers: Option<Spanned<IgnoredAny>>,
+    device_ids: Option<Spanned<IgnoredAny>>,
+    require_gpu: Option<Spanned<IgnoredAny>>,
+    devices: Option<BTreeMap<i32, Spanned<DeviceLines>>>,
+}
+
+#[derive(Default, Deserialize)]
+struct DeviceLines {
+    models: Option<Spanned<IgnoredAny>>,
+}
+
+#[derive(Default, Deserialize)]
+struct DaemonLines {
+    hang_seconds: Option<Spanned<IgnoredAny>>,
+}
+
+/// The line of a dotted key (`execution.providers`, `models.NAME`) in the config text.
+fn key_line(text: &str, key: &str) -> Option<u64> {
+    let lines: KeyLines = serde_saphyr::from_str(text).ok()?;
+    let exec = lines.execution.unwrap_or_default();
+    let spanned = match key {
+        "default_model" => lines.default_model,
+        "execution.providers" => exec.providers,
+        "execution.device_ids" => exec.device_ids,
+        "execution.require_gpu" => exec.require_gpu,
+        k if k.starts_with("execution.devices.") => device_line(exec.devices?, k),
+        "daemon.hang_seconds" => lines.daemon.unwrap_or_default().hang_seconds,
+        k if k.starts_with("models") => lines.models,
+        _ => None,
+    }?;
+    Some(spanned.referenced.line()).filter(|l| *l > 0)
+}
+
+/// The line of `execution.devices.<id>` or `execution.devices.<id>.models`.
+fn device_line(
+    mut devices: BTreeMap<i32, Spanned<DeviceLines>>,
+    key: &str,
+) -> Option<Spanned<IgnoredAny>> {
+    let rest = key.strip_prefix("execution.devices.")?;
+    let (id, field) = rest.split_once('.').unwrap_or((rest, ""));
+    let entry = devices.remove(&id.parse().ok()?)?;
+    match field {
+        "models" => entry.value.models,
+        _ => Some(Spanned {
+            value: IgnoredAny,
+            referenced: entry.referenced,
+            defined: entry.defined,
+        }),
+    }
+}
+
+/// Model names end up in log lines, manifests and file names: keep them plain.
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.starts_with('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODELS: &str = "models:\n  sd:\n    path: /m/sd\n  xl:\n    path: /m/xl\n  other:\n    path: /m/other\ndefault_model: sd\n";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(
+            &format!("{MODELS}{text}"),
+            Path::new("/etc/sdspool/config.yaml"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_device_serves_the_models_it_lists_and_one_without_a_list_serves_all() {
+        let c = parse(
+            "execution:\n  device_ids: [0, 1, 2]\n  devices:\n    0:\n      models: [xl]\n    1:\n      models: [sd, other]\n    2: {}\n",
+        )
+        .unwrap();
+        assert!(c.serves(0, "xl") && !c.serves(0, "sd"));
+        assert_eq!(c.models_of(1), ["other", "sd"]);
+        assert_eq!(c.models_of(2), ["other", "sd", "xl"]);
+        assert!(!c.serves(2, "unknown"), "only configured models");
+        // Without `devices`, every device serves every model.
+        let all = parse("").unwrap();
+        assert!(all.execution.devices.is_empty());
+        assert_eq!(all.models_of(0), ["other", "sd", "xl"]);
+    }
+
+    #[test]
+    fn device_settings_are_checked_naming_the_key_and_line() {
+        let cases = [
+            (
+                "execution:\n  device_ids: [0]\n  devices:\n    0:\n      models: [sdxl]\n",
+                &[
+                    "`execution.devices.0.models`",
+                    "line 13",
+                    "names `sdxl`, which is not under `models:` (configured: other, sd, xl)",
+                ][..],
+            ),
+            (
+                "execution:\n  device_ids: [0]\n  devices:\n    1:\n      models: [sd]\n",
+                &[
+                    "`execution.devices.1`",
+                    "configures device 1, which is not in `execution.device_ids` (0)",
+                ][..],
+            ),
+            (
+                "execution:\n  devices:\n    0:\n      models: []\n",
+                &["`execution.devices.0.models` is empty"][..],
+            ),
+            (
+                "execution:\n  devices:\n    0:\n      models: [sd, sd]\n",
+                &["lists `sd` twice"][..],
+            ),
+            (
+                "execution:\n  devices:\n    0:\n      modles: [sd]\n",
+                &["modles", "unknown field"][..],
+            ),
+            (
+                "daemon:\n  hang_seconds: 0\n",
+                &["`daemon.hang_seconds` is 0", "line 10"][..],
+            ),
+        ];
+        for (text, needles) in cases {
+            let err = parse(text).unwrap_err();
+            for n in needles {
+                assert!(err.contains(n), "expected {n:?} for\n{text}\nin: {err}");
+            }
+        }
+    }
+}

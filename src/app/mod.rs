@@ -1,0 +1,7 @@
+//! The top layer: the command line (`commands`), the daemon (`daemon`), the configuration file
+//! that composes every layer's section (`config`) and log setup (`logging`).
+
+pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod logging;

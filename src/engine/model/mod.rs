@@ -1,0 +1,163 @@
+//! Diffusion model folders: their files ([`layout`]), the model family they hold and the
+//! graph contract of each family ([`family`]), the parts and how to feed them ([`signature`]),
+//! and a loaded model whose sessions are reused across jobs.
+
+mod channels;
+pub mod family;
+pub mod layout;
+pub mod signature;
+
+use std::path::Path;
+
+use crate::runtime::{LoadedSession, Runtime, RuntimeError};
+pub use family::Family;
+pub use layout::{LayoutError, ModelFolder, SideError, TokenizerFiles};
+pub use signature::{Component, Elem, Feeding, Signature, SignatureError};
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model `{model}`: {source}")]
+    Layout {
+        model: String,
+        #[source]
+        source: LayoutError,
+    },
+    #[error("model `{model}`: {source}")]
+    Runtime {
+        model: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("model `{model}`: {source}")]
+    Signature {
+        model: String,
+        #[source]
+        source: SignatureError,
+    },
+}
+
+/// One loaded component: its session, the checked signature and how to feed it.
+#[derive(Debug)]
+pub struct Part {
+    pub component: Component,
+    pub loaded: LoadedSession,
+    pub signature: Signature,
+    pub feeding: Feeding,
+}
+
+impl Part {
+    pub fn file(&self) -> &Path {
+        &self.loaded.file
+    }
+}
+
+/// A diffusion model with its sessions created on one device.
+#[derive(Debug)]
+pub struct SdModel {
+    pub name: String,
+    pub folder: ModelFolder,
+    pub text_encoder: Part,
+    pub unet: Part,
+    pub vae_decoder: Part,
+    pub vae_encoder: Option<Part>,
+    /// Channels of the latents the UNet denoises and the VAE decodes (4 for SD's VAE).
+    pub latent_channels: usize,
+}
+
+impl SdModel {
+    /// Opens the folder, creates every session on `device_id`, and checks the signatures
+    /// against the folder's family, then the parts together: the family's own rule (SD: the
+    /// text encoder's hidden size is what the UNet's cross-attention takes) and one latent
+    /// channel count throughout.
+    pub fn load(
+        runtime: &Runtime,
+        name: &str,
+        root: &Path,
+        device_id: i32,
+    ) -> Result<SdModel, ModelError> {
+        let folder = ModelFolder::open(root).map_err(|source| ModelError::Layout {
+            model: name.to_string(),
+            source,
+        })?;
+        let family = folder.family;
+        let part = |c: Component, file: &Path| load_part(runtime, name, family, c, file, device_id);
+        let text_encoder = part(Component::TextEncoder, &folder.text_encoder)?;
+        let unet = part(Component::Unet, &folder.unet)?;
+        let vae_decoder = part(Component::VaeDecoder, &folder.vae_decoder)?;
+        let vae_encoder = match &folder.vae_encoder {
+            Some(f) => Some(part(Component::VaeEncoder, f)?),
+            None => None,
+        };
+        let signature_err = |source| ModelError::Signature {
+            model: name.to_string(),
+            source,
+        };
+        let latent_channels = channels::latent_channels(
+            &folder,
+            family.graph(),
+            &unet,
+            &vae_decoder,
+            vae_encoder.as_ref(),
+        )
+        .map_err(signature_err)?;
+        let model = SdModel {
+            name: name.to_string(),
+            folder,
+            text_encoder,
+            unet,
+            vae_decoder,
+            vae_encoder,
+            latent_channels,
+        };
+        family.check_model(&model).map_err(signature_err)?;
+        Ok(model)
+    }
+
+    /// The model family the folder holds.
+    pub fn family(&self) -> Family {
+        self.folder.family
+    }
+
+    pub fn parts(&self) -> impl Iterator<Item = &Part> {
+        [&self.text_encoder, &self.unet, &self.vae_decoder]
+            .into_iter()
+            .chain(self.vae_encoder.as_ref())
+    }
+
+    /// float32 or float16, as the UNet takes it.
+    pub fn precision(&self) -> Elem {
+        self.unet.feeding.float
+    }
+}
+
+/// Creates one component's session and checks it against `family`'s graph.
+pub fn load_part(
+    runtime: &Runtime,
+    model: &str,
+    family: Family,
+    component: Component,
+    file: &Path,
+    device_id: i32,
+) -> Result<Part, ModelError> {
+    let loaded = runtime
+        .session(file, device_id)
+        .map_err(|source| ModelError::Runtime {
+            model: model.to_string(),
+            source,
+        })?;
+    let signature = Signature::of(&loaded.session);
+    let feeding = family
+        .check(component, file, &signature)
+        .map_err(|source| ModelError::Signature {
+            model: model.to_string(),
+            source,
+        })?;
+    tracing::info!(model, component = %component, file = %file.display(), providers = %loaded.providers, "session ready");
+    Ok(Part {
+        component,
+        loaded,
+        signature,
+        feeding,
+    })
+}

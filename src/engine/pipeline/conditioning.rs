@@ -1,0 +1,56 @@
+//! What the UNet is conditioned on besides the latents and the timestep: the result of a
+//! family's prompt encoding (diffusers' `encode_prompt`), as named UNet inputs, and the rule
+//! that decides whether there is a negative-prompt half at all ([`is_guided`]).
+
+use std::time::Duration;
+
+use ndarray::ArrayD;
+
+/// Whether a guidance scale runs classifier-free guidance, i.e. the negative prompt's half of
+/// the UNet batch: above 1, as diffusers' `do_classifier_free_guidance`. Every part of sdspool
+/// that needs to know (the pipeline, ETAs, the benchmark) asks here.
+pub fn is_guided(guidance_scale: f32) -> bool {
+    guidance_scale > 1.0
+}
+
+/// One conditioning input of the UNet for one image, batch axis of 1 included: its value for
+/// the prompt and, with guidance, for the negative prompt.
+#[derive(Debug, Clone)]
+pub struct CondInput {
+    /// The UNet's input name (from the family's graph).
+    pub name: &'static str,
+    pub cond: ArrayD<f32>,
+    /// `None` without guidance.
+    pub uncond: Option<ArrayD<f32>>,
+}
+
+/// The conditioning of one prompt, as the denoising loop feeds it: each input batched as
+/// `[uncond × n, cond × n]` with guidance, `[cond × n]` without.
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// The UNet inputs the family supplies (SD: `encoder_hidden_states`; SDXL adds
+    /// `text_embeds` and `time_ids`).
+    pub inputs: Vec<CondInput>,
+    /// The classifier-free guidance scale; `None` runs the prompt's half only.
+    pub guidance: Option<f32>,
+    /// Words of the prompt cut off by the tokenizer's length limit.
+    pub truncated_prompt: Option<String>,
+    /// Time spent in the tokenizer(s).
+    pub tokenize: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn guidance_above_one_is_guided() {
+        for (g, guided) in [
+            (7.5, true),
+            (1.01, true),
+            (1.0, false),
+            (0.5, false),
+            (0.0, false),
+        ] {
+            assert_eq!(super::is_guided(g), guided, "{g}");
+        }
+    }
+}

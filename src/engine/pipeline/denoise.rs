@@ -1,0 +1,168 @@
+//! The denoising loop: the UNet with classifier-free guidance, driven by a scheduler. The same
+//! for every family: the UNet's input and output names come from the family's graph, and the
+//! conditioning inputs are whatever the family's prompt encoding supplied.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use ndarray::{ArrayD, ArrayViewD, Axis};
+use ort::value::DynValue;
+
+use super::PipelineError;
+use super::conditioning::Conditioning;
+use crate::engine::model::Part;
+use crate::engine::model::family::UnetGraph;
+use crate::runtime::tensors::{
+    extract_float, fill_float, float_tensor, float_tensor_from, ort_err, set_timestep,
+    timestep_tensor,
+};
+use crate::engine::scheduler::Scheduler;
+
+/// Progress of the loop, given to the per-step callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// 0-based UNet call of this batch.
+    pub index: usize,
+    /// UNet calls in this batch (PNDM makes one more than the steps asked for).
+    pub total: usize,
+}
+
+/// Runs the whole schedule on `latents` (`[n, c, h, w]`, already scaled by
+/// `init_noise_sigma`). `noise(step)` supplies the per-step noise of stochastic schedulers, one
+/// `[n, c, h, w]` block per step that needs it. `on_step` may stop the loop.
+pub fn denoise(
+    unet: &mut Part,
+    graph: &UnetGraph,
+    scheduler: &mut dyn Scheduler,
+    mut latents: ArrayD<f32>,
+    cond: &Conditioning,
+    noise: &mut dyn FnMut(usize) -> Result<ArrayD<f32>, PipelineError>,
+    on_step: &mut dyn FnMut(Step) -> ControlFlow<()>,
+) -> Result<ArrayD<f32>, PipelineError> {
+    let n = latents.len_of(Axis(0));
+    let file = unet.loaded.file.clone();
+    let guided = cond.guidance.is_some();
+    let conditioning = batched_conditioning(unet, cond, n)?;
+    let timesteps: Vec<f32> = scheduler.timesteps().to_vec();
+    let total = timesteps.len();
+    // The UNet's inputs are allocated once and refilled at every step: the scaled latents
+    // (twice with guidance: [uncond…, cond…] see the same latents) and the timestep.
+    let batch = if guided { 2 * n } else { n };
+    let mut shape = latents.shape().to_vec();
+    shape[0] = batch;
+    let mut sample = float_tensor_from(
+        &shape,
+        &vec![0.0; shape.iter().product()],
+        unet.feeding.float,
+    )
+    .map_err(|e| ort_err(&file, e))?;
+    let mut timestep = timestep_tensor(0.0, unet.feeding.aux, unet.feeding.aux_rank, batch)
+        .map_err(|e| ort_err(&file, e))?;
+    for (i, &t) in timesteps.iter().enumerate() {
+        // scale_model_input is element-wise: scaling the n latents once is scaling both halves.
+        let scaled = scheduler.scale_model_input(latents.view(), i);
+        let scaled = scaled.as_standard_layout();
+        let data = scaled.as_slice().expect("standard layout");
+        let parts: &[&[f32]] = if guided { &[data, data] } else { &[data] };
+        fill_float(&mut sample, parts, unet.feeding.float).map_err(|e| ort_err(&file, e))?;
+        set_timestep(&mut timestep, t, unet.feeding.aux).map_err(|e| ort_err(&file, e))?;
+        let mut inputs = ort::inputs![
+            graph.sample => &sample,
+            graph.timestep => &timestep,
+        ];
+        for (name, value) in &conditioning {
+            inputs.push(((*name).into(), value.into()));
+        }
+        let outputs = unet.loaded.run(inputs).map_err(|e| ort_err(&file, e))?;
+        let value = &outputs[graph.out_sample];
+        let noise_pred = match value.try_extract_array::<f32>() {
+            Ok(out) => guide(out, n, cond.guidance, &shape, graph, &file)?,
+            Err(_) => {
+                let out = extract_float(value).map_err(|e| ort_err(&file, e))?;
+                guide(out.view(), n, cond.guidance, &shape, graph, &file)?
+            }
+        };
+        drop(outputs);
+        let step_noise = if scheduler.needs_noise(i) {
+            Some(noise(i)?)
+        } else {
+            None
+        };
+        latents = scheduler.try_step(
+            noise_pred.view(),
+            i,
+            latents.view(),
+            step_noise.as_ref().map(|a| a.view()),
+        )?;
+        if on_step(Step { index: i, total }).is_break() {
+            return Err(PipelineError::Cancelled { step: i + 1, total });
+        }
+    }
+    Ok(latents)
+}
+
+/// Each conditioning input as the UNet takes it for `n` latents: `[uncond × n, cond × n]` with
+/// guidance, `[cond × n]` without, in the UNet's float type.
+fn batched_conditioning(
+    unet: &Part,
+    cond: &Conditioning,
+    n: usize,
+) -> Result<Vec<(&'static str, DynValue)>, PipelineError> {
+    let file = unet.file();
+    let mut out = Vec::with_capacity(cond.inputs.len());
+    for input in &cond.inputs {
+        let mut parts = Vec::new();
+        if cond.guidance.is_some() {
+            let uncond = input.uncond.as_ref().ok_or_else(|| PipelineError::Shape {
+                file: file.display().to_string(),
+                what: format!(
+                    "conditioning input {} has no negative-prompt value, but guidance is on",
+                    input.name
+                ),
+            })?;
+            parts.extend(std::iter::repeat_n(uncond.view(), n));
+        }
+        parts.extend(std::iter::repeat_n(input.cond.view(), n));
+        let batched = ndarray::concatenate(Axis(0), &parts).map_err(|e| shape_err(file, e))?;
+        let value =
+            float_tensor(batched.view(), unet.feeding.float).map_err(|e| ort_err(file, e))?;
+        out.push((input.name, value));
+    }
+    Ok(out)
+}
+
+/// The noise prediction from the UNet's output `[batch, c, h, w]`: `u + g·(c − u)` over the
+/// `[uncond…, cond…]` halves with guidance, else the output itself.
+fn guide(
+    out: ArrayViewD<'_, f32>,
+    n: usize,
+    guidance: Option<f32>,
+    expected: &[usize],
+    graph: &UnetGraph,
+    file: &Path,
+) -> Result<ArrayD<f32>, PipelineError> {
+    if out.shape() != expected {
+        return Err(PipelineError::Shape {
+            file: file.display().to_string(),
+            what: format!(
+                "{} has shape {:?}, expected {:?}",
+                graph.out_sample,
+                out.shape(),
+                expected
+            ),
+        });
+    }
+    let Some(g) = guidance else {
+        return Ok(out.to_owned());
+    };
+    let uncond = out.slice_axis(Axis(0), (0..n).into());
+    let text = out.slice_axis(Axis(0), (n..2 * n).into());
+    Ok(&uncond + &((&text - &uncond) * g))
+}
+
+fn shape_err(file: &Path, source: ndarray::ShapeError) -> PipelineError {
+    PipelineError::Concatenate {
+        file: file.display().to_string(),
+        source,
+    }
+}

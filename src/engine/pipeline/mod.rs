@@ -1,0 +1,376 @@
+//! Text to image over the ONNX sessions of a diffusion model, numerically following diffusers'
+//! pipelines (SD 1.x/2.x: `StableDiffusionPipeline`), in diffusers' steps:
+//!
+//! 1. `encode_prompt`, the model family's own step ([`FamilyPipeline`]; SD 1.x/2.x in [`sd`]):
+//!    prompt and negative prompt to the UNet's conditioning inputs ([`Conditioning`]); a
+//!    guidance scale of 1 or less ([`is_guided`]) skips the negative prompt and the
+//!    unconditional half;
+//! 2. `prepare_latents` (the private `latents` module): initial latents per candidate from its
+//!    own seeded generator ([`crate::engine::noise`]), times the scheduler's `init_noise_sigma` (or
+//!    supplied latents, for parity tests), in the model's latent channels;
+//! 3. [`denoise`]: the candidates of a prompt as one UNet batch (`[uncond…, cond…]` halves),
+//!    split by `max_batch`, feeding whatever named inputs the conditioning carries;
+//! 4. [`decode`]: latents / the VAE scaling factor through the VAE decoder, to 8-bit RGB.
+//!
+//! Steps 2 to 4 are shared by every family: their names come from the family's graph
+//! ([`crate::engine::model::family`]) and their shapes from the model. A new family adds its
+//! `encode_prompt` (a [`FamilyPipeline`]) and a line in [`family_pipeline`].
+
+pub mod conditioning;
+pub mod decode;
+pub mod denoise;
+mod latents;
+pub mod sd;
+pub mod text;
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use ndarray::{ArrayD, Axis};
+
+use crate::engine::model::{Family, SdModel, SideError};
+use crate::engine::noise::RngKind;
+pub use crate::runtime::tensors::OrtCallError;
+use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
+pub use conditioning::{CondInput, Conditioning, is_guided};
+pub use denoise::Step;
+use latents::BatchNoise;
+
+/// Why a render failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("`{field}` {problem}")]
+    Request {
+        field: &'static str,
+        problem: String,
+    },
+    #[error("`{field}` {source}")]
+    Size {
+        field: &'static str,
+        #[source]
+        source: SideError,
+    },
+    #[error("ONNX Runtime failed on {0}")]
+    Ort(#[from] OrtCallError),
+    #[error("{file}: unexpected output: {what}")]
+    Shape { file: String, what: String },
+    #[error("{file}: arrays that do not fit together: {source}")]
+    Concatenate {
+        file: String,
+        #[source]
+        source: ndarray::ShapeError,
+    },
+    #[error(transparent)]
+    Tokenizer(#[from] crate::engine::tokenizer::TokenizerError),
+    #[error(transparent)]
+    Scheduler(#[from] crate::engine::scheduler::SchedulerError),
+    #[error("cancelled after step {step} of {total}")]
+    Cancelled { step: usize, total: usize },
+}
+
+/// One prompt's candidates to render.
+#[derive(Debug, Clone)]
+pub struct RenderRequest {
+    pub prompt: String,
+    /// Empty for none.
+    pub negative_prompt: String,
+    /// One seed per candidate.
+    pub seeds: Vec<u64>,
+    pub steps: usize,
+    pub guidance_scale: f32,
+    /// DDIM's eta: 0 is deterministic DDIM, greater than 0 adds noise at each step.
+    pub eta: f32,
+    /// `None`: the model's own scheduler (its scheduler_config.json).
+    pub scheduler: Option<SchedulerKind>,
+    pub width: u32,
+    pub height: u32,
+    pub rng: RngKind,
+    /// Most candidates in one UNet batch (the batch is twice this with guidance).
+    pub max_batch: usize,
+    /// Initial latents `[candidates, c, h/8, w/8]` (`c` the model's latent channels) before
+    /// scaling by `init_noise_sigma`, instead of drawing them from the seeds (parity tests,
+    /// img2img-style reuse).
+    pub initial_latents: Option<ArrayD<f32>>,
+    /// Per-step noise for stochastic schedulers, one `[candidates, c, h/8, w/8]` array per step
+    /// that draws noise, instead of drawing it from the seeds.
+    pub step_noise: Option<Vec<ArrayD<f32>>>,
+}
+
+impl RenderRequest {
+    /// A request with diffusers' defaults: 50 steps, guidance 7.5, 512x512.
+    pub fn new(prompt: impl Into<String>, seeds: Vec<u64>) -> RenderRequest {
+        RenderRequest {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            seeds,
+            steps: 50,
+            guidance_scale: 7.5,
+            eta: 0.0,
+            scheduler: None,
+            width: 512,
+            height: 512,
+            rng: RngKind::default(),
+            max_batch: 8,
+            initial_latents: None,
+            step_noise: None,
+        }
+    }
+}
+
+/// Progress reported after every UNet call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Index of the first candidate in the running batch.
+    pub first_candidate: usize,
+    /// Candidates in the running batch.
+    pub batch: usize,
+    pub step: Step,
+}
+
+/// Wall time per phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Tokenizer and text encoder.
+    pub text: Duration,
+    /// The tokenizer's part of `text`.
+    pub tokenize: Duration,
+    /// Scheduler set-up, initial latents and the denoising loop.
+    pub denoise: Duration,
+    /// VAE decoder and conversion to 8-bit RGB.
+    pub decode: Duration,
+}
+
+/// The result of one request.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// One image per seed, in order.
+    pub images: Vec<RgbImage>,
+    /// Final latents `[candidates, c, h/8, w/8]`, before the VAE.
+    pub latents: ArrayD<f32>,
+    /// Decoded images `[candidates, 3, H, W]` in [-1, 1], before conversion to 8 bits.
+    pub decoded: ArrayD<f32>,
+    /// Words of the prompt cut off by the tokenizer's length limit.
+    pub truncated_prompt: Option<String>,
+    pub scheduler: SchedulerKind,
+    pub timings: Timings,
+}
+
+/// What a model family supplies to the shared steps of [`Pipeline::render`]: diffusers'
+/// `encode_prompt`, the prompt and negative prompt to the UNet's conditioning inputs.
+pub trait FamilyPipeline: Send {
+    /// The conditioning of `prompt`; with `guidance` (classifier-free guidance is on) also of
+    /// `negative_prompt` (empty for none).
+    fn encode_prompt(
+        &mut self,
+        model: &mut SdModel,
+        prompt: &str,
+        negative_prompt: &str,
+        guidance: Option<f32>,
+    ) -> Result<Conditioning, PipelineError>;
+}
+
+/// The steps of `model`'s family.
+pub fn family_pipeline(model: &SdModel) -> Result<Box<dyn FamilyPipeline>, PipelineError> {
+    Ok(match model.family() {
+        Family::Sd => Box::new(sd::StableDiffusion::new(model)?),
+    })
+}
+
+/// A loaded model with its family's steps and its scheduler configuration; sessions are reused
+/// across requests.
+pub struct Pipeline {
+    pub model: SdModel,
+    pub scheduler_config: SchedulerConfig,
+    /// The model's own scheduler, from `_class_name` in its scheduler_config.json.
+    pub default_scheduler: SchedulerKind,
+    family: Box<dyn FamilyPipeline>,
+}
+
+impl Pipeline {
+    pub fn new(model: SdModel) -> Result<Pipeline, PipelineError> {
+        let family = family_pipeline(&model)?;
+        let scheduler_config = SchedulerConfig::from_file(&model.folder.scheduler_config)?;
+        let default_scheduler = scheduler_config.kind()?;
+        Ok(Pipeline {
+            model,
+            scheduler_config,
+            default_scheduler,
+            family,
+        })
+    }
+
+    fn check(&self, req: &RenderRequest) -> Result<(), PipelineError> {
+        let bad = |field, problem: String| Err(PipelineError::Request { field, problem });
+        let folder = &self.model.folder;
+        for (field, v) in [("width", req.width), ("height", req.height)] {
+            if let Err(source) = folder.check_side(v) {
+                return Err(PipelineError::Size { field, source });
+            }
+        }
+        if req.steps == 0 {
+            return bad("steps", "is 0; at least one step is needed".into());
+        }
+        if !req.eta.is_finite() || req.eta < 0.0 {
+            return bad("eta", format!("is {}; it must be 0 or more", req.eta));
+        }
+        if !req.guidance_scale.is_finite() {
+            return bad(
+                "guidance",
+                format!("is {}; it must be a finite number", req.guidance_scale),
+            );
+        }
+        if req.seeds.is_empty() {
+            return bad("seeds", "is empty: no candidate to render".into());
+        }
+        if req.max_batch == 0 {
+            return bad("max_batch", "is 0".into());
+        }
+        let shape = self.latent_shape(req, req.seeds.len());
+        if let Some(l) = &req.initial_latents
+            && l.shape() != shape.as_slice()
+        {
+            return bad(
+                "initial_latents",
+                format!("have shape {:?}, expected {shape:?}", l.shape()),
+            );
+        }
+        if let Some(steps) = &req.step_noise
+            && let Some(bad_one) = steps.iter().find(|a| a.shape() != shape.as_slice())
+        {
+            return bad(
+                "step_noise",
+                format!(
+                    "has an array of shape {:?}, expected {shape:?}",
+                    bad_one.shape()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// `[n, latent channels, height / f, width / f]`, `f` the VAE's downsampling.
+    fn latent_shape(&self, req: &RenderRequest, n: usize) -> Vec<usize> {
+        let f = self.model.folder.vae_downsampling;
+        let c = self.model.latent_channels;
+        vec![n, c, req.height as usize / f, req.width as usize / f]
+    }
+
+    /// Renders every candidate of `req`. `on_progress` is called after each UNet call and may
+    /// stop the render ([`PipelineError::Cancelled`]).
+    pub fn render(
+        &mut self,
+        req: &RenderRequest,
+        on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<Rendered, PipelineError> {
+        self.check(req)?;
+        let kind = req.scheduler.unwrap_or(self.default_scheduler);
+        let mut timings = Timings::default();
+
+        let started = Instant::now();
+        let conditioning = self.encode_prompt(req)?;
+        timings.text = started.elapsed();
+        timings.tokenize = conditioning.tokenize;
+
+        let mut finals = Vec::new();
+        let mut decoded_all = Vec::new();
+        let mut images = Vec::new();
+        for first in (0..req.seeds.len()).step_by(req.max_batch) {
+            let n = req.max_batch.min(req.seeds.len() - first);
+            let started = Instant::now();
+            let latents = self.denoise_batch(req, kind, &conditioning, first, n, on_progress)?;
+            timings.denoise += started.elapsed();
+
+            let started = Instant::now();
+            let decoded = self.decode(latents.view())?;
+            for i in 0..n {
+                images.push(decode::to_rgb8(decoded.index_axis(Axis(0), i).into_dyn()));
+            }
+            timings.decode += started.elapsed();
+            finals.push(latents);
+            decoded_all.push(decoded);
+        }
+        Ok(Rendered {
+            images,
+            latents: concat(finals)?,
+            decoded: concat(decoded_all)?,
+            truncated_prompt: conditioning.truncated_prompt,
+            scheduler: kind,
+            timings,
+        })
+    }
+
+    /// The family's `encode_prompt`, guided when [`is_guided`] says so.
+    fn encode_prompt(&mut self, req: &RenderRequest) -> Result<Conditioning, PipelineError> {
+        let guidance = is_guided(req.guidance_scale).then_some(req.guidance_scale);
+        let conditioning = self.family.encode_prompt(
+            &mut self.model,
+            &req.prompt,
+            &req.negative_prompt,
+            guidance,
+        )?;
+        // The tokenizer has logged any truncation, once and briefly.
+        Ok(conditioning)
+    }
+
+    /// Candidates `first..first + n`: a fresh schedule, their initial latents, the denoising
+    /// loop; their final latents.
+    fn denoise_batch(
+        &mut self,
+        req: &RenderRequest,
+        kind: SchedulerKind,
+        conditioning: &Conditioning,
+        first: usize,
+        n: usize,
+        on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<ArrayD<f32>, PipelineError> {
+        let mut config = self.scheduler_config.clone();
+        config.eta = Some(f64::from(req.eta));
+        let mut scheduler = scheduler::build(kind, &config, req.steps)?;
+        let mut noise = BatchNoise::new(req, first, n, self.latent_shape(req, 1));
+        let latents =
+            noise.initial_latents(req.initial_latents.as_ref(), scheduler.init_noise_sigma())?;
+        let mut draw_noise = |_step: usize| noise.step_noise();
+        let mut on_step = |step: Step| {
+            on_progress(Progress {
+                first_candidate: first,
+                batch: n,
+                step,
+            })
+        };
+        let graph = &self.model.family().graph().unet;
+        denoise::denoise(
+            &mut self.model.unet,
+            graph,
+            scheduler.as_mut(),
+            latents,
+            conditioning,
+            &mut draw_noise,
+            &mut on_step,
+        )
+    }
+
+    /// Final latents to images in [-1, 1].
+    fn decode(
+        &mut self,
+        latents: ndarray::ArrayViewD<'_, f32>,
+    ) -> Result<ArrayD<f32>, PipelineError> {
+        let graph = &self.model.family().graph().vae_decoder;
+        let folder = &self.model.folder;
+        decode::decode(
+            &mut self.model.vae_decoder,
+            graph,
+            latents,
+            folder.vae_scaling_factor,
+            folder.vae_downsampling,
+        )
+    }
+}
+
+fn concat(parts: Vec<ArrayD<f32>>) -> Result<ArrayD<f32>, PipelineError> {
+    let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
+    ndarray::concatenate(Axis(0), &views).map_err(|source| PipelineError::Concatenate {
+        file: "(pipeline)".into(),
+        source,
+    })
+}

@@ -1,0 +1,195 @@
+//! Job files: reading them safely ([`read`]; [`spec`] is the schema), filling in defaults from
+//! `config.yaml` and checking every field and limit before any work starts ([`resolve_with`]),
+//! and the model's size rule on the resolved job ([`sizes_fit`]).
+
+mod fields;
+pub mod prompt_file;
+pub mod read;
+mod resolve;
+pub mod spec;
+pub mod sweep;
+
+use std::path::{Path, PathBuf};
+
+use crate::app::config::Config;
+use crate::engine::model::layout::ModelFolder;
+use crate::engine::noise::RngKind;
+use crate::engine::scheduler::SchedulerKind;
+pub use read::{JobFile, read_spec};
+pub use spec::{JobSpec, OneOrMany, PromptObject, PromptSpec, Rejected, SchedulerChoice, Size};
+pub use sweep::{AxisValue, SweepCell};
+
+/// A job that cannot run, with the file and the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {}{message}", if field.is_empty() { String::new() } else { format!("`{field}` ") })]
+pub struct JobError {
+    pub file: PathBuf,
+    /// Dotted path such as `prompts[2].candidates`; empty when the file as a whole is at fault.
+    pub field: String,
+    pub message: String,
+}
+
+/// One prompt of a job, resolved: its text, negative prompt, one seed per candidate, and the
+/// settings it is rendered with (a sweep makes one prompt per combination of settings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPrompt {
+    pub text: String,
+    pub negative: String,
+    pub seeds: Vec<u64>,
+    pub steps: u32,
+    pub guidance: f32,
+    /// `None`: the model's own scheduler.
+    pub scheduler: Option<SchedulerKind>,
+    pub width: u32,
+    pub height: u32,
+    /// Its place in a sweep, when the prompt as written has more than one variant.
+    pub sweep: Option<SweepCell>,
+}
+
+impl JobPrompt {
+    /// Whether it is rendered with the job's own (first) settings.
+    pub fn has_job_settings(&self, job: &Job) -> bool {
+        self.steps == job.steps
+            && self.guidance == job.guidance
+            && self.scheduler == job.scheduler
+            && self.width == job.width
+            && self.height == job.height
+    }
+}
+
+/// A checked job with every default filled in. `steps`, `guidance`, `scheduler`, `width` and
+/// `height` are the job's own settings (the first value of a swept one); each prompt carries the
+/// settings it is rendered with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub model: String,
+    /// Every prompt, sweeps and prompt matrices expanded.
+    pub prompts: Vec<JobPrompt>,
+    pub steps: u32,
+    pub guidance: f32,
+    /// `None`: the model's own scheduler.
+    pub scheduler: Option<SchedulerKind>,
+    pub width: u32,
+    pub height: u32,
+    pub rng: RngKind,
+    pub seed: u64,
+    pub priority: i32,
+    /// Subfolder of the output root.
+    pub output: String,
+    pub keep_top: Option<u32>,
+    pub rerank: Option<bool>,
+    pub rejected: Rejected,
+    pub max_batch: u32,
+}
+
+impl Job {
+    /// Number of images the job renders.
+    pub fn image_count(&self) -> usize {
+        self.prompts.iter().map(|p| p.seeds.len()).sum()
+    }
+}
+
+/// Names used for ids and output folders: they become folder and file names, so only plain
+/// characters, no leading dot, at most 100 bytes.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Whether resolving a job may read its `prompt_file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptFiles {
+    /// Read it, relative to the job file (`check`, `render`, `submit`).
+    Read,
+    /// Refuse: a job in the spool carries its prompt lines (`prompt_lines`, embedded by
+    /// `sdspool submit`) and never makes the daemon read other files.
+    Refuse,
+}
+
+/// Reads and resolves a job file against the configuration (reading its prompt file).
+pub fn load(path: &Path, config: &Config) -> Result<Job, JobError> {
+    resolve_file(
+        &read::read(path, config.limits.max_job_bytes)?,
+        config,
+        PromptFiles::Read,
+    )
+}
+
+/// Reads and resolves a job file in the spool, as the daemon takes it: a `prompt_file` must come
+/// with its `prompt_lines`, and every size must fit the model ([`fits_model`]).
+pub fn load_spooled(path: &Path, config: &Config) -> Result<Job, JobError> {
+    let file = read::read(path, config.limits.max_job_bytes)?;
+    let job = resolve_file(&file, config, PromptFiles::Refuse)?;
+    fits_model(&job, config, path)?;
+    Ok(job)
+}
+
+/// Resolves a job file that was read: the job's id defaults to the file's stem and its seed to
+/// the file's ([`JobFile::seed`]).
+pub fn resolve_file(file: &JobFile, config: &Config, files: PromptFiles) -> Result<Job, JobError> {
+    let spec = read::parse(file)?;
+    let stem = file
+        .path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("job");
+    resolve_with(spec, stem, &file.path, config, file.seed, files)
+}
+
+/// Fills in defaults and checks every field against the configuration's models and limits
+/// (reading a `prompt_file` relative to `file`).
+pub fn resolve(
+    spec: JobSpec,
+    stem: &str,
+    file: &Path,
+    config: &Config,
+    fallback_seed: u64,
+) -> Result<Job, JobError> {
+    resolve_with(spec, stem, file, config, fallback_seed, PromptFiles::Read)
+}
+
+/// [`resolve`], choosing whether a prompt file may be read.
+pub fn resolve_with(
+    spec: JobSpec,
+    stem: &str,
+    file: &Path,
+    config: &Config,
+    fallback_seed: u64,
+    files: PromptFiles,
+) -> Result<Job, JobError> {
+    resolve::resolve(spec, stem, file, config, fallback_seed, files)
+}
+
+/// Every prompt's width and height against the model's size rule
+/// ([`ModelFolder::check_side`]: the VAE's downsampling times the UNet's), as the pipeline checks
+/// them before rendering: the first that does not fit, naming the field.
+pub fn sizes_fit(job: &Job, folder: &ModelFolder, job_file: &Path) -> Result<(), JobError> {
+    for p in &job.prompts {
+        for (field, v) in [("width", p.width), ("height", p.height)] {
+            folder.check_side(v).map_err(|problem| JobError {
+                file: job_file.to_path_buf(),
+                field: field.to_string(),
+                message: format!("{problem} (model {:?})", job.model),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// [`sizes_fit`] for the job's model, when its folder can be read here; a folder that cannot is
+/// reported by whatever loads the model.
+pub fn fits_model(job: &Job, config: &Config, job_file: &Path) -> Result<(), JobError> {
+    match config
+        .models
+        .get(&job.model)
+        .map(|m| ModelFolder::open(&m.path))
+    {
+        Some(Ok(folder)) => sizes_fit(job, &folder, job_file),
+        _ => Ok(()),
+    }
+}
