@@ -25,7 +25,14 @@ schedule (end step, index of its text) and each distinct text with its pieces (t
 SD 2.x ids for the first 120 cases; a prompt
 AUTOMATIC1111 fails on (``(a:1.2.3)``) has ``"error"``.
 
-Usage: HF_HUB_OFFLINE=1 PYTHONPATH=<dir with lark> onnx/.venv/bin/python onnx/golden_prompts.py
+``conditioning``: ``tests/golden/prompt/cond/``: for a few prompt/negative pairs on
+onnx/models/shapes-sd (trained; 24-token windows), the conditioning phases (from which UNet call, the prompt's and the
+negative's hidden states, each window weighted and rescaled to its mean as AUTOMATIC1111's
+"Original" emphasis does, the shorter padded with the empty prompt's window), and for the
+constant ones the pixels optimum's ORTStableDiffusionPipeline renders from them
+(``prompt_embeds``/``negative_prompt_embeds``, DDIM, seed 42, 64x64).
+
+Usage: HF_HUB_OFFLINE=1 PYTHONPATH=<dir with lark> onnx/.venv/bin/python onnx/golden_prompts.py [conditioning]
 (lark 1.3.1 is listed in onnx/requirements.txt)
 """
 
@@ -150,6 +157,8 @@ def emphasis(text: str) -> list[list]:
 
 
 def chunks(tok, pieces: list[list]) -> list[dict]:
+    """75 tokens a window for CLIP's 77 (model_max_length - 2 for other tokenizers)."""
+    CHUNK = tok.model_max_length - 2  # noqa: N806
     comma = tok.get_vocab().get(",</w>")
     bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     out: list[dict] = []
@@ -342,7 +351,126 @@ def read(tok, tok2, prompt: str, steps: int, with_sd2: bool) -> dict:
     return entry
 
 
+# --------------------------------------------------------------------------------------------
+# conditioning and pixels (tiny-sd)
+# --------------------------------------------------------------------------------------------
+
+COND_CASES = [
+    # name, prompt, negative, steps (shapes-sd: 24-token windows of 22)
+    ("emphasis", "a (large:1.4) red circle in the center on a [[blue]] background", "(green:1.3), small", 7),
+    ("nested", "((a large red circle)), (in the (center:0.7):1.2), [on a blue background]", "", 7),
+    ("long", "a large red circle in the center, a small green square at the top left, a blue "
+             "triangle at the bottom right, (a yellow circle:1.3) on the left, on a white background", "small", 7),
+    ("break", "a large red circle BREAK on a blue background", "BREAK", 7),
+    ("long_negative", "a red circle", "small, green, " * 12, 7),
+    ("editing", "a [red:blue:3] circle on a [green|yellow] background", "[small::0.5]", 7),
+    ("editing_long", "[a red circle:a blue square:0.5], " + "large, " * 20, "", 5),
+]
+PIXEL_CASES = ["emphasis", "long", "break", "long_negative"]
+COND_DIR = os.path.join(OUT_DIR, "cond")
+# A trained text encoder: tiny-sd's random one ends in a LayerNorm whose output has a mean of
+# about 1e-9, where the rescale to the original mean is noise.
+TINY_SD = os.path.join(ROOT, "onnx", "models", "shapes-sd")
+
+
+def encode_reading(session, tok, prompt: str, steps: int):
+    """Per distinct text: the weighted, mean-rescaled hidden state [77 * chunks, hidden]; and the
+    schedule (end step, text index)."""
+    import numpy as np
+
+    texts, sched = {}, []
+    for end, text in schedule(prompt, steps):
+        if text not in texts:
+            parts = []
+            for c in chunks(tok, emphasis(text)):
+                ids = np.asarray([c["ids"]], dtype=np.int64)
+                z = session.run(["last_hidden_state"], {"input_ids": ids})[0][0]  # [window, hidden] float32
+                w = np.asarray(c["weights"], dtype=np.float32)
+                # Means accumulated in float64 and rounded to float32: torch's float32 mean (which
+                # AUTOMATIC1111 takes) rounds differently on each device, and these means are small
+                # next to the values (shapes-sd: about 1e-3 against 0.8), so the rescale amplifies
+                # summation error; float64 is the well-defined reference.
+                before = np.float32(z.astype(np.float64).mean())
+                z = z * w[:, None]
+                after = np.float32(z.astype(np.float64).mean())
+                parts.append(z * (before / after))
+            texts[text] = np.concatenate(parts, axis=0)
+        sched.append((end, list(texts).index(text)))
+    return list(texts.values()), sched
+
+
+def text_at(sched, step: int) -> int:
+    for end, i in sched:
+        if step <= end:
+            return i
+    return sched[0][1]
+
+
+def build_conditioning() -> None:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from diffusers import DDIMScheduler
+    from optimum.onnxruntime import ORTStableDiffusionPipeline
+
+    os.makedirs(COND_DIR, exist_ok=True)
+    session = ort.InferenceSession(os.path.join(TINY_SD, "text_encoder", "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    tok = gt.load_slow(os.path.join(TINY_SD, "tokenizer"))
+    empty, _ = encode_reading(session, tok, "", 1)
+    empty = empty[0]
+    cases = []
+    pipe = ORTStableDiffusionPipeline.from_pretrained(TINY_SD, provider="CPUExecutionProvider")
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    for name, prompt, negative, steps in COND_CASES:
+        cond_texts, cond_sched = encode_reading(session, tok, prompt, steps)
+        unc_texts, unc_sched = encode_reading(session, tok, negative, steps)
+        phases, last = [], None
+        for step in range(steps + 1):  # UNet calls (PNDM makes one more than the steps)
+            key = (text_at(cond_sched, step), text_at(unc_sched, step))
+            if key == last:
+                continue
+            last = key
+            c, u = cond_texts[key[0]], unc_texts[key[1]]
+            win = len(empty)
+            n = max(len(c), len(u)) // win
+            c = np.concatenate([c] + [empty] * (n - len(c) // win))[None]
+            u = np.concatenate([u] + [empty] * (n - len(u) // win))[None]
+            files = {}
+            for k, a in (("cond", c), ("uncond", u)):
+                fname = f"{name}.{step}.{k}.npy"
+                np.save(os.path.join(COND_DIR, fname), a.astype(np.float32))
+                files[k] = fname
+            phases.append({"from_step": step, "files": files})
+        case = {"name": name, "prompt": prompt, "negative": negative, "steps": steps, "phases": phases}
+        if name in PIXEL_CASES:
+            assert len(phases) == 1
+            c = torch.from_numpy(np.load(os.path.join(COND_DIR, phases[0]["files"]["cond"])))
+            u = torch.from_numpy(np.load(os.path.join(COND_DIR, phases[0]["files"]["uncond"])))
+            seed, size = 42, 64
+            shape = (1, 4, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
+            latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+            out = pipe(prompt_embeds=c, negative_prompt_embeds=u, num_inference_steps=steps, guidance_scale=7.5,
+                       width=size, height=size, latents=latents, output_type="np")
+            pixels = (np.asarray(out.images, dtype=np.float32) * 255).round().astype(np.uint8)
+            fname = f"{name}.pixels.npy"
+            np.save(os.path.join(COND_DIR, fname), pixels)
+            case.update({"scheduler": "ddim", "guidance": 7.5, "seed": seed, "size": size, "pixels": fname})
+        cases.append(case)
+        print(f"{name}: {len(phases)} phases, {phases and np.load(os.path.join(COND_DIR, phases[0]['files']['cond'])).shape}")
+    with open(os.path.join(COND_DIR, "index.json"), "w", encoding="utf-8") as f:
+        json.dump({"generator": "onnx/golden_prompts.py conditioning", "model": "onnx/models/shapes-sd",
+                   "reference": "onnxruntime text encoder, AUTOMATIC1111 'Original' emphasis in numpy float32, "
+                                "windows padded with the empty prompt's; pixels from optimum's "
+                                "ORTStableDiffusionPipeline with prompt_embeds/negative_prompt_embeds",
+                   "cases": cases}, f, indent=1)
+        f.write("\n")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["conditioning"]:
+        build_conditioning()
+        return
     import transformers
 
     items = corpus()

@@ -67,6 +67,7 @@ fn special(tok: &ClipTokenizer) -> SpecialIds {
         eos: tok.eos_id(),
         pad: tok.pad_id(),
         comma: tok.token_to_id(",</w>"),
+        chunk_length: tok.model_max_length() - 2,
     }
 }
 

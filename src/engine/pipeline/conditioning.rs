@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use ndarray::ArrayD;
 
+use crate::engine::prompt::PromptSyntax;
+
 /// Whether a guidance scale runs classifier-free guidance, i.e. the negative prompt's half of
 /// the UNet batch: above 1, as diffusers' `do_classifier_free_guidance`. Every part of sdspool
 /// that needs to know (the pipeline, ETAs, the benchmark) asks here.
@@ -24,6 +26,23 @@ pub struct CondInput {
     pub uncond: Option<ArrayD<f32>>,
 }
 
+/// How prompt text becomes conditioning: the syntax it is read in and the number of steps its
+/// prompt editing is scheduled over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextOptions {
+    pub syntax: PromptSyntax,
+    /// The request's steps (what `[from:to:0.5]` is a fraction of).
+    pub steps: usize,
+}
+
+/// Conditioning that takes over from a UNet call on (prompt editing, alternation).
+#[derive(Debug, Clone)]
+pub struct CondPhase {
+    /// The 0-based UNet call from which `inputs` are used.
+    pub from_step: usize,
+    pub inputs: Vec<CondInput>,
+}
+
 /// The conditioning of one prompt, as the denoising loop feeds it: each input batched as
 /// `[uncond × n, cond × n]` with guidance, `[cond × n]` without.
 #[derive(Debug, Clone)]
@@ -37,6 +56,39 @@ pub struct Conditioning {
     pub truncated_prompt: Option<String>,
     /// Time spent in the tokenizer(s).
     pub tokenize: Duration,
+}
+
+/// A prompt's conditioning over the UNet calls: [`Conditioning`] from the first call, replaced
+/// by the inputs of each later phase from its call on (prompt editing, alternation).
+#[derive(Debug, Clone)]
+pub struct ScheduledConditioning {
+    pub start: Conditioning,
+    /// By increasing `from_step`; empty when the conditioning never changes.
+    pub later: Vec<CondPhase>,
+}
+
+impl ScheduledConditioning {
+    /// Conditioning that does not change.
+    pub fn constant(start: Conditioning) -> ScheduledConditioning {
+        ScheduledConditioning {
+            start,
+            later: Vec::new(),
+        }
+    }
+
+    /// The inputs of the 0-based UNet call `step`.
+    pub fn inputs_at(&self, step: usize) -> &[CondInput] {
+        self.later
+            .iter()
+            .rev()
+            .find(|p| p.from_step <= step)
+            .map_or(&self.start.inputs, |p| &p.inputs)
+    }
+
+    /// Whether the inputs change at UNet call `step`.
+    pub fn changes_at(&self, step: usize) -> bool {
+        step > 0 && self.later.iter().any(|p| p.from_step == step)
+    }
 }
 
 #[cfg(test)]

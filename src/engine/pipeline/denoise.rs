@@ -9,14 +9,14 @@ use ndarray::{ArrayD, ArrayViewD, Axis};
 use ort::value::DynValue;
 
 use super::PipelineError;
-use super::conditioning::Conditioning;
+use super::conditioning::{CondInput, Conditioning, ScheduledConditioning};
 use crate::engine::model::Part;
 use crate::engine::model::family::UnetGraph;
+use crate::engine::scheduler::Scheduler;
 use crate::runtime::tensors::{
     extract_float, fill_float, float_tensor, float_tensor_from, ort_err, set_timestep,
     timestep_tensor,
 };
-use crate::engine::scheduler::Scheduler;
 
 /// Progress of the loop, given to the per-step callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,15 +34,30 @@ pub fn denoise(
     unet: &mut Part,
     graph: &UnetGraph,
     scheduler: &mut dyn Scheduler,
-    mut latents: ArrayD<f32>,
+    latents: ArrayD<f32>,
     cond: &Conditioning,
     noise: &mut dyn FnMut(usize) -> Result<ArrayD<f32>, PipelineError>,
     on_step: &mut dyn FnMut(Step) -> ControlFlow<()>,
 ) -> Result<ArrayD<f32>, PipelineError> {
+    let cond = ScheduledConditioning::constant(cond.clone());
+    denoise_scheduled(unet, graph, scheduler, latents, &cond, noise, on_step)
+}
+
+/// [`denoise`] with conditioning that may change from one UNet call to the next.
+pub fn denoise_scheduled(
+    unet: &mut Part,
+    graph: &UnetGraph,
+    scheduler: &mut dyn Scheduler,
+    mut latents: ArrayD<f32>,
+    scheduled: &ScheduledConditioning,
+    noise: &mut dyn FnMut(usize) -> Result<ArrayD<f32>, PipelineError>,
+    on_step: &mut dyn FnMut(Step) -> ControlFlow<()>,
+) -> Result<ArrayD<f32>, PipelineError> {
+    let cond = &scheduled.start;
     let n = latents.len_of(Axis(0));
     let file = unet.loaded.file.clone();
     let guided = cond.guidance.is_some();
-    let conditioning = batched_conditioning(unet, cond, n)?;
+    let mut conditioning = batched_conditioning(unet, &cond.inputs, cond.guidance, n)?;
     let timesteps: Vec<f32> = scheduler.timesteps().to_vec();
     let total = timesteps.len();
     // The UNet's inputs are allocated once and refilled at every step: the scaled latents
@@ -59,6 +74,9 @@ pub fn denoise(
     let mut timestep = timestep_tensor(0.0, unet.feeding.aux, unet.feeding.aux_rank, batch)
         .map_err(|e| ort_err(&file, e))?;
     for (i, &t) in timesteps.iter().enumerate() {
+        if scheduled.changes_at(i) {
+            conditioning = batched_conditioning(unet, scheduled.inputs_at(i), cond.guidance, n)?;
+        }
         // scale_model_input is element-wise: scaling the n latents once is scaling both halves.
         let scaled = scheduler.scale_model_input(latents.view(), i);
         let scaled = scaled.as_standard_layout();
@@ -105,14 +123,15 @@ pub fn denoise(
 /// guidance, `[cond × n]` without, in the UNet's float type.
 fn batched_conditioning(
     unet: &Part,
-    cond: &Conditioning,
+    inputs: &[CondInput],
+    guidance: Option<f32>,
     n: usize,
 ) -> Result<Vec<(&'static str, DynValue)>, PipelineError> {
     let file = unet.file();
-    let mut out = Vec::with_capacity(cond.inputs.len());
-    for input in &cond.inputs {
+    let mut out = Vec::with_capacity(inputs.len());
+    for input in inputs {
         let mut parts = Vec::new();
-        if cond.guidance.is_some() {
+        if guidance.is_some() {
             let uncond = input.uncond.as_ref().ok_or_else(|| PipelineError::Shape {
                 file: file.display().to_string(),
                 what: format!(

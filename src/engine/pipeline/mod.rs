@@ -16,6 +16,7 @@
 //! ([`crate::engine::model::family`]) and their shapes from the model. A new family adds its
 //! `encode_prompt` (a [`FamilyPipeline`]) and a line in [`family_pipeline`].
 
+pub mod a1111;
 pub mod conditioning;
 pub mod decode;
 pub mod denoise;
@@ -31,9 +32,12 @@ use ndarray::{ArrayD, Axis};
 
 use crate::engine::model::{Family, SdModel, SideError};
 use crate::engine::noise::RngKind;
-pub use crate::runtime::tensors::OrtCallError;
+use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
-pub use conditioning::{CondInput, Conditioning, is_guided};
+pub use crate::runtime::tensors::OrtCallError;
+pub use conditioning::{
+    CondInput, CondPhase, Conditioning, ScheduledConditioning, TextOptions, is_guided,
+};
 pub use denoise::Step;
 use latents::BatchNoise;
 
@@ -86,6 +90,8 @@ pub struct RenderRequest {
     pub width: u32,
     pub height: u32,
     pub rng: RngKind,
+    /// How the prompts' brackets are read (AUTOMATIC1111's syntax by default).
+    pub prompt_syntax: PromptSyntax,
     /// Most candidates in one UNet batch (the batch is twice this with guidance).
     pub max_batch: usize,
     /// Initial latents `[candidates, c, h/8, w/8]` (`c` the model's latent channels) before
@@ -111,6 +117,7 @@ impl RenderRequest {
             width: 512,
             height: 512,
             rng: RngKind::default(),
+            prompt_syntax: PromptSyntax::default(),
             max_batch: 8,
             initial_latents: None,
             step_noise: None,
@@ -160,14 +167,15 @@ pub struct Rendered {
 /// `encode_prompt`, the prompt and negative prompt to the UNet's conditioning inputs.
 pub trait FamilyPipeline: Send {
     /// The conditioning of `prompt`; with `guidance` (classifier-free guidance is on) also of
-    /// `negative_prompt` (empty for none).
+    /// `negative_prompt` (empty for none); read as `options` say, over the UNet calls.
     fn encode_prompt(
         &mut self,
         model: &mut SdModel,
         prompt: &str,
         negative_prompt: &str,
         guidance: Option<f32>,
-    ) -> Result<Conditioning, PipelineError>;
+        options: &TextOptions,
+    ) -> Result<ScheduledConditioning, PipelineError>;
 }
 
 /// The steps of `model`'s family.
@@ -270,7 +278,7 @@ impl Pipeline {
         let started = Instant::now();
         let conditioning = self.encode_prompt(req)?;
         timings.text = started.elapsed();
-        timings.tokenize = conditioning.tokenize;
+        timings.tokenize = conditioning.start.tokenize;
 
         let mut finals = Vec::new();
         let mut decoded_all = Vec::new();
@@ -294,20 +302,28 @@ impl Pipeline {
             images,
             latents: concat(finals)?,
             decoded: concat(decoded_all)?,
-            truncated_prompt: conditioning.truncated_prompt,
+            truncated_prompt: conditioning.start.truncated_prompt,
             scheduler: kind,
             timings,
         })
     }
 
     /// The family's `encode_prompt`, guided when [`is_guided`] says so.
-    fn encode_prompt(&mut self, req: &RenderRequest) -> Result<Conditioning, PipelineError> {
+    fn encode_prompt(
+        &mut self,
+        req: &RenderRequest,
+    ) -> Result<ScheduledConditioning, PipelineError> {
         let guidance = is_guided(req.guidance_scale).then_some(req.guidance_scale);
+        let options = TextOptions {
+            syntax: req.prompt_syntax,
+            steps: req.steps,
+        };
         let conditioning = self.family.encode_prompt(
             &mut self.model,
             &req.prompt,
             &req.negative_prompt,
             guidance,
+            &options,
         )?;
         // The tokenizer has logged any truncation, once and briefly.
         Ok(conditioning)
@@ -319,7 +335,7 @@ impl Pipeline {
         &mut self,
         req: &RenderRequest,
         kind: SchedulerKind,
-        conditioning: &Conditioning,
+        conditioning: &ScheduledConditioning,
         first: usize,
         n: usize,
         on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
@@ -339,7 +355,7 @@ impl Pipeline {
             })
         };
         let graph = &self.model.family().graph().unet;
-        denoise::denoise(
+        denoise::denoise_scheduled(
             &mut self.model.unet,
             graph,
             scheduler.as_mut(),

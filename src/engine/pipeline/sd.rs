@@ -1,14 +1,17 @@
 //! The Stable Diffusion 1.x/2.x family's steps, as diffusers' `StableDiffusionPipeline` takes
 //! them: `encode_prompt` is the prompt and the negative prompt (empty when none) through the
-//! model's CLIP tokenizer and text encoder, one run for both, whose `last_hidden_state` is the
-//! UNet's `encoder_hidden_states`.
+//! model's CLIP tokenizer and text encoder, whose `last_hidden_state` is the UNet's
+//! `encoder_hidden_states`. With [`PromptSyntax::Plain`] that is diffusers' encoding (one run
+//! for both, 77 tokens, longer prompts cut); with [`PromptSyntax::A1111`] AUTOMATIC1111's
+//! ([`super::a1111`]: emphasis, long prompts in windows, conditioning that changes over steps).
 
 use ndarray::Axis;
 
-use super::conditioning::{CondInput, Conditioning};
-use super::{FamilyPipeline, PipelineError, text};
+use super::conditioning::{CondInput, CondPhase, Conditioning, ScheduledConditioning, TextOptions};
+use super::{FamilyPipeline, PipelineError, a1111, text};
 use crate::engine::model::SdModel;
 use crate::engine::model::family::sd::{ENCODER_HIDDEN_STATES, GRAPH};
+use crate::engine::prompt::PromptSyntax;
 use crate::engine::tokenizer::ClipTokenizer;
 
 /// SD 1.x/2.x: the model folder's tokenizer.
@@ -23,11 +26,10 @@ impl StableDiffusion {
             tokenizer: ClipTokenizer::from_dir(&model.folder.tokenizer_dir)?,
         })
     }
-}
 
-impl FamilyPipeline for StableDiffusion {
-    fn encode_prompt(
-        &mut self,
+    /// diffusers' encoding: both prompts in one run of 77 tokens each.
+    fn encode_plain(
+        &self,
         model: &mut SdModel,
         prompt: &str,
         negative_prompt: &str,
@@ -59,5 +61,110 @@ impl FamilyPipeline for StableDiffusion {
             truncated_prompt: embeddings.truncated[last].clone(),
             tokenize: embeddings.tokenize,
         })
+    }
+
+    /// AUTOMATIC1111's encoding.
+    fn encode_a1111(
+        &self,
+        model: &mut SdModel,
+        prompt: &str,
+        negative_prompt: &str,
+        guidance: Option<f32>,
+        steps: usize,
+    ) -> Result<ScheduledConditioning, PipelineError> {
+        let started = std::time::Instant::now();
+        let reading = a1111::read(&self.tokenizer, prompt, steps, "prompt")?;
+        let negative = guidance
+            .map(|_| a1111::read(&self.tokenizer, negative_prompt, steps, "negative"))
+            .transpose()?;
+        let tokenize = started.elapsed();
+        // PNDM makes one UNet call more than the steps.
+        let phases = a1111::encode(
+            &mut model.text_encoder,
+            &GRAPH.text_encoder,
+            a1111::special_ids(&self.tokenizer),
+            &reading,
+            negative.as_ref(),
+            steps + 1,
+        )?;
+        let window = self.tokenizer.model_max_length();
+        check_sequence(
+            model,
+            phases.iter().map(|p| p.cond.len_of(Axis(1))).max(),
+            window,
+        )?;
+        let mut phases = phases.into_iter().map(|p| CondPhase {
+            from_step: p.from_step,
+            inputs: vec![CondInput {
+                name: ENCODER_HIDDEN_STATES.name,
+                cond: p.cond,
+                uncond: p.uncond,
+            }],
+        });
+        let first = phases.next().ok_or_else(|| PipelineError::Request {
+            field: "steps",
+            problem: "is 0; at least one step is needed".into(),
+        })?;
+        Ok(ScheduledConditioning {
+            start: Conditioning {
+                inputs: first.inputs,
+                guidance,
+                truncated_prompt: None,
+                tokenize,
+            },
+            later: phases.collect(),
+        })
+    }
+}
+
+/// A UNet exported with a fixed sequence length cannot take a prompt of several windows.
+fn check_sequence(
+    model: &SdModel,
+    longest: Option<usize>,
+    window: usize,
+) -> Result<(), PipelineError> {
+    let Some(longest) = longest else {
+        return Ok(());
+    };
+    let fixed = model
+        .unet
+        .signature
+        .input(ENCODER_HIDDEN_STATES.name)
+        .and_then(|port| port.dims.get(1).copied())
+        .filter(|&d| d > 0);
+    match fixed {
+        Some(d) if d as usize != longest => Err(PipelineError::Request {
+            field: "prompt",
+            problem: format!(
+                "needs {longest} tokens of conditioning ({} windows of {window}), but {} takes {} \
+                 with a fixed sequence length of {d}; export the UNet with a dynamic sequence \
+                 axis (optimum-cli export onnx without --no-dynamic-axes), shorten the prompt, \
+                 or use prompt_syntax: plain (cuts at {window} tokens)",
+                longest / window.max(1),
+                model.unet.file().display(),
+                ENCODER_HIDDEN_STATES.name,
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl FamilyPipeline for StableDiffusion {
+    fn encode_prompt(
+        &mut self,
+        model: &mut SdModel,
+        prompt: &str,
+        negative_prompt: &str,
+        guidance: Option<f32>,
+        options: &TextOptions,
+    ) -> Result<ScheduledConditioning, PipelineError> {
+        match options.syntax {
+            PromptSyntax::Plain => self
+                .encode_plain(model, prompt, negative_prompt, guidance)
+                .map(ScheduledConditioning::constant),
+            PromptSyntax::A1111 => {
+                self.encode_a1111(model, prompt, negative_prompt, guidance, options.steps)
+            }
+        }
     }
 }

@@ -8,8 +8,8 @@ use ndarray::{ArrayD, Axis};
 use super::PipelineError;
 use crate::engine::model::Part;
 use crate::engine::model::family::TextEncoderGraph;
-use crate::runtime::tensors::{extract_float, int_tensor, ort_err};
 use crate::engine::tokenizer::ClipTokenizer;
+use crate::runtime::tensors::{extract_float, int_tensor, ort_err};
 
 /// The embeddings of some prompts, `[n, sequence, hidden]`, plus the text dropped by truncation.
 #[derive(Debug, Clone)]
@@ -39,28 +39,40 @@ pub fn encode(
         truncated.push(enc.truncated);
     }
     let tokenize = started.elapsed();
-    let file = text_encoder.loaded.file.clone();
-    let input = int_tensor(&[prompts.len(), seq], &ids, text_encoder.feeding.aux)
-        .map_err(|e| ort_err(&file, e))?;
-    let outputs = text_encoder
-        .loaded
-        .run(ort::inputs![graph.input_ids => input])
-        .map_err(|e| ort_err(&file, e))?;
-    let hidden = extract_float(&outputs[graph.hidden_state]).map_err(|e| ort_err(&file, e))?;
-    if hidden.ndim() != 3 || hidden.len_of(Axis(0)) != prompts.len() {
-        return Err(PipelineError::Shape {
-            file: file.display().to_string(),
-            what: format!(
-                "{} has shape {:?}, expected [{}, {seq}, hidden]",
-                graph.hidden_state,
-                hidden.shape(),
-                prompts.len()
-            ),
-        });
-    }
+    let hidden = encode_ids(text_encoder, graph, &ids, prompts.len(), seq)?;
     Ok(TextEmbeddings {
         hidden,
         truncated,
         tokenize,
     })
+}
+
+/// Runs the text encoder on `n` rows of `seq` token ids (one run): its hidden state
+/// `[n, seq, hidden]`.
+pub fn encode_ids(
+    text_encoder: &mut Part,
+    graph: &TextEncoderGraph,
+    ids: &[i64],
+    n: usize,
+    seq: usize,
+) -> Result<ArrayD<f32>, PipelineError> {
+    let file = text_encoder.loaded.file.clone();
+    let input =
+        int_tensor(&[n, seq], ids, text_encoder.feeding.aux).map_err(|e| ort_err(&file, e))?;
+    let outputs = text_encoder
+        .loaded
+        .run(ort::inputs![graph.input_ids => input])
+        .map_err(|e| ort_err(&file, e))?;
+    let hidden = extract_float(&outputs[graph.hidden_state]).map_err(|e| ort_err(&file, e))?;
+    if hidden.ndim() != 3 || hidden.len_of(Axis(0)) != n || hidden.len_of(Axis(1)) != seq {
+        return Err(PipelineError::Shape {
+            file: file.display().to_string(),
+            what: format!(
+                "{} has shape {:?}, expected [{n}, {seq}, hidden]",
+                graph.hidden_state,
+                hidden.shape(),
+            ),
+        });
+    }
+    Ok(hidden)
 }

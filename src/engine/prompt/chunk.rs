@@ -1,6 +1,6 @@
 //! Weighted pieces to text-encoder windows, as AUTOMATIC1111's `tokenize_line` fills them: the
 //! tokens of each piece (tokenized on its own, no start/end tokens, not truncated) go into chunks
-//! of 75; a chunk that fills up while the last comma is at most 20 tokens back moves what follows
+//! of 75 (the tokenizer's `model_max_length - 2`); a chunk that fills up while the last comma is at most 20 tokens back moves what follows
 //! the comma into the next chunk; `BREAK` closes the chunk; each chunk is padded with the end
 //! token to 75 and wrapped in start/end tokens (77 ids, weight 1 outside the prompt's tokens). A
 //! tokenizer whose pad token is not the end token (SD 2.x) gets the pad id after the first end
@@ -8,7 +8,8 @@
 
 use super::emphasis::Piece;
 
-/// Tokens per chunk between the start and end tokens.
+/// Tokens per chunk between the start and end tokens for CLIP's 77-token window (a tokenizer
+/// with another `model_max_length` gets that minus 2, see [`SpecialIds::chunk_length`]).
 pub const CHUNK_LENGTH: usize = 75;
 /// How far back a comma may be for the text after it to move to the next chunk
 /// (AUTOMATIC1111's `comma_padding_backtrack` default).
@@ -22,9 +23,12 @@ pub struct SpecialIds {
     pub pad: u32,
     /// The id of `,</w>`, if the vocabulary has it.
     pub comma: Option<u32>,
+    /// Tokens per chunk between start and end: the tokenizer's `model_max_length - 2`
+    /// ([`CHUNK_LENGTH`] for CLIP).
+    pub chunk_length: usize,
 }
 
-/// One text-encoder window: `CHUNK_LENGTH + 2` ids and the weight of each position.
+/// One text-encoder window: `chunk_length + 2` ids and the weight of each position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
     pub ids: Vec<u32>,
@@ -68,9 +72,9 @@ impl Builder {
     /// Pads and wraps `tokens` into a window.
     fn close(&self, mut tokens: Vec<u32>, mut weights: Vec<f64>) -> Chunk {
         let s = &self.special;
-        tokens.resize(CHUNK_LENGTH, s.eos);
-        weights.resize(CHUNK_LENGTH, 1.0);
-        let mut ids = Vec::with_capacity(CHUNK_LENGTH + 2);
+        tokens.resize(s.chunk_length, s.eos);
+        weights.resize(s.chunk_length, 1.0);
+        let mut ids = Vec::with_capacity(s.chunk_length + 2);
         ids.push(s.bos);
         ids.extend(tokens);
         ids.push(s.eos);
@@ -79,7 +83,7 @@ impl Builder {
         {
             ids[first_end + 1..].fill(s.pad);
         }
-        let mut w = Vec::with_capacity(CHUNK_LENGTH + 2);
+        let mut w = Vec::with_capacity(s.chunk_length + 2);
         w.push(1.0);
         w.extend(weights);
         w.push(1.0);
@@ -98,7 +102,7 @@ impl Builder {
         if Some(token) == self.special.comma {
             self.last_comma = Some(self.tokens.len());
         } else if let Some(comma) = self.last_comma
-            && self.tokens.len() == CHUNK_LENGTH
+            && self.tokens.len() == self.special.chunk_length
             && self.tokens.len() - comma <= COMMA_BACKTRACK
         {
             let moved = self.tokens.split_off(comma + 1);
@@ -107,7 +111,7 @@ impl Builder {
             self.tokens = moved;
             self.weights = moved_weights;
         }
-        if self.tokens.len() == CHUNK_LENGTH {
+        if self.tokens.len() == self.special.chunk_length {
             self.next_chunk();
         }
         self.tokens.push(token);

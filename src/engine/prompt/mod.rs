@@ -67,5 +67,81 @@ pub fn read(prompt: &str, steps: usize) -> Result<Vec<ScheduledText>, EmphasisEr
         .collect()
 }
 
+/// A distinct text of a prompt's schedule with its emphasis and its encoder windows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadText {
+    pub text: String,
+    pub pieces: Vec<Piece>,
+    pub chunks: Vec<Chunk>,
+}
+
+/// A prompt read in AUTOMATIC1111's syntax and chunked: each distinct text once, and which one
+/// each schedule entry uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// `(last 1-based schedule step, index into texts)`, by increasing step.
+    pub schedule: Vec<(usize, usize)>,
+    pub texts: Vec<ReadText>,
+}
+
+impl Reading {
+    /// The index into [`Reading::texts`] used at the sampler's 0-based step (UNet call) `step`:
+    /// the first entry whose last step is not before it, else the first entry (as
+    /// AUTOMATIC1111's `reconstruct_cond_batch` does past the end).
+    pub fn text_at(&self, step: usize) -> usize {
+        self.schedule
+            .iter()
+            .find(|(end, _)| step <= *end)
+            .or(self.schedule.first())
+            .map_or(0, |(_, i)| *i)
+    }
+}
+
+/// Why a prompt could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Emphasis(#[from] EmphasisError),
+    #[error(transparent)]
+    Tokenize(E),
+}
+
+/// [`read`], each distinct text chunked with `tokenize` (ids without start/end, untruncated).
+pub fn read_chunked<E, F>(
+    prompt: &str,
+    steps: usize,
+    special: SpecialIds,
+    mut tokenize: F,
+) -> Result<Reading, ReadError<E>>
+where
+    E: std::error::Error + 'static,
+    F: FnMut(&str) -> Result<Vec<u32>, E>,
+{
+    let mut reading = Reading {
+        schedule: Vec::new(),
+        texts: Vec::new(),
+    };
+    for (end, text) in schedule(prompt, steps).entries {
+        let index = match reading.texts.iter().position(|t| t.text == text) {
+            Some(i) => i,
+            None => {
+                let pieces = emphasis::parse(&text)?;
+                let chunks =
+                    chunk_pieces(&pieces, special, &mut tokenize).map_err(|e| match e {
+                        ChunkError::Tokenize(e) => ReadError::Tokenize(e),
+                    })?;
+                reading.texts.push(ReadText {
+                    text,
+                    pieces,
+                    chunks,
+                });
+                reading.texts.len() - 1
+            }
+        };
+        reading.schedule.push((end, index));
+    }
+    Ok(reading)
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,166 @@
+//! AUTOMATIC1111 conditioning through the pipeline against tests/golden/prompt/cond/ (written by
+//! `onnx/golden_prompts.py conditioning` on onnx/models/shapes-sd): the phases of the prompt's
+//! and the negative prompt's hidden states (emphasis weights with the rescale to the original
+//! mean, windows of long prompts, BREAK, padding with the empty prompt's window, prompt editing
+//! and alternation changing the conditioning at the right UNet calls), and the pixels optimum's
+//! pipeline renders from the same conditioning.
+
+mod common;
+
+use std::ops::ControlFlow;
+
+use ndarray::ArrayD;
+use sdspool::engine::model::SdModel;
+use sdspool::engine::pipeline::{Pipeline, RenderRequest, a1111};
+use sdspool::engine::prompt::PromptSyntax;
+use sdspool::engine::scheduler::SchedulerKind;
+use sdspool::engine::tokenizer::ClipTokenizer;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Index {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    prompt: String,
+    negative: String,
+    steps: usize,
+    phases: Vec<Phase>,
+    pixels: Option<String>,
+    seed: Option<u64>,
+    size: Option<u32>,
+    guidance: Option<f32>,
+}
+
+#[derive(Deserialize)]
+struct Phase {
+    from_step: usize,
+    files: Files,
+}
+
+#[derive(Deserialize)]
+struct Files {
+    cond: String,
+    uncond: String,
+}
+
+fn dir() -> std::path::PathBuf {
+    common::root().join("tests/golden/prompt/cond")
+}
+
+fn index() -> Index {
+    serde_json::from_str(&std::fs::read_to_string(dir().join("index.json")).unwrap()).unwrap()
+}
+
+fn npy<T: ndarray_npy::ReadableElement>(name: &str) -> ArrayD<T> {
+    ndarray_npy::read_npy(dir().join(name)).unwrap()
+}
+
+fn max_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn conditioning_phases_match_the_reference() {
+    let model_dir = common::model_dir("shapes-sd");
+    let mut model = SdModel::load(common::runtime(), "shapes-sd", &model_dir, 0).unwrap();
+    let tok = ClipTokenizer::from_dir(&model_dir.join("tokenizer")).unwrap();
+    let graph = &model.family().graph().text_encoder;
+    for case in index().cases {
+        let prompt = a1111::read(&tok, &case.prompt, case.steps, "prompt").unwrap();
+        let negative = a1111::read(&tok, &case.negative, case.steps, "negative").unwrap();
+        let phases = a1111::encode(
+            &mut model.text_encoder,
+            graph,
+            a1111::special_ids(&tok),
+            &prompt,
+            Some(&negative),
+            case.steps + 1,
+        )
+        .unwrap();
+        let steps: Vec<usize> = phases.iter().map(|p| p.from_step).collect();
+        let want: Vec<usize> = case.phases.iter().map(|p| p.from_step).collect();
+        assert_eq!(steps, want, "{}: phases", case.name);
+        for (got, golden) in phases.iter().zip(&case.phases) {
+            let d = max_diff(&got.cond, &npy(&golden.files.cond));
+            assert!(
+                d < 1e-4,
+                "{} step {}: cond differs by {d}",
+                case.name,
+                got.from_step
+            );
+            let d = max_diff(got.uncond.as_ref().unwrap(), &npy(&golden.files.uncond));
+            assert!(
+                d < 1e-4,
+                "{} step {}: uncond differs by {d}",
+                case.name,
+                got.from_step
+            );
+        }
+    }
+}
+
+#[test]
+fn pixels_match_optimum_fed_the_reference_conditioning() {
+    let model_dir = common::model_dir("shapes-sd");
+    let model = SdModel::load(common::runtime(), "shapes-sd", &model_dir, 0).unwrap();
+    let mut pipe = Pipeline::new(model).unwrap();
+    let mut checked = 0;
+    for case in index().cases {
+        let Some(pixels) = &case.pixels else { continue };
+        let want: ArrayD<u8> = npy(pixels);
+        let mut req = RenderRequest::new(case.prompt.clone(), vec![case.seed.unwrap()]);
+        req.negative_prompt = case.negative.clone();
+        req.steps = case.steps;
+        req.guidance_scale = case.guidance.unwrap();
+        req.scheduler = Some(SchedulerKind::Ddim);
+        req.width = case.size.unwrap();
+        req.height = case.size.unwrap();
+        req.prompt_syntax = PromptSyntax::A1111;
+        let out = pipe
+            .render(&req, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        let img = &out.images[0];
+        let mut worst = 0u8;
+        for (y, x, p) in img.enumerate_pixels().map(|(x, y, p)| (y, x, p)) {
+            for c in 0..3 {
+                let w = want[[0, y as usize, x as usize, c]];
+                worst = worst.max(p.0[c].abs_diff(w));
+            }
+        }
+        assert!(worst <= 1, "{}: pixels differ by {worst}/255", case.name);
+        checked += 1;
+    }
+    assert!(checked >= 4, "{checked} cases with pixels");
+}
+
+#[test]
+fn plain_syntax_reads_brackets_as_text() {
+    let model_dir = common::model_dir("shapes-sd");
+    let model = SdModel::load(common::runtime(), "shapes-sd", &model_dir, 0).unwrap();
+    let mut pipe = Pipeline::new(model).unwrap();
+    let render = |pipe: &mut Pipeline, prompt: &str, syntax| {
+        let mut req = RenderRequest::new(prompt, vec![1]);
+        req.steps = 3;
+        req.width = 32;
+        req.height = 32;
+        req.prompt_syntax = syntax;
+        pipe.render(&req, &mut |_| ControlFlow::Continue(()))
+            .unwrap()
+            .latents
+    };
+    let plain = render(&mut pipe, "a red circle", PromptSyntax::Plain);
+    let a1111 = render(&mut pipe, "a red circle", PromptSyntax::A1111);
+    assert_eq!(plain, a1111, "no syntax: both read the same");
+    let weighted = render(&mut pipe, "a (red:1.5) circle", PromptSyntax::A1111);
+    let literal = render(&mut pipe, "a (red:1.5) circle", PromptSyntax::Plain);
+    assert_ne!(weighted, literal);
+    assert_ne!(weighted, a1111);
+}
