@@ -292,6 +292,9 @@ pub struct JobDefaults {
     pub max_batch: u32,
     /// Seed generator: `torch_cpu` (same latents as diffusers with a CPU generator).
     pub rng: crate::engine::noise::RngKind,
+    /// How prompts are read: `a1111` (AUTOMATIC1111's emphasis, editing, long prompts) or
+    /// `plain` (brackets are text, 77 tokens).
+    pub prompt_syntax: crate::engine::prompt::PromptSyntax,
 }
 
 impl Default for JobDefaults {
@@ -304,6 +307,7 @@ impl Default for JobDefaults {
             height: 512,
             max_batch: 8,
             rng: crate::engine::noise::RngKind::TorchCpu,
+            prompt_syntax: crate::engine::prompt::PromptSyntax::A1111,
         }
     }
 }
@@ -387,10 +391,11 @@ impl Config {
     /// Parses configuration text that came from `path` (used for messages and to resolve
     /// relative paths).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = crate::sys::yaml::parse(text).map_err(|error| ConfigError::Parse {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let mut config: Config =
+            crate::sys::yaml::parse(text).map_err(|error| ConfigError::Parse {
+                path: path.to_path_buf(),
+                error,
+            })?;
         config.source = path.to_path_buf();
         let base = path
             .parent()

@@ -6,11 +6,14 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::app::commands::reading;
 use crate::app::config::Config;
+use crate::engine::model::layout::ModelFolder;
+use crate::engine::prompt::PromptSyntax;
+use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
+use crate::engine::tokenizer::ClipTokenizer;
 use crate::jobs::eta::{self, Timings};
 use crate::jobs::job::{self, Job, JobError};
-use crate::engine::model::layout::ModelFolder;
-use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
 
 /// Checks `job_file`; the explanation, or the first error with the file and the field.
 pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
@@ -91,7 +94,7 @@ pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
     let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
     let timings = Timings::read(&Timings::path(&config.spool.dir));
     let estimate = eta::estimate_job(&timings, &mut eta::StepCounter::new(config), &job);
-    Ok(explain(
+    let mut out = explain(
         config,
         job_file,
         &job,
@@ -99,7 +102,32 @@ pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
         &how,
         model_dir,
         &estimate,
-    ))
+    );
+    out.push_str(&readings(&job, &folder).map_err(|m| err("model", m))?);
+    Ok(out)
+}
+
+/// For a job in AUTOMATIC1111's syntax: how each prompt (the first 100) and its negative
+/// prompt are read with the model's tokenizer.
+fn readings(job: &Job, folder: &ModelFolder) -> Result<String, String> {
+    let mut out = String::new();
+    if job.prompt_syntax != PromptSyntax::A1111 {
+        return Ok(out);
+    }
+    let tokenizer = ClipTokenizer::from_dir(&folder.tokenizer_dir)
+        .map_err(|e| format!("{:?}: cannot read its tokenizer: {e}", job.model))?;
+    for (i, p) in job.prompts.iter().enumerate().take(100) {
+        let steps = p.steps as usize;
+        let line = reading::describe(&tokenizer, &p.text, steps)
+            .map_err(|e| format!("prompt {}: {e}", i + 1))?;
+        let _ = writeln!(out, "  read {:<5} {line}", i + 1);
+        if !p.negative.is_empty() {
+            let line = reading::describe(&tokenizer, &p.negative, steps)
+                .map_err(|e| format!("negative of prompt {}: {e}", i + 1))?;
+            let _ = writeln!(out, "  negative   {line}");
+        }
+    }
+    Ok(out)
 }
 
 /// The distinct values, in order of appearance.
@@ -135,6 +163,7 @@ fn explain(
     }
     line("eta", eta_text(job, estimate));
     line("rng", format!("{}, seed {}", job.rng, job.seed));
+    line("syntax", job.prompt_syntax.to_string());
     line("priority", job.priority.to_string());
     line(
         "output",

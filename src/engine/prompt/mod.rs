@@ -22,6 +22,30 @@ pub enum PromptSyntax {
     Plain,
 }
 
+impl std::fmt::Display for PromptSyntax {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for PromptSyntax {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PromptSyntax {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        PromptSyntax::from_name(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown prompt syntax {name:?}; supported: {}",
+                PromptSyntax::NAMES.join(", ")
+            ))
+        })
+    }
+}
+
 impl PromptSyntax {
     pub const NAMES: [&'static str; 2] = ["a1111", "plain"];
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::app::config::Config;
 use crate::engine::model::layout::ModelFolder;
 use crate::engine::noise::RngKind;
+use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::SchedulerKind;
 pub use read::{JobFile, read_spec};
 pub use spec::{JobSpec, OneOrMany, PromptObject, PromptSpec, Rejected, SchedulerChoice, Size};
@@ -73,6 +74,8 @@ pub struct Job {
     pub width: u32,
     pub height: u32,
     pub rng: RngKind,
+    /// How the prompts' brackets are read.
+    pub prompt_syntax: PromptSyntax,
     pub seed: u64,
     pub priority: i32,
     /// Subfolder of the output root.

@@ -11,6 +11,7 @@ use super::spec::{JobSpec, OneOrMany, PromptSpec, SchedulerChoice, Size};
 use super::sweep::{self, Lists, SweepCell};
 use super::{Job, JobError, JobPrompt, PromptFiles, valid_name};
 use crate::app::config::Config;
+use crate::engine::prompt::{self, PromptSyntax};
 
 /// Fills in defaults and checks every field (see [`super::resolve_with`]).
 pub(super) fn resolve(
@@ -55,6 +56,7 @@ pub(super) fn resolve(
         width: job_lists.sizes[0].0,
         height: job_lists.sizes[0].1,
         rng: spec.rng.unwrap_or(defaults.rng),
+        prompt_syntax: spec.prompt_syntax.unwrap_or(defaults.prompt_syntax),
         seed: shared.seed,
         priority: spec.priority.unwrap_or(0),
         output,
@@ -83,6 +85,8 @@ struct Shared<'a> {
     candidates: u32,
     seed: u64,
     seeds: Option<&'a [u64]>,
+    /// How prompts are read: AUTOMATIC1111's syntax is checked here.
+    syntax: PromptSyntax,
 }
 
 /// One prompt as written: an entry of `prompts:` or a line of the prompt file.
@@ -273,6 +277,9 @@ impl<'a> Resolver<'a> {
             candidates: candidates.map_or(self.config.defaults.candidates, |(_, n)| n),
             seed: spec.seed.unwrap_or(fallback_seed),
             seeds: spec.seeds.as_deref(),
+            syntax: spec
+                .prompt_syntax
+                .unwrap_or(self.config.defaults.prompt_syntax),
         })
     }
 
@@ -391,6 +398,19 @@ impl<'a> Resolver<'a> {
             .prompt_chars(&w.at, chars, matrix && w.text.contains('|'))?;
         if let Some((n, at)) = &w.negative {
             self.checks.prompt_chars(at, n.chars().count(), false)?;
+        }
+        if shared.syntax == PromptSyntax::A1111 {
+            let negative_at = w
+                .negative
+                .as_ref()
+                .map_or_else(|| Field::named("negative"), |(_, at)| at.clone());
+            for (text, at) in [(w.text, &w.at), (negative, &negative_at)] {
+                for &steps in &lists.steps {
+                    if let Err(e) = prompt::read(text, steps as usize) {
+                        return Err(self.error(at, e));
+                    }
+                }
+            }
         }
         let (count, list) = match (w.seeds, w.candidates) {
             (Some(s), _) => (w.candidates.unwrap_or(s.len() as u32), Some(s)),

@@ -30,6 +30,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use crate::engine::noise::RngKind;
+use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::{SchedulerError, SchedulerKind};
 
 /// A job file's fields. Unknown fields are rejected.
@@ -63,6 +64,8 @@ pub struct JobSpec {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub rng: Option<RngKind>,
+    /// `a1111` (AUTOMATIC1111's emphasis, editing, long prompts) or `plain`.
+    pub prompt_syntax: Option<PromptSyntax>,
     pub priority: Option<i32>,
     pub output: Option<String>,
     pub keep_top: Option<u32>,
@@ -299,6 +302,7 @@ pub const JOB_FIELDS: &[&str] = &[
     "width",
     "height",
     "rng",
+    "prompt_syntax",
     "priority",
     "output",
     "keep_top",

@@ -16,8 +16,9 @@ use serde::Serialize;
 
 use super::RunOptions;
 use super::manifest::Manifest;
-use crate::jobs::job::{Job, Rejected};
+use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::SchedulerKind;
+use crate::jobs::job::{Job, Rejected};
 
 /// The fingerprint version new manifests carry.
 pub const VERSION: u32 = 2;
@@ -30,6 +31,8 @@ pub const LEGACY_VERSION: u32 = 1;
 pub struct Fingerprint {
     current: String,
     legacy: String,
+    /// Whether the job reads prompts as plain text (as every job did before `prompt_syntax`).
+    plain_prompts: bool,
 }
 
 impl Fingerprint {
@@ -40,6 +43,7 @@ impl Fingerprint {
         Fingerprint {
             current: format!("{:016x}", crate::sys::hash::fnv1a64(json)),
             legacy: legacy::fingerprint(job, options),
+            plain_prompts: job.prompt_syntax == PromptSyntax::Plain,
         }
     }
 
@@ -53,7 +57,8 @@ impl Fingerprint {
     pub fn matches(&self, manifest: &Manifest) -> bool {
         match manifest.fingerprint_version {
             VERSION => manifest.fingerprint == self.current,
-            LEGACY_VERSION => manifest.fingerprint == self.legacy,
+            // Legacy manifests were rendered before `prompt_syntax`, as `plain` renders.
+            LEGACY_VERSION => self.plain_prompts && manifest.fingerprint == self.legacy,
             _ => false,
         }
     }
@@ -72,6 +77,10 @@ struct Settings<'a> {
     id: &'a str,
     model: &'a str,
     rng: &'static str,
+    /// Written only for `a1111`: jobs from before the option rendered `plain`, and their
+    /// manifests keep matching plain jobs only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_syntax: Option<&'static str>,
     keep_top: Option<u32>,
     rejected: &'static str,
     rerank: Option<bool>,
@@ -101,6 +110,8 @@ impl<'a> Settings<'a> {
             id: &job.id,
             model: &job.model,
             rng: job.rng.as_str(),
+            prompt_syntax: (job.prompt_syntax != PromptSyntax::Plain)
+                .then(|| job.prompt_syntax.name()),
             keep_top: job.keep_top,
             rejected: match job.rejected {
                 Rejected::Move => "move",
@@ -253,6 +264,7 @@ mod tests {
             width: 64,
             height: 64,
             rng: crate::engine::noise::RngKind::TorchCpu,
+            prompt_syntax: PromptSyntax::Plain,
             seed: 5,
             priority: 0,
             output: "fp".into(),

@@ -1,4 +1,5 @@
-//! AUTOMATIC1111 conditioning through the pipeline against tests/golden/prompt/cond/ (written by
+//! AUTOMATIC1111 prompts in jobs (`prompt_syntax`, refused prompts naming the field, what
+//! `sdspool check` shows) and AUTOMATIC1111 conditioning through the pipeline against tests/golden/prompt/cond/ (written by
 //! `onnx/golden_prompts.py conditioning` on onnx/models/shapes-sd): the phases of the prompt's
 //! and the negative prompt's hidden states (emphasis weights with the rescale to the original
 //! mean, windows of long prompts, BREAK, padding with the empty prompt's window, prompt editing
@@ -10,11 +11,14 @@ mod common;
 use std::ops::ControlFlow;
 
 use ndarray::ArrayD;
+use sdspool::app::commands::check;
 use sdspool::engine::model::SdModel;
 use sdspool::engine::pipeline::{Pipeline, RenderRequest, a1111};
 use sdspool::engine::prompt::PromptSyntax;
 use sdspool::engine::scheduler::SchedulerKind;
 use sdspool::engine::tokenizer::ClipTokenizer;
+use sdspool::jobs::job::{self, Job, JobError};
+use sdspool::jobs::run::plan;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -163,4 +167,79 @@ fn plain_syntax_reads_brackets_as_text() {
     let literal = render(&mut pipe, "a (red:1.5) circle", PromptSyntax::Plain);
     assert_ne!(weighted, literal);
     assert_ne!(weighted, a1111);
+}
+
+fn job_file(body: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("job.yaml");
+    std::fs::write(&p, body).unwrap();
+    (tmp, p)
+}
+
+fn load(body: &str) -> Result<Job, JobError> {
+    let (_tmp, p) = job_file(body);
+    job::load(&p, &common::fixture_config())
+}
+
+#[test]
+fn prompt_syntax_defaults_to_a1111_and_reaches_the_request() {
+    let j = load("prompts: [a cat]\n").unwrap();
+    assert_eq!(j.prompt_syntax, PromptSyntax::A1111);
+    assert_eq!(plan::request(&j, 0).prompt_syntax, PromptSyntax::A1111);
+    let j = load("prompts: [a cat]\nprompt_syntax: plain\n").unwrap();
+    assert_eq!(j.prompt_syntax, PromptSyntax::Plain);
+    assert_eq!(plan::request(&j, 0).prompt_syntax, PromptSyntax::Plain);
+    let e = load("prompts: [a cat]\nprompt_syntax: comfy\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("prompt_syntax") && e.contains("a1111, plain"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_prompt_automatic1111_cannot_read_is_refused_naming_its_field() {
+    let e = load("prompts: [a cat, \"a (dog:1.2.3)\"]\n").unwrap_err();
+    assert_eq!(e.field, "prompts[1]", "{e}");
+    assert!(e.to_string().contains("1.2.3"), "{e}");
+    let e = load("prompts:\n  - prompt: a cat\n    negative: \"(ugly:.)\"\n").unwrap_err();
+    assert_eq!(e.field, "prompts[0].negative", "{e}");
+    let e = load("prompts: [a cat]\nnegative: \"(ugly:.)\"\n").unwrap_err();
+    assert_eq!(e.field, "negative", "{e}");
+    // Plain text, or the same text without an open bracket, is fine.
+    load("prompts: [\"a (dog:1.2.3)\"]\nprompt_syntax: plain\n").unwrap();
+    load("prompts: [\"a dog:1.2.3)\"]\n").unwrap();
+}
+
+#[test]
+fn check_shows_how_each_prompt_is_read() {
+    let (_tmp, p) = job_file(
+        "prompts:\n  - prompt: \"a (red:1.5) circle BREAK [blue:green:0.5] square\"\n    negative: \"[ugly]\"\nsteps: 10\n",
+    );
+    let out = check::run(&common::fixture_config(), &p).unwrap();
+    assert!(out.contains("syntax     a1111"), "{out}");
+    let read = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("read 1"))
+        .unwrap();
+    assert!(read.contains("2 windows of 77 tokens"), "{read}");
+    assert!(read.contains("\"red\" x1.5"), "{read}");
+    assert!(read.contains("1 BREAK"), "{read}");
+    assert!(
+        read.contains("steps 1-5") && read.contains("steps 6-10"),
+        "{read}"
+    );
+    let negative = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("negative "))
+        .unwrap();
+    assert!(negative.contains("\"ugly\" x0.909"), "{negative}");
+
+    let (_tmp, p) = job_file("prompts: [\"a (red:1.5) circle\"]\nprompt_syntax: plain\n");
+    let out = check::run(&common::fixture_config(), &p).unwrap();
+    assert!(
+        out.contains("syntax     plain") && !out.contains("read 1"),
+        "{out}"
+    );
 }
