@@ -391,11 +391,10 @@ impl Config {
     /// Parses configuration text that came from `path` (used for messages and to resolve
     /// relative paths).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config =
-            crate::sys::yaml::parse(text).map_err(|error| ConfigError::Parse {
-                path: path.to_path_buf(),
-                error,
-            })?;
+        let mut config: Config = crate::sys::yaml::parse(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            error,
+        })?;
         config.source = path.to_path_buf();
         let base = path
             .parent()

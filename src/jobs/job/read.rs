@@ -93,19 +93,17 @@ fn file_seed(bytes: &[u8], meta: &std::fs::Metadata) -> u64 {
 
 /// Parses a job file's text: unknown fields get a "did you mean".
 pub fn parse(file: &JobFile) -> Result<JobSpec, JobError> {
-    crate::sys::yaml::parse_with::<JobSpec>(&file.text, crate::sys::yaml::strict_options()).map_err(
-        |e| {
-            let mut message = e.message.clone();
-            if let Some(hint) = did_you_mean(&e.message) {
-                message.push_str(&hint);
-            }
-            JobError {
-                file: file.path.clone(),
-                field: e.key,
-                message,
-            }
-        },
-    )
+    crate::sys::yaml::parse_with::<JobSpec>(&file.text, crate::sys::yaml::strict_options()).map_err(|e| {
+        let mut message = e.message.clone();
+        if let Some(hint) = did_you_mean(&e.message) {
+            message.push_str(&hint);
+        }
+        JobError {
+            file: file.path.clone(),
+            field: e.key,
+            message,
+        }
+    })
 }
 
 /// Reads and parses a job file.

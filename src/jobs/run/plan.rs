@@ -3,9 +3,9 @@
 
 use super::RunOptions;
 use super::manifest::Manifest;
-use crate::engine::pipeline::RenderRequest;
 use crate::jobs::job::Job;
 use crate::jobs::output::folder::{Entry, Folder};
+use crate::engine::pipeline::RenderRequest;
 
 /// The pipeline request for prompt `index` of `job`, every candidate.
 pub fn request(job: &Job, index: usize) -> RenderRequest {
