@@ -32,7 +32,10 @@ negative's hidden states, each window weighted and rescaled to its mean as AUTOM
 constant ones the pixels optimum's ORTStableDiffusionPipeline renders from them
 (``prompt_embeds``/``negative_prompt_embeds``, DDIM, seed 42, 64x64).
 
-Usage: HF_HUB_OFFLINE=1 PYTHONPATH=<dir with lark> onnx/.venv/bin/python onnx/golden_prompts.py [conditioning]
+``clip_skip``: ``tests/golden/prompt/clip_skip/``: CLIP skip references on tiny-sdxl's first
+text encoder (the final layer norm's weights read from the ONNX initializers).
+
+Usage: HF_HUB_OFFLINE=1 PYTHONPATH=<dir with lark> onnx/.venv/bin/python onnx/golden_prompts.py [conditioning|clip_skip]
 (lark 1.3.1 is listed in onnx/requirements.txt)
 """
 
@@ -467,9 +470,56 @@ def build_conditioning() -> None:
         f.write("\n")
 
 
+def build_clip_skip() -> None:
+    """``tests/golden/prompt/clip_skip/``: tiny-sdxl's first text encoder (exported with its
+    hidden states) on a few id rows; for clip skip 1..layers the reference conditioning: the
+    hidden state ``N - 1`` layers before the last through the final layer norm, whose weights are
+    read from the ONNX file's initializers (``text_model.final_layer_norm.*``)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    path = os.path.join(ROOT, "onnx", "models", "tiny-sdxl", "text_encoder", "model.onnx")
+    with open(os.path.join(os.path.dirname(path), "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    graph = onnx.load(path).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    # The exporter deduplicates equal tensors: a name may be an Identity of another initializer.
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
+    tensor = lambda name: inits[alias.get(name, name)].astype(np.float64)  # noqa: E731
+    gamma = tensor("text_model.final_layer_norm.weight")
+    beta = tensor("text_model.final_layer_norm.bias")
+    eps = config["layer_norm_eps"]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(7)
+    vocab = config["vocab_size"]
+    ids = rng.integers(0, vocab - 2, size=(3, 77)).astype(np.int64)
+    ids[:, 0] = config["bos_token_id"]
+    ids[:, 40:] = config["eos_token_id"]
+    names = [o.name for o in session.get_outputs()]
+    outs = dict(zip(names, session.run(names, {"input_ids": ids})))
+    layers = config["num_hidden_layers"]
+    out_dir = os.path.join(OUT_DIR, "clip_skip")
+    os.makedirs(out_dir, exist_ok=True)
+    np.save(os.path.join(out_dir, "ids.npy"), ids)
+    for n in range(1, layers + 1):
+        h = outs[f"hidden_states.{layers + 1 - n}"].astype(np.float64)
+        mean = h.mean(-1, keepdims=True)
+        var = ((h - mean) ** 2).mean(-1, keepdims=True)
+        ref = (h - mean) / np.sqrt(var + eps) * gamma + beta
+        if n == 1:
+            assert np.abs(ref - outs["last_hidden_state"]).max() < 1e-5
+        np.save(os.path.join(out_dir, f"skip{n}.npy"), ref.astype(np.float32))
+    print(f"clip_skip: {layers} layers, eps {eps}")
+
+
 def main() -> None:
     if sys.argv[1:] == ["conditioning"]:
         build_conditioning()
+        return
+    if sys.argv[1:] == ["clip_skip"]:
+        build_clip_skip()
         return
     import transformers
 

@@ -1,3 +1,4 @@
+//! CLIP skip against tests/golden/prompt/clip_skip/ (`onnx/golden_prompts.py clip_skip`),
 //! AUTOMATIC1111 prompts in jobs (`prompt_syntax`, refused prompts naming the field, what
 //! `sdspool check` shows) and AUTOMATIC1111 conditioning through the pipeline against tests/golden/prompt/cond/ (written by
 //! `onnx/golden_prompts.py conditioning` on onnx/models/shapes-sd): the phases of the prompt's
@@ -13,6 +14,7 @@ use std::ops::ControlFlow;
 use ndarray::ArrayD;
 use sdspool::app::commands::check;
 use sdspool::engine::model::SdModel;
+use sdspool::engine::pipeline::text::ClipSkip;
 use sdspool::engine::pipeline::{Pipeline, RenderRequest, a1111};
 use sdspool::engine::prompt::PromptSyntax;
 use sdspool::engine::scheduler::SchedulerKind;
@@ -87,6 +89,7 @@ fn conditioning_phases_match_the_reference() {
             &prompt,
             Some(&negative),
             case.steps + 1,
+            ClipSkip::NONE,
         )
         .unwrap();
         let steps: Vec<usize> = phases.iter().map(|p| p.from_step).collect();
@@ -199,6 +202,18 @@ fn prompt_syntax_defaults_to_a1111_and_reaches_the_request() {
 }
 
 #[test]
+fn clip_skip_is_a_job_field_from_1_to_12() {
+    let j = load("prompts: [a cat]\n").unwrap();
+    assert_eq!((j.clip_skip, plan::request(&j, 0).clip_skip), (1, 1));
+    let j = load("prompts: [a cat]\nclip_skip: 2\n").unwrap();
+    assert_eq!((j.clip_skip, plan::request(&j, 0).clip_skip), (2, 2));
+    for bad in ["0", "13"] {
+        let e = load(&format!("prompts: [a cat]\nclip_skip: {bad}\n")).unwrap_err();
+        assert_eq!(e.field, "clip_skip", "{e}");
+    }
+}
+
+#[test]
 fn a_prompt_automatic1111_cannot_read_is_refused_naming_its_field() {
     let e = load("prompts: [a cat, \"a (dog:1.2.3)\"]\n").unwrap_err();
     assert_eq!(e.field, "prompts[1]", "{e}");
@@ -241,5 +256,81 @@ fn check_shows_how_each_prompt_is_read() {
     assert!(
         out.contains("syntax     plain") && !out.contains("read 1"),
         "{out}"
+    );
+}
+
+#[test]
+fn clip_skip_matches_the_reference_layer_norm() {
+    use sdspool::engine::model::{Component, Family, load_part};
+    let file = common::model_dir("tiny-sdxl").join("text_encoder/model.onnx");
+    let mut part = load_part(
+        common::runtime(),
+        "tiny-sdxl",
+        Family::Sd,
+        Component::TextEncoder,
+        &file,
+        0,
+    )
+    .unwrap();
+    let golden = common::root().join("tests/golden/prompt/clip_skip");
+    let ids: ndarray::Array2<i64> = ndarray_npy::read_npy(golden.join("ids.npy")).unwrap();
+    let graph = &Family::Sd.graph().text_encoder;
+    for n in 1..=3 {
+        let skip = ClipSkip {
+            n,
+            layer_norm_eps: 1e-5,
+        };
+        let got = sdspool::engine::pipeline::text::encode_ids(
+            &mut part,
+            graph,
+            ids.as_slice().unwrap(),
+            ids.nrows(),
+            ids.ncols(),
+            skip,
+        )
+        .unwrap();
+        let want: ArrayD<f32> = ndarray_npy::read_npy(golden.join(format!("skip{n}.npy"))).unwrap();
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-4, "clip skip {n}: differs by {d}");
+        if n > 1 {
+            let last: ArrayD<f32> = ndarray_npy::read_npy(golden.join("skip1.npy")).unwrap();
+            assert!(
+                max_diff(&got, &last) > 1e-2,
+                "clip skip {n} changed nothing"
+            );
+        }
+    }
+    let e = sdspool::engine::pipeline::text::encode_ids(
+        &mut part,
+        graph,
+        ids.as_slice().unwrap(),
+        ids.nrows(),
+        ids.ncols(),
+        ClipSkip {
+            n: 4,
+            layer_norm_eps: 1e-5,
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("only 3 layers"), "{e}");
+}
+
+#[test]
+fn clip_skip_without_hidden_state_outputs_is_refused_naming_the_export_setting() {
+    let model_dir = common::model_dir("shapes-sd");
+    let model = SdModel::load(common::runtime(), "shapes-sd", &model_dir, 0).unwrap();
+    let mut pipe = Pipeline::new(model).unwrap();
+    let mut req = RenderRequest::new("a red circle", vec![1]);
+    req.steps = 2;
+    req.width = 32;
+    req.height = 32;
+    req.clip_skip = 2;
+    let e = pipe
+        .render(&req, &mut |_| ControlFlow::Continue(()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("clip_skip") && e.contains("output_hidden_states") && e.contains("text_encoder"),
+        "{e}"
     );
 }

@@ -164,6 +164,9 @@ fn explain(
     line("eta", eta_text(job, estimate));
     line("rng", format!("{}, seed {}", job.rng, job.seed));
     line("syntax", job.prompt_syntax.to_string());
+    if job.clip_skip > 1 {
+        line("clip_skip", job.clip_skip.to_string());
+    }
     line("priority", job.priority.to_string());
     line(
         "output",

@@ -10,7 +10,7 @@
 use ndarray::{Array2, ArrayD, ArrayView2, Axis, concatenate};
 
 use super::PipelineError;
-use super::text::encode_ids;
+use super::text::{ClipSkip, encode_ids};
 use crate::engine::model::Part;
 use crate::engine::model::family::TextEncoderGraph;
 use crate::engine::prompt::{self, Chunk, ReadError, Reading, SpecialIds};
@@ -64,6 +64,7 @@ pub fn encode(
     prompt: &Reading,
     negative: Option<&Reading>,
     calls: usize,
+    skip: ClipSkip,
 ) -> Result<Vec<HiddenPhase>, PipelineError> {
     let empty = Chunk::empty(&special);
     // Every window, in order: the prompt's texts, the negative's, then the empty window.
@@ -79,7 +80,7 @@ pub fn encode(
         .iter()
         .flat_map(|c| c.ids.iter().map(|&id| i64::from(id)))
         .collect();
-    let hidden = encode_ids(text_encoder, graph, &ids, windows.len(), seq)?;
+    let hidden = encode_ids(text_encoder, graph, &ids, windows.len(), seq, skip)?;
     let weighted: Vec<Array2<f32>> = windows
         .iter()
         .enumerate()

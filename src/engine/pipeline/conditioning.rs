@@ -33,6 +33,8 @@ pub struct TextOptions {
     pub syntax: PromptSyntax,
     /// The request's steps (what `[from:to:0.5]` is a fraction of).
     pub steps: usize,
+    /// AUTOMATIC1111's CLIP skip (1: none).
+    pub clip_skip: usize,
 }
 
 /// Conditioning that takes over from a UNet call on (prompt editing, alternation).

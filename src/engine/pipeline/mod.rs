@@ -17,6 +17,7 @@
 //! `encode_prompt` (a [`FamilyPipeline`]) and a line in [`family_pipeline`].
 
 pub mod a1111;
+pub mod clip_skip;
 pub mod conditioning;
 pub mod decode;
 pub mod denoise;
@@ -92,6 +93,9 @@ pub struct RenderRequest {
     pub rng: RngKind,
     /// How the prompts' brackets are read (AUTOMATIC1111's syntax by default).
     pub prompt_syntax: PromptSyntax,
+    /// AUTOMATIC1111's CLIP skip: 1 conditions on the text encoder's last hidden state, `N` on
+    /// the one `N - 1` layers before it ([`clip_skip`]).
+    pub clip_skip: usize,
     /// Most candidates in one UNet batch (the batch is twice this with guidance).
     pub max_batch: usize,
     /// Initial latents `[candidates, c, h/8, w/8]` (`c` the model's latent channels) before
@@ -118,6 +122,7 @@ impl RenderRequest {
             height: 512,
             rng: RngKind::default(),
             prompt_syntax: PromptSyntax::default(),
+            clip_skip: 1,
             max_batch: 8,
             initial_latents: None,
             step_noise: None,
@@ -231,6 +236,9 @@ impl Pipeline {
         if req.seeds.is_empty() {
             return bad("seeds", "is empty: no candidate to render".into());
         }
+        if req.clip_skip == 0 {
+            return bad("clip_skip", "is 0; 1 is no skip".into());
+        }
         if req.max_batch == 0 {
             return bad("max_batch", "is 0".into());
         }
@@ -317,6 +325,7 @@ impl Pipeline {
         let options = TextOptions {
             syntax: req.prompt_syntax,
             steps: req.steps,
+            clip_skip: req.clip_skip,
         };
         let conditioning = self.family.encode_prompt(
             &mut self.model,

@@ -8,6 +8,7 @@
 use ndarray::Axis;
 
 use super::conditioning::{CondInput, CondPhase, Conditioning, ScheduledConditioning, TextOptions};
+use super::text::ClipSkip;
 use super::{FamilyPipeline, PipelineError, a1111, text};
 use crate::engine::model::SdModel;
 use crate::engine::model::family::sd::{ENCODER_HIDDEN_STATES, GRAPH};
@@ -17,6 +18,8 @@ use crate::engine::tokenizer::ClipTokenizer;
 /// SD 1.x/2.x: the model folder's tokenizer.
 pub struct StableDiffusion {
     tokenizer: ClipTokenizer,
+    /// The text encoder's `layer_norm_eps` (for CLIP skip).
+    layer_norm_eps: f64,
 }
 
 impl StableDiffusion {
@@ -24,7 +27,15 @@ impl StableDiffusion {
     pub fn new(model: &SdModel) -> Result<StableDiffusion, PipelineError> {
         Ok(StableDiffusion {
             tokenizer: ClipTokenizer::from_dir(&model.folder.tokenizer_dir)?,
+            layer_norm_eps: layer_norm_eps(&model.folder.text_encoder),
         })
+    }
+
+    fn skip(&self, options: &TextOptions) -> ClipSkip {
+        ClipSkip {
+            n: options.clip_skip,
+            layer_norm_eps: self.layer_norm_eps,
+        }
     }
 
     /// diffusers' encoding: both prompts in one run of 77 tokens each.
@@ -34,16 +45,18 @@ impl StableDiffusion {
         prompt: &str,
         negative_prompt: &str,
         guidance: Option<f32>,
+        skip: ClipSkip,
     ) -> Result<Conditioning, PipelineError> {
         let prompts: Vec<&str> = match guidance {
             Some(_) => vec![negative_prompt, prompt],
             None => vec![prompt],
         };
-        let embeddings = text::encode(
+        let embeddings = text::encode_skipping(
             &self.tokenizer,
             &mut model.text_encoder,
             &GRAPH.text_encoder,
             &prompts,
+            skip,
         )?;
         let hidden = &embeddings.hidden;
         let last = prompts.len() - 1;
@@ -71,6 +84,7 @@ impl StableDiffusion {
         negative_prompt: &str,
         guidance: Option<f32>,
         steps: usize,
+        skip: ClipSkip,
     ) -> Result<ScheduledConditioning, PipelineError> {
         let started = std::time::Instant::now();
         let reading = a1111::read(&self.tokenizer, prompt, steps, "prompt")?;
@@ -86,6 +100,7 @@ impl StableDiffusion {
             &reading,
             negative.as_ref(),
             steps + 1,
+            skip,
         )?;
         let window = self.tokenizer.model_max_length();
         check_sequence(
@@ -158,13 +173,30 @@ impl FamilyPipeline for StableDiffusion {
         guidance: Option<f32>,
         options: &TextOptions,
     ) -> Result<ScheduledConditioning, PipelineError> {
+        let skip = self.skip(options);
         match options.syntax {
             PromptSyntax::Plain => self
-                .encode_plain(model, prompt, negative_prompt, guidance)
+                .encode_plain(model, prompt, negative_prompt, guidance, skip)
                 .map(ScheduledConditioning::constant),
-            PromptSyntax::A1111 => {
-                self.encode_a1111(model, prompt, negative_prompt, guidance, options.steps)
-            }
+            PromptSyntax::A1111 => self.encode_a1111(
+                model,
+                prompt,
+                negative_prompt,
+                guidance,
+                options.steps,
+                skip,
+            ),
         }
     }
+}
+
+/// `layer_norm_eps` from the config.json beside the text encoder's model file; CLIP's 1e-5
+/// when there is none.
+fn layer_norm_eps(text_encoder_file: &std::path::Path) -> f64 {
+    text_encoder_file
+        .parent()
+        .and_then(|dir| std::fs::read_to_string(dir.join("config.json")).ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|config| config.get("layer_norm_eps")?.as_f64())
+        .unwrap_or(1e-5)
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, Axis};
 
-use super::PipelineError;
+use super::{PipelineError, clip_skip};
 use crate::engine::model::Part;
 use crate::engine::model::family::TextEncoderGraph;
 use crate::engine::tokenizer::ClipTokenizer;
@@ -21,12 +21,39 @@ pub struct TextEmbeddings {
     pub tokenize: Duration,
 }
 
+/// Which hidden state of the text encoder conditions the UNet ([`super::clip_skip`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipSkip {
+    /// 1: the last (`last_hidden_state`); `N`: the one `N - 1` layers before it.
+    pub n: usize,
+    /// The encoder's `layer_norm_eps` (from its config.json; CLIP's 1e-5 when absent).
+    pub layer_norm_eps: f64,
+}
+
+impl ClipSkip {
+    pub const NONE: ClipSkip = ClipSkip {
+        n: 1,
+        layer_norm_eps: 1e-5,
+    };
+}
+
 /// Tokenizes and encodes each prompt (one text-encoder run for all of them).
 pub fn encode(
     tokenizer: &ClipTokenizer,
     text_encoder: &mut Part,
     graph: &TextEncoderGraph,
     prompts: &[&str],
+) -> Result<TextEmbeddings, PipelineError> {
+    encode_skipping(tokenizer, text_encoder, graph, prompts, ClipSkip::NONE)
+}
+
+/// [`encode`] conditioning on the hidden state `skip` selects.
+pub fn encode_skipping(
+    tokenizer: &ClipTokenizer,
+    text_encoder: &mut Part,
+    graph: &TextEncoderGraph,
+    prompts: &[&str],
+    skip: ClipSkip,
 ) -> Result<TextEmbeddings, PipelineError> {
     let started = Instant::now();
     let mut ids = Vec::new();
@@ -39,7 +66,7 @@ pub fn encode(
         truncated.push(enc.truncated);
     }
     let tokenize = started.elapsed();
-    let hidden = encode_ids(text_encoder, graph, &ids, prompts.len(), seq)?;
+    let hidden = encode_ids(text_encoder, graph, &ids, prompts.len(), seq, skip)?;
     Ok(TextEmbeddings {
         hidden,
         truncated,
@@ -48,22 +75,42 @@ pub fn encode(
 }
 
 /// Runs the text encoder on `n` rows of `seq` token ids (one run): its hidden state
-/// `[n, seq, hidden]`.
+/// `[n, seq, hidden]` (the one `skip` selects).
 pub fn encode_ids(
     text_encoder: &mut Part,
     graph: &TextEncoderGraph,
     ids: &[i64],
     n: usize,
     seq: usize,
+    skip: ClipSkip,
 ) -> Result<ArrayD<f32>, PipelineError> {
     let file = text_encoder.loaded.file.clone();
+    let names: Vec<String> = text_encoder
+        .signature
+        .outputs
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let states = clip_skip::hidden_state_count(&names);
+    let skipped = (skip.n > 1)
+        .then(|| clip_skip::skipped_output(skip.n, states, &file.display().to_string()))
+        .transpose()?;
     let input =
         int_tensor(&[n, seq], ids, text_encoder.feeding.aux).map_err(|e| ort_err(&file, e))?;
     let outputs = text_encoder
         .loaded
         .run(ort::inputs![graph.input_ids => input])
         .map_err(|e| ort_err(&file, e))?;
-    let hidden = extract_float(&outputs[graph.hidden_state]).map_err(|e| ort_err(&file, e))?;
+    let mut hidden = extract_float(&outputs[graph.hidden_state]).map_err(|e| ort_err(&file, e))?;
+    if let Some(name) = skipped {
+        let get = |name: &str| extract_float(&outputs[name]).map_err(|e| ort_err(&file, e));
+        let last = get(&format!("hidden_states.{}", states - 1))?;
+        hidden = clip_skip::final_layer_norm(get(&name)?, last, &hidden, skip.layer_norm_eps)
+            .map_err(|source| PipelineError::Concatenate {
+                file: file.display().to_string(),
+                source,
+            })?;
+    }
     if hidden.ndim() != 3 || hidden.len_of(Axis(0)) != n || hidden.len_of(Axis(1)) != seq {
         return Err(PipelineError::Shape {
             file: file.display().to_string(),

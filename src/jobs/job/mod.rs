@@ -76,6 +76,8 @@ pub struct Job {
     pub rng: RngKind,
     /// How the prompts' brackets are read.
     pub prompt_syntax: PromptSyntax,
+    /// AUTOMATIC1111's CLIP skip (1: none).
+    pub clip_skip: u32,
     pub seed: u64,
     pub priority: i32,
     /// Subfolder of the output root.

@@ -57,6 +57,7 @@ pub(super) fn resolve(
         height: job_lists.sizes[0].1,
         rng: spec.rng.unwrap_or(defaults.rng),
         prompt_syntax: spec.prompt_syntax.unwrap_or(defaults.prompt_syntax),
+        clip_skip: r.clip_skip(&spec)?,
         seed: shared.seed,
         priority: spec.priority.unwrap_or(0),
         output,
@@ -240,6 +241,18 @@ impl<'a> Resolver<'a> {
                 Some(v) => c.list(&at.child("guidance"), v, |f, g| c.guidance(f, g))?,
             },
         })
+    }
+
+    /// `clip_skip`: 1 (none, the default) to 12, as AUTOMATIC1111 offers it.
+    fn clip_skip(&self, spec: &JobSpec) -> Result<u32, JobError> {
+        match spec.clip_skip {
+            None => Ok(1),
+            Some(n @ 1..=12) => Ok(n),
+            Some(n) => Err(self.error(
+                &Field::named("clip_skip"),
+                format!("is {n}; it must be 1 (no skip) to 12"),
+            )),
+        }
     }
 
     /// What every prompt gets: the job's settings, negative prompt, candidates and seeds.

@@ -66,6 +66,8 @@ pub struct JobSpec {
     pub rng: Option<RngKind>,
     /// `a1111` (AUTOMATIC1111's emphasis, editing, long prompts) or `plain`.
     pub prompt_syntax: Option<PromptSyntax>,
+    /// AUTOMATIC1111's CLIP skip: 1 (none) to 12.
+    pub clip_skip: Option<u32>,
     pub priority: Option<i32>,
     pub output: Option<String>,
     pub keep_top: Option<u32>,
@@ -303,6 +305,7 @@ pub const JOB_FIELDS: &[&str] = &[
     "height",
     "rng",
     "prompt_syntax",
+    "clip_skip",
     "priority",
     "output",
     "keep_top",

@@ -31,7 +31,8 @@ pub const LEGACY_VERSION: u32 = 1;
 pub struct Fingerprint {
     current: String,
     legacy: String,
-    /// Whether the job reads prompts as plain text (as every job did before `prompt_syntax`).
+    /// Whether the job reads prompts as plain text without CLIP skip (as every job did before
+    /// `prompt_syntax` and `clip_skip`).
     plain_prompts: bool,
 }
 
@@ -43,7 +44,7 @@ impl Fingerprint {
         Fingerprint {
             current: format!("{:016x}", crate::sys::hash::fnv1a64(json)),
             legacy: legacy::fingerprint(job, options),
-            plain_prompts: job.prompt_syntax == PromptSyntax::Plain,
+            plain_prompts: job.prompt_syntax == PromptSyntax::Plain && job.clip_skip == 1,
         }
     }
 
@@ -81,6 +82,9 @@ struct Settings<'a> {
     /// manifests keep matching plain jobs only.
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt_syntax: Option<&'static str>,
+    /// Written only when it skips (above 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clip_skip: Option<u32>,
     keep_top: Option<u32>,
     rejected: &'static str,
     rerank: Option<bool>,
@@ -112,6 +116,7 @@ impl<'a> Settings<'a> {
             rng: job.rng.as_str(),
             prompt_syntax: (job.prompt_syntax != PromptSyntax::Plain)
                 .then(|| job.prompt_syntax.name()),
+            clip_skip: (job.clip_skip > 1).then_some(job.clip_skip),
             keep_top: job.keep_top,
             rejected: match job.rejected {
                 Rejected::Move => "move",
@@ -265,6 +270,7 @@ mod tests {
             height: 64,
             rng: crate::engine::noise::RngKind::TorchCpu,
             prompt_syntax: PromptSyntax::Plain,
+            clip_skip: 1,
             seed: 5,
             priority: 0,
             output: "fp".into(),
@@ -281,6 +287,33 @@ mod tests {
         assert_eq!(
             text,
             r#"{"version":2,"id":"fp","model":"m","rng":"torch_cpu","keep_top":1,"rejected":"move","rerank":true,"prompts":[{"text":"a cat","negative":"","seeds":[5,6],"steps":3,"guidance":7.5,"scheduler":"euler_a","width":64,"height":64}],"noise":null}"#
+        );
+    }
+
+    #[test]
+    fn prompt_syntax_and_clip_skip_change_the_fingerprint_and_keep_legacy_manifests_plain() {
+        let options = RunOptions::default();
+        let plain = Fingerprint::of(&job(), &options);
+        let mut a1111 = job();
+        a1111.prompt_syntax = PromptSyntax::A1111;
+        let a = Fingerprint::of(&a1111, &options);
+        let mut skip = job();
+        skip.clip_skip = 2;
+        let s = Fingerprint::of(&skip, &options);
+        assert_ne!(plain.current, a.current);
+        assert_ne!(plain.current, s.current);
+        assert_ne!(a.current, s.current);
+        let mut legacy: Manifest = serde_json::from_str(
+            r#"{"job":"fp","fingerprint":"x","model":"m","scheduler":"","execution_provider":"cpu","steps":3,"guidance":7.5,"width":64,"height":64,"rng":"torch_cpu","rerank_model":null,"keep_top":1,"complete":false,"runs":1,"timings":{"text_ms":0,"denoise_ms":0,"decode_ms":0,"rerank_ms":0,"write_ms":0,"total_ms":0},"prompts":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(legacy.fingerprint_version, LEGACY_VERSION);
+        legacy.fingerprint = plain.legacy.clone();
+        assert!(plain.matches(&legacy));
+        assert!(!a.matches(&legacy), "a legacy manifest was rendered plain");
+        assert!(
+            !s.matches(&legacy),
+            "a legacy manifest was rendered without clip skip"
         );
     }
 

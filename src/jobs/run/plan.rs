@@ -19,6 +19,7 @@ pub fn request(job: &Job, index: usize) -> RenderRequest {
     req.height = p.height;
     req.rng = job.rng;
     req.prompt_syntax = job.prompt_syntax;
+    req.clip_skip = job.clip_skip as usize;
     req.max_batch = job.max_batch as usize;
     req
 }
