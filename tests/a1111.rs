@@ -334,3 +334,26 @@ fn clip_skip_without_hidden_state_outputs_is_refused_naming_the_export_setting()
         "{e}"
     );
 }
+
+#[test]
+fn rng_philox_is_a_job_setting_and_renders() {
+    use sdspool::engine::noise::RngKind;
+    let j = load("prompts: [a cat]\nrng: philox\n").unwrap();
+    assert_eq!(plan::request(&j, 0).rng, RngKind::Philox);
+    let model_dir = common::model_dir("shapes-sd");
+    let model = SdModel::load(common::runtime(), "shapes-sd", &model_dir, 0).unwrap();
+    let mut pipe = Pipeline::new(model).unwrap();
+    let render = |pipe: &mut Pipeline, rng| {
+        let mut req = RenderRequest::new("a red circle", vec![3]);
+        req.steps = 2;
+        req.width = 32;
+        req.height = 32;
+        req.rng = rng;
+        pipe.render(&req, &mut |_| ControlFlow::Continue(()))
+            .unwrap()
+            .latents
+    };
+    let a = render(&mut pipe, RngKind::Philox);
+    assert_eq!(a, render(&mut pipe, RngKind::Philox));
+    assert_ne!(a, render(&mut pipe, RngKind::TorchCpu));
+}
