@@ -357,3 +357,125 @@ fn rng_philox_is_a_job_setting_and_renders() {
     assert_eq!(a, render(&mut pipe, RngKind::Philox));
     assert_ne!(a, render(&mut pipe, RngKind::TorchCpu));
 }
+
+/// Variation seeds, seed resize and ENSD against tests/golden/noise/variation.json
+/// (`onnx/golden_variation.py`: AUTOMATIC1111's `ImageRNG.first()` on torch's CPU generator).
+#[test]
+fn variation_seeds_resize_and_ensd_match_automatic1111() {
+    use sdspool::engine::noise::RngKind;
+    use sdspool::engine::noise::variation::{SeedOptions, first_noise};
+    let path = common::root().join("tests/golden/noise/variation.json");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    for case in golden["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let options = SeedOptions {
+            subseeds: case["subseed"].as_u64().map(|s| vec![s]),
+            subseed_strength: case["subseed_strength"].as_f64().unwrap() as f32,
+            resize_from: case["resize_from"]
+                .as_array()
+                .map(|a| (a[0].as_u64().unwrap() as u32, a[1].as_u64().unwrap() as u32)),
+            eta_noise_seed_delta: case["eta_noise_seed_delta"].as_u64().unwrap(),
+        };
+        let (w, h) = (
+            case["width"].as_u64().unwrap(),
+            case["height"].as_u64().unwrap(),
+        );
+        let shape = [1, 4, h as usize / 8, w as usize / 8];
+        let (noise, mut generator) = first_noise(
+            RngKind::TorchCpu,
+            case["seed"].as_u64().unwrap(),
+            options.subseeds.as_ref().map(|s| s[0]),
+            &options,
+            &shape,
+            8,
+        );
+        let worst = |got: &[f32], want: &[f32]| {
+            assert_eq!(got.len(), want.len(), "{name}");
+            got.iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max)
+        };
+        let d = worst(noise.as_slice().unwrap(), &floats(&case["noise"]));
+        assert!(d < 1e-5, "{name}: initial noise differs by {d}");
+        let next = generator.randn(&shape);
+        let d = worst(next.as_slice().unwrap(), &floats(&case["next"]));
+        assert!(d == 0.0, "{name}: step noise differs by {d}");
+    }
+}
+
+#[test]
+fn seed_options_are_job_fields_reaching_the_request() {
+    let j = load(
+        "prompts: [a cat]\ncandidates: 3\nsubseed: 100\nsubseed_strength: 0.4\nseed_resize_from_w: 96\nseed_resize_from_h: 48\neta_noise_seed_delta: 31337\n",
+    )
+    .unwrap();
+    let req = plan::request(&j, 0);
+    let o = &req.seed_options;
+    assert_eq!(o.subseeds.as_deref(), Some(&[100, 101, 102][..]));
+    assert_eq!(o.subseed_strength, 0.4);
+    assert_eq!(o.resize_from, Some((96, 48)));
+    assert_eq!(o.eta_noise_seed_delta, 31337);
+    assert_eq!(
+        plan::request(&load("prompts: [a cat]\n").unwrap(), 0).seed_options,
+        Default::default()
+    );
+    for (body, field) in [
+        ("subseed_strength: 1.5\nsubseed: 1\n", "subseed_strength"),
+        ("subseed_strength: 0.5\n", "subseed_strength"),
+        ("seed_resize_from_w: 64\n", "seed_resize_from_h"),
+        ("seed_resize_from_h: 64\n", "seed_resize_from_w"),
+    ] {
+        let e = load(&format!("prompts: [a cat]\n{body}")).unwrap_err();
+        assert_eq!(e.field, field, "{body}: {e}");
+    }
+}
+
+#[test]
+fn seed_options_change_the_render_as_they_should() {
+    use sdspool::engine::noise::variation::SeedOptions;
+    let model_dir = common::model_dir("shapes-sd");
+    let model = SdModel::load(common::runtime(), "shapes-sd", &model_dir, 0).unwrap();
+    let mut pipe = Pipeline::new(model).unwrap();
+    let render = |pipe: &mut Pipeline, scheduler, options: SeedOptions| {
+        let mut req = RenderRequest::new("a red circle", vec![3, 4]);
+        req.steps = 3;
+        req.width = 32;
+        req.height = 32;
+        req.scheduler = Some(scheduler);
+        req.seed_options = options;
+        pipe.render(&req, &mut |_| ControlFlow::Continue(()))
+            .unwrap()
+            .latents
+    };
+    let plain = render(&mut pipe, SchedulerKind::Ddim, SeedOptions::default());
+    let varied = SeedOptions {
+        subseeds: Some(vec![10, 11]),
+        subseed_strength: 0.5,
+        ..Default::default()
+    };
+    assert_ne!(plain, render(&mut pipe, SchedulerKind::Ddim, varied));
+    let ensd = SeedOptions {
+        eta_noise_seed_delta: 31337,
+        ..Default::default()
+    };
+    // ENSD only moves the per-step noise: DDIM (eta 0) draws none.
+    assert_eq!(plain, render(&mut pipe, SchedulerKind::Ddim, ensd.clone()));
+    let ancestral = render(
+        &mut pipe,
+        SchedulerKind::EulerAncestral,
+        SeedOptions::default(),
+    );
+    assert_ne!(
+        ancestral,
+        render(&mut pipe, SchedulerKind::EulerAncestral, ensd)
+    );
+}

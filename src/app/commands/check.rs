@@ -167,6 +167,19 @@ fn explain(
     if job.clip_skip > 1 {
         line("clip_skip", job.clip_skip.to_string());
     }
+    let seeds = &job.seed_options;
+    if let Some((s, strength)) = seeds.subseed {
+        line(
+            "variation",
+            format!("subseed {s} (+ candidate), strength {strength}"),
+        );
+    }
+    if let Some((w, h)) = seeds.resize_from {
+        line("seed size", format!("noise drawn at {w}x{h}"));
+    }
+    if seeds.eta_noise_seed_delta != 0 {
+        line("ensd", seeds.eta_noise_seed_delta.to_string());
+    }
     line("priority", job.priority.to_string());
     line(
         "output",

@@ -33,6 +33,7 @@ mod avx_math;
 mod mt19937;
 pub mod philox;
 mod torch_cpu;
+pub mod variation;
 
 use std::fmt;
 use std::str::FromStr;

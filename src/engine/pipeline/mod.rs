@@ -33,6 +33,7 @@ use ndarray::{ArrayD, Axis};
 
 use crate::engine::model::{Family, SdModel, SideError};
 use crate::engine::noise::RngKind;
+use crate::engine::noise::variation::SeedOptions;
 use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
 pub use crate::runtime::tensors::OrtCallError;
@@ -96,6 +97,8 @@ pub struct RenderRequest {
     /// AUTOMATIC1111's CLIP skip: 1 conditions on the text encoder's last hidden state, `N` on
     /// the one `N - 1` layers before it ([`clip_skip`]).
     pub clip_skip: usize,
+    /// AUTOMATIC1111's variation seeds, seed resize and ENSD (default: none).
+    pub seed_options: SeedOptions,
     /// Most candidates in one UNet batch (the batch is twice this with guidance).
     pub max_batch: usize,
     /// Initial latents `[candidates, c, h/8, w/8]` (`c` the model's latent channels) before
@@ -123,6 +126,7 @@ impl RenderRequest {
             rng: RngKind::default(),
             prompt_syntax: PromptSyntax::default(),
             clip_skip: 1,
+            seed_options: SeedOptions::default(),
             max_batch: 8,
             initial_latents: None,
             step_noise: None,
@@ -235,6 +239,34 @@ impl Pipeline {
         }
         if req.seeds.is_empty() {
             return bad("seeds", "is empty: no candidate to render".into());
+        }
+        let options = &req.seed_options;
+        if !(0.0..=1.0).contains(&options.subseed_strength) {
+            return bad(
+                "subseed_strength",
+                format!("is {}; it must be 0 to 1", options.subseed_strength),
+            );
+        }
+        if let Some(subseeds) = &options.subseeds
+            && subseeds.len() != req.seeds.len()
+        {
+            return bad(
+                "subseed",
+                format!(
+                    "has {} seeds for {} candidates",
+                    subseeds.len(),
+                    req.seeds.len()
+                ),
+            );
+        }
+        let f = self.model.folder.vae_downsampling as u32;
+        if let Some((w, h)) = options.resize_from
+            && (w < f || h < f)
+        {
+            return bad(
+                "seed_resize_from_w",
+                format!("{w}x{h} is smaller than one latent pixel ({f})"),
+            );
         }
         if req.clip_skip == 0 {
             return bad("clip_skip", "is 0; 1 is no skip".into());
@@ -352,7 +384,8 @@ impl Pipeline {
         let mut config = self.scheduler_config.clone();
         config.eta = Some(f64::from(req.eta));
         let mut scheduler = scheduler::build(kind, &config, req.steps)?;
-        let mut noise = BatchNoise::new(req, first, n, self.latent_shape(req, 1));
+        let downsampling = self.model.folder.vae_downsampling;
+        let mut noise = BatchNoise::new(req, first, n, self.latent_shape(req, 1), downsampling);
         let latents =
             noise.initial_latents(req.initial_latents.as_ref(), scheduler.init_noise_sigma())?;
         let mut draw_noise = |_step: usize| noise.step_noise();

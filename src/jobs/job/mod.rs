@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::app::config::Config;
 use crate::engine::model::layout::ModelFolder;
 use crate::engine::noise::RngKind;
+use crate::engine::noise::variation::SeedOptions;
 use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::SchedulerKind;
 pub use read::{JobFile, read_spec};
@@ -78,6 +79,8 @@ pub struct Job {
     pub prompt_syntax: PromptSyntax,
     /// AUTOMATIC1111's CLIP skip (1: none).
     pub clip_skip: u32,
+    /// AUTOMATIC1111's seed options: variation seed and strength, seed resize, ENSD.
+    pub seed_options: SeedSettings,
     pub seed: u64,
     pub priority: i32,
     /// Subfolder of the output root.
@@ -86,6 +89,30 @@ pub struct Job {
     pub rerank: Option<bool>,
     pub rejected: Rejected,
     pub max_batch: u32,
+}
+
+/// A job's AUTOMATIC1111 seed options; the default changes nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SeedSettings {
+    /// The variation seed of candidate 0 (candidate i: + i), with its strength.
+    pub subseed: Option<(u64, f32)>,
+    /// (width, height) in pixels the seeds' noise was drawn at.
+    pub resize_from: Option<(u32, u32)>,
+    pub eta_noise_seed_delta: u64,
+}
+
+impl SeedSettings {
+    /// The pipeline's options for the candidates with these indices.
+    pub fn for_candidates(&self, candidates: impl Iterator<Item = usize>) -> SeedOptions {
+        SeedOptions {
+            subseeds: self
+                .subseed
+                .map(|(s, _)| candidates.map(|i| s.wrapping_add(i as u64)).collect()),
+            subseed_strength: self.subseed.map_or(0.0, |(_, strength)| strength),
+            resize_from: self.resize_from,
+            eta_noise_seed_delta: self.eta_noise_seed_delta,
+        }
+    }
 }
 
 impl Job {

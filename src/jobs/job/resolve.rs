@@ -9,7 +9,7 @@ use super::fields::{Checks, Field, SizeAt};
 use super::prompt_file::{self, Line};
 use super::spec::{JobSpec, OneOrMany, PromptSpec, SchedulerChoice, Size};
 use super::sweep::{self, Lists, SweepCell};
-use super::{Job, JobError, JobPrompt, PromptFiles, valid_name};
+use super::{Job, JobError, JobPrompt, PromptFiles, SeedSettings, valid_name};
 use crate::app::config::Config;
 use crate::engine::prompt::{self, PromptSyntax};
 
@@ -58,6 +58,7 @@ pub(super) fn resolve(
         rng: spec.rng.unwrap_or(defaults.rng),
         prompt_syntax: spec.prompt_syntax.unwrap_or(defaults.prompt_syntax),
         clip_skip: r.clip_skip(&spec)?,
+        seed_options: r.seed_settings(&spec)?,
         seed: shared.seed,
         priority: spec.priority.unwrap_or(0),
         output,
@@ -240,6 +241,47 @@ impl<'a> Resolver<'a> {
                 None => base.guidance.clone(),
                 Some(v) => c.list(&at.child("guidance"), v, |f, g| c.guidance(f, g))?,
             },
+        })
+    }
+
+    /// `subseed` with `subseed_strength` (0 to 1), `seed_resize_from_w/h` (both or neither, at
+    /// least 8), `eta_noise_seed_delta`.
+    fn seed_settings(&self, spec: &JobSpec) -> Result<SeedSettings, JobError> {
+        let subseed = match (spec.subseed, spec.subseed_strength) {
+            (_, Some(s)) if !(0.0..=1.0).contains(&s) => {
+                return Err(self.error(
+                    &Field::named("subseed_strength"),
+                    format!("is {s}; it must be 0 to 1"),
+                ));
+            }
+            (None, Some(s)) if s > 0.0 => {
+                return Err(self.error(
+                    &Field::named("subseed_strength"),
+                    "needs `subseed`, the variation seed",
+                ));
+            }
+            (Some(seed), strength) => Some((seed, strength.unwrap_or(0.0) as f32)),
+            (None, _) => None,
+        };
+        let resize_from = match (spec.seed_resize_from_w, spec.seed_resize_from_h) {
+            (None, None) => None,
+            (Some(w), Some(h)) if w >= 8 && h >= 8 => Some((w, h)),
+            (w, _) => {
+                let field = if w.is_none_or(|w| w < 8) {
+                    "seed_resize_from_w"
+                } else {
+                    "seed_resize_from_h"
+                };
+                return Err(self.error(
+                    &Field::named(field),
+                    "must be given with the other of seed_resize_from_w/h, at least 8 pixels",
+                ));
+            }
+        };
+        Ok(SeedSettings {
+            subseed,
+            resize_from,
+            eta_noise_seed_delta: spec.eta_noise_seed_delta.unwrap_or(0),
         })
     }
 

@@ -68,6 +68,14 @@ pub struct JobSpec {
     pub prompt_syntax: Option<PromptSyntax>,
     /// AUTOMATIC1111's CLIP skip: 1 (none) to 12.
     pub clip_skip: Option<u32>,
+    /// AUTOMATIC1111's variation seed (candidate i uses subseed + i) and its strength, 0 to 1.
+    pub subseed: Option<u64>,
+    pub subseed_strength: Option<f64>,
+    /// The size the seeds' noise was drawn at (AUTOMATIC1111's "resize seed from").
+    pub seed_resize_from_w: Option<u32>,
+    pub seed_resize_from_h: Option<u32>,
+    /// AUTOMATIC1111's ENSD: the per-step noise of ancestral samplers from seed + this.
+    pub eta_noise_seed_delta: Option<u64>,
     pub priority: Option<i32>,
     pub output: Option<String>,
     pub keep_top: Option<u32>,
@@ -306,6 +314,11 @@ pub const JOB_FIELDS: &[&str] = &[
     "rng",
     "prompt_syntax",
     "clip_skip",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
+    "eta_noise_seed_delta",
     "priority",
     "output",
     "keep_top",

@@ -18,7 +18,7 @@ use super::RunOptions;
 use super::manifest::Manifest;
 use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::SchedulerKind;
-use crate::jobs::job::{Job, Rejected};
+use crate::jobs::job::{Job, Rejected, SeedSettings};
 
 /// The fingerprint version new manifests carry.
 pub const VERSION: u32 = 2;
@@ -44,7 +44,9 @@ impl Fingerprint {
         Fingerprint {
             current: format!("{:016x}", crate::sys::hash::fnv1a64(json)),
             legacy: legacy::fingerprint(job, options),
-            plain_prompts: job.prompt_syntax == PromptSyntax::Plain && job.clip_skip == 1,
+            plain_prompts: job.prompt_syntax == PromptSyntax::Plain
+                && job.clip_skip == 1
+                && job.seed_options == SeedSettings::default(),
         }
     }
 
@@ -85,6 +87,9 @@ struct Settings<'a> {
     /// Written only when it skips (above 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     clip_skip: Option<u32>,
+    /// Written only when set: variation seed and strength, seed resize, ENSD.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed_options: Option<String>,
     keep_top: Option<u32>,
     rejected: &'static str,
     rerank: Option<bool>,
@@ -117,6 +122,13 @@ impl<'a> Settings<'a> {
             prompt_syntax: (job.prompt_syntax != PromptSyntax::Plain)
                 .then(|| job.prompt_syntax.name()),
             clip_skip: (job.clip_skip > 1).then_some(job.clip_skip),
+            seed_options: (job.seed_options != SeedSettings::default()).then(|| {
+                let s = &job.seed_options;
+                format!(
+                    "subseed {:?} resize_from {:?} ensd {}",
+                    s.subseed, s.resize_from, s.eta_noise_seed_delta
+                )
+            }),
             keep_top: job.keep_top,
             rejected: match job.rejected {
                 Rejected::Move => "move",
@@ -271,6 +283,7 @@ mod tests {
             rng: crate::engine::noise::RngKind::TorchCpu,
             prompt_syntax: PromptSyntax::Plain,
             clip_skip: 1,
+            seed_options: SeedSettings::default(),
             seed: 5,
             priority: 0,
             output: "fp".into(),
