@@ -479,3 +479,74 @@ fn seed_options_change_the_render_as_they_should() {
         render(&mut pipe, SchedulerKind::EulerAncestral, ensd)
     );
 }
+
+/// A PNG with AUTOMATIC1111's `parameters` through `sdspool submit`: the spooled job renders
+/// its prompt and settings; a setting sdspool cannot honour is refused naming it.
+#[test]
+fn submitting_a_png_makes_a_job_from_its_infotext() {
+    use sdspool::app::commands::submit;
+    use sdspool::engine::noise::RngKind;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = common::fixture_config();
+    c.spool.dir = tmp.path().join("spool");
+    let png = |name: &str, text: &str| {
+        let img = image::RgbImage::new(8, 8);
+        let bytes = sdspool::jobs::output::png::encode(&img, text).unwrap();
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let text = "a (red:1.2) circle, [blue] square\nNegative prompt: ugly, blurry\nSteps: 12, \
+                Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234, Size: 64x48, \
+                Model hash: 6ce0161689, Model: tiny-sd, Clip skip: 2, ENSD: 31337, Variation seed: 9, \
+                Variation seed strength: 0.25, RNG: NV, Version: v1.10.1";
+    let submitted = submit::run(&c, &png("from-a1111.png", text), false).unwrap();
+    assert!(submitted.path.ends_with("incoming/from-a1111.yaml"), "{submitted:?}");
+    let job = job::load_spooled(&submitted.path, &c).unwrap();
+    let p = &job.prompts[0];
+    assert_eq!(p.text, "a (red:1.2) circle, [blue] square");
+    assert_eq!(p.negative, "ugly, blurry");
+    assert_eq!((p.steps, p.guidance, p.width, p.height), (12, 6.5, 64, 48));
+    assert_eq!(p.scheduler, Some(SchedulerKind::DpmPp2mKarras));
+    assert_eq!(p.seeds[0], 1234);
+    assert_eq!(job.model, "tiny-sd");
+    assert_eq!(job.clip_skip, 2);
+    assert_eq!(job.rng, RngKind::Philox);
+    assert_eq!(job.seed_options.eta_noise_seed_delta, 31337);
+    assert_eq!(job.seed_options.subseed, Some((9, 0.25)));
+
+    // sdspool's own PNG text round-trips.
+    let own = sdspool::jobs::output::png::Parameters {
+        prompt: "a cat",
+        negative: "",
+        steps: 7,
+        scheduler: SchedulerKind::EulerAncestral,
+        guidance: 4.0,
+        seed: 77,
+        width: 64,
+        height: 64,
+        model: "tiny-sd",
+    }
+    .a1111_text();
+    let job = job::load_spooled(&submit::run(&c, &png("own.png", &own), false).unwrap().path, &c)
+        .unwrap();
+    let p = &job.prompts[0];
+    assert_eq!(
+        (p.text.as_str(), p.steps, p.scheduler, p.seeds[0]),
+        ("a cat", 7, Some(SchedulerKind::EulerAncestral), 77)
+    );
+
+    for (setting, extra) in [
+        ("Hires upscale", ", Hires upscale: 2"),
+        ("Sampler", ", Sampler: Heun"),
+        ("Model", ", Model: sd15"),
+    ] {
+        let text = format!("a cat\nSteps: 5, CFG scale: 7, Seed: 1{extra}");
+        let e = submit::run(&c, &png("refused.png", &text), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("infotext") && e.contains(setting), "{setting}: {e}");
+    }
+    let e = submit::run(&c, &png("none.png", ""), false).unwrap_err().to_string();
+    assert!(e.contains("Prompt") || e.contains("parameters"), "{e}");
+}

@@ -3,6 +3,7 @@
 //! and the model's size rule on the resolved job ([`sizes_fit`]).
 
 mod fields;
+pub mod infotext;
 pub mod prompt_file;
 pub mod read;
 mod resolve;

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use super::fields::{Checks, Field, SizeAt};
+use super::infotext;
 use super::prompt_file::{self, Line};
 use super::spec::{JobSpec, OneOrMany, PromptSpec, SchedulerChoice, Size};
 use super::sweep::{self, Lists, SweepCell};
@@ -29,6 +30,8 @@ pub(super) fn resolve(
         },
         config,
     };
+    let mut spec = spec;
+    r.infotext(&mut spec)?;
     let (id, output, model) = r.names(&spec, stem)?;
     let job_lists = r.job_lists(&spec)?;
     let shared = r.shared(&spec, &job_lists, fallback_seed)?;
@@ -283,6 +286,23 @@ impl<'a> Resolver<'a> {
             resize_from,
             eta_noise_seed_delta: spec.eta_noise_seed_delta.unwrap_or(0),
         })
+    }
+
+    /// `infotext`: the fields it gives where the job file does not give them.
+    fn infotext(&self, spec: &mut JobSpec) -> Result<(), JobError> {
+        let Some(text) = spec.infotext.clone() else {
+            return Ok(());
+        };
+        let at = Field::named("infotext");
+        let names: Vec<&str> = self.config.models.keys().map(String::as_str).collect();
+        let info = infotext::parse(&text);
+        let yaml = infotext::job_yaml(&info, &names)
+            .map_err(|r| self.error(&at, format!("`{}` {}", r.setting, r.message)))?;
+        let from =
+            crate::sys::yaml::parse_with::<JobSpec>(&yaml, crate::sys::yaml::strict_options())
+                .map_err(|e| self.error(&at, format!("`{}` {}", e.key, e.message)))?;
+        infotext::fill(spec, from);
+        Ok(())
     }
 
     /// `clip_skip`: 1 (none, the default) to 12, as AUTOMATIC1111 offers it.

@@ -76,6 +76,9 @@ pub struct JobSpec {
     pub seed_resize_from_h: Option<u32>,
     /// AUTOMATIC1111's ENSD: the per-step noise of ancestral samplers from seed + this.
     pub eta_noise_seed_delta: Option<u64>,
+    /// AUTOMATIC1111's infotext (a PNG's `parameters`): the job's prompt and settings, where the
+    /// job file does not give them itself.
+    pub infotext: Option<String>,
     pub priority: Option<i32>,
     pub output: Option<String>,
     pub keep_top: Option<u32>,
@@ -319,6 +322,7 @@ pub const JOB_FIELDS: &[&str] = &[
     "seed_resize_from_w",
     "seed_resize_from_h",
     "eta_noise_seed_delta",
+    "infotext",
     "priority",
     "output",
     "keep_top",
