@@ -65,6 +65,15 @@ impl PromptSyntax {
     }
 }
 
+/// Whether `text` renders the same in AUTOMATIC1111's syntax as in plain text, without
+/// tokenizing it: no bracket, backslash or `BREAK`, and short enough (at most
+/// [`chunk::CHUNK_LENGTH`] bytes, so at most that many tokens) to fit one window.
+pub fn reads_as_plain(text: &str) -> bool {
+    text.len() <= chunk::CHUNK_LENGTH
+        && !text.contains(['(', ')', '[', ']', '\\'])
+        && !text.contains("BREAK")
+}
+
 /// One text of a prompt's schedule, read for emphasis.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScheduledText {

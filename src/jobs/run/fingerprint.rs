@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::RunOptions;
 use super::manifest::Manifest;
-use crate::engine::prompt::PromptSyntax;
+use crate::engine::prompt::{self, PromptSyntax};
 use crate::engine::scheduler::SchedulerKind;
 use crate::jobs::job::{Job, Rejected, SeedSettings};
 
@@ -44,7 +44,7 @@ impl Fingerprint {
         Fingerprint {
             current: format!("{:016x}", crate::sys::hash::fnv1a64(json)),
             legacy: legacy::fingerprint(job, options),
-            plain_prompts: job.prompt_syntax == PromptSyntax::Plain
+            plain_prompts: renders_as_plain(job)
                 && job.clip_skip == 1
                 && job.seed_options == SeedSettings::default(),
         }
@@ -73,6 +73,17 @@ impl Fingerprint {
     }
 }
 
+/// Whether the job's prompts render as they did before `prompt_syntax` (plain text): plain
+/// syntax, or AUTOMATIC1111's with prompts that read the same ([`prompt::reads_as_plain`]).
+/// Such jobs keep the fingerprint they had.
+fn renders_as_plain(job: &Job) -> bool {
+    job.prompt_syntax == PromptSyntax::Plain
+        || job
+            .prompts
+            .iter()
+            .all(|p| prompt::reads_as_plain(&p.text) && prompt::reads_as_plain(&p.negative))
+}
+
 /// What version 2 covers. The field names and the order are part of the format.
 #[derive(Debug, Serialize)]
 struct Settings<'a> {
@@ -80,8 +91,8 @@ struct Settings<'a> {
     id: &'a str,
     model: &'a str,
     rng: &'static str,
-    /// Written only for `a1111`: jobs from before the option rendered `plain`, and their
-    /// manifests keep matching plain jobs only.
+    /// Written only for `a1111` jobs whose prompts do not read as plain text: jobs from before
+    /// the option rendered `plain`, and their manifests keep matching jobs that render so.
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt_syntax: Option<&'static str>,
     /// Written only when it skips (above 1).
@@ -119,8 +130,7 @@ impl<'a> Settings<'a> {
             id: &job.id,
             model: &job.model,
             rng: job.rng.as_str(),
-            prompt_syntax: (job.prompt_syntax != PromptSyntax::Plain)
-                .then(|| job.prompt_syntax.name()),
+            prompt_syntax: (!renders_as_plain(job)).then(|| job.prompt_syntax.name()),
             clip_skip: (job.clip_skip > 1).then_some(job.clip_skip),
             seed_options: (job.seed_options != SeedSettings::default()).then(|| {
                 let s = &job.seed_options;
@@ -306,11 +316,19 @@ mod tests {
     #[test]
     fn prompt_syntax_and_clip_skip_change_the_fingerprint_and_keep_legacy_manifests_plain() {
         let options = RunOptions::default();
-        let plain = Fingerprint::of(&job(), &options);
+        let mut plain_emphasis = job();
+        plain_emphasis.prompts[0].text = "a (cat:1.2)".into();
+        let plain = Fingerprint::of(&plain_emphasis, &options);
         let mut a1111 = job();
         a1111.prompt_syntax = PromptSyntax::A1111;
+        assert_eq!(
+            Fingerprint::of(&a1111, &options),
+            Fingerprint::of(&job(), &options),
+            "`a cat` reads the same"
+        );
+        a1111.prompts[0].text = "a (cat:1.2)".into();
         let a = Fingerprint::of(&a1111, &options);
-        let mut skip = job();
+        let mut skip = plain_emphasis.clone();
         skip.clip_skip = 2;
         let s = Fingerprint::of(&skip, &options);
         assert_ne!(plain.current, a.current);
