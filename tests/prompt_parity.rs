@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use sdspool::engine::prompt::{self, Chunk, Piece, SpecialIds};
-use sdspool::engine::tokenizer::ClipTokenizer;
+use sdspool::engine::tokenizer::{ClipTokenizer, TextCleaning};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -218,4 +218,46 @@ fn golden_covers_the_syntax() {
         multi_chunk >= 30 && scheduled >= 100 && breaks >= 15,
         "{multi_chunk} {scheduled} {breaks}"
     );
+}
+
+/// `text_cleaning: clip` against transformers' CLIPTokenizer with ftfy
+/// (tests/golden/tokenizer/ftfy_tokens.json, onnx/golden_ftfy.py); the prompts ftfy's mojibake
+/// repair changes (not ported) expect the text to pass through that step unchanged.
+#[test]
+fn clip_text_cleaning_matches_clip_tokenizer_with_ftfy() {
+    #[derive(Deserialize)]
+    struct Ftfy {
+        cases: Vec<FtfyCase>,
+    }
+    #[derive(Deserialize)]
+    struct FtfyCase {
+        prompt: String,
+        ids: Vec<u32>,
+        #[serde(default)]
+        mojibake: bool,
+    }
+    let path = repo().join("tests/golden/tokenizer/ftfy_tokens.json");
+    let golden: Ftfy = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(golden.cases.len() >= 400);
+    assert!(golden.cases.iter().filter(|c| c.mojibake).count() >= 3);
+    let tok = tokenizer("sd1");
+    let mut differ = Vec::new();
+    let mut from_basic = 0;
+    for case in &golden.cases {
+        let got = tok
+            .token_ids_cleaned(&case.prompt, TextCleaning::Clip)
+            .unwrap();
+        if got != case.ids {
+            differ.push(format!("{:?}: {got:?} vs {:?}", case.prompt, case.ids));
+        }
+        from_basic += usize::from(tok.token_ids(&case.prompt).unwrap() != case.ids);
+    }
+    assert!(
+        differ.is_empty(),
+        "{} differ:\n{}",
+        differ.len(),
+        differ.join("\n")
+    );
+    // The two clean-ups really differ on this corpus (the check can fail).
+    assert!(from_basic >= 100, "{from_basic}");
 }

@@ -295,6 +295,8 @@ pub struct JobDefaults {
     /// How prompts are read: `a1111` (AUTOMATIC1111's emphasis, editing, long prompts) or
     /// `plain` (brackets are text, 77 tokens).
     pub prompt_syntax: crate::engine::prompt::PromptSyntax,
+    /// How the tokenizer cleans prompt text: `clip` (CLIP's own, ftfy's fixes) or `basic`.
+    pub text_cleaning: crate::engine::tokenizer::TextCleaning,
 }
 
 impl Default for JobDefaults {
@@ -308,6 +310,7 @@ impl Default for JobDefaults {
             max_batch: 8,
             rng: crate::engine::noise::RngKind::TorchCpu,
             prompt_syntax: crate::engine::prompt::PromptSyntax::A1111,
+            text_cleaning: crate::engine::tokenizer::TextCleaning::Clip,
         }
     }
 }

@@ -118,11 +118,11 @@ fn readings(job: &Job, folder: &ModelFolder) -> Result<String, String> {
         .map_err(|e| format!("{:?}: cannot read its tokenizer: {e}", job.model))?;
     for (i, p) in job.prompts.iter().enumerate().take(100) {
         let steps = p.steps as usize;
-        let line = reading::describe(&tokenizer, &p.text, steps)
+        let line = reading::describe(&tokenizer, &p.text, steps, job.text_cleaning)
             .map_err(|e| format!("prompt {}: {e}", i + 1))?;
         let _ = writeln!(out, "  read {:<5} {line}", i + 1);
         if !p.negative.is_empty() {
-            let line = reading::describe(&tokenizer, &p.negative, steps)
+            let line = reading::describe(&tokenizer, &p.negative, steps, job.text_cleaning)
                 .map_err(|e| format!("negative of prompt {}: {e}", i + 1))?;
             let _ = writeln!(out, "  negative   {line}");
         }
@@ -163,7 +163,10 @@ fn explain(
     }
     line("eta", eta_text(job, estimate));
     line("rng", format!("{}, seed {}", job.rng, job.seed));
-    line("syntax", job.prompt_syntax.to_string());
+    line(
+        "syntax",
+        format!("{}, text cleaning {}", job.prompt_syntax, job.text_cleaning),
+    );
     if job.clip_skip > 1 {
         line("clip_skip", job.clip_skip.to_string());
     }

@@ -6,12 +6,18 @@ use std::fmt::Write as _;
 
 use crate::engine::pipeline::a1111;
 use crate::engine::prompt::{Piece, Reading};
-use crate::engine::tokenizer::ClipTokenizer;
+use crate::engine::tokenizer::{ClipTokenizer, TextCleaning};
 
-/// One line describing `text` (a prompt or negative prompt) read over `steps` steps; `Err` with
-/// the reason it cannot be read.
-pub fn describe(tokenizer: &ClipTokenizer, text: &str, steps: usize) -> Result<String, String> {
-    let reading = a1111::read(tokenizer, text, steps, "prompt").map_err(|e| e.to_string())?;
+/// One line describing `text` (a prompt or negative prompt) read over `steps` steps with the
+/// `cleaning` clean-up; `Err` with the reason it cannot be read.
+pub fn describe(
+    tokenizer: &ClipTokenizer,
+    text: &str,
+    steps: usize,
+    cleaning: TextCleaning,
+) -> Result<String, String> {
+    let reading =
+        a1111::read(tokenizer, text, steps, cleaning, "prompt").map_err(|e| e.to_string())?;
     Ok(describe_reading(&reading, tokenizer.model_max_length()))
 }
 

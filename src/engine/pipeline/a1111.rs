@@ -14,7 +14,7 @@ use super::text::{ClipSkip, encode_ids};
 use crate::engine::model::Part;
 use crate::engine::model::family::TextEncoderGraph;
 use crate::engine::prompt::{self, Chunk, ReadError, Reading, SpecialIds};
-use crate::engine::tokenizer::ClipTokenizer;
+use crate::engine::tokenizer::{ClipTokenizer, TextCleaning};
 
 /// The ids chunking needs from `tokenizer`.
 pub fn special_ids(tokenizer: &ClipTokenizer) -> SpecialIds {
@@ -27,15 +27,17 @@ pub fn special_ids(tokenizer: &ClipTokenizer) -> SpecialIds {
     }
 }
 
-/// `prompt` read over `steps` steps and chunked by `tokenizer`; `field` names it in errors.
+/// `prompt` read over `steps` steps and chunked by `tokenizer` (cleaning text as `cleaning`
+/// says); `field` names it in errors.
 pub fn read(
     tokenizer: &ClipTokenizer,
     prompt: &str,
     steps: usize,
+    cleaning: TextCleaning,
     field: &'static str,
 ) -> Result<Reading, PipelineError> {
     prompt::read_chunked(prompt, steps, special_ids(tokenizer), |t| {
-        tokenizer.token_ids(t)
+        tokenizer.token_ids_cleaned(t, cleaning)
     })
     .map_err(|e| match e {
         ReadError::Emphasis(e) => PipelineError::Request {

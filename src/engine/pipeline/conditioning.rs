@@ -7,6 +7,7 @@ use std::time::Duration;
 use ndarray::ArrayD;
 
 use crate::engine::prompt::PromptSyntax;
+use crate::engine::tokenizer::TextCleaning;
 
 /// Whether a guidance scale runs classifier-free guidance, i.e. the negative prompt's half of
 /// the UNet batch: above 1, as diffusers' `do_classifier_free_guidance`. Every part of sdspool
@@ -35,6 +36,8 @@ pub struct TextOptions {
     pub steps: usize,
     /// AUTOMATIC1111's CLIP skip (1: none).
     pub clip_skip: usize,
+    /// The tokenizer's text clean-up.
+    pub text_cleaning: TextCleaning,
 }
 
 /// Conditioning that takes over from a UNet call on (prompt editing, alternation).

@@ -36,6 +36,7 @@ use crate::engine::noise::RngKind;
 use crate::engine::noise::variation::SeedOptions;
 use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
+use crate::engine::tokenizer::TextCleaning;
 pub use crate::runtime::tensors::OrtCallError;
 pub use conditioning::{
     CondInput, CondPhase, Conditioning, ScheduledConditioning, TextOptions, is_guided,
@@ -97,6 +98,8 @@ pub struct RenderRequest {
     /// AUTOMATIC1111's CLIP skip: 1 conditions on the text encoder's last hidden state, `N` on
     /// the one `N - 1` layers before it ([`clip_skip`]).
     pub clip_skip: usize,
+    /// How the tokenizer cleans prompt text (CLIP's own, with ftfy's fixes, by default).
+    pub text_cleaning: TextCleaning,
     /// AUTOMATIC1111's variation seeds, seed resize and ENSD (default: none).
     pub seed_options: SeedOptions,
     /// Most candidates in one UNet batch (the batch is twice this with guidance).
@@ -126,6 +129,7 @@ impl RenderRequest {
             rng: RngKind::default(),
             prompt_syntax: PromptSyntax::default(),
             clip_skip: 1,
+            text_cleaning: TextCleaning::Clip,
             seed_options: SeedOptions::default(),
             max_batch: 8,
             initial_latents: None,
@@ -358,6 +362,7 @@ impl Pipeline {
             syntax: req.prompt_syntax,
             steps: req.steps,
             clip_skip: req.clip_skip,
+            text_cleaning: req.text_cleaning,
         };
         let conditioning = self.family.encode_prompt(
             &mut self.model,

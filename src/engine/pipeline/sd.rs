@@ -13,7 +13,7 @@ use super::{FamilyPipeline, PipelineError, a1111, text};
 use crate::engine::model::SdModel;
 use crate::engine::model::family::sd::{ENCODER_HIDDEN_STATES, GRAPH};
 use crate::engine::prompt::PromptSyntax;
-use crate::engine::tokenizer::ClipTokenizer;
+use crate::engine::tokenizer::{ClipTokenizer, TextCleaning};
 
 /// SD 1.x/2.x: the model folder's tokenizer.
 pub struct StableDiffusion {
@@ -46,6 +46,7 @@ impl StableDiffusion {
         negative_prompt: &str,
         guidance: Option<f32>,
         skip: ClipSkip,
+        cleaning: TextCleaning,
     ) -> Result<Conditioning, PipelineError> {
         let prompts: Vec<&str> = match guidance {
             Some(_) => vec![negative_prompt, prompt],
@@ -57,6 +58,7 @@ impl StableDiffusion {
             &GRAPH.text_encoder,
             &prompts,
             skip,
+            cleaning,
         )?;
         let hidden = &embeddings.hidden;
         let last = prompts.len() - 1;
@@ -83,13 +85,21 @@ impl StableDiffusion {
         prompt: &str,
         negative_prompt: &str,
         guidance: Option<f32>,
-        steps: usize,
-        skip: ClipSkip,
+        options: &TextOptions,
     ) -> Result<ScheduledConditioning, PipelineError> {
+        let (steps, skip, cleaning) = (options.steps, self.skip(options), options.text_cleaning);
         let started = std::time::Instant::now();
-        let reading = a1111::read(&self.tokenizer, prompt, steps, "prompt")?;
+        let reading = a1111::read(&self.tokenizer, prompt, steps, cleaning, "prompt")?;
         let negative = guidance
-            .map(|_| a1111::read(&self.tokenizer, negative_prompt, steps, "negative"))
+            .map(|_| {
+                a1111::read(
+                    &self.tokenizer,
+                    negative_prompt,
+                    steps,
+                    cleaning,
+                    "negative",
+                )
+            })
             .transpose()?;
         let tokenize = started.elapsed();
         // PNDM makes one UNet call more than the steps.
@@ -173,19 +183,20 @@ impl FamilyPipeline for StableDiffusion {
         guidance: Option<f32>,
         options: &TextOptions,
     ) -> Result<ScheduledConditioning, PipelineError> {
-        let skip = self.skip(options);
         match options.syntax {
             PromptSyntax::Plain => self
-                .encode_plain(model, prompt, negative_prompt, guidance, skip)
+                .encode_plain(
+                    model,
+                    prompt,
+                    negative_prompt,
+                    guidance,
+                    self.skip(options),
+                    options.text_cleaning,
+                )
                 .map(ScheduledConditioning::constant),
-            PromptSyntax::A1111 => self.encode_a1111(
-                model,
-                prompt,
-                negative_prompt,
-                guidance,
-                options.steps,
-                skip,
-            ),
+            PromptSyntax::A1111 => {
+                self.encode_a1111(model, prompt, negative_prompt, guidance, options)
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use ndarray::{ArrayD, Axis};
 use super::{PipelineError, clip_skip};
 use crate::engine::model::Part;
 use crate::engine::model::family::TextEncoderGraph;
-use crate::engine::tokenizer::ClipTokenizer;
+use crate::engine::tokenizer::{ClipTokenizer, TextCleaning};
 use crate::runtime::tensors::{extract_float, int_tensor, ort_err};
 
 /// The embeddings of some prompts, `[n, sequence, hidden]`, plus the text dropped by truncation.
@@ -44,7 +44,14 @@ pub fn encode(
     graph: &TextEncoderGraph,
     prompts: &[&str],
 ) -> Result<TextEmbeddings, PipelineError> {
-    encode_skipping(tokenizer, text_encoder, graph, prompts, ClipSkip::NONE)
+    encode_skipping(
+        tokenizer,
+        text_encoder,
+        graph,
+        prompts,
+        ClipSkip::NONE,
+        TextCleaning::Basic,
+    )
 }
 
 /// [`encode`] conditioning on the hidden state `skip` selects.
@@ -54,13 +61,14 @@ pub fn encode_skipping(
     graph: &TextEncoderGraph,
     prompts: &[&str],
     skip: ClipSkip,
+    cleaning: TextCleaning,
 ) -> Result<TextEmbeddings, PipelineError> {
     let started = Instant::now();
     let mut ids = Vec::new();
     let mut truncated = Vec::new();
     let mut seq = 0;
     for p in prompts {
-        let enc = tokenizer.encode(p)?;
+        let enc = tokenizer.encode_cleaned(p, cleaning)?;
         seq = enc.ids.len();
         ids.extend_from_slice(&enc.ids);
         truncated.push(enc.truncated);

@@ -18,6 +18,7 @@ use crate::engine::noise::RngKind;
 use crate::engine::noise::variation::SeedOptions;
 use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::SchedulerKind;
+use crate::engine::tokenizer::TextCleaning;
 pub use read::{JobFile, read_spec};
 pub use spec::{JobSpec, OneOrMany, PromptObject, PromptSpec, Rejected, SchedulerChoice, Size};
 pub use sweep::{AxisValue, SweepCell};
@@ -80,6 +81,8 @@ pub struct Job {
     pub prompt_syntax: PromptSyntax,
     /// AUTOMATIC1111's CLIP skip (1: none).
     pub clip_skip: u32,
+    /// How the tokenizer cleans prompt text.
+    pub text_cleaning: TextCleaning,
     /// AUTOMATIC1111's seed options: variation seed and strength, seed resize, ENSD.
     pub seed_options: SeedSettings,
     pub seed: u64,

@@ -61,6 +61,7 @@ pub(super) fn resolve(
         rng: spec.rng.unwrap_or(defaults.rng),
         prompt_syntax: spec.prompt_syntax.unwrap_or(defaults.prompt_syntax),
         clip_skip: r.clip_skip(&spec)?,
+        text_cleaning: spec.text_cleaning.unwrap_or(defaults.text_cleaning),
         seed_options: r.seed_settings(&spec)?,
         seed: shared.seed,
         priority: spec.priority.unwrap_or(0),

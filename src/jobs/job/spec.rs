@@ -32,6 +32,7 @@ use serde::Deserialize;
 use crate::engine::noise::RngKind;
 use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::{SchedulerError, SchedulerKind};
+use crate::engine::tokenizer::TextCleaning;
 
 /// A job file's fields. Unknown fields are rejected.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -76,6 +77,9 @@ pub struct JobSpec {
     pub seed_resize_from_h: Option<u32>,
     /// AUTOMATIC1111's ENSD: the per-step noise of ancestral samplers from seed + this.
     pub eta_noise_seed_delta: Option<u64>,
+    /// `clip` (CLIP's own clean-up with ftfy's fixes, as AUTOMATIC1111 has it) or `basic`
+    /// (transformers without ftfy, as diffusers usually runs).
+    pub text_cleaning: Option<TextCleaning>,
     /// AUTOMATIC1111's infotext (a PNG's `parameters`): the job's prompt and settings, where the
     /// job file does not give them itself.
     pub infotext: Option<String>,
@@ -323,6 +327,7 @@ pub const JOB_FIELDS: &[&str] = &[
     "seed_resize_from_h",
     "eta_noise_seed_delta",
     "infotext",
+    "text_cleaning",
     "priority",
     "output",
     "keep_top",

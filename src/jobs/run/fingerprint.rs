@@ -18,6 +18,7 @@ use super::RunOptions;
 use super::manifest::Manifest;
 use crate::engine::prompt::{self, PromptSyntax};
 use crate::engine::scheduler::SchedulerKind;
+use crate::engine::tokenizer::{TextCleaning, cleans_alike};
 use crate::jobs::job::{Job, Rejected, SeedSettings};
 
 /// The fingerprint version new manifests carry.
@@ -45,6 +46,7 @@ impl Fingerprint {
             current: format!("{:016x}", crate::sys::hash::fnv1a64(json)),
             legacy: legacy::fingerprint(job, options),
             plain_prompts: renders_as_plain(job)
+                && cleans_as_before(job)
                 && job.clip_skip == 1
                 && job.seed_options == SeedSettings::default(),
         }
@@ -84,6 +86,16 @@ fn renders_as_plain(job: &Job) -> bool {
             .all(|p| prompt::reads_as_plain(&p.text) && prompt::reads_as_plain(&p.negative))
 }
 
+/// Whether the job's prompts are cleaned as before `text_cleaning` (`basic`): `basic`, or
+/// `clip` with prompts both clean-ups clean alike.
+fn cleans_as_before(job: &Job) -> bool {
+    job.text_cleaning == TextCleaning::Basic
+        || job
+            .prompts
+            .iter()
+            .all(|p| cleans_alike(&p.text) && cleans_alike(&p.negative))
+}
+
 /// What version 2 covers. The field names and the order are part of the format.
 #[derive(Debug, Serialize)]
 struct Settings<'a> {
@@ -98,6 +110,10 @@ struct Settings<'a> {
     /// Written only when it skips (above 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     clip_skip: Option<u32>,
+    /// Written only for `clip` when a prompt cleans differently from `basic` (what jobs used
+    /// before the option).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text_cleaning: Option<&'static str>,
     /// Written only when set: variation seed and strength, seed resize, ENSD.
     #[serde(skip_serializing_if = "Option::is_none")]
     seed_options: Option<String>,
@@ -132,6 +148,7 @@ impl<'a> Settings<'a> {
             rng: job.rng.as_str(),
             prompt_syntax: (!renders_as_plain(job)).then(|| job.prompt_syntax.name()),
             clip_skip: (job.clip_skip > 1).then_some(job.clip_skip),
+            text_cleaning: (!cleans_as_before(job)).then(|| job.text_cleaning.name()),
             seed_options: (job.seed_options != SeedSettings::default()).then(|| {
                 let s = &job.seed_options;
                 format!(
@@ -293,6 +310,7 @@ mod tests {
             rng: crate::engine::noise::RngKind::TorchCpu,
             prompt_syntax: PromptSyntax::Plain,
             clip_skip: 1,
+            text_cleaning: TextCleaning::Clip,
             seed_options: SeedSettings::default(),
             seed: 5,
             priority: 0,

@@ -20,6 +20,7 @@ pub fn request(job: &Job, index: usize) -> RenderRequest {
     req.rng = job.rng;
     req.prompt_syntax = job.prompt_syntax;
     req.clip_skip = job.clip_skip as usize;
+    req.text_cleaning = job.text_cleaning;
     req.seed_options = job.seed_options.for_candidates(0..p.seeds.len());
     req.max_batch = job.max_batch as usize;
     req
