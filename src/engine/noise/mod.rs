@@ -128,7 +128,8 @@ pub struct NoiseGenerator {
 
 #[derive(Clone, Debug)]
 enum Inner {
-    TorchCpu(TorchCpuRng),
+    /// Boxed: its MT19937 state is 2.5 KB, the Philox generator's a few words.
+    TorchCpu(Box<TorchCpuRng>),
     Philox(philox::TorchCudaRng),
 }
 
@@ -137,7 +138,7 @@ impl NoiseGenerator {
     /// `torch.Generator("cpu").manual_seed(seed)`; only the low 32 bits of the seed matter.
     pub fn new(kind: RngKind, seed: u64) -> Self {
         let inner = match kind {
-            RngKind::TorchCpu => Inner::TorchCpu(TorchCpuRng::new(seed)),
+            RngKind::TorchCpu => Inner::TorchCpu(Box::new(TorchCpuRng::new(seed))),
             RngKind::Philox => {
                 Inner::Philox(philox::TorchCudaRng::new(seed, philox::CudaGrid::H100_SXM))
             }
