@@ -248,7 +248,8 @@ fn a_truncated_prompt_is_logged_once_and_briefly() {
     std::fs::write(
         &job,
         format!(
-            "model: tiny-sd\nprompts: [\"{}\"]\nnegative: \"{}\"\ncandidates: 2\nseed: 1\nsteps: 1\nguidance: 7.5\nwidth: 64\nheight: 64\nrerank: false\n",
+            // `plain`: AUTOMATIC1111's syntax (the default) encodes long prompts in windows.
+            "model: tiny-sd\nprompt_syntax: plain\nprompts: [\"{}\"]\nnegative: \"{}\"\ncandidates: 2\nseed: 1\nsteps: 1\nguidance: 7.5\nwidth: 64\nheight: 64\nrerank: false\n",
             words("cat"),
             words("dog")
         ),

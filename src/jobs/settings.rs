@@ -40,6 +40,11 @@ pub struct JobDefaults {
     pub max_batch: u32,
     /// Seed generator: `torch_cpu` (same latents as diffusers with a CPU generator).
     pub rng: crate::engine::noise::RngKind,
+    /// How prompts are read: `a1111` (AUTOMATIC1111's emphasis, editing, long prompts) or
+    /// `plain` (brackets are text, 77 tokens).
+    pub prompt_syntax: crate::engine::prompt::PromptSyntax,
+    /// How the tokenizer cleans prompt text: `clip` (CLIP's own, ftfy's fixes) or `basic`.
+    pub text_cleaning: crate::engine::tokenizer::TextCleaning,
 }
 
 impl Default for JobDefaults {
@@ -52,6 +57,8 @@ impl Default for JobDefaults {
             height: 512,
             max_batch: 8,
             rng: crate::engine::noise::RngKind::TorchCpu,
+            prompt_syntax: crate::engine::prompt::PromptSyntax::A1111,
+            text_cleaning: crate::engine::tokenizer::TextCleaning::Clip,
         }
     }
 }

@@ -6,9 +6,12 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::app::commands::reading;
 use crate::app::config::Config;
 use crate::engine::model::layout::ModelFolder;
+use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
+use crate::engine::tokenizer::ClipTokenizer;
 use crate::jobs::eta::{self, Timings};
 use crate::jobs::job::{self, Job, JobError};
 
@@ -91,7 +94,7 @@ pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
     let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
     let timings = Timings::read(&Timings::path(&config.spool.dir));
     let estimate = eta::estimate_job(&timings, &mut eta::StepCounter::new(config), &job);
-    Ok(explain(
+    let mut out = explain(
         config,
         job_file,
         &job,
@@ -99,7 +102,32 @@ pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
         &how,
         model_dir,
         &estimate,
-    ))
+    );
+    out.push_str(&readings(&job, &folder).map_err(|m| err("model", m))?);
+    Ok(out)
+}
+
+/// For a job in AUTOMATIC1111's syntax: how each prompt (the first 100) and its negative
+/// prompt are read with the model's tokenizer.
+fn readings(job: &Job, folder: &ModelFolder) -> Result<String, String> {
+    let mut out = String::new();
+    if job.prompt_syntax != PromptSyntax::A1111 {
+        return Ok(out);
+    }
+    let tokenizer = ClipTokenizer::from_dir(&folder.tokenizer_dir)
+        .map_err(|e| format!("{:?}: cannot read its tokenizer: {e}", job.model))?;
+    for (i, p) in job.prompts.iter().enumerate().take(100) {
+        let steps = p.steps as usize;
+        let line = reading::describe(&tokenizer, &p.text, steps, job.text_cleaning)
+            .map_err(|e| format!("prompt {}: {e}", i + 1))?;
+        let _ = writeln!(out, "  read {:<5} {line}", i + 1);
+        if !p.negative.is_empty() {
+            let line = reading::describe(&tokenizer, &p.negative, steps, job.text_cleaning)
+                .map_err(|e| format!("negative of prompt {}: {e}", i + 1))?;
+            let _ = writeln!(out, "  negative   {line}");
+        }
+    }
+    Ok(out)
 }
 
 /// The distinct values, in order of appearance.
@@ -135,6 +163,26 @@ fn explain(
     }
     line("eta", eta_text(job, estimate));
     line("rng", format!("{}, seed {}", job.rng, job.seed));
+    line(
+        "syntax",
+        format!("{}, text cleaning {}", job.prompt_syntax, job.text_cleaning),
+    );
+    if job.clip_skip > 1 {
+        line("clip_skip", job.clip_skip.to_string());
+    }
+    let seeds = &job.seed_options;
+    if let Some((s, strength)) = seeds.subseed {
+        line(
+            "variation",
+            format!("subseed {s} (+ candidate), strength {strength}"),
+        );
+    }
+    if let Some((w, h)) = seeds.resize_from {
+        line("seed size", format!("noise drawn at {w}x{h}"));
+    }
+    if seeds.eta_noise_seed_delta != 0 {
+        line("ensd", seeds.eta_noise_seed_delta.to_string());
+    }
     line("priority", job.priority.to_string());
     line(
         "output",

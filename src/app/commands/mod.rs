@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod control;
 pub mod models;
+pub mod reading;
 pub mod render;
 pub mod status;
 pub mod submit;

@@ -104,6 +104,50 @@ fn has_key(text: &str, key: &str) -> bool {
     .is_ok_and(|map| map.contains_key(key))
 }
 
+/// For a `.png` file: the job file name (`<stem>.yaml`) and text (`infotext:` with the image's
+/// `parameters` text) to submit, or why not; `None` for other files.
+fn png_job(path: &Path, max: u64) -> Option<Result<(std::ffi::OsString, job::JobFile), String>> {
+    let is_png = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !is_png {
+        return None;
+    }
+    let made = (|| {
+        let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+        if !meta.file_type().is_file() {
+            return Err("is not a regular file".to_string());
+        }
+        let parameters = crate::jobs::output::png::read_parameters(path)?.ok_or_else(|| {
+            "has no `parameters` text (AUTOMATIC1111's infotext) to make a job from".to_string()
+        })?;
+        let text = format!(
+            "# The parameters of {}, by `sdspool submit`:\ninfotext: {}\n",
+            yaml_quoted(&path.display().to_string()),
+            yaml_quoted(&parameters)
+        );
+        if text.len() as u64 > max {
+            return Err(format!(
+                "its parameters make a job of {} bytes; job files are at most {max} bytes \
+                 (limits.max_job_bytes)",
+                text.len()
+            ));
+        }
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        let name = std::ffi::OsString::from(format!("{stem}.yaml"));
+        let seed = crate::sys::hash::fnv1a64(text.bytes());
+        Ok((
+            name,
+            job::JobFile {
+                path: path.to_path_buf(),
+                text,
+                seed,
+            },
+        ))
+    })();
+    Some(made)
+}
+
 /// Validates `job_file` and copies it into `incoming/` under its own name. An existing
 /// `incoming/` file of that name is replaced only with `replace` (if the daemon claimed that
 /// one meanwhile, the new file simply becomes the next job of that name).
@@ -115,6 +159,10 @@ pub fn run(config: &Config, job_file: &Path, replace: bool) -> Result<Submitted,
     let Some(name) = job_file.file_name() else {
         return Err(refused("is not a file name".into()));
     };
+    let max = config.limits.max_job_bytes;
+    // A PNG with AUTOMATIC1111's `parameters`: the job `<stem>.yaml` of its infotext.
+    let (png_name, png_file) = png_job(job_file, max).transpose().map_err(refused)?.unzip();
+    let name = png_name.as_deref().unwrap_or(name);
     let stem = match names::classify(name) {
         NameKind::Job { stem } => stem,
         NameKind::Unusable { reason, .. } => return Err(refused(reason)),
@@ -125,8 +173,10 @@ pub fn run(config: &Config, job_file: &Path, replace: bool) -> Result<Submitted,
         }
     };
     // Read once: the bytes checked are the bytes spooled.
-    let max = config.limits.max_job_bytes;
-    let file = job::read::read(job_file, max)?;
+    let file = match png_file {
+        Some(f) => f,
+        None => job::read::read(job_file, max)?,
+    };
     let job = job::resolve_file(&file, config, job::PromptFiles::Read)?;
     // The model's size rule, when its folder can be read here; a folder that cannot is the
     // daemon's to report when it claims the job (it may be mounted only there).

@@ -33,6 +33,7 @@ mod avx_math;
 mod mt19937;
 pub mod philox;
 mod torch_cpu;
+pub mod variation;
 
 use std::fmt;
 use std::str::FromStr;
@@ -43,11 +44,10 @@ pub use torch_cpu::{TorchCpuRng, VECTORISED_MIN_NUMEL};
 
 /// Which random number generator produces the noise.
 ///
-/// Parsed from (and displayed as) the strings `"torch_cpu"`; other generators may be added
-/// later, hence `#[non_exhaustive]`. The Philox generator of torch's CUDA backend
-/// (AUTOMATIC1111's "GPU" seeds) is ported in [`philox`] and checked bit for bit against torch
-/// up to its last step, the GPU's hardware sine and cosine, which is not reproduced: so it is
-/// not offered here.
+/// Parsed from (and displayed as) the strings `"torch_cpu"` and `"philox"`; other generators
+/// may be added later, hence `#[non_exhaustive]`. `philox` is torch's CUDA generator
+/// (AUTOMATIC1111's "GPU" seeds), ported in [`philox`] and checked bit for bit against torch up
+/// to its last step, the GPU's hardware sine and cosine, which it computes accurately instead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RngKind {
@@ -55,16 +55,20 @@ pub enum RngKind {
     /// reproduce diffusers' `generator=torch.Generator("cpu").manual_seed(seed)`.
     #[default]
     TorchCpu,
+    /// torch's CUDA generator ([`philox::TorchCudaRng`], AUTOMATIC1111's "GPU" seeds and its
+    /// "NV" source) with accurate sines and cosines: its normals to about 1e-6.
+    Philox,
 }
 
 impl RngKind {
     /// Every kind, in the order they are documented.
-    pub const ALL: &'static [RngKind] = &[RngKind::TorchCpu];
+    pub const ALL: &'static [RngKind] = &[RngKind::TorchCpu, RngKind::Philox];
 
     /// The name used in configuration files and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             RngKind::TorchCpu => "torch_cpu",
+            RngKind::Philox => "philox",
         }
     }
 }
@@ -77,8 +81,8 @@ impl fmt::Display for RngKind {
 
 /// An unknown [`RngKind`] name.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown random number generator {name:?}; supported: torch_cpu{}", if name == "philox" || name == "torch_cuda" {
-    " (AUTOMATIC1111's GPU seeds, torch's CUDA generator, cannot be reproduced bit for bit off the GPU: see sdspool::engine::noise::philox)"
+#[error("unknown random number generator {name:?}; supported: torch_cpu, philox{}", if name == "torch_cuda" || name == "gpu" || name == "nv" {
+    " (philox is AUTOMATIC1111's GPU and NV seeds, torch's CUDA generator)"
 } else {
     ""
 })]
@@ -124,7 +128,9 @@ pub struct NoiseGenerator {
 
 #[derive(Clone, Debug)]
 enum Inner {
-    TorchCpu(TorchCpuRng),
+    /// Boxed: its MT19937 state is 2.5 KB, the Philox generator's a few words.
+    TorchCpu(Box<TorchCpuRng>),
+    Philox(philox::TorchCudaRng),
 }
 
 impl NoiseGenerator {
@@ -132,7 +138,10 @@ impl NoiseGenerator {
     /// `torch.Generator("cpu").manual_seed(seed)`; only the low 32 bits of the seed matter.
     pub fn new(kind: RngKind, seed: u64) -> Self {
         let inner = match kind {
-            RngKind::TorchCpu => Inner::TorchCpu(TorchCpuRng::new(seed)),
+            RngKind::TorchCpu => Inner::TorchCpu(Box::new(TorchCpuRng::new(seed))),
+            RngKind::Philox => {
+                Inner::Philox(philox::TorchCudaRng::new(seed, philox::CudaGrid::H100_SXM))
+            }
         };
         NoiseGenerator { kind, inner }
     }
@@ -153,6 +162,7 @@ impl NoiseGenerator {
     pub fn seed(&self) -> u64 {
         match &self.inner {
             Inner::TorchCpu(rng) => rng.seed(),
+            Inner::Philox(rng) => rng.seed(),
         }
     }
 
@@ -164,6 +174,7 @@ impl NoiseGenerator {
     pub fn randn(&mut self, shape: &[usize]) -> ArrayD<f32> {
         match &mut self.inner {
             Inner::TorchCpu(rng) => rng.randn(shape),
+            Inner::Philox(rng) => rng.randn(shape),
         }
     }
 
@@ -171,6 +182,7 @@ impl NoiseGenerator {
     pub fn randn_into(&mut self, out: &mut [f32]) {
         match &mut self.inner {
             Inner::TorchCpu(rng) => rng.randn_into(out),
+            Inner::Philox(rng) => rng.randn_into(out),
         }
     }
 }
@@ -187,11 +199,10 @@ mod tests {
         let err = "native".parse::<RngKind>().unwrap_err();
         assert_eq!(err.name, "native");
         assert!(err.to_string().contains("torch_cpu"));
-        let philox = "philox".parse::<RngKind>().unwrap_err().to_string();
-        assert!(
-            philox.contains("GPU seeds") && philox.contains("noise::philox"),
-            "{philox}"
-        );
+        assert_eq!("philox".parse::<RngKind>(), Ok(RngKind::Philox));
+        assert_eq!(RngKind::Philox.to_string(), "philox");
+        let gpu = "torch_cuda".parse::<RngKind>().unwrap_err().to_string();
+        assert!(gpu.contains("philox") && gpu.contains("GPU"), "{gpu}");
         assert!("Torch_CPU".parse::<RngKind>().is_err());
     }
 
@@ -203,7 +214,11 @@ mod tests {
             serde_json::from_str::<RngKind>(&json).unwrap(),
             RngKind::TorchCpu
         );
-        assert!(serde_json::from_str::<RngKind>("\"philox\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<RngKind>("\"philox\"").unwrap(),
+            RngKind::Philox
+        );
+        assert!(serde_json::from_str::<RngKind>("\"philox9\"").is_err());
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! Philox4x32-10 as curand runs it, in the layout of torch's normal kernel, and curand's
 //! Box-Muller transform up to its last step.
 //!
-//! **Not a generator jobs can choose.** Everything here is checked bit for bit against torch
-//! 2.11 on an H100 (`tests/philox_parity.rs`, goldens from `onnx/golden_philox.py`) except the
-//! sine and cosine: curand's Box-Muller calls `__sincosf`, which the GPU computes on its special
+//! `rng: philox` ([`super::RngKind::Philox`]) uses it with [`accurate_trig`]: AUTOMATIC1111's
+//! "GPU" seeds (and its "NV" source, the same stream computed on the CPU) to about 1e-6, the
+//! standard AUTOMATIC1111's CPU port and stable-diffusion.cpp stop at (measured maximum in the
+//! README, checked in `tests/philox_parity.rs`). Everything else here is checked bit for bit
+//! against torch 2.11 on an H100 (goldens from `onnx/golden_philox.py`) except the sine and
+//! cosine: curand's Box-Muller calls `__sincosf`, which the GPU computes on its special
 //! function unit (`MUFU.SIN` / `MUFU.COS` of `t = v * (1/2pi)` rounded toward zero). Those results
 //! are approximations whose bits NVIDIA does not specify. Measured on the H100 (the probe in
 //! `philox_cuda.json`), they depend only on `t` cut to 25 fractional bits, so they are a table of
@@ -12,9 +15,9 @@
 //! sine (`f64`, of `v`, of `t` or of the centre of `t`'s 2^-25 step) matches only 16 to 22 % of
 //! the 18,968 fully stored goldens, off by up to 2.4e-7 to 6.3e-7 (up to thousands of ulps for
 //! values near 0). So a port can reproduce torch's CUDA normals exactly only with the GPU's own
-//! sine and cosine values; [`TorchCudaRng::randn_with`] takes them as a function. `rng: philox`
-//! stays out of [`super::RngKind`] until that step is reproduced: a near miss would give other
-//! images than AUTOMATIC1111's for the same seed while claiming to give the same.
+//! sine and cosine values; [`TorchCudaRng::randn_with`] takes them as a function. Bit-exactness
+//! to that unit is not required (decided for AUTOMATIC1111's seeds): its own CPU generator stops
+//! at the same place.
 //!
 //! # What torch does (`aten/src/ATen/native/cuda/DistributionTemplates.h`)
 //!
@@ -163,6 +166,26 @@ impl TorchCudaRng {
         out
     }
 
+    /// The seed it was created with.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// A draw of normals with `shape` (row-major) with accurate sines and cosines
+    /// ([`accurate_trig`]): torch's CUDA normals to about 1e-6 (see the module documentation).
+    pub fn randn(&mut self, shape: &[usize]) -> ndarray::ArrayD<f32> {
+        let n: usize = shape.iter().product();
+        let values = self.randn_with(n as u64, &mut accurate_trig);
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), values)
+            .expect("n elements for the shape")
+    }
+
+    /// Fills `out` as [`randn`](Self::randn) with `out.len()` elements.
+    pub fn randn_into(&mut self, out: &mut [f32]) {
+        let values = self.randn_with(out.len() as u64, &mut accurate_trig);
+        out.copy_from_slice(&values);
+    }
+
     /// A draw of `n` normals with `trig(v, cosine)` for the sine or cosine of the angle `v`
     /// (the GPU's `__sinf(v)` / `__cosf(v)` reproduce torch exactly).
     pub fn randn_with(&mut self, n: u64, trig: &mut dyn FnMut(f32, bool) -> f32) -> Vec<f32> {
@@ -171,6 +194,14 @@ impl TorchCudaRng {
             .map(|e| normal(e, trig(box_muller_angle(e.y), e.cosine)))
             .collect()
     }
+}
+
+/// The sine (or cosine) of the angle `v`, computed in f64 and rounded to f32: what
+/// AUTOMATIC1111's "NV" generator (numpy) and stable-diffusion.cpp's port use in place of the
+/// GPU's special-function-unit approximation.
+pub fn accurate_trig(v: f32, cosine: bool) -> f32 {
+    let v = f64::from(v);
+    (if cosine { v.cos() } else { v.sin() }) as f32
 }
 
 /// The normal of element `e` given the sine (or cosine) of its angle: `s * trig`, through

@@ -24,6 +24,14 @@ pub struct CondInput {
     pub uncond: Option<ArrayD<f32>>,
 }
 
+/// Conditioning that takes over from a UNet call on (prompt editing, alternation).
+#[derive(Debug, Clone)]
+pub struct CondPhase {
+    /// The 0-based UNet call from which `inputs` are used.
+    pub from_step: usize,
+    pub inputs: Vec<CondInput>,
+}
+
 /// The conditioning of one prompt, as the denoising loop feeds it: each input batched as
 /// `[uncond × n, cond × n]` with guidance, `[cond × n]` without.
 #[derive(Debug, Clone)]
@@ -37,6 +45,39 @@ pub struct Conditioning {
     pub truncated_prompt: Option<String>,
     /// Time spent in the tokenizer(s).
     pub tokenize: Duration,
+}
+
+/// A prompt's conditioning over the UNet calls: [`Conditioning`] from the first call, replaced
+/// by the inputs of each later phase from its call on (prompt editing, alternation).
+#[derive(Debug, Clone)]
+pub struct ScheduledConditioning {
+    pub start: Conditioning,
+    /// By increasing `from_step`; empty when the conditioning never changes.
+    pub later: Vec<CondPhase>,
+}
+
+impl ScheduledConditioning {
+    /// Conditioning that does not change.
+    pub fn constant(start: Conditioning) -> ScheduledConditioning {
+        ScheduledConditioning {
+            start,
+            later: Vec::new(),
+        }
+    }
+
+    /// The inputs of the 0-based UNet call `step`.
+    pub fn inputs_at(&self, step: usize) -> &[CondInput] {
+        self.later
+            .iter()
+            .rev()
+            .find(|p| p.from_step <= step)
+            .map_or(&self.start.inputs, |p| &p.inputs)
+    }
+
+    /// Whether the inputs change at UNet call `step`.
+    pub fn changes_at(&self, step: usize) -> bool {
+        step > 0 && self.later.iter().any(|p| p.from_step == step)
+    }
 }
 
 #[cfg(test)]

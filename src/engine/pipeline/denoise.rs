@@ -9,7 +9,7 @@ use ndarray::{ArrayD, ArrayViewD, Axis};
 use ort::value::DynValue;
 
 use super::PipelineError;
-use super::conditioning::Conditioning;
+use super::conditioning::{CondInput, Conditioning, ScheduledConditioning};
 use crate::engine::model::Part;
 use crate::engine::model::family::UnetGraph;
 use crate::engine::scheduler::Scheduler;
@@ -39,27 +39,45 @@ pub fn denoise(
     noise: &mut dyn FnMut(usize) -> Result<ArrayD<f32>, PipelineError>,
     on_step: &mut dyn FnMut(Step) -> ControlFlow<()>,
 ) -> Result<ArrayD<f32>, PipelineError> {
-    let all = 0..scheduler.timesteps().len();
-    denoise_range(unet, graph, scheduler, latents, cond, all, noise, on_step)
+    let cond = ScheduledConditioning::constant(cond.clone());
+    denoise_scheduled(unet, graph, scheduler, latents, &cond, noise, on_step)
 }
 
-/// [`denoise`] over the schedule's UNet calls `range` only: a base model that hands over
-/// part-way (diffusers' `denoising_end`), a refiner that takes over (`denoising_start`).
+/// [`denoise`] with conditioning that may change from one UNet call to the next.
+pub fn denoise_scheduled(
+    unet: &mut Part,
+    graph: &UnetGraph,
+    scheduler: &mut dyn Scheduler,
+    latents: ArrayD<f32>,
+    scheduled: &ScheduledConditioning,
+    noise: &mut dyn FnMut(usize) -> Result<ArrayD<f32>, PipelineError>,
+    on_step: &mut dyn FnMut(Step) -> ControlFlow<()>,
+) -> Result<ArrayD<f32>, PipelineError> {
+    let all = 0..scheduler.timesteps().len();
+    denoise_range(
+        unet, graph, scheduler, latents, scheduled, all, noise, on_step,
+    )
+}
+
+/// [`denoise_scheduled`] over the schedule's UNet calls `range` only: a base model that hands
+/// over part-way (diffusers' `denoising_end`), a refiner that takes over (`denoising_start`).
 #[allow(clippy::too_many_arguments)]
 pub fn denoise_range(
     unet: &mut Part,
     graph: &UnetGraph,
     scheduler: &mut dyn Scheduler,
     mut latents: ArrayD<f32>,
-    cond: &Conditioning,
+    scheduled: &ScheduledConditioning,
     range: std::ops::Range<usize>,
     noise: &mut dyn FnMut(usize) -> Result<ArrayD<f32>, PipelineError>,
     on_step: &mut dyn FnMut(Step) -> ControlFlow<()>,
 ) -> Result<ArrayD<f32>, PipelineError> {
+    let cond = &scheduled.start;
     let n = latents.len_of(Axis(0));
     let file = unet.loaded.file.clone();
     let guided = cond.guidance.is_some();
-    let conditioning = batched_conditioning(unet, cond, n)?;
+    let mut conditioning =
+        batched_conditioning(unet, scheduled.inputs_at(range.start), cond.guidance, n)?;
     let timesteps: Vec<f32> = scheduler.timesteps().to_vec();
     let total = timesteps.len();
     // The UNet's inputs are allocated once and refilled at every step: the scaled latents
@@ -81,6 +99,9 @@ pub fn denoise_range(
         .take(range.end)
         .skip(range.start)
     {
+        if i > range.start && scheduled.changes_at(i) {
+            conditioning = batched_conditioning(unet, scheduled.inputs_at(i), cond.guidance, n)?;
+        }
         // scale_model_input is element-wise: scaling the n latents once is scaling both halves.
         let scaled = scheduler.scale_model_input(latents.view(), i);
         let scaled = scaled.as_standard_layout();
@@ -127,14 +148,15 @@ pub fn denoise_range(
 /// guidance, `[cond × n]` without, in the UNet's float type.
 fn batched_conditioning(
     unet: &Part,
-    cond: &Conditioning,
+    inputs: &[CondInput],
+    guidance: Option<f32>,
     n: usize,
 ) -> Result<Vec<(&'static str, DynValue)>, PipelineError> {
     let file = unet.file();
-    let mut out = Vec::with_capacity(cond.inputs.len());
-    for input in &cond.inputs {
+    let mut out = Vec::with_capacity(inputs.len());
+    for input in inputs {
         let mut parts = Vec::new();
-        if cond.guidance.is_some() {
+        if guidance.is_some() {
             let uncond = input.uncond.as_ref().ok_or_else(|| PipelineError::Shape {
                 file: file.display().to_string(),
                 what: format!(

@@ -7,10 +7,14 @@ use ndarray::{ArrayD, Axis};
 
 use super::{PipelineError, RenderRequest, concat};
 use crate::engine::noise::NoiseGenerator;
+use crate::engine::noise::variation::{self, SeedOptions};
 
 /// The random source of candidates `first..first + n` of a request.
 pub(super) struct BatchNoise<'a> {
     generators: Vec<NoiseGenerator>,
+    req: &'a RenderRequest,
+    /// The VAE's downsampling (for `seed_resize_from_w/h`).
+    downsampling: usize,
     /// One candidate's latents, `[1, c, h, w]`.
     one: Vec<usize>,
     first: usize,
@@ -29,12 +33,15 @@ impl<'a> BatchNoise<'a> {
         first: usize,
         n: usize,
         one: Vec<usize>,
+        downsampling: usize,
     ) -> BatchNoise<'a> {
         BatchNoise {
             generators: req.seeds[first..first + n]
                 .iter()
                 .map(|s| NoiseGenerator::new(req.rng, *s))
                 .collect(),
+            req,
+            downsampling,
             one,
             first,
             n,
@@ -54,7 +61,8 @@ impl<'a> BatchNoise<'a> {
             Some(l) => l
                 .slice_axis(Axis(0), (self.first..self.first + self.n).into())
                 .to_owned(),
-            None => self.draw()?,
+            None if self.req.seed_options == SeedOptions::default() => self.draw()?,
+            None => self.first_with_options()?,
         };
         Ok(initial.mapv(|v| v * init_noise_sigma))
     }
@@ -84,6 +92,31 @@ impl<'a> BatchNoise<'a> {
             self.supplied_steps = supplied;
         }
         self.draws = 0;
+    }
+
+    /// Each candidate's initial noise with AUTOMATIC1111's seed options; their generators then
+    /// continue (or restart at seed + ENSD) for the step noise.
+    fn first_with_options(&mut self) -> Result<ArrayD<f32>, PipelineError> {
+        let options = &self.req.seed_options;
+        let mut noises = Vec::with_capacity(self.n);
+        for i in 0..self.n {
+            let candidate = self.first + i;
+            let subseed = options
+                .subseeds
+                .as_ref()
+                .map(|s| s.get(candidate).copied().unwrap_or(0));
+            let (noise, generator) = variation::first_noise(
+                self.req.rng,
+                self.req.seeds[candidate],
+                subseed,
+                options,
+                &self.one,
+                self.downsampling,
+            );
+            noises.push(noise);
+            self.generators[i] = generator;
+        }
+        concat(noises)
     }
 
     /// One `[1, c, h, w]` draw from each candidate's generator, concatenated.

@@ -5,7 +5,7 @@
 
 use ndarray::{ArrayD, IxDyn};
 
-use super::conditioning::{CondInput, Conditioning};
+use super::conditioning::{CondInput, ScheduledConditioning};
 use super::{FamilyPipeline, PipelineError, RenderRequest, sd};
 use crate::engine::model::SdModel;
 use crate::engine::model::family::lcm::{self, TIMESTEP_COND};
@@ -47,13 +47,18 @@ impl FamilyPipeline for LatentConsistency {
         &mut self,
         model: &mut SdModel,
         req: &RenderRequest,
-    ) -> Result<Conditioning, PipelineError> {
-        let mut conditioning = self.sd.encode(model, &req.prompt, "", None)?;
+    ) -> Result<ScheduledConditioning, PipelineError> {
+        // diffusers' encoding (no negative prompt), with the request's CLIP skip and text
+        // cleaning; AUTOMATIC1111's syntax is read by the SD 1.x/2.x family only.
+        let skip = self.sd.skip(req.clip_skip);
+        let mut conditioning =
+            self.sd
+                .encode(model, &req.prompt, "", None, skip, req.text_cleaning)?;
         conditioning.inputs.push(CondInput {
             name: TIMESTEP_COND.name,
             cond: guidance_embedding(req.guidance_scale - 1.0, self.embedding_dim),
             uncond: None,
         });
-        Ok(conditioning)
+        Ok(ScheduledConditioning::constant(conditioning))
     }
 }

@@ -16,6 +16,8 @@
 //! ([`crate::engine::model::family`]) and their shapes from the model. A new family adds its
 //! `encode_prompt` (a [`FamilyPipeline`]) and a line in [`family_pipeline`].
 
+pub mod a1111;
+pub mod clip_skip;
 pub mod conditioning;
 pub mod decode;
 pub mod denoise;
@@ -34,9 +36,12 @@ use ndarray::{ArrayD, Axis};
 
 use crate::engine::model::{Family, SdModel, SideError};
 use crate::engine::noise::RngKind;
+use crate::engine::noise::variation::SeedOptions;
+use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
+use crate::engine::tokenizer::TextCleaning;
 pub use crate::runtime::tensors::OrtCallError;
-pub use conditioning::{CondInput, Conditioning, is_guided};
+pub use conditioning::{CondInput, CondPhase, Conditioning, ScheduledConditioning, is_guided};
 pub use denoise::Step;
 use latents::BatchNoise;
 pub use refine::Handoff;
@@ -106,6 +111,15 @@ pub struct RenderRequest {
     pub width: u32,
     pub height: u32,
     pub rng: RngKind,
+    /// How the prompts' brackets are read (AUTOMATIC1111's syntax by default).
+    pub prompt_syntax: PromptSyntax,
+    /// AUTOMATIC1111's CLIP skip: 1 conditions on the text encoder's last hidden state, `N` on
+    /// the one `N - 1` layers before it ([`clip_skip`]).
+    pub clip_skip: usize,
+    /// How the tokenizer cleans prompt text (CLIP's own, with ftfy's fixes, by default).
+    pub text_cleaning: TextCleaning,
+    /// AUTOMATIC1111's variation seeds, seed resize and ENSD (default: none).
+    pub seed_options: SeedOptions,
     /// Most candidates in one UNet batch (the batch is twice this with guidance).
     pub max_batch: usize,
     /// Initial latents `[candidates, c, h/8, w/8]` (`c` the model's latent channels) before
@@ -160,6 +174,10 @@ impl RenderRequest {
             width: 512,
             height: 512,
             rng: RngKind::default(),
+            prompt_syntax: PromptSyntax::default(),
+            clip_skip: 1,
+            text_cleaning: TextCleaning::Clip,
+            seed_options: SeedOptions::default(),
             max_batch: 8,
             initial_latents: None,
             step_noise: None,
@@ -210,13 +228,15 @@ pub struct Rendered {
 /// `encode_prompt`, the request's prompt and negative prompt (and the family's other
 /// conditioning) to the UNet's conditioning inputs.
 pub trait FamilyPipeline: Send {
-    /// The conditioning of `req`'s prompt; with classifier-free guidance (the family decides:
-    /// [`is_guided`] for most) also of its negative prompt (empty for none).
+    /// The conditioning of `req`'s prompt over the UNet calls (read as its `prompt_syntax`,
+    /// `clip_skip` and `text_cleaning` say, where the family supports them); with
+    /// classifier-free guidance (the family decides: [`is_guided`] for most) also of its negative
+    /// prompt (empty for none).
     fn encode_prompt(
         &mut self,
         model: &mut SdModel,
         req: &RenderRequest,
-    ) -> Result<Conditioning, PipelineError>;
+    ) -> Result<ScheduledConditioning, PipelineError>;
 }
 
 /// The steps of `model`'s family.
@@ -274,6 +294,37 @@ impl Pipeline {
         if req.seeds.is_empty() {
             return bad("seeds", "is empty: no candidate to render".into());
         }
+        let options = &req.seed_options;
+        if !(0.0..=1.0).contains(&options.subseed_strength) {
+            return bad(
+                "subseed_strength",
+                format!("is {}; it must be 0 to 1", options.subseed_strength),
+            );
+        }
+        if let Some(subseeds) = &options.subseeds
+            && subseeds.len() != req.seeds.len()
+        {
+            return bad(
+                "subseed",
+                format!(
+                    "has {} seeds for {} candidates",
+                    subseeds.len(),
+                    req.seeds.len()
+                ),
+            );
+        }
+        let f = self.model.folder.vae_downsampling as u32;
+        if let Some((w, h)) = options.resize_from
+            && (w < f || h < f)
+        {
+            return bad(
+                "seed_resize_from_w",
+                format!("{w}x{h} is smaller than one latent pixel ({f})"),
+            );
+        }
+        if req.clip_skip == 0 {
+            return bad("clip_skip", "is 0; 1 is no skip".into());
+        }
         if req.max_batch == 0 {
             return bad("max_batch", "is 0".into());
         }
@@ -326,7 +377,7 @@ impl Pipeline {
         let started = Instant::now();
         let conditioning = self.encode_prompt(req)?;
         timings.text = started.elapsed();
-        timings.tokenize = conditioning.tokenize;
+        timings.tokenize = conditioning.start.tokenize;
 
         let mut finals = Vec::new();
         let mut decoded_all = Vec::new();
@@ -352,14 +403,17 @@ impl Pipeline {
             images,
             latents: concat(finals)?,
             decoded: concat(decoded_all)?,
-            truncated_prompt: conditioning.truncated_prompt,
+            truncated_prompt: conditioning.start.truncated_prompt,
             scheduler: kind,
             timings,
         })
     }
 
     /// The family's `encode_prompt`.
-    fn encode_prompt(&mut self, req: &RenderRequest) -> Result<Conditioning, PipelineError> {
+    fn encode_prompt(
+        &mut self,
+        req: &RenderRequest,
+    ) -> Result<ScheduledConditioning, PipelineError> {
         let conditioning = self.family.encode_prompt(&mut self.model, req)?;
         // The tokenizer has logged any truncation, once and briefly.
         Ok(conditioning)
@@ -371,7 +425,7 @@ impl Pipeline {
         &mut self,
         req: &RenderRequest,
         kind: SchedulerKind,
-        conditioning: &Conditioning,
+        conditioning: &ScheduledConditioning,
         first: usize,
         n: usize,
         on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
@@ -379,7 +433,8 @@ impl Pipeline {
         let mut config = self.scheduler_config.clone();
         config.eta = Some(f64::from(req.eta));
         let mut scheduler = scheduler::build(kind, &config, req.steps)?;
-        let mut noise = BatchNoise::new(req, first, n, self.latent_shape(req, 1));
+        let downsampling = self.model.folder.vae_downsampling;
+        let mut noise = BatchNoise::new(req, first, n, self.latent_shape(req, 1), downsampling);
         let latents =
             noise.initial_latents(req.initial_latents.as_ref(), scheduler.init_noise_sigma())?;
         let mut draw_noise = |_step: usize| noise.step_noise();
@@ -391,7 +446,7 @@ impl Pipeline {
             })
         };
         let graph = &self.model.family().graph().unet;
-        denoise::denoise(
+        denoise::denoise_scheduled(
             &mut self.model.unet,
             graph,
             scheduler.as_mut(),

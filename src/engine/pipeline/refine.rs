@@ -70,7 +70,7 @@ impl Pipeline {
         let base_cond = self.encode_prompt(req)?;
         let refiner_cond = refiner.encode_prompt(req)?;
         timings.text = started.elapsed();
-        timings.tokenize = base_cond.tokenize + refiner_cond.tokenize;
+        timings.tokenize = base_cond.start.tokenize + refiner_cond.start.tokenize;
 
         let (mut finals, mut decoded_all, mut images) = (Vec::new(), Vec::new(), Vec::new());
         for first in (0..req.seeds.len()).step_by(req.max_batch) {
@@ -92,7 +92,8 @@ impl Pipeline {
             let refiner_len = refiner_sched.timesteps().len();
             let refiner_begin = refiner_len - refiner_steps;
 
-            let mut noise = BatchNoise::new(req, first, n, self.latent_shape(req, 1));
+            let downsampling = self.model.folder.vae_downsampling;
+            let mut noise = BatchNoise::new(req, first, n, self.latent_shape(req, 1), downsampling);
             let latents = noise
                 .initial_latents(req.initial_latents.as_ref(), base_sched.init_noise_sigma())?;
             let mut on_step = |step| {
@@ -142,7 +143,7 @@ impl Pipeline {
             images,
             latents: concat(finals)?,
             decoded: concat(decoded_all)?,
-            truncated_prompt: base_cond.truncated_prompt,
+            truncated_prompt: base_cond.start.truncated_prompt,
             scheduler: kind,
             timings,
         })

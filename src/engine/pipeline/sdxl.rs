@@ -12,7 +12,7 @@
 
 use ndarray::{ArrayD, Axis, IxDyn};
 
-use super::conditioning::{CondInput, Conditioning, is_guided};
+use super::conditioning::{CondInput, Conditioning, ScheduledConditioning, is_guided};
 use super::text::{self, EncoderOutputs};
 use super::{FamilyPipeline, PipelineError, RenderRequest};
 use crate::engine::model::family::Family;
@@ -92,7 +92,20 @@ fn encoders(model: &SdModel) -> impl Iterator<Item = &Part> {
 }
 
 impl FamilyPipeline for StableDiffusionXl {
+    /// diffusers' encoding, whatever the request's `prompt_syntax` (AUTOMATIC1111's syntax is
+    /// read by the SD 1.x/2.x family only): conditioning that does not change over the steps.
     fn encode_prompt(
+        &mut self,
+        model: &mut SdModel,
+        req: &RenderRequest,
+    ) -> Result<ScheduledConditioning, PipelineError> {
+        self.encode(model, req).map(ScheduledConditioning::constant)
+    }
+}
+
+impl StableDiffusionXl {
+    /// Both text encoders (or the refiner's one) and the time ids of `req`.
+    fn encode(
         &mut self,
         model: &mut SdModel,
         req: &RenderRequest,

@@ -22,8 +22,65 @@
 //! added_tokens.json are read when present.
 
 mod files;
+mod ftfy;
+mod ftfy_tables;
 mod normalize;
 mod tables;
+
+/// How prompt text is cleaned before the pre-tokenizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TextCleaning {
+    /// CLIP's own (transformers' CLIPTokenizer with ftfy installed, as in AUTOMATIC1111):
+    /// ftfy's `fix_text` (without its mojibake repair, see the `ftfy` module), whitespace
+    /// collapsed, lower case.
+    Clip,
+    /// transformers' CLIPTokenizer without ftfy (diffusers' usual setup): its BasicTokenizer
+    /// clean-up (step 2 of the module docs).
+    #[default]
+    Basic,
+}
+
+impl std::fmt::Display for TextCleaning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TextCleaning {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        TextCleaning::from_name(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown text cleaning {name:?}; supported: {}",
+                TextCleaning::NAMES.join(", ")
+            ))
+        })
+    }
+}
+
+/// Whether both clean-ups give `text` the same cleaned text (so the same tokens).
+pub fn cleans_alike(text: &str) -> bool {
+    normalize::basic_clean(text) == ftfy::clip_clean(text)
+}
+
+impl TextCleaning {
+    pub const NAMES: [&'static str; 2] = ["clip", "basic"];
+
+    pub fn from_name(name: &str) -> Option<TextCleaning> {
+        match name {
+            "clip" => Some(TextCleaning::Clip),
+            "basic" => Some(TextCleaning::Basic),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TextCleaning::Clip => "clip",
+            TextCleaning::Basic => "basic",
+        }
+    }
+}
 
 use std::path::{Path, PathBuf};
 
@@ -268,14 +325,28 @@ impl ClipTokenizer {
         self.bpe.get_vocab_size()
     }
 
+    /// The vocabulary id of `token` (a BPE token such as `,</w>`), if it has one.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.bpe.token_to_id(token)
+    }
+
     /// The prompt's token ids without bos/eos, not truncated (transformers'
     /// `tokenizer(prompt, add_special_tokens=False).input_ids`).
     pub fn token_ids(&self, prompt: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.token_ids_cleaned(prompt, TextCleaning::Basic)
+    }
+
+    /// [`token_ids`](Self::token_ids) with the given text clean-up.
+    pub fn token_ids_cleaned(
+        &self,
+        prompt: &str,
+        cleaning: TextCleaning,
+    ) -> Result<Vec<u32>, TokenizerError> {
         let mut ids = Vec::new();
         for piece in self.split_added(prompt) {
             match piece {
                 Piece::Added(id) => ids.push(id),
-                Piece::Text(text) => self.tokenize_text(&text, &mut ids)?,
+                Piece::Text(text) => self.tokenize_text(&text, cleaning, &mut ids)?,
             }
         }
         Ok(ids)
@@ -286,7 +357,16 @@ impl ClipTokenizer {
     /// `model_max_length - 2` tokens is cut; the dropped text is logged (`warn`) and returned in
     /// [`Encoded::truncated`].
     pub fn encode(&self, prompt: &str) -> Result<Encoded, TokenizerError> {
-        let tokens = self.token_ids(prompt)?;
+        self.encode_cleaned(prompt, TextCleaning::Basic)
+    }
+
+    /// [`encode`](Self::encode) with the given text clean-up.
+    pub fn encode_cleaned(
+        &self,
+        prompt: &str,
+        cleaning: TextCleaning,
+    ) -> Result<Encoded, TokenizerError> {
+        let tokens = self.token_ids_cleaned(prompt, cleaning)?;
         let room = self.model_max_length - 2;
         let kept = tokens.len().min(room);
         let mut ids = Vec::with_capacity(self.model_max_length);
@@ -412,8 +492,16 @@ impl ClipTokenizer {
 
     /// Clean-up, pre-tokenizer regex, byte-level mapping and BPE for one piece of prompt that
     /// holds no added token.
-    fn tokenize_text(&self, text: &str, ids: &mut Vec<u32>) -> Result<(), TokenizerError> {
-        let cleaned = normalize::basic_clean(text);
+    fn tokenize_text(
+        &self,
+        text: &str,
+        cleaning: TextCleaning,
+        ids: &mut Vec<u32>,
+    ) -> Result<(), TokenizerError> {
+        let cleaned = match cleaning {
+            TextCleaning::Basic => normalize::basic_clean(text),
+            TextCleaning::Clip => ftfy::clip_clean(text),
+        };
         if cleaned.is_empty() {
             return Ok(());
         }
@@ -447,6 +535,11 @@ enum Piece {
 
 /// The Unicode version of the character classes used in clean-up (that of the reference
 /// Python's `unicodedata`). Characters assigned after it count as unassigned and are dropped,
+/// The ftfy version whose clean-up [`TextCleaning::Clip`] ports.
+pub fn ftfy_version() -> &'static str {
+    ftfy_tables::FTFY_VERSION
+}
+
 /// as the reference drops them.
 pub fn unicode_version() -> &'static str {
     tables::UNICODE_VERSION

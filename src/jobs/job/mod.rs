@@ -3,6 +3,7 @@
 //! and the model's size rule on the resolved job ([`sizes_fit`]).
 
 mod fields;
+pub mod infotext;
 pub mod prompt_file;
 pub mod read;
 mod resolve;
@@ -14,8 +15,11 @@ use std::path::{Path, PathBuf};
 use crate::engine::model::Family;
 use crate::engine::model::layout::ModelFolder;
 use crate::engine::noise::RngKind;
+use crate::engine::noise::variation::SeedOptions;
 use crate::engine::pipeline::SdxlConditioning;
+use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::SchedulerKind;
+use crate::engine::tokenizer::TextCleaning;
 use crate::jobs::settings::JobSettings;
 pub use read::{JobFile, read_spec};
 pub use spec::{JobSpec, OneOrMany, PromptObject, PromptSpec, Rejected, SchedulerChoice, Size};
@@ -87,6 +91,14 @@ pub struct Job {
     pub width: u32,
     pub height: u32,
     pub rng: RngKind,
+    /// How the prompts' brackets are read.
+    pub prompt_syntax: PromptSyntax,
+    /// AUTOMATIC1111's CLIP skip (1: none).
+    pub clip_skip: u32,
+    /// How the tokenizer cleans prompt text.
+    pub text_cleaning: TextCleaning,
+    /// AUTOMATIC1111's seed options: variation seed and strength, seed resize, ENSD.
+    pub seed_options: SeedSettings,
     pub seed: u64,
     pub priority: i32,
     /// Subfolder of the output root.
@@ -107,6 +119,30 @@ pub struct Job {
 pub struct JobRefiner {
     pub model: String,
     pub start: f64,
+}
+
+/// A job's AUTOMATIC1111 seed options; the default changes nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SeedSettings {
+    /// The variation seed of candidate 0 (candidate i: + i), with its strength.
+    pub subseed: Option<(u64, f32)>,
+    /// (width, height) in pixels the seeds' noise was drawn at.
+    pub resize_from: Option<(u32, u32)>,
+    pub eta_noise_seed_delta: u64,
+}
+
+impl SeedSettings {
+    /// The pipeline's options for the candidates with these indices.
+    pub fn for_candidates(&self, candidates: impl Iterator<Item = usize>) -> SeedOptions {
+        SeedOptions {
+            subseeds: self
+                .subseed
+                .map(|(s, _)| candidates.map(|i| s.wrapping_add(i as u64)).collect()),
+            subseed_strength: self.subseed.map_or(0.0, |(_, strength)| strength),
+            resize_from: self.resize_from,
+            eta_noise_seed_delta: self.eta_noise_seed_delta,
+        }
+    }
 }
 
 impl Job {

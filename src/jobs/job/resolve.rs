@@ -6,11 +6,13 @@
 use std::path::Path;
 
 use super::fields::{Checks, Field, SizeAt};
+use super::infotext;
 use super::prompt_file::{self, Line};
 use super::spec::{JobSpec, OneOrMany, PromptSpec, SchedulerChoice, Size};
 use super::sweep::{self, Lists, SweepCell};
-use super::{Job, JobError, JobPrompt, JobRefiner, PromptFiles, valid_name};
+use super::{Job, JobError, JobPrompt, JobRefiner, PromptFiles, SeedSettings, valid_name};
 use crate::engine::pipeline::SdxlConditioning;
+use crate::engine::prompt::{self, PromptSyntax};
 use crate::jobs::settings::JobSettings;
 
 /// Where a refiner takes over when the job does not say: diffusers' documented 0.8.
@@ -32,6 +34,8 @@ pub(super) fn resolve(
         },
         config,
     };
+    let mut spec = spec;
+    r.infotext(&mut spec)?;
     let (id, output, model) = r.names(&spec, stem)?;
     let job_lists = r.job_lists(&spec)?;
     let shared = r.shared(&spec, &job_lists, fallback_seed)?;
@@ -60,6 +64,10 @@ pub(super) fn resolve(
         width: job_lists.sizes[0].0,
         height: job_lists.sizes[0].1,
         rng: spec.rng.unwrap_or(defaults.rng),
+        prompt_syntax: spec.prompt_syntax.unwrap_or(defaults.prompt_syntax),
+        clip_skip: r.clip_skip(&spec)?,
+        text_cleaning: spec.text_cleaning.unwrap_or(defaults.text_cleaning),
+        seed_options: r.seed_settings(&spec)?,
         seed: shared.seed,
         priority: spec.priority.unwrap_or(0),
         output,
@@ -90,6 +98,8 @@ struct Shared<'a> {
     candidates: u32,
     seed: u64,
     seeds: Option<&'a [u64]>,
+    /// How prompts are read: AUTOMATIC1111's syntax is checked here.
+    syntax: PromptSyntax,
 }
 
 /// One prompt as written: an entry of `prompts:` or a line of the prompt file.
@@ -297,6 +307,76 @@ impl<'a> Resolver<'a> {
         })
     }
 
+    /// `subseed` with `subseed_strength` (0 to 1), `seed_resize_from_w/h` (both or neither, at
+    /// least 8), `eta_noise_seed_delta`.
+    fn seed_settings(&self, spec: &JobSpec) -> Result<SeedSettings, JobError> {
+        let subseed = match (spec.subseed, spec.subseed_strength) {
+            (_, Some(s)) if !(0.0..=1.0).contains(&s) => {
+                return Err(self.error(
+                    &Field::named("subseed_strength"),
+                    format!("is {s}; it must be 0 to 1"),
+                ));
+            }
+            (None, Some(s)) if s > 0.0 => {
+                return Err(self.error(
+                    &Field::named("subseed_strength"),
+                    "needs `subseed`, the variation seed",
+                ));
+            }
+            (Some(seed), strength) => Some((seed, strength.unwrap_or(0.0) as f32)),
+            (None, _) => None,
+        };
+        let resize_from = match (spec.seed_resize_from_w, spec.seed_resize_from_h) {
+            (None, None) => None,
+            (Some(w), Some(h)) if w >= 8 && h >= 8 => Some((w, h)),
+            (w, _) => {
+                let field = if w.is_none_or(|w| w < 8) {
+                    "seed_resize_from_w"
+                } else {
+                    "seed_resize_from_h"
+                };
+                return Err(self.error(
+                    &Field::named(field),
+                    "must be given with the other of seed_resize_from_w/h, at least 8 pixels",
+                ));
+            }
+        };
+        Ok(SeedSettings {
+            subseed,
+            resize_from,
+            eta_noise_seed_delta: spec.eta_noise_seed_delta.unwrap_or(0),
+        })
+    }
+
+    /// `infotext`: the fields it gives where the job file does not give them.
+    fn infotext(&self, spec: &mut JobSpec) -> Result<(), JobError> {
+        let Some(text) = spec.infotext.clone() else {
+            return Ok(());
+        };
+        let at = Field::named("infotext");
+        let names: Vec<&str> = self.config.models().keys().map(String::as_str).collect();
+        let info = infotext::parse(&text);
+        let yaml = infotext::job_yaml(&info, &names)
+            .map_err(|r| self.error(&at, format!("`{}` {}", r.setting, r.message)))?;
+        let from =
+            crate::sys::yaml::parse_with::<JobSpec>(&yaml, crate::sys::yaml::strict_options())
+                .map_err(|e| self.error(&at, format!("`{}` {}", e.key, e.message)))?;
+        infotext::fill(spec, from);
+        Ok(())
+    }
+
+    /// `clip_skip`: 1 (none, the default) to 12, as AUTOMATIC1111 offers it.
+    fn clip_skip(&self, spec: &JobSpec) -> Result<u32, JobError> {
+        match spec.clip_skip {
+            None => Ok(1),
+            Some(n @ 1..=12) => Ok(n),
+            Some(n) => Err(self.error(
+                &Field::named("clip_skip"),
+                format!("is {n}; it must be 1 (no skip) to 12"),
+            )),
+        }
+    }
+
     /// What every prompt gets: the job's settings, negative prompt, candidates and seeds.
     fn shared<'s>(
         &self,
@@ -332,6 +412,9 @@ impl<'a> Resolver<'a> {
             candidates: candidates.map_or(self.config.defaults().candidates, |(_, n)| n),
             seed: spec.seed.unwrap_or(fallback_seed),
             seeds: spec.seeds.as_deref(),
+            syntax: spec
+                .prompt_syntax
+                .unwrap_or(self.config.defaults().prompt_syntax),
         })
     }
 
@@ -450,6 +533,19 @@ impl<'a> Resolver<'a> {
             .prompt_chars(&w.at, chars, matrix && w.text.contains('|'))?;
         if let Some((n, at)) = &w.negative {
             self.checks.prompt_chars(at, n.chars().count(), false)?;
+        }
+        if shared.syntax == PromptSyntax::A1111 {
+            let negative_at = w
+                .negative
+                .as_ref()
+                .map_or_else(|| Field::named("negative"), |(_, at)| at.clone());
+            for (text, at) in [(w.text, &w.at), (negative, &negative_at)] {
+                for &steps in &lists.steps {
+                    if let Err(e) = prompt::read(text, steps as usize) {
+                        return Err(self.error(at, e));
+                    }
+                }
+            }
         }
         let (count, list) = match (w.seeds, w.candidates) {
             (Some(s), _) => (w.candidates.unwrap_or(s.len() as u32), Some(s)),

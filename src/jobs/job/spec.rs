@@ -33,7 +33,9 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use crate::engine::noise::RngKind;
+use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::{SchedulerError, SchedulerKind};
+use crate::engine::tokenizer::TextCleaning;
 
 /// A job file's fields. Unknown fields are rejected.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -66,6 +68,24 @@ pub struct JobSpec {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub rng: Option<RngKind>,
+    /// `a1111` (AUTOMATIC1111's emphasis, editing, long prompts) or `plain`.
+    pub prompt_syntax: Option<PromptSyntax>,
+    /// AUTOMATIC1111's CLIP skip: 1 (none) to 12.
+    pub clip_skip: Option<u32>,
+    /// AUTOMATIC1111's variation seed (candidate i uses subseed + i) and its strength, 0 to 1.
+    pub subseed: Option<u64>,
+    pub subseed_strength: Option<f64>,
+    /// The size the seeds' noise was drawn at (AUTOMATIC1111's "resize seed from").
+    pub seed_resize_from_w: Option<u32>,
+    pub seed_resize_from_h: Option<u32>,
+    /// AUTOMATIC1111's ENSD: the per-step noise of ancestral samplers from seed + this.
+    pub eta_noise_seed_delta: Option<u64>,
+    /// `clip` (CLIP's own clean-up with ftfy's fixes, as AUTOMATIC1111 has it) or `basic`
+    /// (transformers without ftfy, as diffusers usually runs).
+    pub text_cleaning: Option<TextCleaning>,
+    /// AUTOMATIC1111's infotext (a PNG's `parameters`): the job's prompt and settings, where the
+    /// job file does not give them itself.
+    pub infotext: Option<String>,
     pub priority: Option<i32>,
     pub output: Option<String>,
     pub keep_top: Option<u32>,
@@ -316,6 +336,15 @@ pub const JOB_FIELDS: &[&str] = &[
     "width",
     "height",
     "rng",
+    "prompt_syntax",
+    "clip_skip",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
+    "eta_noise_seed_delta",
+    "infotext",
+    "text_cleaning",
     "priority",
     "output",
     "keep_top",

@@ -55,6 +55,40 @@ impl Parameters<'_> {
     }
 }
 
+/// The `parameters` text of the PNG at `path` (tEXt, zTXt or iTXt), `None` when it has none.
+pub fn read_parameters(path: &std::path::Path) -> Result<Option<String>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let reader = decoder
+        .read_info()
+        .map_err(|e| format!("is not a readable PNG: {e}"))?;
+    let info = reader.info();
+    if let Some(t) = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+    {
+        return Ok(Some(t.text.clone()));
+    }
+    if let Some(t) = info
+        .compressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+    {
+        return t
+            .get_text()
+            .map(Some)
+            .map_err(|e| format!("its parameters text cannot be read: {e}"));
+    }
+    match info.utf8_text.iter().find(|t| t.keyword == "parameters") {
+        Some(t) => t
+            .get_text()
+            .map(Some)
+            .map_err(|e| format!("its parameters text cannot be read: {e}")),
+        None => Ok(None),
+    }
+}
+
 /// Encodes an RGB image as PNG with a `parameters` chunk (tEXt when the text is Latin-1, as PIL
 /// writes it, iTXt otherwise).
 pub fn encode(image: &RgbImage, parameters: &str) -> Result<Vec<u8>, png::EncodingError> {

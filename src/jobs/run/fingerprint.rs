@@ -17,8 +17,10 @@ use serde::Serialize;
 use super::RunOptions;
 use super::manifest::Manifest;
 use crate::engine::pipeline::SdxlConditioning;
+use crate::engine::prompt::{self, PromptSyntax};
 use crate::engine::scheduler::SchedulerKind;
-use crate::jobs::job::{Job, Rejected};
+use crate::engine::tokenizer::{TextCleaning, cleans_alike};
+use crate::jobs::job::{Job, Rejected, SeedSettings};
 
 /// The fingerprint version new manifests carry.
 pub const VERSION: u32 = 2;
@@ -31,6 +33,9 @@ pub const LEGACY_VERSION: u32 = super::manifest::LEGACY_FINGERPRINT_VERSION;
 pub struct Fingerprint {
     current: String,
     legacy: String,
+    /// Whether the job reads prompts as plain text without CLIP skip (as every job did before
+    /// `prompt_syntax` and `clip_skip`).
+    plain_prompts: bool,
 }
 
 impl Fingerprint {
@@ -46,6 +51,10 @@ impl Fingerprint {
         Fingerprint {
             current: format!("{:016x}", crate::sys::hash::fnv1a64(json)),
             legacy,
+            plain_prompts: renders_as_plain(job)
+                && cleans_as_before(job)
+                && job.clip_skip == 1
+                && job.seed_options == SeedSettings::default(),
         }
     }
 
@@ -59,7 +68,8 @@ impl Fingerprint {
     pub fn matches(&self, manifest: &Manifest) -> bool {
         match manifest.fingerprint_version {
             VERSION => manifest.fingerprint == self.current,
-            LEGACY_VERSION => manifest.fingerprint == self.legacy,
+            // Legacy manifests were rendered before `prompt_syntax`, as `plain` renders.
+            LEGACY_VERSION => self.plain_prompts && manifest.fingerprint == self.legacy,
             _ => false,
         }
     }
@@ -71,6 +81,27 @@ impl Fingerprint {
     }
 }
 
+/// Whether the job's prompts render as they did before `prompt_syntax` (plain text): plain
+/// syntax, or AUTOMATIC1111's with prompts that read the same ([`prompt::reads_as_plain`]).
+/// Such jobs keep the fingerprint they had.
+fn renders_as_plain(job: &Job) -> bool {
+    job.prompt_syntax == PromptSyntax::Plain
+        || job
+            .prompts
+            .iter()
+            .all(|p| prompt::reads_as_plain(&p.text) && prompt::reads_as_plain(&p.negative))
+}
+
+/// Whether the job's prompts are cleaned as before `text_cleaning` (`basic`): `basic`, or
+/// `clip` with prompts both clean-ups clean alike.
+fn cleans_as_before(job: &Job) -> bool {
+    job.text_cleaning == TextCleaning::Basic
+        || job
+            .prompts
+            .iter()
+            .all(|p| cleans_alike(&p.text) && cleans_alike(&p.negative))
+}
+
 /// What version 2 covers. The field names and the order are part of the format.
 #[derive(Debug, Serialize)]
 struct Settings<'a> {
@@ -78,6 +109,20 @@ struct Settings<'a> {
     id: &'a str,
     model: &'a str,
     rng: &'static str,
+    /// Written only for `a1111` jobs whose prompts do not read as plain text: jobs from before
+    /// the option rendered `plain`, and their manifests keep matching jobs that render so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_syntax: Option<&'static str>,
+    /// Written only when it skips (above 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clip_skip: Option<u32>,
+    /// Written only for `clip` when a prompt cleans differently from `basic` (what jobs used
+    /// before the option).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text_cleaning: Option<&'static str>,
+    /// Written only when set: variation seed and strength, seed resize, ENSD.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed_options: Option<String>,
     keep_top: Option<u32>,
     rejected: &'static str,
     rerank: Option<bool>,
@@ -141,6 +186,16 @@ impl<'a> Settings<'a> {
             id: &job.id,
             model: &job.model,
             rng: job.rng.as_str(),
+            prompt_syntax: (!renders_as_plain(job)).then(|| job.prompt_syntax.name()),
+            clip_skip: (job.clip_skip > 1).then_some(job.clip_skip),
+            text_cleaning: (!cleans_as_before(job)).then(|| job.text_cleaning.name()),
+            seed_options: (job.seed_options != SeedSettings::default()).then(|| {
+                let s = &job.seed_options;
+                format!(
+                    "subseed {:?} resize_from {:?} ensd {}",
+                    s.subseed, s.resize_from, s.eta_noise_seed_delta
+                )
+            }),
             keep_top: job.keep_top,
             rejected: match job.rejected {
                 Rejected::Move => "move",
@@ -294,6 +349,10 @@ mod tests {
             width: 64,
             height: 64,
             rng: crate::engine::noise::RngKind::TorchCpu,
+            prompt_syntax: PromptSyntax::Plain,
+            clip_skip: 1,
+            text_cleaning: TextCleaning::Clip,
+            seed_options: SeedSettings::default(),
             seed: 5,
             priority: 0,
             output: "fp".into(),
@@ -312,6 +371,41 @@ mod tests {
         assert_eq!(
             text,
             r#"{"version":2,"id":"fp","model":"m","rng":"torch_cpu","keep_top":1,"rejected":"move","rerank":true,"prompts":[{"text":"a cat","negative":"","seeds":[5,6],"steps":3,"guidance":7.5,"scheduler":"euler_a","width":64,"height":64}],"noise":null}"#
+        );
+    }
+
+    #[test]
+    fn prompt_syntax_and_clip_skip_change_the_fingerprint_and_keep_legacy_manifests_plain() {
+        let options = RunOptions::default();
+        let mut plain_emphasis = job();
+        plain_emphasis.prompts[0].text = "a (cat:1.2)".into();
+        let plain = Fingerprint::of(&plain_emphasis, &options);
+        let mut a1111 = job();
+        a1111.prompt_syntax = PromptSyntax::A1111;
+        assert_eq!(
+            Fingerprint::of(&a1111, &options),
+            Fingerprint::of(&job(), &options),
+            "`a cat` reads the same"
+        );
+        a1111.prompts[0].text = "a (cat:1.2)".into();
+        let a = Fingerprint::of(&a1111, &options);
+        let mut skip = plain_emphasis.clone();
+        skip.clip_skip = 2;
+        let s = Fingerprint::of(&skip, &options);
+        assert_ne!(plain.current, a.current);
+        assert_ne!(plain.current, s.current);
+        assert_ne!(a.current, s.current);
+        let mut legacy: Manifest = serde_json::from_str(
+            r#"{"job":"fp","fingerprint":"x","model":"m","scheduler":"","execution_provider":"cpu","steps":3,"guidance":7.5,"width":64,"height":64,"rng":"torch_cpu","rerank_model":null,"keep_top":1,"complete":false,"runs":1,"timings":{"text_ms":0,"denoise_ms":0,"decode_ms":0,"rerank_ms":0,"write_ms":0,"total_ms":0},"prompts":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(legacy.fingerprint_version, LEGACY_VERSION);
+        legacy.fingerprint = plain.legacy.clone();
+        assert!(plain.matches(&legacy));
+        assert!(!a.matches(&legacy), "a legacy manifest was rendered plain");
+        assert!(
+            !s.matches(&legacy),
+            "a legacy manifest was rendered without clip skip"
         );
     }
 

@@ -18,6 +18,10 @@ pub fn request(job: &Job, index: usize) -> RenderRequest {
     req.width = p.width;
     req.height = p.height;
     req.rng = job.rng;
+    req.prompt_syntax = job.prompt_syntax;
+    req.clip_skip = job.clip_skip as usize;
+    req.text_cleaning = job.text_cleaning;
+    req.seed_options = job.seed_options.for_candidates(0..p.seeds.len());
     req.max_batch = job.max_batch as usize;
     req.sdxl = job.sdxl;
     req
@@ -51,6 +55,9 @@ impl Plan {
                 let request = (!todo.is_empty()).then(|| {
                     let mut req = request(job, pi);
                     req.seeds = todo.iter().map(|(_, s)| *s).collect();
+                    req.seed_options = job
+                        .seed_options
+                        .for_candidates(todo.iter().map(|(i, _)| *i));
                     if pi == 0 {
                         req.initial_latents = options.initial_latents.clone();
                         req.step_noise = options.step_noise.clone();
