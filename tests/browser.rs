@@ -9,6 +9,8 @@
 mod cdp;
 mod common;
 
+use common::config_file::{Defaults, TestConfig};
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,32 +30,20 @@ struct Env {
 }
 
 impl Env {
-    /// A spool, an output root and a config serving on a free port; `extra` ends the `serve:`
-    /// section.
-    fn new(extra: &str) -> Env {
+    /// A spool, an output root and a config serving on a free port, changed by `edit`.
+    fn new(edit: impl FnOnce(&mut TestConfig)) -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let lib =
-            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort")).unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let config = root.join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "onnxruntime:\n  library: {lib}\nspool:\n  dir: {root}/spool\n  rescan_seconds: 1\n  settle_seconds: 0\noutput_dir: {root}/output\n\
-                 defaults:\n  width: 64\n  height: 64\n  steps: 4\n  candidates: 3\n\
-                 default_model: tiny-sd\nmodels:\n  tiny-sd:\n    path: {sd}\nrerank:\n  model: {clip}\nserve:\n  listen: 127.0.0.1:{port}\n{extra}",
-                lib = lib.display(),
-                root = root.display(),
-                sd = common::model_dir("tiny-sd").display(),
-                clip = common::model_dir("tiny-clip").display(),
-            ),
-        )
-        .unwrap();
+        let mut c = TestConfig::daemon(&root);
+        c.defaults = Defaults::small(4, 3);
+        c.serve_listen = Some(format!("127.0.0.1:{port}"));
+        edit(&mut c);
+        let config = c.write(&root);
         for d in ["incoming", "running", "done", "failed"] {
             std::fs::create_dir_all(root.join("spool").join(d)).unwrap();
         }
@@ -149,7 +139,7 @@ fn the_gallery_shows_the_candidates_in_the_manifests_order_and_scores() {
     let Some(chromium) = cdp::chromium() else {
         return;
     };
-    let env = Env::new("");
+    let env = Env::new(|_| {});
     let _daemon = env.start(&["run"]);
     env.submit(
         "cats.yaml",
@@ -212,7 +202,7 @@ fn the_queue_page_shows_progress_live_and_cancels_with_the_token() {
     let Some(chromium) = cdp::chromium() else {
         return;
     };
-    let env = Env::new(&format!("  control_token: {TOKEN}\n"));
+    let env = Env::new(|c| c.control_token = Some(TOKEN.into()));
     let _daemon = env.start(&["run"]);
     env.submit(
         "slow.yaml",
@@ -291,7 +281,7 @@ fn without_a_token_the_page_has_no_controls_and_the_endpoints_refuse() {
     let Some(chromium) = cdp::chromium() else {
         return;
     };
-    let env = Env::new("");
+    let env = Env::new(|_| {});
     env.submit("queued.yaml", "prompts: [a cat]\n");
     let _server = env.start(&["serve"]);
     let mut browser = env.browser(&chromium);

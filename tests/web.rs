@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::config_file::{Defaults, TestConfig};
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -105,26 +107,16 @@ struct Env {
 }
 
 impl Env {
-    fn new(extra: &str) -> Env {
+    /// A spool, an output root and a config serving on a free port, changed by `edit`.
+    fn new(edit: impl FnOnce(&mut TestConfig)) -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let lib =
-            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort")).unwrap();
         let port = free_port();
-        let config = root.join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "onnxruntime:\n  library: {lib}\nspool:\n  dir: {root}/spool\n  rescan_seconds: 1\n  settle_seconds: 0\noutput_dir: {root}/output\n\
-                 defaults:\n  width: 64\n  height: 64\n  steps: 4\n  candidates: 2\n\
-                 default_model: tiny-sd\nmodels:\n  tiny-sd:\n    path: {sd}\nrerank:\n  model: {clip}\nserve:\n  listen: 127.0.0.1:{port}\n{extra}",
-                lib = lib.display(),
-                root = root.display(),
-                sd = common::model_dir("tiny-sd").display(),
-                clip = common::model_dir("tiny-clip").display(),
-            ),
-        )
-        .unwrap();
+        let mut c = TestConfig::daemon(&root);
+        c.defaults = Defaults::small(4, 2);
+        c.serve_listen = Some(format!("127.0.0.1:{port}"));
+        edit(&mut c);
+        let config = c.write(&root);
         for d in ["incoming", "running", "done", "failed"] {
             std::fs::create_dir_all(root.join("spool").join(d)).unwrap();
         }
@@ -227,10 +219,17 @@ fn the_daemon_serves_pages_metrics_and_webhooks_while_rendering() {
     let (ok_port, ok_got) = receiver(Some(200));
     let (bad_port, bad_got) = receiver(Some(500));
     let (hang_port, _) = receiver(None);
-    let env = Env::new(&format!(
-        "  control_token: {TOKEN}\nnotify:\n  webhooks: [\"http://127.0.0.1:{ok_port}/hook\", \"http://127.0.0.1:{bad_port}/\", \"http://127.0.0.1:{hang_port}/\"]\n  timeout_seconds: 1\n  retries: 1\n  command: {cmd}\n",
-        cmd = "notify.sh"
-    ));
+    let env = Env::new(|c| {
+        c.control_token = Some(TOKEN.into());
+        c.webhooks = vec![
+            format!("http://127.0.0.1:{ok_port}/hook"),
+            format!("http://127.0.0.1:{bad_port}/"),
+            format!("http://127.0.0.1:{hang_port}/"),
+        ];
+        c.webhook_timeout_seconds = Some(1);
+        c.webhook_retries = Some(1);
+        c.notify_command = Some("notify.sh".into());
+    });
     let log = env.root.join("command.log");
     std::fs::write(
         env.root.join("notify.sh"),
@@ -448,7 +447,7 @@ fn the_daemon_serves_pages_metrics_and_webhooks_while_rendering() {
 
 #[test]
 fn serve_alone_is_read_only_and_serves_nothing_outside_its_roots() {
-    let env = Env::new("");
+    let env = Env::new(|_| {});
     let out = env.root.join("output/job");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("manifest.json"), "{}").unwrap();

@@ -58,6 +58,14 @@ pub struct TestConfig {
     /// `models:`, by name.
     pub models: Vec<(String, PathBuf)>,
     pub rerank: Option<PathBuf>,
+    /// `serve.listen` and `serve.control_token`.
+    pub serve_listen: Option<String>,
+    pub control_token: Option<String>,
+    /// `notify:`: webhook URLs, their timeout and retries, and the command.
+    pub webhooks: Vec<String>,
+    pub webhook_timeout_seconds: Option<u64>,
+    pub webhook_retries: Option<u64>,
+    pub notify_command: Option<String>,
 }
 
 impl TestConfig {
@@ -82,6 +90,12 @@ impl TestConfig {
             default_model: Some("tiny-sd".into()),
             models: vec![("tiny-sd".into(), super::model_dir("tiny-sd"))],
             rerank: Some(super::model_dir("tiny-clip")),
+            serve_listen: None,
+            control_token: None,
+            webhooks: Vec::new(),
+            webhook_timeout_seconds: None,
+            webhook_retries: None,
+            notify_command: None,
         }
     }
 
@@ -145,7 +159,33 @@ impl TestConfig {
         if let Some(clip) = &self.rerank {
             let _ = writeln!(y, "rerank:\n  model: {}", clip.display());
         }
+        self.web(&mut y);
         y
+    }
+
+    fn web(&self, y: &mut String) {
+        if let Some(listen) = &self.serve_listen {
+            let _ = writeln!(y, "serve:\n  listen: {listen}");
+            if let Some(token) = &self.control_token {
+                let _ = writeln!(y, "  control_token: {token}");
+            }
+        }
+        if self.webhooks.is_empty() && self.notify_command.is_none() {
+            return;
+        }
+        y.push_str("notify:\n");
+        if !self.webhooks.is_empty() {
+            let urls: Vec<String> = self.webhooks.iter().map(|u| format!("{u:?}")).collect();
+            let _ = writeln!(y, "  webhooks: [{}]", urls.join(", "));
+        }
+        let timing = [
+            ("timeout_seconds", self.webhook_timeout_seconds),
+            ("retries", self.webhook_retries),
+        ];
+        section_fields(y, &timing);
+        if let Some(cmd) = &self.notify_command {
+            let _ = writeln!(y, "  command: {cmd}");
+        }
     }
 
     fn execution(&self, y: &mut String) {
