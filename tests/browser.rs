@@ -9,10 +9,11 @@
 mod cdp;
 mod common;
 
-use common::config_file::{Defaults, TestConfig};
+use common::config_file::TestConfig;
+use common::served::Served;
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -22,38 +23,12 @@ use serde_json::Value;
 
 const TOKEN: &str = "browser-token-0123456789";
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    config: PathBuf,
-    port: u16,
-}
+/// The web page's spool and config (tiny-sd, 3 candidates a prompt).
+type Env = Served;
 
 impl Env {
-    /// A spool, an output root and a config serving on a free port, changed by `edit`.
     fn new(edit: impl FnOnce(&mut TestConfig)) -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut c = TestConfig::daemon(&root);
-        c.defaults = Defaults::small(4, 3);
-        c.serve_listen = Some(format!("127.0.0.1:{port}"));
-        edit(&mut c);
-        let config = c.write(&root);
-        for d in ["incoming", "running", "done", "failed"] {
-            std::fs::create_dir_all(root.join("spool").join(d)).unwrap();
-        }
-        std::fs::create_dir_all(root.join("output")).unwrap();
-        Env {
-            _tmp: tmp,
-            root,
-            config,
-            port,
-        }
+        Served::create(3, edit)
     }
 
     /// `sdspool <args>` on this config, up and answering.

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::config_file::{Defaults, TestConfig};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -215,30 +217,19 @@ impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let lib =
-            sdspool::runtime::library::find_in_local_dir(&common::root().join(".ort")).unwrap();
-        let models: String = [
+        let mut c = TestConfig::daemon(&root);
+        c.defaults = Defaults::small(4, 2);
+        c.default_model = Some("tiny-sdxl".into());
+        c.models = [
             "tiny-sdxl",
             "tiny-sdxl-refiner",
             "tiny-sdxl-turbo",
             "tiny-lcm",
         ]
         .iter()
-        .map(|m| format!("  {m}:\n    path: {}\n", common::model_dir(m).display()))
+        .map(|m| (m.to_string(), common::model_dir(m)))
         .collect();
-        let config = root.join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "onnxruntime:\n  library: {lib}\nspool:\n  dir: {root}/spool\n  rescan_seconds: 1\n  settle_seconds: 0\n\
-                 output_dir: {root}/output\ndefaults:\n  width: 64\n  height: 64\n  steps: 4\n  candidates: 2\n\
-                 default_model: tiny-sdxl\nmodels:\n{models}rerank:\n  model: {clip}\n",
-                lib = lib.display(),
-                root = root.display(),
-                clip = common::model_dir("tiny-clip").display(),
-            ),
-        )
-        .unwrap();
+        let config = c.write(&root);
         Env {
             _tmp: tmp,
             root,

@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::config_file::{Defaults, TestConfig};
+use common::config_file::TestConfig;
+use common::served::Served;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,14 +16,6 @@ use std::time::{Duration, Instant};
 use common::{Running, wait_for};
 
 const TOKEN: &str = "test-token-0123456789";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One HTTP/1.1 request; the status and the body.
 fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -99,34 +91,12 @@ fn receiver(status: Option<u16>) -> (u16, Arc<Mutex<Vec<String>>>) {
     (port, got)
 }
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    config: PathBuf,
-    port: u16,
-}
+/// The web page's spool and config (tiny-sd, 2 candidates a prompt).
+type Env = Served;
 
 impl Env {
-    /// A spool, an output root and a config serving on a free port, changed by `edit`.
     fn new(edit: impl FnOnce(&mut TestConfig)) -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let port = free_port();
-        let mut c = TestConfig::daemon(&root);
-        c.defaults = Defaults::small(4, 2);
-        c.serve_listen = Some(format!("127.0.0.1:{port}"));
-        edit(&mut c);
-        let config = c.write(&root);
-        for d in ["incoming", "running", "done", "failed"] {
-            std::fs::create_dir_all(root.join("spool").join(d)).unwrap();
-        }
-        std::fs::create_dir_all(root.join("output")).unwrap();
-        Env {
-            _tmp: tmp,
-            root,
-            config,
-            port,
-        }
+        Served::create(2, edit)
     }
 
     fn start(&self, args: &[&str]) -> Running {

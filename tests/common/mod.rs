@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod config_file;
+pub mod served;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
