@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::parts::{self, checker};
+use super::parts;
 use super::{CondInputSpec, Family, Graph, UnetGraph, VAE_DECODER, VAE_ENCODER, sd};
 use crate::engine::model::SdModel;
 use crate::engine::model::signature::{Component, Feeding, Signature, SignatureError};
@@ -37,16 +37,7 @@ pub fn check(
     file: &Path,
     sig: &Signature,
 ) -> Result<Feeding, SignatureError> {
-    let c = checker(file, sig);
-    let family = Family::Lcm;
-    match component {
-        Component::TextEncoder | Component::TextEncoder2 => {
-            parts::text_encoder(&c, &GRAPH.text_encoder, family)
-        }
-        Component::Unet => parts::unet(&c, &GRAPH.unet, family),
-        Component::VaeDecoder => parts::vae_decoder(&c, &GRAPH.vae_decoder, family),
-        Component::VaeEncoder => parts::vae_encoder(&c, &GRAPH.vae_encoder, family),
-    }
+    parts::check_graph(&GRAPH, Family::Lcm, component, file, sig)
 }
 
 /// SD's rule: the text encoder's width is what the UNet cross-attends to.

@@ -9,7 +9,8 @@
 
 use std::path::Path;
 
-use super::{Family, TextEncoderGraph, UnetGraph, VaeDecoderGraph, VaeEncoderGraph};
+use super::{Family, Graph, TextEncoderGraph, UnetGraph, VaeDecoderGraph, VaeEncoderGraph};
+use crate::engine::model::signature::Component;
 use crate::engine::model::signature::{Elem, Feeding, Signature, SignatureError};
 use crate::runtime::signature::PortChecker;
 
@@ -170,4 +171,24 @@ pub(super) fn vae_encoder(
     }
     no_extra_inputs(c, &[g.sample], family)?;
     Ok(float_feeding(float))
+}
+
+/// Checks one part of a family whose parts need nothing beyond their graph's names (SD 1.x/2.x,
+/// LCM); how to feed it.
+pub fn check_graph(
+    graph: &Graph,
+    family: Family,
+    component: Component,
+    file: &Path,
+    sig: &Signature,
+) -> Result<Feeding, SignatureError> {
+    let c = checker(file, sig);
+    match component {
+        Component::TextEncoder | Component::TextEncoder2 => {
+            text_encoder(&c, &graph.text_encoder, family)
+        }
+        Component::Unet => unet(&c, &graph.unet, family),
+        Component::VaeDecoder => vae_decoder(&c, &graph.vae_decoder, family),
+        Component::VaeEncoder => vae_encoder(&c, &graph.vae_encoder, family),
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::parts::{self, checker};
+use super::parts;
 use super::{CondInputSpec, Family, Graph, TextEncoderGraph, UnetGraph, VAE_DECODER, VAE_ENCODER};
 use crate::engine::model::SdModel;
 use crate::engine::model::signature::{Component, Feeding, Signature, SignatureError};
@@ -46,16 +46,7 @@ pub fn check(
     file: &Path,
     sig: &Signature,
 ) -> Result<Feeding, SignatureError> {
-    let c = checker(file, sig);
-    let family = Family::Sd;
-    match component {
-        Component::TextEncoder | Component::TextEncoder2 => {
-            parts::text_encoder(&c, &GRAPH.text_encoder, family)
-        }
-        Component::Unet => parts::unet(&c, &GRAPH.unet, family),
-        Component::VaeDecoder => parts::vae_decoder(&c, &GRAPH.vae_decoder, family),
-        Component::VaeEncoder => parts::vae_encoder(&c, &GRAPH.vae_encoder, family),
-    }
+    parts::check_graph(&GRAPH, Family::Sd, component, file, sig)
 }
 
 /// The text encoder's hidden size must be what the UNet's cross-attention takes.
