@@ -390,11 +390,7 @@ impl Pipeline {
             check_finite(&latents, req, first, "final latent", LATENT_HINT)?;
 
             let started = Instant::now();
-            let decoded = self.decode(latents.view())?;
-            check_finite(&decoded, req, first, "decoded image", VAE_HINT)?;
-            for i in 0..n {
-                images.push(decode::to_rgb8(decoded.index_axis(Axis(0), i).into_dyn()));
-            }
+            let decoded = self.decode_images(latents.view(), req, first, &mut images)?;
             timings.decode += started.elapsed();
             finals.push(latents);
             decoded_all.push(decoded);
@@ -455,6 +451,25 @@ impl Pipeline {
             &mut draw_noise,
             &mut on_step,
         )
+    }
+
+    /// Final latents of candidates `first..` to images in [-1, 1], checked to be finite, and
+    /// their RGB pictures appended to `images`.
+    fn decode_images(
+        &mut self,
+        latents: ndarray::ArrayViewD<'_, f32>,
+        req: &RenderRequest,
+        first: usize,
+        images: &mut Vec<image::RgbImage>,
+    ) -> Result<ArrayD<f32>, PipelineError> {
+        let decoded = self.decode(latents)?;
+        check_finite(&decoded, req, first, "decoded image", VAE_HINT)?;
+        images.extend(
+            decoded
+                .axis_iter(Axis(0))
+                .map(|d| decode::to_rgb8(d.into_dyn())),
+        );
+        Ok(decoded)
     }
 
     /// Final latents to images in [-1, 1].

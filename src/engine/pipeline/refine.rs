@@ -8,13 +8,12 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use image::RgbImage;
-use ndarray::{ArrayD, Axis};
+use ndarray::ArrayD;
 
 use super::latents::BatchNoise;
 use super::{
-    LATENT_HINT, Pipeline, PipelineError, Progress, RenderRequest, Rendered, Timings, VAE_HINT,
-    check_finite, concat, decode, denoise,
+    LATENT_HINT, Pipeline, PipelineError, Progress, RenderRequest, Rendered, Timings, check_finite,
+    concat, denoise,
 };
 use crate::engine::model::Family;
 use crate::engine::scheduler::{self, Scheduler};
@@ -130,11 +129,7 @@ impl Pipeline {
             check_finite(&latents, req, first, "final latent", LATENT_HINT)?;
 
             let started = Instant::now();
-            let decoded = refiner.decode(latents.view())?;
-            check_finite(&decoded, req, first, "decoded image", VAE_HINT)?;
-            images.extend((0..n).map(|i| -> RgbImage {
-                decode::to_rgb8(decoded.index_axis(Axis(0), i).into_dyn())
-            }));
+            let decoded = refiner.decode_images(latents.view(), req, first, &mut images)?;
             timings.decode += started.elapsed();
             finals.push(latents);
             decoded_all.push(decoded);
