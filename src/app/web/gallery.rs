@@ -205,7 +205,7 @@ pub fn gallery(
         size: format!("{}x{}", m.width, m.height),
         complete: m.complete,
         prompts: m.prompts.len(),
-        images: m.candidates().filter(|c| c.file.is_some()).count(),
+        images: m.images_written(),
         kept,
         rejected,
         sheets: m
@@ -356,13 +356,9 @@ pub fn jobs_view(state: &AppState, query: &JobsQuery) -> JobsView {
                 href: format!("/jobs/{}", encode_path(&folder)),
                 job: m.job.clone(),
                 model: m.model.clone(),
-                first_prompt: m
-                    .prompts
-                    .first()
-                    .map(|p| p.prompt.clone())
-                    .unwrap_or_default(),
+                first_prompt: m.first_prompt(),
                 prompts: m.prompts.len(),
-                images: m.candidates().filter(|c| c.file.is_some()).count(),
+                images: m.images_written(),
                 date: day,
                 complete: m.complete,
                 folder,

@@ -63,12 +63,8 @@ impl Row {
             href: format!("{name}/{FILE}"),
             job: m.job.clone(),
             model: m.model.clone(),
-            first_prompt: m
-                .prompts
-                .first()
-                .map(|p| p.prompt.clone())
-                .unwrap_or_default(),
-            images: m.candidates().filter(|c| c.file.is_some()).count(),
+            first_prompt: m.first_prompt(),
+            images: m.images_written(),
             complete: m.complete,
         }
     }

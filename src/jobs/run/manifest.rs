@@ -207,6 +207,19 @@ impl Manifest {
         self.prompts.iter().flat_map(|p| p.candidates.iter())
     }
 
+    /// How many candidates have an image file (as the manifest records it).
+    pub fn images_written(&self) -> usize {
+        self.candidates().filter(|c| c.file.is_some()).count()
+    }
+
+    /// The first prompt's text (empty for a manifest with none), to name the job in lists.
+    pub fn first_prompt(&self) -> String {
+        self.prompts
+            .first()
+            .map(|p| p.prompt.clone())
+            .unwrap_or_default()
+    }
+
     /// The candidates whose image is in the output folder `dir` now (what a job stopped
     /// part-way keeps).
     pub fn images_on_disk<'a>(
