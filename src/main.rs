@@ -7,7 +7,6 @@ use clap::{Parser, Subcommand};
 
 use sdspool::app::config::Config;
 use sdspool::app::logging::{self, LogFormat};
-use sdspool::runtime::Runtime;
 
 /// Overnight bulk Stable Diffusion rendering with ONNX Runtime.
 #[derive(Debug, Parser)]
@@ -266,12 +265,7 @@ fn run(config: &Config, until_idle: bool) -> Outcome {
 }
 
 fn models(config: &Config) -> Outcome {
-    let runtime = Runtime::init(
-        config.onnxruntime.library.as_deref(),
-        &config.base_dir(),
-        &config.execution,
-    )
-    .map_err(Failure::usage)?;
+    let runtime = config.runtime().map_err(Failure::usage)?;
     let mut out = String::new();
     let ok = sdspool::app::commands::models::run(config, &runtime, &mut out);
     print!("{out}");

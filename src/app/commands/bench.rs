@@ -343,11 +343,7 @@ pub fn run(config: &Config, opts: &BenchOptions, started: Instant) -> anyhow::Re
     std::fs::create_dir_all(&root)?;
     let job = workload_job(&config, &root, &model, opts)?;
 
-    let runtime = Runtime::init(
-        config.onnxruntime.library.as_deref(),
-        &config.base_dir(),
-        &config.execution,
-    )?;
+    let runtime = config.runtime()?;
     let device = config.execution.device_ids[0];
     let mut worker = Worker::load(&runtime, &config, device, Some(&model))?;
     let load_s = secs(started.elapsed());

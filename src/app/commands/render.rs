@@ -8,7 +8,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::app::config::Config;
 use crate::jobs::job::Job;
 use crate::jobs::run::{Outcome, RunOptions, Worker};
-use crate::runtime::Runtime;
 use std::sync::atomic::AtomicBool;
 
 /// Arrays that replace the seeded noise of a one-prompt job (parity tests against other tools).
@@ -81,11 +80,7 @@ pub fn run(
 ) -> anyhow::Result<Outcome> {
     let job = crate::jobs::job::load(job_file, config)?;
     let (initial_latents, step_noise) = read_overrides(&job, job_file, noise)?;
-    let runtime = Runtime::init(
-        config.onnxruntime.library.as_deref(),
-        &config.base_dir(),
-        &config.execution,
-    )?;
+    let runtime = config.runtime()?;
     let device = config.execution.device_ids[0];
     let mut worker = Worker::load(&runtime, config, device, Some(&job.model))?;
     tracing::info!(

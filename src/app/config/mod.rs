@@ -348,6 +348,15 @@ impl Config {
             .collect()
     }
 
+    /// ONNX Runtime as this configuration names it (library, providers, session options).
+    pub fn runtime(&self) -> Result<crate::runtime::Runtime, crate::runtime::RuntimeError> {
+        crate::runtime::Runtime::init(
+            self.onnxruntime.library.as_deref(),
+            &self.base_dir(),
+            &self.execution,
+        )
+    }
+
     /// The model a job gets when it names none.
     pub fn default_model_name(&self) -> &str {
         match &self.default_model {

@@ -83,11 +83,7 @@ pub fn run(config: &Config, options: DaemonOptions) -> anyhow::Result<()> {
         Signals::install()?
     };
     notify::status("loading ONNX Runtime");
-    let runtime = Runtime::init(
-        config.onnxruntime.library.as_deref(),
-        &config.base_dir(),
-        &config.execution,
-    )?;
+    let runtime = config.runtime()?;
     let spool_options = SpoolOptions {
         max_job_bytes: config.limits.max_job_bytes,
         ..SpoolOptions::default()
