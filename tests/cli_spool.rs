@@ -394,3 +394,110 @@ fn status_of_a_spool_that_does_not_exist_yet_is_empty() {
         }
     );
 }
+
+/// `check` applies the daemon's own family rule (`job::folders_fit`): it reports the model's
+/// family (and the refiner's), and refuses, naming the file and the field, what that family does
+/// not take: a refiner or SDXL size conditioning on an SD 1.x model, a refiner that is not an
+/// SDXL refiner, a negative prompt on an LCM model (its UNet folds guidance in).
+#[test]
+fn check_reports_the_family_and_refuses_fields_the_family_does_not_take() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let config = TestConfig {
+        default_model: Some("tiny-sd".into()),
+        ..TestConfig::offline(&root)
+            .with_model("tiny-sdxl")
+            .with_model("tiny-sdxl-refiner")
+            .with_model("tiny-sdxl-turbo")
+            .with_model("tiny-lcm")
+    }
+    .write(&root);
+    let s = Setup {
+        _tmp: tmp,
+        spool: root.join("spool"),
+        root,
+        config,
+    };
+    let job = write_job(
+        &s.root,
+        "refined.yaml",
+        "model: tiny-sdxl\nprompts: [a cat]\nwidth: 64\nheight: 64\nrefiner: tiny-sdxl-refiner\nrefiner_start: 0.7\n",
+    );
+    let out = sdspool(&s, &["check", job.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for want in [
+        "family     sdxl (Stable Diffusion XL)",
+        "refiner    tiny-sdxl-refiner (family sdxl-refiner), takes over at 0.7 of the schedule",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
+    let out = sdspool(
+        &s,
+        &[
+            "check",
+            write_job(&s.root, "lcm.yaml", "model: tiny-lcm\nprompts: [a cat]\n")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    assert!(
+        text(&out.stdout).contains("family     lcm (latent consistency model)"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    let cases = [
+        (
+            "sd-refiner.yaml",
+            "model: tiny-sd\nprompts: [a cat]\nrefiner: tiny-sdxl-refiner\n",
+            "`refiner`",
+            "is for SDXL base models; model \"tiny-sd\" is of the sd family",
+        ),
+        (
+            "sd-size.yaml",
+            "model: tiny-sd\nprompts: [a cat]\noriginal_size: [128, 128]\n",
+            "`original_size`",
+            "is SDXL conditioning; model \"tiny-sd\" is of the sd family",
+        ),
+        (
+            "sd-crop.yaml",
+            "model: tiny-sd\nprompts: [a cat]\ncrop_top_left: [8, 8]\n",
+            "`crop_top_left`",
+            "is SDXL conditioning",
+        ),
+        (
+            "sd-target.yaml",
+            "model: tiny-sd\nprompts: [a cat]\ntarget_size: [64, 64]\n",
+            "`target_size`",
+            "is SDXL conditioning",
+        ),
+        (
+            "not-a-refiner.yaml",
+            "model: tiny-sdxl\nprompts: [a cat]\nwidth: 64\nheight: 64\nrefiner: tiny-sdxl-turbo\n",
+            "`refiner`",
+            "names model \"tiny-sdxl-turbo\" of the sdxl family; a refiner must be of the sdxl-refiner family",
+        ),
+        (
+            "lcm-negative.yaml",
+            "model: tiny-lcm\nprompts:\n  - a cat\n  - prompt: a dog\n    negative: blurry\n",
+            "`negative`",
+            "is set (prompt 2); model \"tiny-lcm\" is of the lcm family",
+        ),
+    ];
+    for (name, body, field, message) in cases {
+        let job = write_job(&s.root, name, body);
+        for command in ["check", "submit"] {
+            let out = sdspool(&s, &[command, job.to_str().unwrap()]);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command} {name}: {err}");
+            assert!(
+                err.contains(name) && err.contains(field) && err.contains(message),
+                "{command} {name}: {err}"
+            );
+        }
+    }
+    let incoming = s.spool.join("incoming");
+    assert!(!incoming.exists() || names(&incoming).is_empty());
+}

@@ -1,5 +1,6 @@
 //! `sdspool check JOB`: validates a job file against the configuration and explains what it will
-//! render, without loading ONNX Runtime: model (and that its folder is complete), scheduler (the
+//! render, without loading ONNX Runtime: model (and that its folder is complete), its family and
+//! the fields that family takes (the daemon's own check, [`job::folders_fit`]), scheduler (the
 //! model's own when the job names none, built for the job's steps), size, steps, prompts, images
 //! and the seeds of every prompt.
 
@@ -30,7 +31,19 @@ pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
             format!("{:?}: the model folder is not usable: {e}", job.model),
         )
     })?;
-    job::sizes_fit(&job, &folder, job_file)?;
+    let refiner = match &job.refiner {
+        Some(r) => Some(
+            ModelFolder::open(&config.models[&r.model].path).map_err(|e| {
+                err(
+                    "refiner",
+                    format!("{:?}: the model folder is not usable: {e}", r.model),
+                )
+            })?,
+        ),
+        None => None,
+    };
+    // The daemon's own check at claim (sizes, and the fields each family takes).
+    job::folders_fit(&job, &folder, refiner.as_ref(), job_file)?;
     let scheduler_config = SchedulerConfig::from_file(&folder.scheduler_config).map_err(|e| {
         err(
             "model",
@@ -94,15 +107,10 @@ pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
     let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
     let timings = Timings::read(&Timings::path(&config.spool.dir));
     let estimate = eta::estimate_job(&timings, &mut eta::StepCounter::new(config), &job);
-    let mut out = explain(
-        config,
-        job_file,
-        &job,
-        &names.join(", "),
-        &how,
-        model_dir,
-        &estimate,
-    );
+    let mut rows = vec![("model", format!("{} ({})", job.model, model_dir.display()))];
+    rows.extend(family_rows(&job, &folder, refiner.as_ref()));
+    rows.push(("scheduler", format!("{} ({how})", names.join(", "))));
+    let mut out = explain(config, job_file, &job, &rows, &estimate);
     out.push_str(&readings(&job, &folder).map_err(|m| err("model", m))?);
     Ok(out)
 }
@@ -130,6 +138,28 @@ fn readings(job: &Job, folder: &ModelFolder) -> Result<String, String> {
     Ok(out)
 }
 
+/// The model's family, and the refiner with its family and where it takes over.
+fn family_rows(
+    job: &Job,
+    folder: &ModelFolder,
+    refiner: Option<&ModelFolder>,
+) -> Vec<(&'static str, String)> {
+    let f = folder.family;
+    let mut rows = vec![("family", format!("{} ({})", f.name(), f.title()))];
+    if let (Some(r), Some(rf)) = (&job.refiner, refiner) {
+        rows.push((
+            "refiner",
+            format!(
+                "{} (family {}), takes over at {} of the schedule",
+                r.model,
+                rf.family.name(),
+                r.start
+            ),
+        ));
+    }
+    rows
+}
+
 /// The distinct values, in order of appearance.
 fn distinct<T: PartialEq>(values: impl Iterator<Item = T>) -> Vec<T> {
     let mut out = Vec::new();
@@ -141,13 +171,13 @@ fn distinct<T: PartialEq>(values: impl Iterator<Item = T>) -> Vec<T> {
     out
 }
 
+/// The explanation: `model_rows` (model, family, refiner, scheduler) after the id, then the
+/// work, the settings and the prompts.
 fn explain(
     config: &Config,
     job_file: &Path,
     job: &Job,
-    scheduler: &str,
-    how: &str,
-    model_dir: &Path,
+    model_rows: &[(&str, String)],
     estimate: &eta::Estimate,
 ) -> String {
     let mut out = String::new();
@@ -156,8 +186,9 @@ fn explain(
         let _ = writeln!(out, "  {key:<10} {value}");
     };
     line("id", job.id.clone());
-    line("model", format!("{} ({})", job.model, model_dir.display()));
-    line("scheduler", format!("{scheduler} ({how})"));
+    for (key, value) in model_rows {
+        line(key, value.clone());
+    }
     for (key, value) in work_rows(job) {
         line(key, value);
     }

@@ -249,7 +249,7 @@ pub fn sizes_fit(job: &Job, folder: &ModelFolder, job_file: &Path) -> Result<(),
 
 /// The model families a job's SDXL fields need: `refiner` only on an SDXL base model and naming
 /// an SDXL refiner (`refiner_family` the family of its folder, when it could be read), the size
-/// and aesthetic conditioning only on the SDXL families.
+/// and aesthetic conditioning only on the SDXL families, no negative prompt on an LCM model.
 pub fn families_fit(
     job: &Job,
     family: Family,
@@ -283,6 +283,25 @@ pub fn families_fit(
                 ),
             ));
         }
+    }
+    // diffusers' LatentConsistencyModelPipeline takes no negative prompt: guidance is folded
+    // into the distilled UNet (`timestep_cond`), so a negative prompt would be ignored.
+    if family == Family::Lcm
+        && let Some((i, _)) = job
+            .prompts
+            .iter()
+            .enumerate()
+            .find(|(_, p)| !p.negative.is_empty())
+    {
+        return Err(err(
+            "negative",
+            format!(
+                "is set (prompt {}); model {:?} is of the {family} family, whose UNet folds \
+                 guidance in (`timestep_cond`) and takes no negative prompt",
+                i + 1,
+                job.model
+            ),
+        ));
     }
     let sdxl = matches!(family, Family::Sdxl | Family::SdxlRefiner);
     if !sdxl && job.sdxl != SdxlConditioning::default() {
@@ -320,7 +339,19 @@ pub fn fits_model(job: &Job, config: &dyn JobSettings, job_file: &Path) -> Resul
     let Some(folder) = open(&job.model) else {
         return Ok(());
     };
-    sizes_fit(job, &folder, job_file)?;
     let refiner = job.refiner.as_ref().and_then(|r| open(&r.model));
+    folders_fit(job, &folder, refiner.as_ref(), job_file)
+}
+
+/// [`sizes_fit`] and [`families_fit`] for the job's model folder and its refiner's (when it
+/// names one and that folder was read): what the daemon checks at claim ([`fits_model`]) and
+/// `sdspool check` reports.
+pub fn folders_fit(
+    job: &Job,
+    folder: &ModelFolder,
+    refiner: Option<&ModelFolder>,
+    job_file: &Path,
+) -> Result<(), JobError> {
+    sizes_fit(job, folder, job_file)?;
     families_fit(job, folder.family, refiner.map(|f| f.family), job_file)
 }
