@@ -337,3 +337,77 @@ fn bench_runs_an_sdxl_model() {
         "{v}"
     );
 }
+
+/// SDXL's second text encoder is text encoding like the first: `sessions.text_encoder_2` has one
+/// call per prompt, both encoders' time lies inside the `text_encode` phase, and the sessions
+/// listed add up to the time any session ran (nothing of it is left to the pipeline's
+/// overhead). An SD model reports no `text_encoder_2` calls.
+#[test]
+fn bench_counts_sdxl_text_encoder_2_as_text_encoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = TestConfig::daemon(tmp.path()).with_model("tiny-sdxl");
+    let config = TestConfig {
+        output_dir: "out".into(),
+        rerank: None,
+        rescan_seconds: None,
+        settle_seconds: None,
+        ..config
+    }
+    .write(tmp.path());
+    for (model, te2_calls) in [("tiny-sdxl", 2.0), ("tiny-sd", 0.0)] {
+        let json = tmp.path().join(format!("{model}.json"));
+        bench(
+            &config,
+            &[
+                "--model",
+                model,
+                "--size",
+                "64x64",
+                "--prompts",
+                "2",
+                "--candidates",
+                "1",
+                "--steps",
+                "2",
+                "--runs",
+                "1",
+                "--warmup",
+                "0",
+                "--threads",
+                "1",
+                "--json",
+                json.to_str().unwrap(),
+                "--no-rerank",
+            ],
+        );
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let r = &v["mean"];
+        assert_eq!(f(r, "sessions.text_encoder.calls"), 2.0, "{model}\n{v}");
+        assert_eq!(
+            f(r, "sessions.text_encoder_2.calls"),
+            te2_calls,
+            "{model}: one per prompt\n{v}"
+        );
+        let text = f(r, "sessions.text_encoder.seconds") + f(r, "sessions.text_encoder_2.seconds");
+        assert!(
+            text <= f(r, "phases.text_encode") + 1e-9,
+            "{model}: text encoders {text} outside the text_encode phase\n{v}"
+        );
+        // Without the reranker the sessions run one after another: their sum is the busy time.
+        let listed: f64 = [
+            "text_encoder",
+            "text_encoder_2",
+            "unet",
+            "vae_decoder",
+            "rerank",
+        ]
+        .iter()
+        .map(|s| f(r, &format!("sessions.{s}.seconds")))
+        .sum();
+        assert!(
+            (listed - f(r, "session_s")).abs() < 1e-6,
+            "{model}: sessions listed {listed} against {} in any session\n{v}",
+            f(r, "session_s")
+        );
+    }
+}

@@ -206,6 +206,74 @@ fn a_stopped_refined_job_continues_without_rendering_finished_candidates_again()
     assert!(first(&out) != first(&reference));
 }
 
+/// The manifest records the refiner (model, `refiner_start`, the steps it ran: tiny-sdxl's
+/// Euler with leading spacing at 5 steps has timesteps 801, 601, 401, 201, 1 and at 10 steps
+/// 901, ..., 101, 1; the cut-off at 0.8 is timestep 200, so the refiner runs 1 and 2 of them),
+/// and the resume fingerprint covers it: the same job with another `refiner_start` does not
+/// continue that manifest.
+#[test]
+fn the_manifest_records_the_refiner_and_the_fingerprint_covers_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.output_dir = tmp.path().join("out");
+    c.rerank = None;
+    let body = "id: refined\nmodel: tiny-sdxl\nrefiner: tiny-sdxl-refiner\nrefiner_start: 0.8\n\
+                prompts: [a cat]\nsteps: [5, 10]\ncandidates: 1\nseed: 3\nwidth: 64\nheight: 64\n";
+    let j = load(tmp.path(), &c, body).unwrap();
+    let mut w = Worker::load(common::runtime(), &c, 0, None).unwrap();
+    let mut run = |j: &Job| {
+        w.run(
+            j,
+            &RunOptions::default(),
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap()
+    };
+    let out = run(&j);
+    assert_eq!(out.rendered, 2);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        m["refiner"],
+        serde_json::json!({"model": "tiny-sdxl-refiner", "start": 0.8, "steps": 1}),
+        "{m}"
+    );
+    assert_eq!(m["prompts"][0]["steps"], 5);
+    assert_eq!(m["prompts"][0]["refiner_steps"], 1, "{m}");
+    assert_eq!(m["prompts"][1]["steps"], 10);
+    assert_eq!(m["prompts"][1]["refiner_steps"], 2, "{m}");
+
+    // Another hand-over point is another job: a new folder, everything rendered again.
+    let later = load(
+        tmp.path(),
+        &c,
+        &body.replace("refiner_start: 0.8", "refiner_start: 0.7"),
+    )
+    .unwrap();
+    let other = run(&later);
+    assert_ne!(other.dir, out.dir);
+    assert_eq!(other.rendered, 2);
+    let r = other.manifest.refiner.as_ref().unwrap();
+    assert_eq!((r.model.as_str(), r.start), ("tiny-sdxl-refiner", 0.7));
+    // The first job again: its complete manifest, nothing rendered.
+    let again = run(&j);
+    assert_eq!((again.dir, again.rendered), (out.dir.clone(), 0));
+
+    // Without a refiner the manifest has neither field.
+    let plain = load(
+        tmp.path(),
+        &c,
+        &body.replace("refiner: tiny-sdxl-refiner\nrefiner_start: 0.8\n", ""),
+    )
+    .unwrap();
+    let p = run(&plain);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.dir.join("manifest.json")).unwrap()).unwrap();
+    assert!(m.get("refiner").is_none(), "{m}");
+    assert!(m["prompts"][0].get("refiner_steps").is_none(), "{m}");
+}
+
 /// A spool, output root and config.yaml with the SDXL-class models and the CLIP reranker.
 struct Env {
     _tmp: tempfile::TempDir,

@@ -195,9 +195,12 @@ pub struct RunReport {
     pub first_image_s: f64,
 }
 
+/// Time per session. Both of SDXL's text encoders are text encoding (the `text_encode` phase);
+/// `text_encoder_2` has no calls for a model without one.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Sessions {
     pub text_encoder: SessionTime,
+    pub text_encoder_2: SessionTime,
     pub unet: SessionTime,
     pub vae_decoder: SessionTime,
     pub rerank: SessionTime,
@@ -514,6 +517,7 @@ fn run_report(
     };
     let sessions = Sessions {
         text_encoder: get("text_encoder"),
+        text_encoder_2: get("text_encoder_2"),
         unet: get("unet"),
         vae_decoder: get("vae_decoder"),
         rerank: get("rerank"),
@@ -584,6 +588,7 @@ fn mean(runs: &[RunReport]) -> RunReport {
         denoise_overhead_s_per_call: avg(&|r| r.denoise_overhead_s_per_call),
         sessions: Sessions {
             text_encoder: session(&|r| &r.sessions.text_encoder),
+            text_encoder_2: session(&|r| &r.sessions.text_encoder_2),
             unet: session(&|r| &r.sessions.unet),
             vae_decoder: session(&|r| &r.sessions.vae_decoder),
             rerank: session(&|r| &r.sessions.rerank),
@@ -747,6 +752,7 @@ fn table_phases(m: &RunReport) -> String {
     let s = &m.sessions;
     let right = [
         ("text_encoder", &s.text_encoder),
+        ("text_encoder_2", &s.text_encoder_2),
         ("unet", &s.unet),
         ("vae_decoder", &s.vae_decoder),
         ("rerank (CLIP)", &s.rerank),

@@ -36,13 +36,21 @@ struct ResultSummary<'a> {
     execution_provider: &'a str,
     output: String,
     manifest: String,
+    /// Candidates with an image.
     images: usize,
     kept: usize,
+    /// Candidates that failed (NaN or infinity; the manifest says which and why).
+    #[serde(skip_serializing_if = "is_zero")]
+    failed: usize,
     rendered_by_this_run: usize,
     runs: u32,
     seconds: f64,
     #[serde(with = "crate::spool::fsops::rfc3339")]
     finished_at: SystemTime,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// How a run ended.
@@ -288,8 +296,9 @@ fn file_done(
             .join(crate::jobs::run::manifest::FILE)
             .display()
             .to_string(),
-        images: m.candidates().count(),
+        images: m.candidates().filter(|c| c.failure.is_none()).count(),
         kept: m.candidates().filter(|c| c.kept).count(),
+        failed: m.failed().count(),
         rendered_by_this_run: outcome.rendered,
         runs: m.runs,
         seconds: took.as_secs_f64(),
@@ -315,7 +324,7 @@ fn file_done(
         output: &outcome.dir,
     };
     crate::app::web::hooks::job_done(&ctx.shared.config(), ctx.spool, done, &finished.side_file);
-    tracing::info!(output = %outcome.dir.display(), images = summary.images, rendered = outcome.rendered, seconds = summary.seconds, path = %finished.job.display(), "job done");
+    tracing::info!(output = %outcome.dir.display(), images = summary.images, failed = summary.failed, rendered = outcome.rendered, seconds = summary.seconds, path = %finished.job.display(), "job done");
     notify::status(&format!("job {} done", job.id));
     Ok(Processed::Settled)
 }

@@ -59,6 +59,16 @@ pub struct Card {
     pub settings: String,
 }
 
+/// A candidate that failed (no image), and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedCard {
+    pub prompt_index: usize,
+    pub prompt: String,
+    pub candidate: usize,
+    pub seed: u64,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Sheet {
     pub prompt_index: usize,
@@ -91,6 +101,8 @@ pub struct GalleryView {
     pub kept: Vec<Card>,
     /// Rejected candidates of this page (shown folded).
     pub rejected: Vec<Card>,
+    /// Candidates of the job that failed, with why (they have no image).
+    pub failed: Vec<FailedCard>,
     pub sheets: Vec<Sheet>,
     pub grids: Vec<Grid>,
     pub manifest_href: String,
@@ -208,6 +220,18 @@ pub fn gallery(
         images: m.images_written(),
         kept,
         rejected,
+        failed: m
+            .failed()
+            .filter_map(|(p, c)| {
+                Some(FailedCard {
+                    prompt_index: p.index,
+                    prompt: p.prompt.clone(),
+                    candidate: c.candidate,
+                    seed: c.seed,
+                    reason: c.failure?.to_string(),
+                })
+            })
+            .collect(),
         sheets: m
             .prompts
             .iter()

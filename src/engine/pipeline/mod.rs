@@ -21,6 +21,7 @@ pub mod clip_skip;
 pub mod conditioning;
 pub mod decode;
 pub mod denoise;
+pub mod failure;
 mod latents;
 pub mod lcm;
 pub mod refine;
@@ -43,6 +44,7 @@ use crate::engine::tokenizer::TextCleaning;
 pub use crate::runtime::tensors::OrtCallError;
 pub use conditioning::{CondInput, CondPhase, Conditioning, ScheduledConditioning, is_guided};
 pub use denoise::Step;
+pub use failure::CandidateFailure;
 use latents::BatchNoise;
 pub use refine::Handoff;
 
@@ -80,16 +82,6 @@ pub enum PipelineError {
          VAE folder as `vae:` of this model in config.yaml"
     )]
     VaeNeedsUpcast { file: String },
-    #[error(
-        "candidate {candidate} (seed {seed}): the {what} has non-finite values (NaN or infinity); \
-         {hint}"
-    )]
-    NonFinite {
-        candidate: usize,
-        seed: u64,
-        what: &'static str,
-        hint: &'static str,
-    },
     #[error("cancelled after step {step} of {total}")]
     Cancelled { step: usize, total: usize },
 }
@@ -212,8 +204,11 @@ pub struct Timings {
 /// The result of one request.
 #[derive(Debug, Clone)]
 pub struct Rendered {
-    /// One image per seed, in order.
+    /// One image per seed, in order, but none for a candidate in `failed`.
     pub images: Vec<RgbImage>,
+    /// The candidates (indices into the request's seeds) that have no image, with why, in
+    /// order: a value that is not finite fails only its own candidate.
+    pub failed: Vec<(usize, CandidateFailure)>,
     /// Final latents `[candidates, c, h/8, w/8]`, before the VAE.
     pub latents: ArrayD<f32>,
     /// Decoded images `[candidates, 3, H, W]` in [-1, 1], before conversion to 8 bits.
@@ -221,7 +216,26 @@ pub struct Rendered {
     /// Words of the prompt cut off by the tokenizer's length limit.
     pub truncated_prompt: Option<String>,
     pub scheduler: SchedulerKind,
+    /// Denoising steps the SDXL refiner ran ([`Pipeline::render_refined`]); `None` without one.
+    pub refiner_steps: Option<usize>,
     pub timings: Timings,
+}
+
+impl Rendered {
+    /// Each candidate's image, or why it has none, in the request's order.
+    pub fn outcomes(self) -> Vec<Result<RgbImage, CandidateFailure>> {
+        let n = self.images.len() + self.failed.len();
+        let mut failed = self.failed.into_iter().peekable();
+        let mut images = self.images.into_iter();
+        (0..n)
+            .map(|i| match failed.next_if(|(c, _)| *c == i) {
+                Some((_, why)) => Err(why),
+                None => Ok(images
+                    .next()
+                    .expect("an image for every candidate not failed")),
+            })
+            .collect()
+    }
 }
 
 /// What a model family supplies to the shared steps of [`Pipeline::render`]: diffusers'
@@ -382,25 +396,27 @@ impl Pipeline {
         let mut finals = Vec::new();
         let mut decoded_all = Vec::new();
         let mut images = Vec::new();
+        let mut failed = Vec::new();
         for first in (0..req.seeds.len()).step_by(req.max_batch) {
             let n = req.max_batch.min(req.seeds.len() - first);
             let started = Instant::now();
             let latents = self.denoise_batch(req, kind, &conditioning, first, n, on_progress)?;
             timings.denoise += started.elapsed();
-            check_finite(&latents, req, first, "final latent", LATENT_HINT)?;
 
             let started = Instant::now();
-            let decoded = self.decode_images(latents.view(), req, first, &mut images)?;
+            let decoded = self.decode_images(latents.view(), first, &mut images, &mut failed)?;
             timings.decode += started.elapsed();
             finals.push(latents);
             decoded_all.push(decoded);
         }
         Ok(Rendered {
             images,
+            failed,
             latents: concat(finals)?,
             decoded: concat(decoded_all)?,
             truncated_prompt: conditioning.start.truncated_prompt,
             scheduler: kind,
+            refiner_steps: None,
             timings,
         })
     }
@@ -453,22 +469,24 @@ impl Pipeline {
         )
     }
 
-    /// Final latents of candidates `first..` to images in [-1, 1], checked to be finite, and
-    /// their RGB pictures appended to `images`.
+    /// Final latents of candidates `first..` to images in [-1, 1]; each candidate's latent and
+    /// image checked to be finite ([`failure::check`]): its RGB picture appended to `images`,
+    /// or it to `failed` with why.
     fn decode_images(
         &mut self,
         latents: ndarray::ArrayViewD<'_, f32>,
-        req: &RenderRequest,
         first: usize,
         images: &mut Vec<image::RgbImage>,
+        failed: &mut Vec<(usize, CandidateFailure)>,
     ) -> Result<ArrayD<f32>, PipelineError> {
-        let decoded = self.decode(latents)?;
-        check_finite(&decoded, req, first, "decoded image", VAE_HINT)?;
-        images.extend(
-            decoded
-                .axis_iter(Axis(0))
-                .map(|d| decode::to_rgb8(d.into_dyn())),
-        );
+        let decoded = self.decode(latents.view())?;
+        let pairs = latents.axis_iter(Axis(0)).zip(decoded.axis_iter(Axis(0)));
+        for (i, (latent, image)) in pairs.enumerate() {
+            match failure::check(latent, image.view()) {
+                Some(why) => failed.push((first + i, why)),
+                None => images.push(decode::to_rgb8(image)),
+            }
+        }
         Ok(decoded)
     }
 
@@ -489,32 +507,6 @@ impl Pipeline {
     }
 }
 
-const LATENT_HINT: &str = "the UNet overflowed (a float16 model at a guidance or size it cannot \
-                           take?); nothing was written for it";
-const VAE_HINT: &str = "the VAE decoder overflowed (float16 SDXL VAE? configure a float32 or \
-                        fp16-fixed `vae:` folder); nothing was written for it";
-
-/// Fails the first candidate of `batch` (candidates `first..`) with a non-finite value.
-fn check_finite(
-    batch: &ArrayD<f32>,
-    req: &RenderRequest,
-    first: usize,
-    what: &'static str,
-    hint: &'static str,
-) -> Result<(), PipelineError> {
-    for (i, one) in batch.axis_iter(Axis(0)).enumerate() {
-        if one.iter().any(|v| !v.is_finite()) {
-            return Err(PipelineError::NonFinite {
-                candidate: first + i,
-                seed: req.seeds[first + i],
-                what,
-                hint,
-            });
-        }
-    }
-    Ok(())
-}
-
 fn concat(parts: Vec<ArrayD<f32>>) -> Result<ArrayD<f32>, PipelineError> {
     let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
     ndarray::concatenate(Axis(0), &views).map_err(|source| PipelineError::Concatenate {
@@ -528,17 +520,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_non_finite_candidate_fails_naming_its_seed() {
-        let mut req = RenderRequest::new("p", vec![7, 8, 9]);
-        req.max_batch = 2;
-        let mut batch = ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 4, 2, 2]));
-        check_finite(&batch, &req, 1, "final latent", LATENT_HINT).unwrap();
-        batch[[1, 3, 1, 0]] = f32::NAN;
-        let err = check_finite(&batch, &req, 1, "final latent", LATENT_HINT).unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.starts_with("candidate 2 (seed 9): the final latent has non-finite values"),
-            "{text}"
-        );
+    fn outcomes_put_each_failure_in_its_candidates_place() {
+        let image = |v: u8| RgbImage::from_pixel(1, 1, image::Rgb([v, v, v]));
+        let why = CandidateFailure::NonFinite {
+            stage: failure::Stage::FinalLatent,
+        };
+        let rendered = Rendered {
+            images: vec![image(1), image(3)],
+            failed: vec![(0, why), (2, why), (4, why)],
+            latents: ArrayD::zeros(ndarray::IxDyn(&[5, 4, 1, 1])),
+            decoded: ArrayD::zeros(ndarray::IxDyn(&[5, 3, 8, 8])),
+            truncated_prompt: None,
+            scheduler: SchedulerKind::Ddim,
+            refiner_steps: None,
+            timings: Timings::default(),
+        };
+        let got: Vec<Result<u8, CandidateFailure>> = rendered
+            .outcomes()
+            .into_iter()
+            .map(|o| o.map(|i| i.get_pixel(0, 0).0[0]))
+            .collect();
+        assert_eq!(got, vec![Err(why), Ok(1), Err(why), Ok(3), Err(why)]);
     }
 }

@@ -11,10 +11,7 @@ use std::time::Instant;
 use ndarray::ArrayD;
 
 use super::latents::BatchNoise;
-use super::{
-    LATENT_HINT, Pipeline, PipelineError, Progress, RenderRequest, Rendered, Timings, check_finite,
-    concat, denoise,
-};
+use super::{Pipeline, PipelineError, Progress, RenderRequest, Rendered, Timings, concat, denoise};
 use crate::engine::model::Family;
 use crate::engine::scheduler::{self, Scheduler};
 
@@ -72,6 +69,8 @@ impl Pipeline {
         timings.tokenize = base_cond.start.tokenize + refiner_cond.start.tokenize;
 
         let (mut finals, mut decoded_all, mut images) = (Vec::new(), Vec::new(), Vec::new());
+        let mut failed = Vec::new();
+        let mut ran = 0;
         for first in (0..req.seeds.len()).step_by(req.max_batch) {
             let n = req.max_batch.min(req.seeds.len() - first);
             let started = Instant::now();
@@ -90,6 +89,7 @@ impl Pipeline {
             let refiner_steps = count(refiner_sched.as_ref(), |t| t < refiner_cut);
             let refiner_len = refiner_sched.timesteps().len();
             let refiner_begin = refiner_len - refiner_steps;
+            ran = refiner_steps;
 
             let downsampling = self.model.folder.vae_downsampling;
             let mut noise = BatchNoise::new(req, first, n, self.latent_shape(req, 1), downsampling);
@@ -126,20 +126,21 @@ impl Pipeline {
                 &mut on_step,
             )?;
             timings.denoise += started.elapsed();
-            check_finite(&latents, req, first, "final latent", LATENT_HINT)?;
 
             let started = Instant::now();
-            let decoded = refiner.decode_images(latents.view(), req, first, &mut images)?;
+            let decoded = refiner.decode_images(latents.view(), first, &mut images, &mut failed)?;
             timings.decode += started.elapsed();
             finals.push(latents);
             decoded_all.push(decoded);
         }
         Ok(Rendered {
             images,
+            failed,
             latents: concat(finals)?,
             decoded: concat(decoded_all)?,
             truncated_prompt: base_cond.start.truncated_prompt,
             scheduler: kind,
+            refiner_steps: Some(ran),
             timings,
         })
     }

@@ -9,6 +9,7 @@ use image::RgbImage;
 use super::JobRunError;
 use super::manifest::{CandidateEntry, GridCell, GridEntry, Manifest};
 use super::outdir::{self, REJECTED};
+use crate::engine::pipeline::CandidateFailure;
 use crate::engine::rerank::{self, Reranker};
 use crate::engine::scheduler::SchedulerKind;
 use crate::jobs::job::{Job, Rejected};
@@ -19,9 +20,11 @@ use crate::jobs::output::{self, contact_sheet, grid, png::Parameters};
 pub struct Batch {
     pub prompt: usize,
     pub scheduler: SchedulerKind,
+    /// Denoising steps the SDXL refiner ran, when the job names one.
+    pub refiner_steps: Option<usize>,
     pub truncated: Option<String>,
-    /// (candidate index, seed, image)
-    pub images: Vec<(usize, u64, RgbImage)>,
+    /// (candidate index, seed, its image or why it has none)
+    pub images: Vec<(usize, u64, Result<RgbImage, CandidateFailure>)>,
 }
 
 /// State of the finishing thread for one job.
@@ -74,12 +77,21 @@ fn inconsistent(step: &str, message: String) -> JobRunError {
 }
 
 impl Finisher<'_> {
-    /// Writes a batch's PNGs and records them in the manifest (the checkpoint).
+    /// Writes a batch's PNGs and records them in the manifest (the checkpoint), and its failed
+    /// candidates with why.
     pub fn write_batch(&mut self, batch: Batch) -> Result<(), JobRunError> {
         let started = Instant::now();
         let job = self.job;
         let prompt = &job.prompts[batch.prompt];
         for (candidate, seed, image) in &batch.images {
+            let image = match image {
+                Ok(image) => image,
+                Err(failure) => {
+                    tracing::warn!(job = %job.id, prompt = batch.prompt, candidate, seed, reason = %failure, "candidate failed: no image for it; the job's other candidates are rendered");
+                    self.record(batch.prompt, *candidate, *seed, Err(*failure));
+                    continue;
+                }
+            };
             let params = Parameters {
                 prompt: &prompt.text,
                 negative: &prompt.negative,
@@ -104,26 +116,44 @@ impl Finisher<'_> {
             self.clock.png_encode += t1 - t0;
             self.clock.png_write += t2 - t1;
             self.clock.first_image.get_or_insert(t2);
-            let entry = &mut self.manifest.prompts[batch.prompt];
-            entry.truncated = batch.truncated.clone();
-            entry.scheduler = Some(batch.scheduler);
-            entry.candidates.retain(|c| c.candidate != *candidate);
-            entry.candidates.push(CandidateEntry {
-                candidate: *candidate,
-                seed: *seed,
-                file: Some(name),
-                cosine: None,
-                clip_score: None,
-                rank: None,
-                kept: true,
-            });
-            entry.candidates.sort_by_key(|c| c.candidate);
+            self.record(batch.prompt, *candidate, *seed, Ok(name));
         }
+        let entry = &mut self.manifest.prompts[batch.prompt];
+        entry.truncated = batch.truncated.clone();
+        entry.scheduler = Some(batch.scheduler);
+        let refiner_steps = batch.refiner_steps.map(|n| n as u32);
+        self.manifest.prompts[batch.prompt].refiner_steps = refiner_steps;
         if batch.prompt == 0 {
             self.manifest.scheduler = Some(batch.scheduler);
+            if let Some(r) = &mut self.manifest.refiner {
+                r.steps = refiner_steps;
+            }
         }
         self.manifest.timings.write_ms += started.elapsed().as_millis() as u64;
         self.save("writing the manifest")
+    }
+
+    /// Records a candidate of prompt `prompt` in the manifest: its file, or why it has none.
+    fn record(
+        &mut self,
+        prompt: usize,
+        candidate: usize,
+        seed: u64,
+        file: Result<String, CandidateFailure>,
+    ) {
+        let entry = &mut self.manifest.prompts[prompt];
+        entry.candidates.retain(|c| c.candidate != candidate);
+        entry.candidates.push(CandidateEntry {
+            candidate,
+            seed,
+            kept: file.is_ok(),
+            failure: file.as_ref().err().copied(),
+            file: file.ok(),
+            cosine: None,
+            clip_score: None,
+            rank: None,
+        });
+        entry.candidates.sort_by_key(|c| c.candidate);
     }
 
     pub fn save(&self, step: &str) -> Result<(), JobRunError> {
@@ -179,13 +209,26 @@ impl Finisher<'_> {
         let mut images = Vec::new();
         for &i in &members {
             let entry = &self.manifest.prompts[i];
+            // Failed candidates have no image; a variant whose candidates all failed leaves
+            // its cell empty.
+            let mut with_image = entry.candidates.iter().filter(|c| c.failure.is_none());
             let best = entry
                 .candidates
                 .iter()
                 .find(|c| c.rank == Some(1))
-                .or_else(|| entry.candidates.iter().find(|c| c.candidate == 0))
-                .or_else(|| entry.candidates.first())
-                .ok_or_else(|| inconsistent(&step, format!("prompt {i} has no image")))?;
+                .or_else(|| {
+                    entry
+                        .candidates
+                        .iter()
+                        .find(|c| c.candidate == 0 && c.failure.is_none())
+                })
+                .or_else(|| with_image.next());
+            let Some(best) = best else {
+                if entry.candidates.is_empty() {
+                    return Err(inconsistent(&step, format!("prompt {i} has no image")));
+                }
+                continue;
+            };
             let file = best.file.clone().ok_or_else(|| {
                 inconsistent(
                     &step,
@@ -259,12 +302,24 @@ impl Finisher<'_> {
         self.save("writing the manifest")
     }
 
+    /// Scores and ranks the prompt's candidates that have an image (a failed one has none and
+    /// is neither ranked nor kept) and draws their contact sheet; a prompt whose candidates all
+    /// failed gets none.
     fn score_and_sheet(&mut self, index: usize) -> Result<(), JobRunError> {
         let job = self.job;
         let prompt_text = job.prompts[index].text.clone();
-        let images: Vec<RgbImage> = self.manifest.prompts[index]
-            .candidates
+        let rendered: Vec<usize> = (self.manifest.prompts[index].candidates.iter())
+            .enumerate()
+            .filter(|(_, c)| c.failure.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        if rendered.is_empty() {
+            return Ok(());
+        }
+        let candidates = &self.manifest.prompts[index].candidates;
+        let images: Vec<RgbImage> = rendered
             .iter()
+            .map(|&i| &candidates[i])
             .map(|c| match &c.file {
                 Some(f) => load(&self.dir, f),
                 None => Err(JobRunError::Output {
@@ -288,31 +343,37 @@ impl Finisher<'_> {
             let cosines: Vec<f32> = scores.iter().map(|s| s.cosine).collect();
             let ranks = rerank::rank(&cosines);
             let entry = &mut self.manifest.prompts[index];
-            for ((c, score), r) in entry.candidates.iter_mut().zip(&scores).zip(&ranks) {
+            for ((&i, score), r) in rendered.iter().zip(&scores).zip(&ranks) {
+                let c = &mut entry.candidates[i];
                 c.cosine = Some(score.cosine);
                 c.clip_score = Some(score.clip_score);
                 c.rank = Some(r + 1);
                 c.kept = job.keep_top.is_none_or(|k| *r < k as usize);
             }
         }
-        let sheet = self.contact_sheet(index, &images)?;
+        let sheet = self.contact_sheet(index, &rendered, &images)?;
         self.manifest.prompts[index].contact_sheet = Some(sheet);
         Ok(())
     }
 
-    fn contact_sheet(&mut self, index: usize, images: &[RgbImage]) -> Result<String, JobRunError> {
+    /// The contact sheet of the prompt's candidates at `rendered` (indices into its
+    /// candidates), whose images are `images`.
+    fn contact_sheet(
+        &mut self,
+        index: usize,
+        rendered: &[usize],
+        images: &[RgbImage],
+    ) -> Result<String, JobRunError> {
         let entry = &self.manifest.prompts[index];
-        let mut order: Vec<usize> = (0..entry.candidates.len()).collect();
-        order.sort_by_key(|&i| {
-            (
-                entry.candidates[i].rank.unwrap_or(usize::MAX),
-                entry.candidates[i].candidate,
-            )
+        let mut order: Vec<usize> = (0..rendered.len()).collect();
+        order.sort_by_key(|&k| {
+            let c = &entry.candidates[rendered[k]];
+            (c.rank.unwrap_or(usize::MAX), c.candidate)
         });
         let tiles: Vec<contact_sheet::Tile<'_>> = order
             .iter()
             .map(|&i| {
-                let c = &entry.candidates[i];
+                let c = &entry.candidates[rendered[i]];
                 let mut caption = Vec::new();
                 match (c.rank, c.clip_score) {
                     (Some(r), Some(s)) => caption.push(format!("#{r} {s:.2}")),

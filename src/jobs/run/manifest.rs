@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::noise::RngKind;
+use crate::engine::pipeline::CandidateFailure;
 use crate::engine::scheduler::SchedulerKind;
 use crate::jobs::output::folder::Folder;
 
@@ -38,8 +39,12 @@ pub struct CandidateEntry {
     pub clip_score: Option<f32>,
     /// 1 is the best of its prompt; ties go to the lower candidate index.
     pub rank: Option<usize>,
-    /// Within `keep_top` (or no keep_top).
+    /// Within `keep_top` (or no keep_top); false for a failed candidate.
     pub kept: bool,
+    /// Why the candidate has no image (its value went NaN or infinite), when it failed; the
+    /// job's other candidates are rendered and written all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<CandidateFailure>,
 }
 
 /// One prompt and its candidates.
@@ -64,6 +69,10 @@ pub struct PromptEntry {
     /// Its sweep and its value on each axis of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<crate::jobs::job::SweepCell>,
+    /// Denoising steps the SDXL refiner ran of this prompt's schedule (the rest the model ran),
+    /// once rendered, when the job names a refiner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refiner_steps: Option<u32>,
     /// Words the tokenizer cut off.
     pub truncated: Option<String>,
     pub candidates: Vec<CandidateEntry>,
@@ -95,6 +104,9 @@ pub struct Manifest {
     pub width: u32,
     pub height: u32,
     pub rng: RngKind,
+    /// The SDXL refiner that takes over from `model`, when the job names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refiner: Option<RefinerEntry>,
     pub rerank_model: Option<String>,
     pub keep_top: Option<u32>,
     pub complete: bool,
@@ -105,6 +117,19 @@ pub struct Manifest {
     /// One grid image per sweep, written once all its prompts are finished.
     #[serde(default)]
     pub grids: Vec<GridEntry>,
+}
+
+/// The SDXL refiner of a job and where it takes over (diffusers' `denoising_end` of the model
+/// and `denoising_start` of the refiner).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefinerEntry {
+    /// Its name in the configuration.
+    pub model: String,
+    /// The job's `refiner_start`: the fraction of the schedule the model runs.
+    pub start: f64,
+    /// Denoising steps the refiner ran of the first prompt's schedule (each prompt's own are its
+    /// `refiner_steps`; they differ in a sweep of steps); none until it has run.
+    pub steps: Option<u32>,
 }
 
 /// The grid image of a sweep.
@@ -205,6 +230,16 @@ impl Manifest {
     /// Every candidate entry.
     pub fn candidates(&self) -> impl Iterator<Item = &CandidateEntry> {
         self.prompts.iter().flat_map(|p| p.candidates.iter())
+    }
+
+    /// The candidates that failed, with their prompt.
+    pub fn failed(&self) -> impl Iterator<Item = (&PromptEntry, &CandidateEntry)> {
+        self.prompts.iter().flat_map(|p| {
+            p.candidates
+                .iter()
+                .filter(|c| c.failure.is_some())
+                .map(move |c| (p, c))
+        })
     }
 
     /// How many candidates have an image file (as the manifest records it).

@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::engine::model::SdModel;
-use crate::engine::pipeline::{Pipeline, PipelineError};
+use crate::engine::pipeline::{CandidateFailure, Pipeline, PipelineError};
 use crate::engine::rerank::Reranker;
 use crate::jobs::job::Job;
 use crate::jobs::settings::JobSettings;
@@ -64,6 +64,20 @@ pub enum JobRunError {
     },
     #[error("stopped before the job finished; it continues from its manifest on the next start")]
     Stopped,
+    /// Every candidate of the job failed: it has no image to show. Its manifest (complete)
+    /// records each one and why; a job with at least one image is done.
+    #[error(
+        "every candidate failed ({count} of them), so there is no image; the first: prompt \
+         {prompt}, candidate {candidate} (seed {seed}): {failure}; the manifest in {dir} lists them"
+    )]
+    AllCandidatesFailed {
+        count: usize,
+        prompt: usize,
+        candidate: usize,
+        seed: u64,
+        failure: CandidateFailure,
+        dir: String,
+    },
 }
 
 impl JobRunError {
@@ -75,6 +89,7 @@ impl JobRunError {
             JobRunError::Rerank { prompt, .. } => format!("reranking prompt {prompt}"),
             JobRunError::Output { step, .. } | JobRunError::Storage { step, .. } => step.clone(),
             JobRunError::Stopped => "stopping".into(),
+            JobRunError::AllCandidatesFailed { .. } => "rendering".into(),
         }
     }
 
@@ -266,13 +281,16 @@ impl Worker {
             .map(|p| requested.unwrap_or(p.default_scheduler))
     }
 
-    /// Runs and wall time so far of each session of `model` (`text_encoder`, `unet`,
-    /// `vae_decoder`) and of the rerank model's sessions together (`rerank`), for
-    /// `sdspool bench`.
+    /// Runs and wall time so far of each session of `model` (`text_encoder`, SDXL's
+    /// `text_encoder_2` when it has one, `unet`, `vae_decoder`) and of the rerank model's
+    /// sessions together (`rerank`), for `sdspool bench`.
     pub fn session_clocks(&self, model: &str) -> Vec<(&'static str, SessionClock)> {
         let mut out = Vec::new();
         if let Some(p) = self.pipelines.get(model) {
             out.push(("text_encoder", p.model.text_encoder.loaded.clock));
+            if let Some(t) = &p.model.text_encoder_2 {
+                out.push(("text_encoder_2", t.loaded.clock));
+            }
             out.push(("unet", p.model.unet.loaded.clock));
             out.push(("vae_decoder", p.model.vae_decoder.loaded.clock));
         }
@@ -313,7 +331,7 @@ impl Worker {
             resume::checkpoint(job, &dir, &fingerprint, &provider, rerank_model);
         if manifest.complete {
             tracing::info!(job = %job.id, dir = %dir.path().display(), "job already complete; nothing to render");
-            return Ok(Outcome {
+            return with_an_image(Outcome {
                 dir: dir.path().to_path_buf(),
                 manifest,
                 rendered: 0,
@@ -360,7 +378,7 @@ impl Worker {
             &mut totals,
             last_dir,
         )?;
-        run.complete(&mut finisher, totals, started)
+        with_an_image(run.complete(&mut finisher, totals, started)?)
     }
 
     fn reranker_name(&self) -> Option<String> {
@@ -368,6 +386,26 @@ impl Worker {
             .as_ref()
             .map(|r| r.folder().root.display().to_string())
     }
+}
+
+/// A complete job is done when it has at least one image; one whose candidates all failed is
+/// [`JobRunError::AllCandidatesFailed`] (users find nothing to look at in its folder, so it
+/// belongs in failed/, with why).
+fn with_an_image(outcome: Outcome) -> Result<Outcome, JobRunError> {
+    let m = &outcome.manifest;
+    let count = m.failed().count();
+    if count == 0 || count < m.candidates().count() {
+        return Ok(outcome);
+    }
+    let (prompt, first) = m.failed().next().expect("count > 0");
+    Err(JobRunError::AllCandidatesFailed {
+        count,
+        prompt: prompt.index,
+        candidate: first.candidate,
+        seed: first.seed,
+        failure: first.failure.expect("a failed candidate"),
+        dir: outcome.dir.display().to_string(),
+    })
 }
 
 /// The loaded pipelines of `job`'s model and of its refiner, if it names one.

@@ -175,16 +175,19 @@ fn render(
                 Err(source) => return Err(JobRunError::Pipeline { prompt: pi, source }),
             };
             totals.add_render(&out);
-            totals.rendered += work.todo.len();
+            totals.rendered += out.images.len();
             images_done += work.todo.len();
+            let (scheduler, refiner_steps) = (out.scheduler, out.refiner_steps);
+            let truncated = out.truncated_prompt.clone();
             let batch = Batch {
                 prompt: pi,
-                scheduler: out.scheduler,
-                truncated: out.truncated_prompt,
+                scheduler,
+                refiner_steps,
+                truncated,
                 images: work
                     .todo
                     .iter()
-                    .zip(out.images)
+                    .zip(out.outcomes())
                     .map(|((c, s), img)| (*c, *s, img))
                     .collect(),
             };

@@ -91,12 +91,14 @@ fn remaining(job: &Job, manifest: &Manifest, dir: &Folder, pi: usize) -> Vec<(us
     }
     // Once the prompt's scores and ranks are checkpointed (its contact sheet is recorded), a
     // candidate outside keep_top is done: a kill while keep_top moved or deleted it may have
-    // left its file gone before the manifest said so, and finish_prompt tolerates that.
+    // left its file gone before the manifest said so, and finish_prompt tolerates that. A
+    // failed candidate is done: rendering it again would fail the same way.
     let scored = entry.contact_sheet.is_some();
     let done = |ci: usize| {
         entry.candidates.iter().any(|c| {
             c.candidate == ci
-                && ((scored && !c.kept)
+                && (c.failure.is_some()
+                    || (scored && !c.kept)
                     || c.file
                         .as_ref()
                         .is_some_and(|f| matches!(dir.entry_at(f), Ok(Entry::File { .. }))))

@@ -4,7 +4,7 @@
 //! while the job ran) is rendered again.
 
 use super::fingerprint::Fingerprint;
-use super::manifest::{CandidateEntry, Manifest, PhaseTimings, PromptEntry};
+use super::manifest::{CandidateEntry, Manifest, PhaseTimings, PromptEntry, RefinerEntry};
 use crate::jobs::job::Job;
 use crate::jobs::output::folder::{Entry, Folder};
 
@@ -18,6 +18,10 @@ pub fn checkpoint(
 ) -> (Manifest, bool) {
     match Manifest::read_in(dir) {
         Some(mut m) if fingerprint.matches(&m) => {
+            // Written before manifests recorded the refiner (the fingerprint covers it).
+            if m.refiner.is_none() {
+                m.refiner = refiner_entry(job);
+            }
             if m.fingerprint != fingerprint.value() {
                 tracing::info!(job = %job.id, "continuing a manifest of an earlier release; its fingerprint is recorded in the current version");
                 fingerprint.stamp(&mut m);
@@ -29,6 +33,15 @@ pub fn checkpoint(
             false,
         ),
     }
+}
+
+/// The job's refiner as the manifest records it, before it has run.
+fn refiner_entry(job: &Job) -> Option<RefinerEntry> {
+    job.refiner.as_ref().map(|r| RefinerEntry {
+        model: r.model.clone(),
+        start: r.start,
+        steps: None,
+    })
 }
 
 fn new_manifest(
@@ -49,6 +62,7 @@ fn new_manifest(
         width: job.width,
         height: job.height,
         rng: job.rng,
+        refiner: refiner_entry(job),
         rerank_model,
         keep_top: job.keep_top,
         complete: false,
@@ -69,6 +83,7 @@ fn new_manifest(
                 width: p.width,
                 height: p.height,
                 sweep: p.sweep.clone(),
+                refiner_steps: None,
                 truncated: None,
                 candidates: Vec::new(),
                 finished: false,
@@ -109,6 +124,7 @@ pub fn adopt_unrecorded_images(job: &Job, dir: &Folder, manifest: &mut Manifest)
                     clip_score: None,
                     rank: None,
                     kept: true,
+                    failure: None,
                 });
                 adopted += 1;
             }
@@ -146,13 +162,14 @@ pub fn forget_missing(manifest: &mut Manifest, missing: &[String]) {
             continue;
         }
         // Candidates deleted by keep_top are rendered again too: scoring needs every image.
+        // Failed ones stay failed (rendering is deterministic).
         p.candidates
-            .retain(|c| c.file.is_some() && !is_missing(&c.file));
+            .retain(|c| (c.file.is_some() || c.failure.is_some()) && !is_missing(&c.file));
         for c in &mut p.candidates {
             c.cosine = None;
             c.clip_score = None;
             c.rank = None;
-            c.kept = true;
+            c.kept = c.failure.is_none();
         }
         p.contact_sheet = None;
         p.finished = false;
