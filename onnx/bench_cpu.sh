@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Side-by-side CPU benchmark: `sdspool bench --no-rerank` against optimum's
-# ORTStableDiffusionPipeline (onnx/bench_reference.py) on the same model folders, workloads and
-# thread count, one case after the other; then onnx/bench_summary.py writes summary.json and
+# ORTStableDiffusionPipeline, or ORTStableDiffusionXLPipeline for the SDXL cases
+# (onnx/bench_reference.py), on the same model folders, workloads and thread count, one case after
+# the other; then onnx/bench_summary.py writes summary.json and
 # summary.md (the ratio of wall time per image, reference / sdspool) into the output folder.
 #
 #   onnx/bench_cpu.sh                      # every case, into local/bench/cpu-<UTC time>/
 #   CASES="tiny-sd-64" onnx/bench_cpu.sh   # a subset
+#   CASES="tiny-sdxl-64 tiny-sdxl-256" onnx/bench_cpu.sh   # SDXL (the committed tiny-sdxl)
 #   THREADS=2 OUT=local/bench/x onnx/bench_cpu.sh
 #   BENCH_PYTHON=/path/to/venv/bin/python onnx/bench_cpu.sh   # another Python (default onnx/.venv)
 #
@@ -20,7 +22,7 @@ SDSPOOL=${SDSPOOL:-./target/release/sdspool}
 CONFIG=${CONFIG:-config.yaml}
 THREADS=${THREADS:-$(nproc)}
 OUT=${OUT:-local/bench/cpu-$(date -u +%Y%m%dT%H%M%SZ)}
-CASES=${CASES:-"tiny-sd-64 tiny-sd-256 mid-sd-256"}
+CASES=${CASES:-"tiny-sd-64 tiny-sd-256 mid-sd-256 tiny-sdxl-256"}
 
 # name: model folder, size, prompts, candidates, steps, measured runs, warm-up runs
 case_args() {
@@ -28,7 +30,9 @@ case_args() {
     tiny-sd-64)  echo "onnx/models/tiny-sd 64x64 4 2 20 5 1" ;;
     tiny-sd-256) echo "onnx/models/tiny-sd 256x256 4 2 20 3 1" ;;
     mid-sd-256)  echo "local/models/mid-sd 256x256 2 2 20 2 1" ;;
-    *) echo "unknown case $1 (tiny-sd-64, tiny-sd-256, mid-sd-256)" >&2; return 1 ;;
+    tiny-sdxl-64)  echo "onnx/models/tiny-sdxl 64x64 4 2 20 5 1" ;;
+    tiny-sdxl-256) echo "onnx/models/tiny-sdxl 256x256 4 2 20 3 1" ;;
+    *) echo "unknown case $1 (tiny-sd-64, tiny-sd-256, mid-sd-256, tiny-sdxl-64, tiny-sdxl-256)" >&2; return 1 ;;
   esac
 }
 
@@ -48,7 +52,7 @@ for name in $CASES; do
   echo "== $name: sdspool bench"
   SDSPOOL_LOG=${SDSPOOL_LOG:-warn} "$SDSPOOL" --config "$CONFIG" bench --model "$model" "${common[@]}" \
       --no-rerank --json "$OUT/$name.sdspool.json" | tee "$OUT/$name.sdspool.txt"
-  echo "== $name: reference (optimum ORTStableDiffusionPipeline)"
+  echo "== $name: reference (optimum's pipeline for the folder's model_index.json)"
   "$PY" onnx/bench_reference.py --model "$model" "${common[@]}" --prompts-from "$OUT/$name.sdspool.json" \
       --json "$OUT/$name.reference.json" \
       2> >(grep -v -e "safety checker" -e "Multiple distributions" >&2)

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """The Python reference for `sdspool bench` on the CPU: optimum's ORTStableDiffusionPipeline
-(diffusers' StableDiffusionPipeline.__call__ over ONNX Runtime sessions) on the same model
-folder with the same workload, timed the same way.
+(diffusers' StableDiffusionPipeline.__call__ over ONNX Runtime sessions), or for an SDXL folder
+(model_index.json's `_class_name` StableDiffusionXLPipeline) its ORTStableDiffusionXLPipeline
+(diffusers' StableDiffusionXLPipeline: both text encoders, no negative prompt means zero negative
+embeddings, as sdspool does), on the same model folder with the same workload, timed the same
+way.
 
 Workload, as `sdspool bench` defines it: `--prompts` prompts (the texts read from the
 `sdspool bench --json` file given with `--prompts-from`, so both render the same), `--candidates` images per prompt (num_images_per_prompt; initial
@@ -17,7 +20,8 @@ counterpart here: compare with `sdspool bench --no-rerank`, whose wall time stil
 encoding and writing).
 
 Reports per run: wall time, seconds per image, UNet calls and their session time (each
-session's `run` is wrapped with a timer), as JSON (`--json`) and a line on stdout.
+session's `run` is wrapped with a timer: text_encoder, text_encoder_2 when the model has it,
+unet, vae_decoder), as JSON (`--json`) and a line on stdout.
 
     onnx/.venv/bin/python onnx/bench_reference.py --model onnx/models/tiny-sd --size 64x64 \\
         --prompts 4 --prompts-from sdspool.json --candidates 2 --steps 20 --threads 2 --runs 3 \\
@@ -135,25 +139,28 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     import onnxruntime as ort
     import torch
-    from optimum.onnxruntime import ORTStableDiffusionPipeline
+    from optimum.onnxruntime import ORTStableDiffusionPipeline, ORTStableDiffusionXLPipeline
 
+    index = json.loads((args.model / "model_index.json").read_text())
+    sdxl = index.get("_class_name") == "StableDiffusionXLPipeline"
+    pipeline_class = ORTStableDiffusionXLPipeline if sdxl else ORTStableDiffusionPipeline
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if args.threads > 0:
         so.intra_op_num_threads = args.threads
-    pipe = ORTStableDiffusionPipeline.from_pretrained(
-        str(args.model), provider="CPUExecutionProvider", session_options=so
-    )
+    pipe = pipeline_class.from_pretrained(str(args.model), provider="CPUExecutionProvider", session_options=so)
     pipe.set_progress_bar_config(disable=True)
     sched = scheduler_class(args.scheduler)
     if sched is not None:
         cls, extra = sched
         pipe.scheduler = cls.from_config(dict(pipe.scheduler.config), **extra)
     timed = {}
-    for name in ("text_encoder", "unet", "vae_decoder"):
-        part = getattr(pipe, name)
+    for name in ("text_encoder", "text_encoder_2", "unet", "vae_decoder"):
+        part = getattr(pipe, name, None)
+        if part is None:
+            continue
         part.session = TimedSession(part.session)
         timed[name] = part.session
     load_s = time.perf_counter() - t_start
@@ -213,7 +220,7 @@ def main(argv=None) -> int:
 
     total = mean("total_s")
     report = {
-        "impl": "optimum-ORTStableDiffusionPipeline",
+        "impl": f"optimum-{pipeline_class.__name__}",
         "onnxruntime_version": ort.__version__,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),

@@ -54,6 +54,7 @@ def main(argv=None) -> int:
             {
                 "case": name,
                 "model": Path(sw["model_path"]).name,
+                "reference_impl": r.get("impl", ""),
                 "size": f"{sw['width']}x{sw['height']}",
                 "images": sw["images"],
                 "unet_batch": sw["unet_batch"],

@@ -118,11 +118,11 @@ impl Finisher<'_> {
             self.clock.first_image.get_or_insert(t2);
             self.record(batch.prompt, *candidate, *seed, Ok(name));
         }
+        let refiner_steps = batch.refiner_steps.map(|n| n as u32);
         let entry = &mut self.manifest.prompts[batch.prompt];
         entry.truncated = batch.truncated.clone();
         entry.scheduler = Some(batch.scheduler);
-        let refiner_steps = batch.refiner_steps.map(|n| n as u32);
-        self.manifest.prompts[batch.prompt].refiner_steps = refiner_steps;
+        entry.refiner_steps = refiner_steps;
         if batch.prompt == 0 {
             self.manifest.scheduler = Some(batch.scheduler);
             if let Some(r) = &mut self.manifest.refiner {
