@@ -813,3 +813,33 @@ fn sdxl_plain_and_a1111_agree_on_plain_prompts() {
         }
     }
 }
+
+#[test]
+fn check_shows_how_sdxl_reads_prompts_and_clip_skip() {
+    let (_tmp, p) = job_file(
+        "model: tiny-sdxl\nprompts: [\"a (red:1.5) circle BREAK blue\"]\nclip_skip: 3\nwidth: 64\nheight: 64\n",
+    );
+    let out = check::run(&common::fixture_config(), &p).unwrap();
+    let read = out.lines().find(|l| l.trim_start().starts_with("read 1"));
+    assert!(
+        read.is_some_and(|l| l.contains("2 windows") && l.contains("\"red\" x1.5")),
+        "{out}"
+    );
+    assert!(
+        out.contains("text_encoder and text_encoder_2 each read these windows"),
+        "{out}"
+    );
+    assert!(
+        out.contains("clip_skip  3 (CLIP ViT-L's hidden_states[-3]"),
+        "{out}"
+    );
+    let (_tmp, p) = job_file(
+        "model: tiny-sdxl-refiner\nprompts: [\"a (red:1.5) circle\"]\nclip_skip: 2\nwidth: 64\nheight: 64\n",
+    );
+    let out = check::run(&common::fixture_config(), &p).unwrap();
+    assert!(
+        out.contains("refiner's only encoder) reads these windows")
+            && out.contains("clip_skip  2 (no effect"),
+        "{out}"
+    );
+}

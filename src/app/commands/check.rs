@@ -8,6 +8,7 @@ use std::path::Path;
 
 use crate::app::commands::reading;
 use crate::app::config::Config;
+use crate::engine::model::Family;
 use crate::engine::model::layout::ModelFolder;
 use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
@@ -100,7 +101,7 @@ pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
         &job,
         &names.join(", "),
         &how,
-        model_dir,
+        &folder,
         &estimate,
     );
     out.push_str(&readings(&job, &folder).map_err(|m| err("model", m))?);
@@ -127,7 +128,44 @@ fn readings(job: &Job, folder: &ModelFolder) -> Result<String, String> {
             let _ = writeln!(out, "  negative   {line}");
         }
     }
+    if let Some(encoders) = sdxl_encoders(folder.family) {
+        let _ = writeln!(out, "  encoders   {encoders}");
+    }
     Ok(out)
+}
+
+/// How an SDXL family's text encoders take the windows `check` shows.
+fn sdxl_encoders(family: Family) -> Option<&'static str> {
+    match family {
+        Family::Sdxl => Some(
+            "text_encoder and text_encoder_2 each read these windows (padded as its own \
+             tokenizer pads), weighted and rescaled on its own; text_embeds from each text's \
+             first window",
+        ),
+        Family::SdxlRefiner => Some(
+            "text_encoder_2 (the refiner's only encoder) reads these windows; text_embeds from \
+             each text's first window",
+        ),
+        Family::Sd | Family::Lcm => None,
+    }
+}
+
+/// What `clip_skip` (above 1) does to `family`'s conditioning.
+fn clip_skip_text(clip_skip: u32, family: Family) -> String {
+    match family {
+        Family::Sdxl if clip_skip == 2 => {
+            "2 (CLIP ViT-L's penultimate state, SDXL's own: no change)".to_string()
+        }
+        Family::Sdxl => format!(
+            "{clip_skip} (CLIP ViT-L's hidden_states[-{clip_skip}], as AUTOMATIC1111's \"Clip skip \
+             SDXL\"; OpenCLIP bigG keeps its penultimate state)"
+        ),
+        Family::SdxlRefiner => format!(
+            "{clip_skip} (no effect: the refiner's only encoder, OpenCLIP bigG, keeps its \
+             penultimate state)"
+        ),
+        Family::Sd | Family::Lcm => clip_skip.to_string(),
+    }
 }
 
 /// The distinct values, in order of appearance.
@@ -147,7 +185,7 @@ fn explain(
     job: &Job,
     scheduler: &str,
     how: &str,
-    model_dir: &Path,
+    folder: &ModelFolder,
     estimate: &eta::Estimate,
 ) -> String {
     let mut out = String::new();
@@ -156,7 +194,10 @@ fn explain(
         let _ = writeln!(out, "  {key:<10} {value}");
     };
     line("id", job.id.clone());
-    line("model", format!("{} ({})", job.model, model_dir.display()));
+    line(
+        "model",
+        format!("{} ({})", job.model, folder.root.display()),
+    );
     line("scheduler", format!("{scheduler} ({how})"));
     for (key, value) in work_rows(job) {
         line(key, value);
@@ -168,7 +209,7 @@ fn explain(
         format!("{}, text cleaning {}", job.prompt_syntax, job.text_cleaning),
     );
     if job.clip_skip > 1 {
-        line("clip_skip", job.clip_skip.to_string());
+        line("clip_skip", clip_skip_text(job.clip_skip, folder.family));
     }
     let seeds = &job.seed_options;
     if let Some((s, strength)) = seeds.subseed {
