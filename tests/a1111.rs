@@ -5,7 +5,8 @@
 //! and the negative prompt's hidden states (emphasis weights with the rescale to the original
 //! mean, windows of long prompts, BREAK, padding with the empty prompt's window, prompt editing
 //! and alternation changing the conditioning at the right UNet calls), and the pixels optimum's
-//! pipeline renders from the same conditioning.
+//! pipeline renders from the same conditioning; the same for SDXL's two text encoders against
+//! tests/golden/prompt/sdxl/ (`onnx/golden_sdxl_prompts.py`, on tiny-sdxl and its refiner).
 
 mod common;
 
@@ -594,5 +595,251 @@ fn text_cleaning_is_a_job_field_and_changes_what_is_rendered() {
     assert_eq!(
         clip,
         render(&mut pipe, "Tom & Jerry's fight", TextCleaning::Basic)
+    );
+}
+
+/// tests/golden/prompt/sdxl/ (`onnx/golden_sdxl_prompts.py`): AUTOMATIC1111's reading of SDXL
+/// prompts through both text encoders, computed with transformers' CLIP models.
+#[derive(Deserialize)]
+struct XlIndex {
+    cases: Vec<XlCase>,
+}
+
+#[derive(Deserialize)]
+struct XlCase {
+    name: String,
+    model: String,
+    prompt: String,
+    negative: String,
+    steps: usize,
+    clip_skip: usize,
+    phases: Vec<XlPhase>,
+    pixels: Option<String>,
+    seed: Option<u64>,
+    size: Option<u32>,
+    guidance: Option<f32>,
+}
+
+#[derive(Deserialize)]
+struct XlPhase {
+    from_step: usize,
+    files: XlFiles,
+}
+
+#[derive(Deserialize)]
+struct XlFiles {
+    cond: String,
+    uncond: String,
+    pooled: String,
+    negative_pooled: String,
+}
+
+fn xl_dir() -> std::path::PathBuf {
+    common::root().join("tests/golden/prompt/sdxl")
+}
+
+fn xl_index() -> XlIndex {
+    serde_json::from_str(&std::fs::read_to_string(xl_dir().join("index.json")).unwrap()).unwrap()
+}
+
+fn xl_npy<T: ndarray_npy::ReadableElement>(name: &str) -> ArrayD<T> {
+    ndarray_npy::read_npy(xl_dir().join(name)).unwrap()
+}
+
+/// The request of a golden SDXL case: AUTOMATIC1111's syntax, the goldens' tokenizer (transformers'
+/// without ftfy), SDXL's usual guidance.
+fn xl_request(case: &XlCase) -> RenderRequest {
+    let mut req = RenderRequest::new(case.prompt.clone(), vec![case.seed.unwrap_or(1)]);
+    req.negative_prompt = case.negative.clone();
+    req.steps = case.steps;
+    req.clip_skip = case.clip_skip;
+    req.guidance_scale = case.guidance.unwrap_or(5.0);
+    req.prompt_syntax = PromptSyntax::A1111;
+    req.text_cleaning = TextCleaning::Basic;
+    if let Some(size) = case.size {
+        req.width = size;
+        req.height = size;
+    }
+    req
+}
+
+/// The conditioning sdspool computes for each golden case matches the reference, phase by phase:
+/// `encoder_hidden_states` (both halves) and `text_embeds` (both halves).
+///
+/// Tolerance 1e-5 (absolute, on values up to about 3; measured 1.1e-6): the reference runs
+/// transformers' CLIP in torch and sdspool the ONNX export in ONNX Runtime, whose float32
+/// results differ by up to 8.3e-7 (the golden script's check); the rescale to the original mean
+/// divides by a mean about ten times smaller than the values (0.05 against 0.4 on these random
+/// encoders), which can grow that difference up to tenfold. A wrong window, weight, layer, pad id
+/// or pooled window is off by 1e-2 or more (1.7 for CLIP skip ignored, 2.1 for the pooled
+/// embedding of the wrong window).
+#[test]
+fn sdxl_conditioning_matches_automatic1111() {
+    use sdspool::engine::pipeline::family_pipeline;
+    let mut models: std::collections::HashMap<String, SdModel> = Default::default();
+    let mut report = Vec::new();
+    let mut worst_all = 0f32;
+    for case in xl_index().cases {
+        let model = models.entry(case.model.clone()).or_insert_with(|| {
+            SdModel::load(
+                common::runtime(),
+                &case.model,
+                &common::model_dir(&case.model),
+                0,
+            )
+            .unwrap()
+        });
+        let mut family = family_pipeline(model).unwrap();
+        let got = family.encode_prompt(model, &xl_request(&case)).unwrap();
+        let phases: Vec<(usize, &[sdspool::engine::pipeline::CondInput])> =
+            std::iter::once((0, got.start.inputs.as_slice()))
+                .chain(got.later.iter().map(|p| (p.from_step, p.inputs.as_slice())))
+                .collect();
+        let steps: Vec<usize> = phases.iter().map(|p| p.0).collect();
+        let want: Vec<usize> = case.phases.iter().map(|p| p.from_step).collect();
+        assert_eq!(steps, want, "{}: phases", case.name);
+        let mut worst = 0f32;
+        for ((step, inputs), golden) in phases.iter().zip(&case.phases) {
+            let input = |name: &str| inputs.iter().find(|i| i.name == name).unwrap();
+            let f = &golden.files;
+            for (name, cond, uncond) in [
+                ("encoder_hidden_states", &f.cond, &f.uncond),
+                ("text_embeds", &f.pooled, &f.negative_pooled),
+            ] {
+                let i = input(name);
+                for (what, got, file) in [
+                    ("cond", &i.cond, cond),
+                    ("uncond", i.uncond.as_ref().unwrap(), uncond),
+                ] {
+                    let want: ArrayD<f32> = xl_npy(file);
+                    assert_eq!(
+                        got.shape(),
+                        want.shape(),
+                        "{} step {step}: {name} {what}",
+                        case.name
+                    );
+                    let d = max_diff(got, &want);
+                    assert!(
+                        d < 1e-5,
+                        "{} step {step}: {name} {what} differs by {d}",
+                        case.name
+                    );
+                    worst = worst.max(d);
+                }
+            }
+        }
+        worst_all = worst_all.max(worst);
+        report.push(format!(
+            "{}: {} phases, max diff {worst:.2e}",
+            case.name,
+            phases.len()
+        ));
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(report.len() >= 10, "{} cases", report.len());
+    eprintln!("worst {worst_all:.2e}");
+}
+
+/// Emphasis and a long prompt through the whole SDXL pipeline give optimum's pixels for the
+/// reference conditioning (`prompt_embeds`, `pooled_prompt_embeds`, `negative_*`).
+#[test]
+fn sdxl_pixels_match_optimum_fed_the_automatic1111_conditioning() {
+    let case = xl_index()
+        .cases
+        .into_iter()
+        .find(|c| c.pixels.is_some())
+        .unwrap();
+    assert!(case.prompt.contains(":1.3)") && case.phases.len() == 1);
+    let want: ArrayD<u8> = xl_npy(case.pixels.as_ref().unwrap());
+    let model_dir = common::model_dir(&case.model);
+    let model = SdModel::load(common::runtime(), &case.model, &model_dir, 0).unwrap();
+    let mut pipe = Pipeline::new(model).unwrap();
+    let out = pipe
+        .render(&xl_request(&case), &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    let mut worst = 0u8;
+    for (x, y, p) in out.images[0].enumerate_pixels() {
+        for c in 0..3 {
+            worst = worst.max(p.0[c].abs_diff(want[[0, y as usize, x as usize, c]]));
+        }
+    }
+    assert!(worst <= 1, "{}: pixels differ by {worst}/255", case.name);
+}
+
+/// SDXL: a prompt without syntax gives diffusers' conditioning either way (within ONNX Runtime's
+/// batch-to-batch rounding), brackets are text with `plain`; CLIP skip does not change the
+/// refiner, whose only encoder is OpenCLIP bigG.
+#[test]
+fn sdxl_plain_and_a1111_agree_on_plain_prompts() {
+    use sdspool::engine::pipeline::{ScheduledConditioning, family_pipeline};
+    let hidden = |c: &ScheduledConditioning| c.inputs_at(0)[0].cond.clone();
+    for name in ["tiny-sdxl", "tiny-sdxl-refiner"] {
+        let mut model =
+            SdModel::load(common::runtime(), name, &common::model_dir(name), 0).unwrap();
+        let mut family = family_pipeline(&model).unwrap();
+        let mut encode = |prompt: &str, syntax, clip_skip| {
+            let mut req = RenderRequest::new(prompt, vec![1]);
+            req.negative_prompt = "blurry".into();
+            req.steps = 4;
+            req.prompt_syntax = syntax;
+            req.clip_skip = clip_skip;
+            family.encode_prompt(&mut model, &req).unwrap()
+        };
+        let plain = encode("a red circle", PromptSyntax::Plain, 1);
+        let a1111 = encode("a red circle", PromptSyntax::A1111, 1);
+        for (p, a) in plain.start.inputs.iter().zip(&a1111.start.inputs) {
+            assert_eq!(p.name, a.name);
+            let d = max_diff(&p.cond, &a.cond).max(max_diff(
+                p.uncond.as_ref().unwrap(),
+                a.uncond.as_ref().unwrap(),
+            ));
+            assert!(d < 1e-6, "{name}: {} differs by {d}", p.name);
+        }
+        let weighted = hidden(&encode("a (red:1.5) circle", PromptSyntax::A1111, 1));
+        let literal = hidden(&encode("a (red:1.5) circle", PromptSyntax::Plain, 1));
+        assert!(max_diff(&weighted, &literal) > 1e-2, "{name}");
+        assert!(max_diff(&weighted, &hidden(&a1111)) > 1e-2, "{name}");
+        let skipped = hidden(&encode("a red circle", PromptSyntax::A1111, 3));
+        let changed = max_diff(&skipped, &hidden(&a1111));
+        if name == "tiny-sdxl" {
+            assert!(changed > 1e-2, "clip skip 3 changed nothing");
+            let plain_skipped = hidden(&encode("a red circle", PromptSyntax::Plain, 3));
+            assert!(max_diff(&skipped, &plain_skipped) < 1e-6);
+        } else {
+            assert_eq!(
+                changed, 0.0,
+                "the refiner has no CLIP ViT-L to skip layers of"
+            );
+        }
+    }
+}
+
+#[test]
+fn check_shows_how_sdxl_reads_prompts_and_clip_skip() {
+    let (_tmp, p) = job_file(
+        "model: tiny-sdxl\nprompts: [\"a (red:1.5) circle BREAK blue\"]\nclip_skip: 3\nwidth: 64\nheight: 64\n",
+    );
+    let out = check::run(&common::fixture_config(), &p).unwrap();
+    let read = out.lines().find(|l| l.trim_start().starts_with("read 1"));
+    assert!(
+        read.is_some_and(|l| l.contains("2 windows") && l.contains("\"red\" x1.5")),
+        "{out}"
+    );
+    assert!(
+        out.contains("text_encoder and text_encoder_2 each read these windows"),
+        "{out}"
+    );
+    assert!(
+        out.contains("clip_skip  3 (CLIP ViT-L's hidden_states[-3]"),
+        "{out}"
+    );
+    let (_tmp, p) = job_file(
+        "model: tiny-sdxl-refiner\nprompts: [\"a (red:1.5) circle\"]\nclip_skip: 2\nwidth: 64\nheight: 64\n",
+    );
+    let out = check::run(&common::fixture_config(), &p).unwrap();
+    assert!(
+        out.contains("refiner's only encoder) reads these windows")
+            && out.contains("clip_skip  2 (no effect"),
+        "{out}"
     );
 }

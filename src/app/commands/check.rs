@@ -9,6 +9,7 @@ use std::path::Path;
 
 use crate::app::commands::reading;
 use crate::app::config::Config;
+use crate::engine::model::Family;
 use crate::engine::model::layout::ModelFolder;
 use crate::engine::prompt::PromptSyntax;
 use crate::engine::scheduler::{self, SchedulerConfig, SchedulerKind};
@@ -110,7 +111,7 @@ pub fn run(config: &Config, job_file: &Path) -> Result<String, JobError> {
     let mut rows = vec![("model", format!("{} ({})", job.model, model_dir.display()))];
     rows.extend(family_rows(&job, &folder, refiner.as_ref()));
     rows.push(("scheduler", format!("{} ({how})", names.join(", "))));
-    let mut out = explain(config, job_file, &job, &rows, &estimate);
+    let mut out = explain(config, job_file, &job, &rows, &folder, &estimate);
     out.push_str(&readings(&job, &folder).map_err(|m| err("model", m))?);
     Ok(out)
 }
@@ -134,6 +135,9 @@ fn readings(job: &Job, folder: &ModelFolder) -> Result<String, String> {
                 .map_err(|e| format!("negative of prompt {}: {e}", i + 1))?;
             let _ = writeln!(out, "  negative   {line}");
         }
+    }
+    if let Some(encoders) = sdxl_encoders(folder.family) {
+        let _ = writeln!(out, "  encoders   {encoders}");
     }
     Ok(out)
 }
@@ -160,6 +164,40 @@ fn family_rows(
     rows
 }
 
+/// How an SDXL family's text encoders take the windows `check` shows.
+fn sdxl_encoders(family: Family) -> Option<&'static str> {
+    match family {
+        Family::Sdxl => Some(
+            "text_encoder and text_encoder_2 each read these windows (padded as its own \
+             tokenizer pads), weighted and rescaled on its own; text_embeds from each text's \
+             first window",
+        ),
+        Family::SdxlRefiner => Some(
+            "text_encoder_2 (the refiner's only encoder) reads these windows; text_embeds from \
+             each text's first window",
+        ),
+        Family::Sd | Family::Lcm => None,
+    }
+}
+
+/// What `clip_skip` (above 1) does to `family`'s conditioning.
+fn clip_skip_text(clip_skip: u32, family: Family) -> String {
+    match family {
+        Family::Sdxl if clip_skip == 2 => {
+            "2 (CLIP ViT-L's penultimate state, SDXL's own: no change)".to_string()
+        }
+        Family::Sdxl => format!(
+            "{clip_skip} (CLIP ViT-L's hidden_states[-{clip_skip}], as AUTOMATIC1111's \"Clip skip \
+             SDXL\"; OpenCLIP bigG keeps its penultimate state)"
+        ),
+        Family::SdxlRefiner => format!(
+            "{clip_skip} (no effect: the refiner's only encoder, OpenCLIP bigG, keeps its \
+             penultimate state)"
+        ),
+        Family::Sd | Family::Lcm => clip_skip.to_string(),
+    }
+}
+
 /// The distinct values, in order of appearance.
 fn distinct<T: PartialEq>(values: impl Iterator<Item = T>) -> Vec<T> {
     let mut out = Vec::new();
@@ -178,6 +216,7 @@ fn explain(
     job_file: &Path,
     job: &Job,
     model_rows: &[(&str, String)],
+    folder: &ModelFolder,
     estimate: &eta::Estimate,
 ) -> String {
     let mut out = String::new();
@@ -199,7 +238,7 @@ fn explain(
         format!("{}, text cleaning {}", job.prompt_syntax, job.text_cleaning),
     );
     if job.clip_skip > 1 {
-        line("clip_skip", job.clip_skip.to_string());
+        line("clip_skip", clip_skip_text(job.clip_skip, folder.family));
     }
     let seeds = &job.seed_options;
     if let Some((s, strength)) = seeds.subseed {

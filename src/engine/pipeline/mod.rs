@@ -27,6 +27,7 @@ pub mod lcm;
 pub mod refine;
 pub mod sd;
 pub mod sdxl;
+pub mod sdxl_a1111;
 pub mod text;
 
 use std::ops::ControlFlow;
@@ -106,7 +107,7 @@ pub struct RenderRequest {
     /// How the prompts' brackets are read (AUTOMATIC1111's syntax by default).
     pub prompt_syntax: PromptSyntax,
     /// AUTOMATIC1111's CLIP skip: 1 conditions on the text encoder's last hidden state, `N` on
-    /// the one `N - 1` layers before it ([`clip_skip`]).
+    /// the one `N - 1` layers before it ([`clip_skip`]); SDXL: see [`sdxl`].
     pub clip_skip: usize,
     /// How the tokenizer cleans prompt text (CLIP's own, with ftfy's fixes, by default).
     pub text_cleaning: TextCleaning,

@@ -114,8 +114,9 @@ impl StableDiffusion {
             skip,
         )?;
         let window = self.tokenizer.model_max_length();
-        check_sequence(
-            model,
+        a1111::check_sequence(
+            &model.unet,
+            ENCODER_HIDDEN_STATES.name,
             phases.iter().map(|p| p.cond.len_of(Axis(1))).max(),
             window,
         )?;
@@ -140,38 +141,6 @@ impl StableDiffusion {
             },
             later: phases.collect(),
         })
-    }
-}
-
-/// A UNet exported with a fixed sequence length cannot take a prompt of several windows.
-fn check_sequence(
-    model: &SdModel,
-    longest: Option<usize>,
-    window: usize,
-) -> Result<(), PipelineError> {
-    let Some(longest) = longest else {
-        return Ok(());
-    };
-    let fixed = model
-        .unet
-        .signature
-        .input(ENCODER_HIDDEN_STATES.name)
-        .and_then(|port| port.dims.get(1).copied())
-        .filter(|&d| d > 0);
-    match fixed {
-        Some(d) if d as usize != longest => Err(PipelineError::Request {
-            field: "prompt",
-            problem: format!(
-                "needs {longest} tokens of conditioning ({} windows of {window}), but {} takes {} \
-                 with a fixed sequence length of {d}; export the UNet with a dynamic sequence \
-                 axis (optimum-cli export onnx without --no-dynamic-axes), shorten the prompt, \
-                 or use prompt_syntax: plain (cuts at {window} tokens)",
-                longest / window.max(1),
-                model.unet.file().display(),
-                ENCODER_HIDDEN_STATES.name,
-            ),
-        }),
-        _ => Ok(()),
     }
 }
 

@@ -9,24 +9,37 @@
 //! - with guidance and no negative prompt, `force_zeros_for_empty_prompt` gives zero negative
 //!   embeddings (else the empty string is encoded); the negative time ids are the positive ones,
 //!   with the negative aesthetic score for the refiner.
+//!
+//! With `prompt_syntax: a1111` the prompts are read as AUTOMATIC1111 reads them for SDXL
+//! ([`super::sdxl_a1111`]); a prompt without syntax that fits one window gives diffusers'
+//! conditioning either way. `clip_skip` is AUTOMATIC1111's for SDXL (its "Clip skip SDXL"
+//! setting): `N` of 2 or more conditions on CLIP ViT-L's `hidden_states[-N]` (no final layer
+//! norm; 2 is the penultimate state, the default), OpenCLIP bigG always on its penultimate state
+//! (so the refiner, which has only bigG, is not changed by it).
 
 use ndarray::{ArrayD, Axis, IxDyn};
 
-use super::conditioning::{CondInput, Conditioning, ScheduledConditioning, is_guided};
+use super::conditioning::{CondInput, CondPhase, Conditioning, ScheduledConditioning, is_guided};
+use super::sdxl_a1111::{self, XlEncoder, XlNegative, XlPhase, XlPrompts};
 use super::text::{self, EncoderOutputs};
-use super::{FamilyPipeline, PipelineError, RenderRequest};
+use super::{FamilyPipeline, PipelineError, RenderRequest, a1111, clip_skip};
 use crate::engine::model::family::Family;
 use crate::engine::model::family::sdxl::{
     self, ENCODER_HIDDEN_STATES, GRAPH, POOLED_OUTPUT, TEXT_EMBEDS, TIME_IDS,
 };
-use crate::engine::model::{Part, SdModel};
+use crate::engine::model::{Component, Part, SdModel};
+use crate::engine::prompt::PromptSyntax;
 use crate::engine::tokenizer::ClipTokenizer;
 
 /// SDXL base or refiner: a tokenizer and the penultimate hidden-state output per text encoder.
 pub struct StableDiffusionXl {
     /// One per text encoder, in the order of [`SdModel::text_encoder`], `text_encoder_2`.
     tokenizers: Vec<ClipTokenizer>,
-    hidden_outputs: Vec<String>,
+    /// Each encoder's penultimate hidden-state output.
+    penultimate: Vec<String>,
+    /// CLIP ViT-L's (the base's first encoder's) `hidden_states.N` outputs and its file, for
+    /// CLIP skip.
+    clip_l: Option<(usize, String)>,
     force_zeros: bool,
     aesthetics: bool,
 }
@@ -39,7 +52,7 @@ impl StableDiffusionXl {
         if let Some(dir) = &folder.tokenizer_2_dir {
             tokenizers.push(ClipTokenizer::from_dir(dir)?);
         }
-        let hidden_outputs = encoders(model)
+        let penultimate = encoders(model)
             .map(|part| {
                 sdxl::penultimate_of(part).map_err(|e| PipelineError::Shape {
                     file: e.file.display().to_string(),
@@ -47,12 +60,39 @@ impl StableDiffusionXl {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let clip_l = encoders(model)
+            .find(|part| part.component == Component::TextEncoder)
+            .map(|part| {
+                let names: Vec<String> = part
+                    .signature
+                    .outputs
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .collect();
+                (
+                    clip_skip::hidden_state_count(&names),
+                    part.file().display().to_string(),
+                )
+            });
         Ok(StableDiffusionXl {
             tokenizers,
-            hidden_outputs,
+            penultimate,
+            clip_l,
             force_zeros: folder.force_zeros_for_empty_prompt,
             aesthetics: model.family() == Family::SdxlRefiner || folder.requires_aesthetics_score,
         })
+    }
+
+    /// Each encoder's hidden-state output with `clip_skip` (AUTOMATIC1111's "Clip skip SDXL": 2
+    /// or more moves CLIP ViT-L's to `hidden_states[-clip_skip]`).
+    fn hidden_outputs(&self, clip_skip: usize) -> Result<Vec<String>, PipelineError> {
+        let mut names = self.penultimate.clone();
+        if let Some((states, file)) = &self.clip_l
+            && clip_skip >= 2
+        {
+            names[0] = clip_skip::skipped_output(clip_skip, *states, file)?;
+        }
+        Ok(names)
     }
 
     /// `time_ids` for the prompt and for the negative prompt, `[1, 6]` or `[1, 5]`.
@@ -92,14 +132,17 @@ fn encoders(model: &SdModel) -> impl Iterator<Item = &Part> {
 }
 
 impl FamilyPipeline for StableDiffusionXl {
-    /// diffusers' encoding, whatever the request's `prompt_syntax` (AUTOMATIC1111's syntax is
-    /// read by the SD 1.x/2.x family only): conditioning that does not change over the steps.
+    /// diffusers' encoding with `prompt_syntax: plain` (conditioning that does not change over
+    /// the steps), AUTOMATIC1111's with `a1111`.
     fn encode_prompt(
         &mut self,
         model: &mut SdModel,
         req: &RenderRequest,
     ) -> Result<ScheduledConditioning, PipelineError> {
-        self.encode(model, req).map(ScheduledConditioning::constant)
+        match req.prompt_syntax {
+            PromptSyntax::Plain => self.encode(model, req).map(ScheduledConditioning::constant),
+            PromptSyntax::A1111 => self.encode_a1111(model, req),
+        }
     }
 }
 
@@ -119,10 +162,11 @@ impl StableDiffusionXl {
             vec![&req.prompt]
         };
         let n_encoders = self.tokenizers.len();
+        let hidden_outputs = self.hidden_outputs(req.clip_skip)?;
         let parts = std::iter::once(&mut model.text_encoder).chain(model.text_encoder_2.as_mut());
         let mut runs: Vec<EncoderOutputs> = Vec::with_capacity(n_encoders);
         for (i, part) in parts.enumerate() {
-            let mut wanted = vec![(self.hidden_outputs[i].as_str(), 3)];
+            let mut wanted = vec![(hidden_outputs[i].as_str(), 3)];
             if i + 1 == n_encoders {
                 wanted.push((POOLED_OUTPUT, 2));
             }
@@ -132,6 +176,7 @@ impl StableDiffusionXl {
                 GRAPH.text_encoder.input_ids,
                 &prompts,
                 &wanted,
+                req.text_cleaning,
             )?);
         }
         let hidden_views: Vec<_> = runs.iter().map(|r| r.outputs[0].view()).collect();
@@ -178,4 +223,92 @@ impl StableDiffusionXl {
             tokenize: runs.iter().map(|r| r.tokenize).sum(),
         })
     }
+}
+
+impl StableDiffusionXl {
+    /// AUTOMATIC1111's reading of `req`'s prompts through every text encoder, with the time ids.
+    fn encode_a1111(
+        &mut self,
+        model: &mut SdModel,
+        req: &RenderRequest,
+    ) -> Result<ScheduledConditioning, PipelineError> {
+        let guidance = is_guided(req.guidance_scale).then_some(req.guidance_scale);
+        let negative = match guidance {
+            None => XlNegative::None,
+            Some(_) if self.force_zeros && req.negative_prompt.is_empty() => XlNegative::Zeros,
+            Some(_) => XlNegative::Text(&req.negative_prompt),
+        };
+        let prompts = XlPrompts {
+            prompt: &req.prompt,
+            negative,
+            steps: req.steps,
+            cleaning: req.text_cleaning,
+        };
+        let hidden = self.hidden_outputs(req.clip_skip)?;
+        let last = self.tokenizers.len() - 1;
+        let parts = std::iter::once(&mut model.text_encoder).chain(model.text_encoder_2.as_mut());
+        let mut encoders: Vec<XlEncoder<'_>> = parts
+            .zip(&self.tokenizers)
+            .zip(&hidden)
+            .enumerate()
+            .map(|(i, ((part, tokenizer), hidden))| XlEncoder {
+                part,
+                tokenizer,
+                input_ids: GRAPH.text_encoder.input_ids,
+                hidden,
+                pooled: (i == last).then_some(POOLED_OUTPUT),
+            })
+            .collect();
+        // PNDM makes one UNet call more than the steps.
+        let (phases, tokenize) = sdxl_a1111::encode(&mut encoders, &prompts, req.steps + 1)?;
+        a1111::check_sequence(
+            &model.unet,
+            ENCODER_HIDDEN_STATES.name,
+            phases.iter().map(|p| p.cond.len_of(Axis(1))).max(),
+            self.tokenizers[0].model_max_length(),
+        )?;
+        let (time_ids, negative_time_ids) = self.time_ids(req);
+        let mut phases = phases.into_iter().map(|p| CondPhase {
+            from_step: p.from_step,
+            inputs: inputs(p, &time_ids, guidance.map(|_| &negative_time_ids)),
+        });
+        let first = phases.next().ok_or_else(|| PipelineError::Request {
+            field: "steps",
+            problem: "is 0; at least one step is needed".into(),
+        })?;
+        Ok(ScheduledConditioning {
+            start: Conditioning {
+                inputs: first.inputs,
+                guidance,
+                truncated_prompt: None,
+                tokenize,
+            },
+            later: phases.collect(),
+        })
+    }
+}
+
+/// The UNet inputs of one phase.
+fn inputs(
+    p: XlPhase,
+    time_ids: &ArrayD<f32>,
+    negative_time_ids: Option<&ArrayD<f32>>,
+) -> Vec<CondInput> {
+    vec![
+        CondInput {
+            name: ENCODER_HIDDEN_STATES.name,
+            cond: p.cond,
+            uncond: p.uncond,
+        },
+        CondInput {
+            name: TEXT_EMBEDS.name,
+            cond: p.pooled,
+            uncond: p.negative_pooled,
+        },
+        CondInput {
+            name: TIME_IDS.name,
+            cond: time_ids.clone(),
+            uncond: negative_time_ids.cloned(),
+        },
+    ]
 }

@@ -90,23 +90,46 @@ pub struct EncoderOutputs {
     pub tokenize: Duration,
 }
 
-/// Tokenizes each prompt and runs the text encoder once for all of them; returns the outputs
-/// named in `wanted` (name and rank), each checked to have one row per prompt.
+/// Tokenizes each prompt (cleaned as `cleaning` says) and runs the text encoder once for all of
+/// them; returns the outputs named in `wanted` (name and rank), each checked to have one row
+/// per prompt.
 pub fn encode_outputs(
     tokenizer: &ClipTokenizer,
     text_encoder: &mut Part,
     input_ids: &str,
     prompts: &[&str],
     wanted: &[(&str, usize)],
+    cleaning: TextCleaning,
 ) -> Result<EncoderOutputs, PipelineError> {
-    let tokens = tokenize(tokenizer, prompts, TextCleaning::Basic)?;
-    let file = text_encoder.loaded.file.clone();
-    let input = int_tensor(
-        &[prompts.len(), tokens.seq],
+    let tokens = tokenize(tokenizer, prompts, cleaning)?;
+    let outputs = run_outputs(
+        text_encoder,
+        input_ids,
         &tokens.ids,
-        text_encoder.feeding.aux,
-    )
-    .map_err(|e| ort_err(&file, e))?;
+        prompts.len(),
+        tokens.seq,
+        wanted,
+    )?;
+    Ok(EncoderOutputs {
+        outputs,
+        truncated: tokens.truncated,
+        tokenize: tokens.tokenize,
+    })
+}
+
+/// Runs the text encoder once on `n` rows of `seq` token ids; returns the outputs named in
+/// `wanted` (name and rank), each checked to have `n` rows.
+pub fn run_outputs(
+    text_encoder: &mut Part,
+    input_ids: &str,
+    ids: &[i64],
+    n: usize,
+    seq: usize,
+    wanted: &[(&str, usize)],
+) -> Result<Vec<ArrayD<f32>>, PipelineError> {
+    let file = text_encoder.loaded.file.clone();
+    let input =
+        int_tensor(&[n, seq], ids, text_encoder.feeding.aux).map_err(|e| ort_err(&file, e))?;
     let outputs = text_encoder
         .loaded
         .run(ort::inputs![input_ids => input])
@@ -114,23 +137,18 @@ pub fn encode_outputs(
     let mut got = Vec::with_capacity(wanted.len());
     for &(name, rank) in wanted {
         let value = extract_float(&outputs[name]).map_err(|e| ort_err(&file, e))?;
-        if value.ndim() != rank || value.len_of(Axis(0)) != prompts.len() {
+        if value.ndim() != rank || value.len_of(Axis(0)) != n {
             return Err(PipelineError::Shape {
                 file: file.display().to_string(),
                 what: format!(
-                    "{name} has shape {:?}, expected rank {rank} with {} rows",
+                    "{name} has shape {:?}, expected rank {rank} with {n} rows",
                     value.shape(),
-                    prompts.len()
                 ),
             });
         }
         got.push(value);
     }
-    Ok(EncoderOutputs {
-        outputs: got,
-        truncated: tokens.truncated,
-        tokenize: tokens.tokenize,
-    })
+    Ok(got)
 }
 
 /// Prompts as token ids, one row of `seq` each.
