@@ -279,7 +279,11 @@ fn choose_model(config: &mut Config, wanted: Option<&str>) -> anyhow::Result<Str
         }
         config
             .models
-            .insert(name.clone(), ModelConfig { path, vae: None });
+            .insert(name.clone(), ModelConfig {
+                    path,
+                    vae: None,
+                    checkpoint: None,
+                });
         return Ok(name);
     }
     anyhow::bail!(
