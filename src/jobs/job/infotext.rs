@@ -574,4 +574,47 @@ mod tests {
         let e = job_yaml(&parse(&format!("{text}, Hires upscale: 2")), &["tiny-sd"]).unwrap_err();
         assert_eq!(e.setting, "Hires upscale");
     }
+
+    #[test]
+    fn refiner_and_a_missing_rng_read_as_automatic1111_means_them() {
+        let text = "a cat\nSteps: 20, Sampler: Euler, Schedule type: Automatic, CFG scale: 5, \
+                    Seed: 1, Size: 1024x768, Model: base, Refiner: refiner [0123456789], \
+                    Refiner switch at: 0.75";
+        let yaml = job_yaml(&parse(text), &["base", "refiner"]).unwrap();
+        for want in [
+            "model: \"base\"",
+            "refiner: \"refiner\"",
+            "refiner_start: 0.75",
+            "rng: philox",
+            "scheduler: euler",
+        ] {
+            assert!(yaml.contains(want), "{want} in {yaml}");
+        }
+        let e = job_yaml(&parse(text), &["base"]).unwrap_err();
+        assert_eq!(e.setting, "Refiner");
+        let yaml = job_yaml(&parse(&format!("{text}, RNG: CPU")), &["base", "refiner"]).unwrap();
+        assert!(yaml.contains("rng: torch_cpu") && !yaml.contains("philox"), "{yaml}");
+    }
+
+    #[test]
+    fn lora_tags_leave_the_prompt_as_automatic1111_takes_them_out() {
+        let mut info = parse(
+            "<lora:a_b:0.5> a cat, <lora:c:1:1>\nSteps: 1, Seed: 1, Lora hashes: \"a_b: ABC, c: def\"",
+        );
+        let used = take_loras(&mut info).unwrap();
+        assert_eq!(info.prompt, "a cat,");
+        assert_eq!(used.tags, [("a_b".to_string(), 0.5), ("c".to_string(), 1.0)]);
+        assert_eq!(
+            used.hashes,
+            [("a_b".to_string(), "abc".to_string()), ("c".to_string(), "def".to_string())]
+        );
+        assert!(info.settings.iter().all(|(k, _)| k != "Lora hashes"));
+        // Not a tag: no colon, or a bracket inside.
+        let mut info = parse("a <cat> and <x:<y>>\nSteps: 1, Seed: 1, Size: 8x8");
+        assert_eq!(take_loras(&mut info).unwrap(), LoraUse::default());
+        let mut info = parse("<lora:a:0.5:0.7> a cat\nSteps: 1, Seed: 1, Size: 8x8");
+        assert_eq!(take_loras(&mut info).unwrap_err().setting, "Prompt");
+        let mut info = parse("<lora:a:te=0.5> a cat\nSteps: 1, Seed: 1, Size: 8x8");
+        assert_eq!(take_loras(&mut info).unwrap_err().setting, "Prompt");
+    }
 }
