@@ -83,7 +83,11 @@ fn model_hash_finds_the_configured_model_in_both_forms() {
     let (file, file_sha, file_legacy) = checkpoint(tmp.path(), "mine.ckpt", 0x12_0000, 0);
     let (_, src_sha, src_legacy) = checkpoint(tmp.path(), "other.safetensors", 0x10_8000, 7);
     assert_ne!(file_sha, src_sha);
-    let src = model_with_source(tmp.path(), "dreamy", &provenance(&src_sha, Some(&src_legacy), ""));
+    let src = model_with_source(
+        tmp.path(),
+        "dreamy",
+        &provenance(&src_sha, Some(&src_legacy), ""),
+    );
     let mut c = common::fixture_config();
     c.models.get_mut("tiny-sd").unwrap().checkpoint = Some(file.clone());
     c.models.insert(
@@ -100,8 +104,14 @@ fn model_hash_finds_the_configured_model_in_both_forms() {
     let model_of = |extra: &str| {
         infotext_job(&c, tmp.path(), &format!("{settings}, {extra}")).map(|j| j.model)
     };
-    assert_eq!(model_of(&format!("Model hash: {}", &src_sha[..10])).unwrap(), "dreamy");
-    assert_eq!(model_of(&format!("Model hash: {src_legacy}")).unwrap(), "dreamy");
+    assert_eq!(
+        model_of(&format!("Model hash: {}", &src_sha[..10])).unwrap(),
+        "dreamy"
+    );
+    assert_eq!(
+        model_of(&format!("Model hash: {src_legacy}")).unwrap(),
+        "dreamy"
+    );
     assert_eq!(
         model_of(&format!("Model hash: {}", src_sha[..10].to_uppercase())).unwrap(),
         "dreamy"
@@ -154,16 +164,30 @@ fn model_hash_finds_the_configured_model_in_both_forms() {
     )
     .unwrap();
     let spooled = submit::run(&c, &png, false).unwrap();
-    assert_eq!(job::load_spooled(&spooled.path, &c).unwrap().model, "dreamy");
+    assert_eq!(
+        job::load_spooled(&spooled.path, &c).unwrap().model,
+        "dreamy"
+    );
 }
 
 /// Renders `job` with `config`'s model `model` and returns its first image's file.
-fn render(config: &Config, model: &str, job: &Job) -> (PathBuf, sdspool::jobs::run::manifest::Manifest) {
+fn render(
+    config: &Config,
+    model: &str,
+    job: &Job,
+) -> (PathBuf, sdspool::jobs::run::manifest::Manifest) {
     let mut w = Worker::load(common::runtime(), config, 0, Some(model)).unwrap();
     let o = w
-        .run(job, &RunOptions::default(), &AtomicBool::new(false), &mut |_| {})
+        .run(
+            job,
+            &RunOptions::default(),
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
         .unwrap();
-    let file = o.dir.join(o.manifest.prompts[0].candidates[0].file.as_ref().unwrap());
+    let file = o
+        .dir
+        .join(o.manifest.prompts[0].candidates[0].file.as_ref().unwrap());
     (file, o.manifest)
 }
 
@@ -219,7 +243,10 @@ fn a_rendered_png_carries_every_setting_and_submits_back_to_the_same_job() {
         let source = manifest.model_source.as_ref().unwrap();
         assert_eq!(source.checkpoint.as_deref(), Some("dreamy-v2.safetensors"));
         assert_eq!(source.model_hash.as_deref(), Some(&sha[..10]));
-        assert_eq!((source.loras[0].name.as_str(), source.loras[0].weight), ("detail", 0.8));
+        assert_eq!(
+            (source.loras[0].name.as_str(), source.loras[0].weight),
+            ("detail", 0.8)
+        );
         let text = common::parameters_chunk(&png);
         let model = format!("Model hash: {}, Model: {}", &sha[..10], original.model);
         assert!(text.contains(&model), "{text}");
@@ -244,7 +271,10 @@ fn a_rendered_png_carries_every_setting_and_submits_back_to_the_same_job() {
             );
         } else {
             assert!(!text.contains("RNG"), "{text}");
-            assert!(text.contains("Sampler: DPM++ 2M, Schedule type: Uniform"), "{text}");
+            assert!(
+                text.contains("Sampler: DPM++ 2M, Schedule type: Uniform"),
+                "{text}"
+            );
         }
         let spooled = submit::run(&c, &png, false).unwrap();
         let back = job::load_spooled(&spooled.path, &c).unwrap();
@@ -257,8 +287,18 @@ fn a_rendered_png_carries_every_setting_and_submits_back_to_the_same_job() {
         );
         assert_eq!(b.seeds[0], a.seeds[0]);
         assert_eq!(
-            (back.model.as_str(), back.rng, back.clip_skip, back.seed_options),
-            (original.model.as_str(), original.rng, original.clip_skip, original.seed_options),
+            (
+                back.model.as_str(),
+                back.rng,
+                back.clip_skip,
+                back.seed_options
+            ),
+            (
+                original.model.as_str(),
+                original.rng,
+                original.clip_skip,
+                original.seed_options
+            ),
         );
     }
 }
@@ -298,8 +338,22 @@ fn a_hand_written_automatic1111_infotext_with_every_key_reads() {
     assert_eq!(p.text, "masterpiece, (a red circle:1.2), , [blue] square");
     assert_eq!(p.negative, "(worst quality:1.4), blurry");
     assert_eq!(
-        (p.steps, p.guidance, p.scheduler, p.width, p.height, p.seeds[0]),
-        (24, 6.5, Some(SchedulerKind::DpmPp2mKarras), 64, 48, 3929124412)
+        (
+            p.steps,
+            p.guidance,
+            p.scheduler,
+            p.width,
+            p.height,
+            p.seeds[0]
+        ),
+        (
+            24,
+            6.5,
+            Some(SchedulerKind::DpmPp2mKarras),
+            64,
+            48,
+            3929124412
+        )
     );
     assert_eq!(j.rng, RngKind::Philox, "no RNG: AUTOMATIC1111's GPU");
     assert_eq!(j.clip_skip, 2);

@@ -61,7 +61,10 @@ fn h100_seed0_latents() -> ArrayD<f32> {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let case = &golden["cases"][1];
     let draw = &case["draws"][0];
-    assert_eq!((case["seed"].as_u64(), draw["offset_before"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (case["seed"].as_u64(), draw["offset_before"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert_eq!(draw["shape"], serde_json::json!([1, 4, 64, 64]));
     assert_eq!(draw["indices"], "all");
     let values: Vec<f32> = base64(draw["bits"].as_str().unwrap())
@@ -71,7 +74,12 @@ fn h100_seed0_latents() -> ArrayD<f32> {
     ArrayD::from_shape_vec(IxDyn(&[1, 4, 64, 64]), values).unwrap()
 }
 
-fn render(worker: &mut Worker, job: &job::Job, dir: PathBuf, latents: Option<ArrayD<f32>>) -> image::RgbImage {
+fn render(
+    worker: &mut Worker,
+    job: &job::Job,
+    dir: PathBuf,
+    latents: Option<ArrayD<f32>>,
+) -> image::RgbImage {
     let options = RunOptions {
         dir: Some(dir),
         initial_latents: latents,
@@ -118,7 +126,12 @@ fn the_same_seed_from_the_h100_noise_and_from_rng_philox() {
     std::fs::write(&p, JOB).unwrap();
     let job = job::load(&p, &config).unwrap();
     let mut worker = Worker::load(common::runtime(), &config, 0, Some("shapes-sd")).unwrap();
-    let gpu = render(&mut worker, &job, tmp.path().join("gpu"), Some(h100_seed0_latents()));
+    let gpu = render(
+        &mut worker,
+        &job,
+        tmp.path().join("gpu"),
+        Some(h100_seed0_latents()),
+    );
     let own = render(&mut worker, &job, tmp.path().join("own"), None);
     let both = max_difference(&gpu, &own);
     let differing = gpu

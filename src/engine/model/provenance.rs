@@ -396,11 +396,23 @@ mod tests {
             (full().replace(SHA, "abc"), "checkpoint.sha256"),
             (full().replace("\"sd15\"", "\"sd3\""), "checkpoint.family"),
             (full().replace("\"format\": 1", "\"format\": 2"), "format"),
-            (full().replace("\"weight\": 1", "\"weight\": \"1\""), "loras[1].weight"),
-            (full().replace("\"name\": \"old\"", "\"name\": \"a:b\""), "loras[1].name"),
-            (full().replace("\"dtype\": \"float16\"", "\"dtype\": \"int8\""), "dtype"),
+            (
+                full().replace("\"weight\": 1", "\"weight\": \"1\""),
+                "loras[1].weight",
+            ),
+            (
+                full().replace("\"name\": \"old\"", "\"name\": \"a:b\""),
+                "loras[1].name",
+            ),
+            (
+                full().replace("\"dtype\": \"float16\"", "\"dtype\": \"int8\""),
+                "dtype",
+            ),
             ("{\"format\": 1}".to_string(), "checkpoint"),
-            (full().replace(", \"family\": \"sd15\"", ""), "checkpoint.family"),
+            (
+                full().replace(", \"family\": \"sd15\"", ""),
+                "checkpoint.family",
+            ),
         ];
         for (text, field) in cases {
             write(dir.path(), &text);

@@ -98,8 +98,17 @@ mod tests {
         assert_eq!(read("DPM++ 2M Karras", None), Ok(DpmPp2mKarras));
         assert_eq!(read("Euler", Some("Automatic")), Ok(Euler));
         assert_eq!(read("Euler a", Some("Uniform")), Ok(EulerAncestral));
-        assert_eq!(read("Euler", Some("Karras")).unwrap_err().field, "Schedule type");
-        assert_eq!(read("DPM++ 2M", Some("Exponential")).unwrap_err().field, "Schedule type");
-        assert_eq!(read("Heun", Some("Automatic")).unwrap_err().field, "Sampler");
+        assert_eq!(
+            read("Euler", Some("Karras")).unwrap_err().field,
+            "Schedule type"
+        );
+        assert_eq!(
+            read("DPM++ 2M", Some("Exponential")).unwrap_err().field,
+            "Schedule type"
+        );
+        assert_eq!(
+            read("Heun", Some("Automatic")).unwrap_err().field,
+            "Sampler"
+        );
     }
 }

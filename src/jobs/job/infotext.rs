@@ -407,7 +407,12 @@ pub fn job_yaml<M: ModelCatalog + ?Sized>(info: &Infotext, models: &M) -> Result
             .map(|_| v.trim().to_string())
             .map_err(|_| refuse(k, format!("{v:?} is not a number")))
     };
-    if let Some(model) = match_model(models, get("Model"), get("Model hash"), ("Model", "Model hash"))? {
+    if let Some(model) = match_model(
+        models,
+        get("Model"),
+        get("Model hash"),
+        ("Model", "Model hash"),
+    )? {
         yaml.push_str(&format!("model: {}\n", q(model)));
     }
     if get("RNG").is_none() && !info.settings.is_empty() {
@@ -593,7 +598,10 @@ mod tests {
         let e = job_yaml(&parse(text), &["base"]).unwrap_err();
         assert_eq!(e.setting, "Refiner");
         let yaml = job_yaml(&parse(&format!("{text}, RNG: CPU")), &["base", "refiner"]).unwrap();
-        assert!(yaml.contains("rng: torch_cpu") && !yaml.contains("philox"), "{yaml}");
+        assert!(
+            yaml.contains("rng: torch_cpu") && !yaml.contains("philox"),
+            "{yaml}"
+        );
     }
 
     #[test]
@@ -603,10 +611,16 @@ mod tests {
         );
         let used = take_loras(&mut info).unwrap();
         assert_eq!(info.prompt, "a cat,");
-        assert_eq!(used.tags, [("a_b".to_string(), 0.5), ("c".to_string(), 1.0)]);
+        assert_eq!(
+            used.tags,
+            [("a_b".to_string(), 0.5), ("c".to_string(), 1.0)]
+        );
         assert_eq!(
             used.hashes,
-            [("a_b".to_string(), "abc".to_string()), ("c".to_string(), "def".to_string())]
+            [
+                ("a_b".to_string(), "abc".to_string()),
+                ("c".to_string(), "def".to_string())
+            ]
         );
         assert!(info.settings.iter().all(|(k, _)| k != "Lora hashes"));
         // Not a tag: no colon, or a bracket inside.

@@ -382,11 +382,12 @@ impl<'a> Resolver<'a> {
             return Ok(None);
         };
         let at = Field::named("infotext");
-        let refused = |r: infotext::Refused| self.error(&at, format!("`{}` {}", r.setting, r.message));
+        let refused =
+            |r: infotext::Refused| self.error(&at, format!("`{}` {}", r.setting, r.message));
         let mut info = infotext::parse(&text);
         let loras = infotext::take_loras(&mut info).map_err(refused)?;
-        let yaml = infotext::job_yaml(&info, &ConfiguredModels(self.config.models()))
-            .map_err(refused)?;
+        let yaml =
+            infotext::job_yaml(&info, &ConfiguredModels(self.config.models())).map_err(refused)?;
         let from =
             crate::sys::yaml::parse_with::<JobSpec>(&yaml, crate::sys::yaml::strict_options())
                 .map_err(|e| self.error(&at, format!("`{}` {}", e.key, e.message)))?;
