@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::checkpoint_hash::{self, CheckpointHash, HashError};
-use super::layout::LayoutError;
-use super::provenance::Provenance;
+use super::provenance::{Provenance, ProvenanceError};
 
 /// One entry under `models:`.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,7 +27,7 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// The folder's provenance file, when it has one (see [`Provenance::read`]).
-    pub fn provenance(&self) -> Result<Option<Provenance>, LayoutError> {
+    pub fn provenance(&self) -> Result<Option<Provenance>, ProvenanceError> {
         Provenance::read(&self.path, None)
     }
 

@@ -55,6 +55,8 @@ pub enum LayoutError {
         field: String,
         problem: String,
     },
+    #[error(transparent)]
+    Provenance(#[from] super::provenance::ProvenanceError),
 }
 
 /// An image side (`width` or `height`) the model cannot take; worded to follow the field's name.

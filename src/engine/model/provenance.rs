@@ -20,13 +20,38 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::family::Family;
-use super::layout::{LayoutError, read_json};
 
 /// The file name inside a model folder.
 pub const FILE: &str = "sdspool-source.json";
 
 /// The `format` this sdspool reads.
 pub const FORMAT: u32 = 1;
+
+/// Largest provenance file read (a few hundred bytes is usual).
+const MAX_BYTES: u64 = 1 << 20;
+
+/// A provenance file that cannot be used: the file and, for a malformed one, the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvenanceError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON: {source}")]
+    Json {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: `{field}` {problem}")]
+    Field {
+        path: std::path::PathBuf,
+        field: String,
+        problem: String,
+    },
+}
 
 /// The contents of `sdspool-source.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,14 +249,29 @@ impl Provenance {
     /// Reads `<folder>/sdspool-source.json`: `None` when there is none; an error naming the
     /// file and the field when it is malformed, of another format, or made from a checkpoint
     /// of another family than the folder holds (`family`, when known).
-    pub fn read(folder: &Path, family: Option<Family>) -> Result<Option<Provenance>, LayoutError> {
+    pub fn read(
+        folder: &Path,
+        family: Option<Family>,
+    ) -> Result<Option<Provenance>, ProvenanceError> {
         let path = folder.join(FILE);
-        let value = match read_json(&path, "the provenance file") {
-            Ok(v) => v,
-            Err(LayoutError::Missing { .. }) => return Ok(None),
-            Err(e) => return Err(e),
+        let read_err = |source| ProvenanceError::Read {
+            path: path.clone(),
+            source,
         };
-        let field_err = |field: String, problem: String| LayoutError::Field {
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(read_err(e)),
+        };
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_BYTES), &mut text)
+            .map_err(read_err)?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|source| ProvenanceError::Json {
+                path: path.clone(),
+                source,
+            })?;
+        let field_err = |field: String, problem: String| ProvenanceError::Field {
             path: path.clone(),
             field,
             problem,
@@ -420,7 +460,7 @@ mod tests {
             let msg = e.to_string();
             assert!(msg.contains(FILE), "{msg}");
             match e {
-                LayoutError::Field { field: f, .. } => {
+                ProvenanceError::Field { field: f, .. } => {
                     assert_eq!(f, field, "{msg}")
                 }
                 other => panic!("{other}"),
@@ -429,7 +469,7 @@ mod tests {
         write(dir.path(), "{not json");
         assert!(matches!(
             Provenance::read(dir.path(), None),
-            Err(LayoutError::Json { .. })
+            Err(ProvenanceError::Json { .. })
         ));
         write(dir.path(), &full());
         let e = Provenance::read(dir.path(), Some(Family::Sdxl)).unwrap_err();
