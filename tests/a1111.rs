@@ -532,7 +532,15 @@ fn submitting_a_png_makes_a_job_from_its_infotext() {
         width: 64,
         height: 64,
         model: "tiny-sd",
+        model_hash: None,
         refiner: None,
+        refiner_hash: None,
+        subseed: None,
+        seed_resize_from: None,
+        eta_noise_seed_delta: 0,
+        clip_skip: 1,
+        rng: RngKind::TorchCpu,
+        provenance: None,
     }
     .a1111_text();
     let job = job::load_spooled(

@@ -61,7 +61,7 @@ fn render_writes_the_images_diffusers_renders_for_the_same_job() {
         assert_eq!(
             parameters_chunk(&file),
             format!(
-                "a photo of a cat\nSteps: 7, Sampler: Euler a, CFG scale: 7.5, Seed: {seed}, Size: 64x64, Model: tiny-sd"
+                "a photo of a cat\nSteps: 7, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: {seed}, Size: 64x64, Model: tiny-sd, RNG: CPU"
             )
         );
     }

@@ -390,7 +390,10 @@ fn sdxl_refiner_turbo_and_lcm_jobs_run_through_the_daemon() {
     );
     let text = parameters_chunk(&images[0]);
     assert!(text.starts_with("a photo of a cat\nSteps: "), "{text}");
-    assert!(text.ends_with(", Size: 64x64, Model: tiny-sdxl"), "{text}");
+    assert!(
+        text.ends_with(", Size: 64x64, Model: tiny-sdxl, RNG: CPU"),
+        "{text}"
+    );
 
     let (images, m) = env.output("refined");
     assert_eq!(m["complete"], true);
@@ -399,7 +402,7 @@ fn sdxl_refiner_turbo_and_lcm_jobs_run_through_the_daemon() {
         let text = parameters_chunk(image);
         assert!(
             text.ends_with(
-                ", Size: 64x64, Model: tiny-sdxl, Refiner: tiny-sdxl-refiner, Refiner switch at: 0.8"
+                ", Size: 64x64, Model: tiny-sdxl, RNG: CPU, Refiner: tiny-sdxl-refiner, Refiner switch at: 0.8"
             ),
             "{text}"
         );
@@ -409,7 +412,10 @@ fn sdxl_refiner_turbo_and_lcm_jobs_run_through_the_daemon() {
         assert_eq!(m["complete"], true, "{job}");
         assert_eq!(images.len(), 2, "{job}");
         let text = parameters_chunk(&images[0]);
-        assert!(text.ends_with(&format!("Model: {model}")), "{text}");
+        assert!(
+            text.ends_with(&format!("Model: {model}, RNG: CPU")),
+            "{text}"
+        );
     }
     // The same job again: its complete manifest says there is nothing to render.
     let (before, _) = env.output("refined");

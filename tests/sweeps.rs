@@ -434,10 +434,11 @@ fn each_variant_is_rendered_with_its_own_settings() {
         let img = image::open(&file).unwrap();
         assert_eq!((img.width(), img.height()), (p.width, p.height));
         let params = parameters_chunk(&file);
-        let sampler = sdspool::jobs::output::png::a1111_sampler(p.scheduler.unwrap());
+        let (sampler, schedule) =
+            sdspool::engine::scheduler::a1111::sampler_and_schedule(p.scheduler.unwrap());
         assert!(
             params.ends_with(&format!(
-                "Steps: {}, Sampler: {sampler}, CFG scale: {}, Seed: 11, Size: {}x{}, Model: tiny-sd",
+                "Steps: {}, Sampler: {sampler}, Schedule type: {schedule}, CFG scale: {}, Seed: 11, Size: {}x{}, Model: tiny-sd, RNG: CPU",
                 p.steps, p.guidance, p.width, p.height
             )),
             "{params}"

@@ -280,9 +280,14 @@ fn choose_model(config: &mut Config, wanted: Option<&str>) -> anyhow::Result<Str
         {
             name = "bench-model".to_string();
         }
-        config
-            .models
-            .insert(name.clone(), ModelConfig { path, vae: None });
+        config.models.insert(
+            name.clone(),
+            ModelConfig {
+                path,
+                vae: None,
+                checkpoint: None,
+            },
+        );
         return Ok(name);
     }
     anyhow::bail!(

@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::app::config::Config;
+use crate::engine::model::config::ModelConfig;
+use crate::engine::model::provenance::Provenance;
 use crate::engine::model::{Part, SdModel};
 use crate::runtime::Runtime;
 
@@ -52,6 +54,7 @@ pub fn run(config: &Config, runtime: &Runtime, out: &mut String) -> bool {
                             "vocab.json + merges.txt",
                     }
                 );
+                write_source(out, m.folder.provenance.as_ref(), model);
                 for part in m.parts() {
                     write_part(out, part);
                 }
@@ -81,6 +84,27 @@ fn family_text(m: &SdModel) -> String {
         None => "model_index.json names no pipeline class",
     };
     format!("{family} ({}, {class})", family.title())
+}
+
+/// Where the folder came from: its provenance file (checkpoint, AUTOMATIC1111's short hash,
+/// fused LoRAs with their weights) and a configured `checkpoint:` (hashed only when an infotext
+/// or an image needs it).
+fn write_source(out: &mut String, provenance: Option<&Provenance>, model: &ModelConfig) {
+    if let Some(p) = provenance {
+        let _ = writeln!(
+            out,
+            "  source: {} ({})",
+            p.summary(),
+            crate::engine::model::provenance::FILE
+        );
+    }
+    if let Some(file) = &model.checkpoint {
+        let _ = writeln!(
+            out,
+            "  checkpoint: {} (hashed when a Model hash is needed)",
+            file.display()
+        );
+    }
 }
 
 fn write_part(out: &mut String, part: &Part) {

@@ -200,6 +200,9 @@ impl Config {
             if let Some(vae) = model.vae.as_mut() {
                 resolve(vae);
             }
+            if let Some(checkpoint) = model.checkpoint.as_mut() {
+                resolve(checkpoint);
+            }
         }
         if let Some(rerank) = self.rerank.as_mut() {
             resolve(&mut rerank.model);
@@ -215,11 +218,22 @@ impl Config {
         if self.models.is_empty() {
             return Err(self.invalid("models", "is empty: configure at least one model folder"));
         }
-        for name in self.models.keys() {
+        for (name, model) in &self.models {
             if !valid_model_name(name) {
                 return Err(self.invalid(
                     &format!("models.{name}"),
                     "is not a usable model name: use letters, digits, '.', '_' and '-' (at most 64)",
+                ));
+            }
+            if let Some(file) = &model.checkpoint
+                && !file.is_file()
+            {
+                return Err(self.invalid(
+                    &format!("models.{name}.checkpoint"),
+                    format!(
+                        "names {}, which is not a file (the single-file checkpoint the folder was made from)",
+                        file.display()
+                    ),
                 ));
             }
         }

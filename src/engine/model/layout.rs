@@ -55,6 +55,8 @@ pub enum LayoutError {
         field: String,
         problem: String,
     },
+    #[error(transparent)]
+    Provenance(#[from] super::provenance::ProvenanceError),
 }
 
 /// An image side (`width` or `height`) the model cannot take; worded to follow the field's name.
@@ -124,6 +126,8 @@ pub struct ModelFolder {
     pub unet_out_channels: Option<usize>,
     /// The VAE config's `latent_channels`, when stated.
     pub vae_latent_channels: Option<usize>,
+    /// Where the folder came from (`sdspool-source.json`), when it says.
+    pub provenance: Option<super::provenance::Provenance>,
 }
 
 impl ModelFolder {
@@ -147,6 +151,8 @@ impl ModelFolder {
 
         let vae = vae_config(root)?;
         let unet_config = unet_config(root)?;
+
+        let provenance = super::provenance::Provenance::read(root, Some(family))?;
 
         let flag =
             |key: &str, default: bool| index.get(key).and_then(Value::as_bool).unwrap_or(default);
@@ -172,6 +178,7 @@ impl ModelFolder {
             unet_downsampling: unet_config.downsampling,
             unet_out_channels: unet_config.out_channels,
             vae_latent_channels: vae.latent_channels,
+            provenance,
         })
     }
 

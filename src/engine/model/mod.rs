@@ -3,9 +3,11 @@
 //! and a loaded model whose sessions are reused across jobs.
 
 mod channels;
+pub mod checkpoint_hash;
 pub mod config;
 pub mod family;
 pub mod layout;
+pub mod provenance;
 pub mod signature;
 
 use std::path::Path;

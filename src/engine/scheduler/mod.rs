@@ -52,6 +52,7 @@ use std::str::FromStr;
 
 use ndarray::{ArrayD, ArrayViewD};
 
+pub mod a1111;
 mod common;
 mod config;
 pub mod ddim;

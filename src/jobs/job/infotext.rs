@@ -7,7 +7,9 @@
 //! infotext's.
 
 use super::spec::JobSpec;
-use crate::engine::scheduler::SchedulerKind;
+use crate::engine::model::checkpoint_hash::CheckpointHash;
+use crate::engine::model::provenance::LoraSource;
+use crate::engine::scheduler::a1111;
 
 /// Settings that are read with another (or change nothing sdspool does).
 const ACCEPTED: &[(&str, &str)] = &[("Version", ""), ("Emphasis", "Original")];
@@ -127,6 +129,247 @@ fn quoted(c: &[char], pos: usize) -> Option<(String, usize)> {
     None
 }
 
+/// The configured models an infotext's `Model`, `Model hash` and `Refiner` are matched
+/// against.
+pub trait ModelCatalog {
+    /// The configured names.
+    fn names(&self) -> Vec<&str>;
+    /// The checkpoint hash of the model `name`, when known; asked only when a name does not
+    /// match, since a configured checkpoint file is hashed the first time (see
+    /// [`crate::engine::model::config::ModelConfig::checkpoint_hash`]).
+    fn hash(&self, name: &str) -> Result<Option<CheckpointHash>, String>;
+}
+
+/// Names only, no hashes.
+impl ModelCatalog for [&str] {
+    fn names(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+
+    fn hash(&self, _: &str) -> Result<Option<CheckpointHash>, String> {
+        Ok(None)
+    }
+}
+
+impl<const N: usize> ModelCatalog for [&str; N] {
+    fn names(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+
+    fn hash(&self, _: &str) -> Result<Option<CheckpointHash>, String> {
+        Ok(None)
+    }
+}
+
+/// The configured model an infotext names: by `name` first (`Model: tiny-sd`), else by
+/// `hash` (`Model hash:` in its short 10-digit form, the old 8-digit one, or the full SHA-256).
+/// `field` is the setting refused when neither finds one: the name's when it was given.
+fn match_model<'m, M: ModelCatalog + ?Sized>(
+    models: &'m M,
+    name: Option<&str>,
+    hash: Option<&str>,
+    field: (&str, &str),
+) -> Result<Option<&'m str>, Refused> {
+    let names = models.names();
+    if let Some(n) = name.and_then(|n| names.iter().find(|m| **m == n.trim())) {
+        return Ok(Some(n));
+    }
+    if name.is_none() && hash.is_none() {
+        return Ok(None);
+    }
+    let mut known = Vec::new();
+    for n in &names {
+        let h = models.hash(n).map_err(|message| Refused {
+            setting: field.1.to_string(),
+            message,
+        })?;
+        if let (Some(want), Some(h)) = (hash, &h)
+            && h.matches(want)
+        {
+            return Ok(Some(n));
+        }
+        known.push(match h {
+            Some(h) => format!("{n} [{}]", h.display()),
+            None => format!("{n} (hash unknown)"),
+        });
+    }
+    let (setting, value) = match name {
+        Some(n) => (field.0, n),
+        None => (field.1, hash.unwrap_or_default()),
+    };
+    let also = match (name, hash) {
+        (Some(_), Some(h)) => format!(" and {:?} is not the hash of one", h.trim()),
+        _ => String::new(),
+    };
+    Err(Refused {
+        setting: setting.to_string(),
+        message: format!(
+            "{:?} is not a configured model{also} (configured: {})",
+            value.trim(),
+            known.join(", ")
+        ),
+    })
+}
+
+/// The LoRAs an infotext used: its prompt's `<lora:name:weight>` tags and its `Lora hashes`.
+/// They are not job settings: they must be the LoRAs fused into the job's model
+/// ([`LoraUse::check`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoraUse {
+    /// `(name, weight)` of each tag, in order.
+    pub tags: Vec<(String, f64)>,
+    /// `(name, short hash)` of `Lora hashes`.
+    pub hashes: Vec<(String, String)>,
+}
+
+/// Takes AUTOMATIC1111's extra-network tags (`<lora:name:weight>`) out of `info`'s prompt, as
+/// it does before encoding, and its `Lora hashes` out of the settings. Other extra networks
+/// (hypernetworks, LyCORIS, ...) and LoRA options sdspool cannot honour are refused.
+pub fn take_loras(info: &mut Infotext) -> Result<LoraUse, Refused> {
+    let refuse = |message: String| Refused {
+        setting: "Prompt".into(),
+        message,
+    };
+    let mut used = LoraUse::default();
+    let mut prompt = String::new();
+    let mut rest = info.prompt.as_str();
+    while let Some((tag, start, end)) = extra_network_at(rest) {
+        prompt.push_str(&rest[..start]);
+        let (kind, args) = tag;
+        if kind != "lora" {
+            return Err(refuse(format!(
+                "uses the extra network `<{kind}:{args}>`; sdspool applies only LoRAs fused into the model"
+            )));
+        }
+        let parts: Vec<&str> = args.split(':').collect();
+        let weights: Result<Vec<f64>, _> = parts[1..].iter().map(|w| w.trim().parse()).collect();
+        let weights = weights.map_err(|_| {
+            refuse(format!(
+                "`<lora:{args}>` has an option sdspool cannot honour (only `<lora:name:weight>`)"
+            ))
+        })?;
+        let weight = weights.first().copied().unwrap_or(1.0);
+        if weights.iter().any(|w| *w != weight) {
+            return Err(refuse(format!(
+                "`<lora:{args}>` weights the text encoder and the UNet differently; a fused LoRA has one weight"
+            )));
+        }
+        used.tags.push((parts[0].trim().to_string(), weight));
+        rest = &rest[end..];
+    }
+    prompt.push_str(rest);
+    if !used.tags.is_empty() {
+        info.prompt = prompt.trim().to_string();
+    }
+    if let Some(i) = info.settings.iter().position(|(k, _)| k == "Lora hashes") {
+        let (_, value) = info.settings.remove(i);
+        for pair in value.split(',').filter(|p| !p.trim().is_empty()) {
+            let (name, hash) = pair.split_once(':').ok_or_else(|| Refused {
+                setting: "Lora hashes".into(),
+                message: format!("{value:?} is not `name: hash, ...`"),
+            })?;
+            used.hashes
+                .push((name.trim().to_string(), hash.trim().to_ascii_lowercase()));
+        }
+    }
+    Ok(used)
+}
+
+/// The first `<word:args>` in `text` (AUTOMATIC1111's `<(\w+):([^>]+)>`): (word, args), where
+/// it starts and where it ends.
+fn extra_network_at(text: &str) -> Option<((&str, &str), usize, usize)> {
+    let mut from = 0;
+    while let Some(open) = text[from..].find('<').map(|i| i + from) {
+        let after = &text[open + 1..];
+        let word_len = after
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        if word_len > 0
+            && after[word_len..].starts_with(':')
+            && let Some(close) = after[word_len + 1..].find(['>', '<'])
+            && after[word_len + 1 + close..].starts_with('>')
+            && close > 0
+        {
+            let args = &after[word_len + 1..word_len + 1 + close];
+            let end = open + 1 + word_len + 1 + close + 1;
+            return Some(((&after[..word_len], args), open, end));
+        }
+        from = open + 1;
+    }
+    None
+}
+
+impl LoraUse {
+    /// Checks the LoRAs against those fused into the job's model (`fused`, from its provenance
+    /// file): the same names at the same weights, and hashes that agree where both are known.
+    pub fn check(&self, model: &str, fused: &[LoraSource]) -> Result<(), Refused> {
+        let refuse = |setting: &str, message: String| Refused {
+            setting: setting.into(),
+            message,
+        };
+        let listed = || {
+            let l: Vec<String> = fused
+                .iter()
+                .map(|l| format!("{} {}", l.name, l.weight))
+                .collect();
+            if l.is_empty() {
+                "none".to_string()
+            } else {
+                l.join(", ")
+            }
+        };
+        for (name, weight) in &self.tags {
+            match fused.iter().find(|l| l.name == *name) {
+                Some(l) if (l.weight - weight).abs() < 1e-6 => {}
+                _ => {
+                    return Err(refuse(
+                        "Prompt",
+                        format!(
+                            "uses `<lora:{name}:{weight}>`, which is not fused into model `{model}` \
+                             (its LoRAs: {}; `sdspool import --lora` makes a model with it)",
+                            listed()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(l) = fused
+            .iter()
+            .find(|l| !self.tags.iter().any(|(n, _)| *n == l.name))
+        {
+            return Err(refuse(
+                "Prompt",
+                format!(
+                    "does not use LoRA `{}`, which model `{model}` has fused at {} (its LoRAs: {})",
+                    l.name,
+                    l.weight,
+                    listed()
+                ),
+            ));
+        }
+        for (name, hash) in &self.hashes {
+            let known = fused.iter().find(|l| l.name == *name);
+            if let Some(own) = known.and_then(LoraSource::a1111_short_hash)
+                && !own.starts_with(hash.as_str())
+            {
+                return Err(refuse(
+                    "Lora hashes",
+                    format!(
+                        "gives {name}: {hash}, but the LoRA `{name}` fused into model `{model}` is {own}"
+                    ),
+                ));
+            }
+            if known.is_none() {
+                return Err(refuse(
+                    "Lora hashes",
+                    format!("names LoRA `{name}`, which is not fused into model `{model}`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why an infotext cannot make a job: the setting (or `Prompt`) and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
@@ -134,9 +377,11 @@ pub struct Refused {
     pub message: String,
 }
 
-/// The job fields `info` gives, as YAML text of a job file (model names are checked by the
-/// job's resolution like any other).
-pub fn job_yaml(info: &Infotext, model_names: &[&str]) -> Result<String, Refused> {
+/// The job fields `info` gives, as YAML text of a job file: its model and refiner matched by
+/// name or checkpoint hash against `models`; without `RNG`, AUTOMATIC1111's default, GPU
+/// (`rng: philox`). Its LoRAs are taken out first ([`take_loras`]); `Lora hashes` left in is
+/// refused.
+pub fn job_yaml<M: ModelCatalog + ?Sized>(info: &Infotext, models: &M) -> Result<String, Refused> {
     let refuse = |setting: &str, message: String| Refused {
         setting: setting.to_string(),
         message,
@@ -162,6 +407,17 @@ pub fn job_yaml(info: &Infotext, model_names: &[&str]) -> Result<String, Refused
             .map(|_| v.trim().to_string())
             .map_err(|_| refuse(k, format!("{v:?} is not a number")))
     };
+    if let Some(model) = match_model(
+        models,
+        get("Model"),
+        get("Model hash"),
+        ("Model", "Model hash"),
+    )? {
+        yaml.push_str(&format!("model: {}\n", q(model)));
+    }
+    if get("RNG").is_none() && !info.settings.is_empty() {
+        yaml.push_str("rng: philox\n");
+    }
     for (key, value) in &info.settings {
         let v = value.trim();
         let line = match key.as_str() {
@@ -184,15 +440,8 @@ pub fn job_yaml(info: &Infotext, model_names: &[&str]) -> Result<String, Refused
                 }
             }
             "Sampler" => {
-                // The scheduler registry's AUTOMATIC1111 names; a schedule type other than
-                // Automatic is part of the name there (`DPM++ 2M Karras`).
-                let name = match get("Schedule type").map(str::trim) {
-                    None | Some("Automatic") => v.to_string(),
-                    Some(t) if v.ends_with(t) => v.to_string(),
-                    Some(t) => format!("{v} {t}"),
-                };
-                let kind = SchedulerKind::from_a1111_name(&name)
-                    .ok_or_else(|| refuse(key, format!("{name:?} is not a sampler sdspool has")))?;
+                let kind = a1111::from_sampler_and_schedule(v, get("Schedule type"))
+                    .map_err(|e| refuse(e.field, e.message))?;
                 format!("scheduler: {}", kind.name())
             }
             "Schedule type" => continue, // read with Sampler
@@ -206,30 +455,19 @@ pub fn job_yaml(info: &Infotext, model_names: &[&str]) -> Result<String, Refused
                     ));
                 }
             },
-            "Model" => {
-                if !model_names.contains(&v) {
-                    return Err(refuse(
-                        key,
-                        format!(
-                            "{v:?} is not a configured model (configured: {})",
-                            model_names.join(", ")
-                        ),
-                    ));
+            "Model" | "Model hash" => continue, // matched above
+            "Refiner" => {
+                // `name [short hash]`, as AUTOMATIC1111 writes a checkpoint's short title.
+                let (name, hash) = match v.strip_suffix(']').and_then(|x| x.rsplit_once(" [")) {
+                    Some((n, h)) => (n, Some(h)),
+                    None => (v, None),
+                };
+                match match_model(models, Some(name), hash, ("Refiner", "Refiner"))? {
+                    Some(m) => format!("refiner: {}", q(m)),
+                    None => continue,
                 }
-                format!("model: {}", q(v))
             }
-            // Matched through `Model`; the hash alone cannot name an ONNX folder.
-            "Model hash" if get("Model").is_some() => continue,
-            "Model hash" => {
-                return Err(refuse(
-                    key,
-                    format!(
-                        "{v:?} alone does not name a configured model; add `Model: NAME` \
-                         (configured: {})",
-                        model_names.join(", ")
-                    ),
-                ));
-            }
+            "Refiner switch at" => format!("refiner_start: {}", number(key, v)?),
             other => match ACCEPTED.iter().find(|(k, _)| *k == other) {
                 Some((_, "")) => continue,
                 Some((_, only)) if *only == v => continue,
@@ -270,7 +508,9 @@ pub fn fill(spec: &mut JobSpec, from: JobSpec) {
         subseed,
         subseed_strength,
         seed_resize_from_w,
-        seed_resize_from_h
+        seed_resize_from_h,
+        refiner,
+        refiner_start
     );
 }
 
@@ -338,5 +578,57 @@ mod tests {
         assert_eq!(e.setting, "Sampler");
         let e = job_yaml(&parse(&format!("{text}, Hires upscale: 2")), &["tiny-sd"]).unwrap_err();
         assert_eq!(e.setting, "Hires upscale");
+    }
+
+    #[test]
+    fn refiner_and_a_missing_rng_read_as_automatic1111_means_them() {
+        let text = "a cat\nSteps: 20, Sampler: Euler, Schedule type: Automatic, CFG scale: 5, \
+                    Seed: 1, Size: 1024x768, Model: base, Refiner: refiner [0123456789], \
+                    Refiner switch at: 0.75";
+        let yaml = job_yaml(&parse(text), &["base", "refiner"]).unwrap();
+        for want in [
+            "model: \"base\"",
+            "refiner: \"refiner\"",
+            "refiner_start: 0.75",
+            "rng: philox",
+            "scheduler: euler",
+        ] {
+            assert!(yaml.contains(want), "{want} in {yaml}");
+        }
+        let e = job_yaml(&parse(text), &["base"]).unwrap_err();
+        assert_eq!(e.setting, "Refiner");
+        let yaml = job_yaml(&parse(&format!("{text}, RNG: CPU")), &["base", "refiner"]).unwrap();
+        assert!(
+            yaml.contains("rng: torch_cpu") && !yaml.contains("philox"),
+            "{yaml}"
+        );
+    }
+
+    #[test]
+    fn lora_tags_leave_the_prompt_as_automatic1111_takes_them_out() {
+        let mut info = parse(
+            "<lora:a_b:0.5> a cat, <lora:c:1:1>\nSteps: 1, Seed: 1, Lora hashes: \"a_b: ABC, c: def\"",
+        );
+        let used = take_loras(&mut info).unwrap();
+        assert_eq!(info.prompt, "a cat,");
+        assert_eq!(
+            used.tags,
+            [("a_b".to_string(), 0.5), ("c".to_string(), 1.0)]
+        );
+        assert_eq!(
+            used.hashes,
+            [
+                ("a_b".to_string(), "abc".to_string()),
+                ("c".to_string(), "def".to_string())
+            ]
+        );
+        assert!(info.settings.iter().all(|(k, _)| k != "Lora hashes"));
+        // Not a tag: no colon, or a bracket inside.
+        let mut info = parse("a <cat> and <x:<y>>\nSteps: 1, Seed: 1, Size: 8x8");
+        assert_eq!(take_loras(&mut info).unwrap(), LoraUse::default());
+        let mut info = parse("<lora:a:0.5:0.7> a cat\nSteps: 1, Seed: 1, Size: 8x8");
+        assert_eq!(take_loras(&mut info).unwrap_err().setting, "Prompt");
+        let mut info = parse("<lora:a:te=0.5> a cat\nSteps: 1, Seed: 1, Size: 8x8");
+        assert_eq!(take_loras(&mut info).unwrap_err().setting, "Prompt");
     }
 }

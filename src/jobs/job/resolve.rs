@@ -11,9 +11,33 @@ use super::prompt_file::{self, Line};
 use super::spec::{JobSpec, OneOrMany, PromptSpec, SchedulerChoice, Size};
 use super::sweep::{self, Lists, SweepCell};
 use super::{Job, JobError, JobPrompt, JobRefiner, PromptFiles, SeedSettings, valid_name};
+use crate::engine::model::checkpoint_hash::CheckpointHash;
+use crate::engine::model::config::ModelConfig;
 use crate::engine::pipeline::SdxlConditioning;
 use crate::engine::prompt::{self, PromptSyntax};
 use crate::jobs::settings::JobSettings;
+
+/// config.yaml's models as an infotext is matched against them: a model's hash is its
+/// configured checkpoint's or its provenance file's.
+struct ConfiguredModels<'a>(&'a std::collections::BTreeMap<String, ModelConfig>);
+
+impl infotext::ModelCatalog for ConfiguredModels<'_> {
+    fn names(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+
+    fn hash(&self, name: &str) -> Result<Option<CheckpointHash>, String> {
+        let Some(config) = self.0.get(name) else {
+            return Ok(None);
+        };
+        let provenance = config
+            .provenance()
+            .map_err(|e| format!("model `{name}`: {e}"))?;
+        config
+            .checkpoint_hash(provenance.as_ref())
+            .map_err(|e| format!("model `{name}`: {e}"))
+    }
+}
 
 /// Where a refiner takes over when the job does not say: diffusers' documented 0.8.
 pub const DEFAULT_REFINER_START: f64 = 0.8;
@@ -35,8 +59,11 @@ pub(super) fn resolve(
         config,
     };
     let mut spec = spec;
-    r.infotext(&mut spec)?;
+    let loras = r.infotext(&mut spec)?;
     let (id, output, model) = r.names(&spec, stem)?;
+    if let Some(loras) = loras {
+        r.infotext_loras(&loras, &model)?;
+    }
     let job_lists = r.job_lists(&spec)?;
     let shared = r.shared(&spec, &job_lists, fallback_seed)?;
     let (lines, line_field) = r.prompt_lines(&spec, files)?;
@@ -348,21 +375,37 @@ impl<'a> Resolver<'a> {
         })
     }
 
-    /// `infotext`: the fields it gives where the job file does not give them.
-    fn infotext(&self, spec: &mut JobSpec) -> Result<(), JobError> {
+    /// `infotext`: the fields it gives where the job file does not give them; the LoRAs it used,
+    /// to be checked against the job's model ([`Self::infotext_loras`]).
+    fn infotext(&self, spec: &mut JobSpec) -> Result<Option<infotext::LoraUse>, JobError> {
         let Some(text) = spec.infotext.clone() else {
-            return Ok(());
+            return Ok(None);
         };
         let at = Field::named("infotext");
-        let names: Vec<&str> = self.config.models().keys().map(String::as_str).collect();
-        let info = infotext::parse(&text);
-        let yaml = infotext::job_yaml(&info, &names)
-            .map_err(|r| self.error(&at, format!("`{}` {}", r.setting, r.message)))?;
+        let refused =
+            |r: infotext::Refused| self.error(&at, format!("`{}` {}", r.setting, r.message));
+        let mut info = infotext::parse(&text);
+        let loras = infotext::take_loras(&mut info).map_err(refused)?;
+        let yaml =
+            infotext::job_yaml(&info, &ConfiguredModels(self.config.models())).map_err(refused)?;
         let from =
             crate::sys::yaml::parse_with::<JobSpec>(&yaml, crate::sys::yaml::strict_options())
                 .map_err(|e| self.error(&at, format!("`{}` {}", e.key, e.message)))?;
         infotext::fill(spec, from);
-        Ok(())
+        Ok(Some(loras))
+    }
+
+    /// The LoRAs an infotext used must be those fused into `model` (its provenance file's).
+    fn infotext_loras(&self, loras: &infotext::LoraUse, model: &str) -> Result<(), JobError> {
+        let at = Field::named("infotext");
+        let config = &self.config.models()[model];
+        let provenance = config
+            .provenance()
+            .map_err(|e| self.error(&at, format!("model `{model}`: {e}")))?;
+        let fused = provenance.as_ref().map_or(&[][..], |p| &p.loras[..]);
+        loras
+            .check(model, fused)
+            .map_err(|r| self.error(&at, format!("`{}` {}", r.setting, r.message)))
     }
 
     /// `clip_skip`: 1 (none, the default) to 12, as AUTOMATIC1111 offers it.

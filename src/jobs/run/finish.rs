@@ -10,6 +10,7 @@ use super::JobRunError;
 use super::manifest::{CandidateEntry, GridCell, GridEntry, Manifest};
 use super::outdir::{self, REJECTED};
 use crate::engine::pipeline::CandidateFailure;
+use super::source::JobSource;
 use crate::engine::rerank::{self, Reranker};
 use crate::engine::scheduler::SchedulerKind;
 use crate::jobs::job::{Job, Rejected};
@@ -35,6 +36,8 @@ pub struct Finisher<'a> {
     /// Its `rejected/`, once opened.
     pub rejected: Option<Folder>,
     pub manifest: Manifest,
+    /// Where the job's models came from, written into every PNG.
+    pub source: JobSource,
     pub reranker: Option<&'a mut Reranker>,
     /// Where the finishing thread's time went.
     pub clock: FinishClock,
@@ -83,6 +86,7 @@ impl Finisher<'_> {
         let started = Instant::now();
         let job = self.job;
         let prompt = &job.prompts[batch.prompt];
+        let seeds = &job.seed_options;
         for (candidate, seed, image) in &batch.images {
             let image = match image {
                 Ok(image) => image,
@@ -102,7 +106,17 @@ impl Finisher<'_> {
                 width: prompt.width,
                 height: prompt.height,
                 model: &job.model,
+                model_hash: self.source.model.short_hash(),
                 refiner: job.refiner.as_ref().map(|r| (r.model.as_str(), r.start)),
+                refiner_hash: self.source.refiner.short_hash(),
+                subseed: seeds
+                    .subseed
+                    .map(|(s, strength)| (s.wrapping_add(*candidate as u64), strength)),
+                seed_resize_from: seeds.resize_from,
+                eta_noise_seed_delta: seeds.eta_noise_seed_delta,
+                clip_skip: job.clip_skip,
+                rng: job.rng,
+                provenance: self.source.model.provenance.as_ref(),
             };
             let name = output::image_file_name(batch.prompt, *candidate, *seed);
             let t0 = Instant::now();

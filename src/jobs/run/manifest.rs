@@ -92,6 +92,9 @@ pub struct Manifest {
     #[serde(default = "legacy_fingerprint_version")]
     pub fingerprint_version: u32,
     pub model: String,
+    /// Where the model came from (its provenance file or configured checkpoint), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_source: Option<ModelSource>,
     /// `scheduler`, `steps`, `guidance`, `width` and `height`: those of the first prompt; each
     /// prompt's own are in `prompts` (they differ in a sweep). None (an empty string in the file)
     /// when the job names none and nothing has run yet.
@@ -130,6 +133,24 @@ pub struct RefinerEntry {
     /// Denoising steps the refiner ran of the first prompt's schedule (each prompt's own are its
     /// `refiner_steps`; they differ in a sweep of steps); none until it has run.
     pub steps: Option<u32>,
+}
+
+/// The single-file checkpoint a model folder was made from and the LoRAs fused into it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSource {
+    /// The checkpoint's file name.
+    pub checkpoint: Option<String>,
+    /// AUTOMATIC1111's `Model hash` of it (the first 10 hex digits of its SHA-256).
+    pub model_hash: Option<String>,
+    #[serde(default)]
+    pub loras: Vec<LoraEntry>,
+}
+
+/// A LoRA fused into a model: AUTOMATIC1111's name for it and its weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraEntry {
+    pub name: String,
+    pub weight: f64,
 }
 
 /// The grid image of a sweep.

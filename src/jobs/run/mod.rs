@@ -15,6 +15,7 @@ pub mod outdir;
 pub mod pass;
 pub mod plan;
 pub mod resume;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -188,6 +189,8 @@ pub struct RunOptions {
 pub struct Worker {
     pub device: i32,
     pipelines: BTreeMap<String, Pipeline>,
+    /// Each loaded model's configuration, for its checkpoint hash.
+    configs: BTreeMap<String, crate::engine::model::config::ModelConfig>,
     reranker: Option<Reranker>,
     output_dir: PathBuf,
     /// The output folder of the latest job [`Worker::run`] started.
@@ -219,6 +222,7 @@ impl Worker {
         only: Option<&str>,
     ) -> Result<Worker, LoadError> {
         let mut pipelines = BTreeMap::new();
+        let mut configs = BTreeMap::new();
         for (name, model) in config
             .models()
             .iter()
@@ -234,6 +238,7 @@ impl Worker {
                 source,
             })?;
             pipelines.insert(name.clone(), pipeline);
+            configs.insert(name.clone(), model.clone());
         }
         let reranker = match config.rerank() {
             Some(cfg) if cfg.enabled => {
@@ -246,6 +251,7 @@ impl Worker {
         Ok(Worker {
             device,
             pipelines,
+            configs,
             reranker,
             output_dir: config.output_dir().to_path_buf(),
             last_dir: None,
@@ -340,6 +346,15 @@ impl Worker {
         }
         manifest.runs += 1;
         manifest.execution_provider = provider;
+        let job_source = source::JobSource {
+            model: self.identity(&job.model),
+            refiner: job
+                .refiner
+                .as_ref()
+                .map(|r| self.identity(&r.model))
+                .unwrap_or_default(),
+        };
+        manifest.model_source = job_source.model.manifest_entry();
         if continued {
             let adopted = resume::adopt_unrecorded_images(job, &dir, &mut manifest);
             if adopted > 0 {
@@ -359,6 +374,7 @@ impl Worker {
             dir,
             rejected: None,
             manifest,
+            source: job_source,
             reranker: if rerank { reranker.as_mut() } else { None },
             clock: FinishClock::default(),
         };
@@ -379,6 +395,17 @@ impl Worker {
             last_dir,
         )?;
         with_an_image(run.complete(&mut finisher, totals, started)?)
+    }
+
+    /// Where `model` came from (its checkpoint hashed on first use); nothing for a model this
+    /// worker does not hold.
+    pub fn identity(&self, model: &str) -> source::ModelIdentity {
+        match (self.pipelines.get(model), self.configs.get(model)) {
+            (Some(p), Some(config)) => {
+                source::ModelIdentity::of(model, config, p.model.folder.provenance.as_ref())
+            }
+            _ => source::ModelIdentity::default(),
+        }
     }
 
     fn reranker_name(&self) -> Option<String> {

@@ -55,6 +55,7 @@ fn new_manifest(
         fingerprint: String::new(),
         fingerprint_version: 0,
         model: job.model.clone(),
+        model_source: None,
         scheduler: job.scheduler,
         execution_provider: provider.to_string(),
         steps: job.steps,
