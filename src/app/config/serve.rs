@@ -130,10 +130,10 @@ impl NotifyConfig {
         if let Some(ca) = &self.ca_file
             && let Err(e) = crate::app::web::trust::read_pem_certificates(ca)
         {
-            let cause = std::error::Error::source(&e)
-                .map(|c| format!(": {c}"))
-                .unwrap_or_default();
-            return Err(("notify.ca_file".into(), format!("{e}{cause}")));
+            return Err((
+                "notify.ca_file".into(),
+                crate::app::logging::error_chain(&e.into()),
+            ));
         }
         if self.timeout_seconds == 0 || self.timeout_seconds > 600 {
             return Err(("notify.timeout_seconds".into(), "must be 1 to 600".into()));

@@ -301,7 +301,8 @@ fn run_bounded(
 /// read now (the config check read it at start) is logged and left out.
 pub fn webhook_agent(config: &NotifyConfig) -> ureq::Agent {
     let tls = super::trust::tls_config(config.ca_file.as_deref()).unwrap_or_else(|e| {
-        tracing::error!(error = %e, cause = %cause(&e), "notify.ca_file left out");
+        let e = crate::app::logging::error_chain(&e.into());
+        tracing::error!(error = %e, "notify.ca_file left out");
         super::trust::tls_config(None).unwrap_or_default()
     });
     ureq::Agent::config_builder()
@@ -323,17 +324,6 @@ pub enum DeliveryError {
     Untrusted(#[source] ureq::Error),
     #[error("cannot reach the receiver")]
     Unreachable(#[source] ureq::Error),
-}
-
-/// `e`'s causes, `: `-separated (empty when it has none).
-fn cause(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut next = e.source();
-    while let Some(c) = next {
-        out.push(c.to_string());
-        next = c.source();
-    }
-    out.join(": ")
 }
 
 /// One POST of `body` to `url`.
@@ -372,7 +362,8 @@ pub fn post_with_retries(agent: &ureq::Agent, url: &str, body: &str, retries: u3
         match post_once(agent, url, body) {
             Ok(()) => return true,
             Err(e) => {
-                tracing::warn!(url, attempt, error = %e, cause = %cause(&e), "webhook not delivered")
+                let e = crate::app::logging::error_chain(&e.into());
+                tracing::warn!(url, attempt, error = %e, "webhook not delivered")
             }
         }
         if attempt < retries {
