@@ -128,7 +128,7 @@ impl NotifyConfig {
             }
         }
         if let Some(ca) = &self.ca_file
-            && let Err(e) = crate::app::web::trust::read_pem_certificates(ca)
+            && let Err(e) = crate::sys::trust::read_pem_certificates(ca)
         {
             return Err((
                 "notify.ca_file".into(),

@@ -27,7 +27,6 @@ pub mod respond;
 pub mod server;
 pub mod static_index;
 pub mod thumbs;
-pub mod trust;
 
 pub use server::{Server, start};
 

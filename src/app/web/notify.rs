@@ -297,13 +297,13 @@ fn run_bounded(
 }
 
 /// The HTTP client of webhook deliveries: `notify.timeout_seconds` per delivery, TLS checked
-/// against the system's CAs and `notify.ca_file` ([`super::trust`]). A CA file that cannot be
+/// against the system's CAs and `notify.ca_file` ([`crate::sys::trust`]). A CA file that cannot be
 /// read now (the config check read it at start) is logged and left out.
 pub fn webhook_agent(config: &NotifyConfig) -> ureq::Agent {
-    let tls = super::trust::tls_config(config.ca_file.as_deref()).unwrap_or_else(|e| {
+    let tls = crate::sys::trust::tls_config(config.ca_file.as_deref()).unwrap_or_else(|e| {
         let e = crate::app::logging::error_chain(&e.into());
         tracing::error!(error = %e, "notify.ca_file left out");
-        super::trust::tls_config(None).unwrap_or_default()
+        crate::sys::trust::tls_config(None).unwrap_or_default()
     });
     ureq::Agent::config_builder()
         .timeout_global(Some(config.timeout()))

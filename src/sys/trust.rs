@@ -1,4 +1,4 @@
-//! The certificate authorities `https://` webhooks are checked against: the system's CA bundle
+//! The certificate authorities TLS clients (the `https://` webhooks) check servers against: the system's CA bundle
 //! (`SSL_CERT_FILE` when set, else the first of [`SYSTEM_BUNDLES`] that exists), plus the PEM
 //! certificates of `notify.ca_file` for receivers behind a private CA. Without a system bundle,
 //! Mozilla's roots built into the program (webpki-roots) stand in; with `notify.ca_file` as well,
