@@ -1,6 +1,8 @@
-//! Small system helpers that every layer may use: atomic files, YAML, hashing, host identity.
+//! Small system helpers that every layer may use: atomic files, YAML, hashing, host identity, the
+//! CA certificates TLS clients trust.
 
 pub mod atomic;
 pub mod hash;
 pub mod host;
+pub mod trust;
 pub mod yaml;

@@ -189,6 +189,9 @@ impl Config {
         if let Some(p) = self.execution.optimized_model_dir.as_mut() {
             resolve(p);
         }
+        if let Some(p) = self.notify.ca_file.as_mut() {
+            resolve(p);
+        }
         if let Some(p) = self.execution.tensorrt.engine_cache.as_mut() {
             resolve(p);
         }

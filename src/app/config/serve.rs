@@ -77,8 +77,11 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
-    /// URLs (`http://`) that receive each event as a JSON POST.
+    /// URLs (`http://` or `https://`) that receive each event as a JSON POST.
     pub webhooks: Vec<String>,
+    /// PEM file of CA certificates trusted for `https://` webhooks besides the system's (a
+    /// private CA); relative to the config file.
+    pub ca_file: Option<PathBuf>,
     /// A program run with the event's JSON file as its only argument (for mail or chat
     /// scripts); its standard input is empty, its output goes to the log.
     pub command: Option<PathBuf>,
@@ -92,6 +95,7 @@ impl Default for NotifyConfig {
     fn default() -> Self {
         NotifyConfig {
             webhooks: Vec::new(),
+            ca_file: None,
             command: None,
             timeout_seconds: 10,
             retries: 3,
@@ -110,12 +114,10 @@ impl NotifyConfig {
 
     pub fn check(&self) -> Result<(), (String, String)> {
         for (i, url) in self.webhooks.iter().enumerate() {
-            if !url.starts_with("http://") {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
                 return Err((
                     format!("notify.webhooks[{i}]"),
-                    format!(
-                        "`{url}` is not an http:// URL (https is not built in: send through a local relay)"
-                    ),
+                    format!("`{url}` is not an http:// or https:// URL"),
                 ));
             }
             if url.parse::<axum::http::Uri>().is_err() {
@@ -124,6 +126,14 @@ impl NotifyConfig {
                     format!("`{url}` is not a valid URL"),
                 ));
             }
+        }
+        if let Some(ca) = &self.ca_file
+            && let Err(e) = crate::sys::trust::read_pem_certificates(ca)
+        {
+            return Err((
+                "notify.ca_file".into(),
+                crate::app::logging::error_chain(&e.into()),
+            ));
         }
         if self.timeout_seconds == 0 || self.timeout_seconds > 600 {
             return Err(("notify.timeout_seconds".into(), "must be 1 to 600".into()));
@@ -164,5 +174,28 @@ mod tests {
             ..NotifyConfig::default()
         };
         assert_eq!(n.check().unwrap_err().0, "notify.webhooks[0]");
+    }
+
+    #[test]
+    fn https_webhooks_are_accepted_and_a_ca_file_must_hold_certificates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = tmp.path().join("ca.pem");
+        let mut n = NotifyConfig {
+            webhooks: vec!["https://hooks.example.org/x".into()],
+            ca_file: Some(ca.clone()),
+            ..NotifyConfig::default()
+        };
+        let (key, message) = n.check().unwrap_err();
+        assert_eq!(key, "notify.ca_file");
+        assert!(
+            message.contains("cannot read") && message.contains("ca.pem"),
+            "{message}"
+        );
+        std::fs::write(&ca, "no certificates here\n").unwrap();
+        let (key, message) = n.check().unwrap_err();
+        assert_eq!(key, "notify.ca_file");
+        assert!(message.contains("holds no certificate"), "{message}");
+        n.ca_file = None;
+        n.check().unwrap();
     }
 }

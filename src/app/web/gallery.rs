@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::AppState;
 use super::files::open_job_folder;
+use super::job_index::Row;
 use crate::jobs::run::manifest::{FILE as MANIFEST, Manifest};
 
 /// Query of a job page.
@@ -334,75 +335,55 @@ pub struct JobsView {
     pub total: usize,
 }
 
-/// Job folders directly under the output root, newest first, filtered and paged.
+/// Job folders directly under the output root, newest first, filtered and paged. The rows come
+/// from the job index ([`super::job_index`]), which reads only manifests that are new or
+/// changed; the filter runs over the rows and only the page's rows are built.
 pub fn jobs_view(state: &AppState, query: &JobsQuery) -> JobsView {
-    let root = &state.config.output_dir;
-    let mut folders: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_str()?.to_string();
-            if name.starts_with('.') || !e.file_type().ok()?.is_dir() {
-                return None;
-            }
-            let meta = std::fs::symlink_metadata(e.path().join(MANIFEST)).ok()?;
-            Some((meta.modified().ok()?, name))
-        })
-        .collect();
-    folders.sort_by(|a, b| b.cmp(a));
     let q = query.q.clone().unwrap_or_default().to_lowercase();
     let model = query.model.clone().unwrap_or_default();
     let date = query.date.clone().unwrap_or_default();
-    let rows: Vec<JobRow> = folders
-        .into_iter()
-        .filter_map(|(at, folder)| {
-            let day = crate::spool::fsops::rfc3339::format(at)
-                .chars()
-                .take(10)
-                .collect::<String>();
-            if !date.is_empty() && day != date {
-                return None;
-            }
-            let m = state.manifests.get(root, &folder)?;
-            if !model.is_empty() && m.model != model {
-                return None;
-            }
-            if !q.is_empty()
-                && !m
-                    .prompts
-                    .iter()
-                    .any(|p| p.prompt.to_lowercase().contains(&q))
-            {
-                return None;
-            }
-            Some(JobRow {
-                href: format!("/jobs/{}", encode_path(&folder)),
-                job: m.job.clone(),
-                model: m.model.clone(),
-                first_prompt: m.first_prompt(),
-                prompts: m.prompts.len(),
-                images: m.images_written(),
-                date: day,
-                complete: m.complete,
-                folder,
-            })
-        })
-        .collect();
     let per_page = state.config.serve.page_size();
-    let pages = rows.len().div_ceil(per_page).max(1);
-    let page = query.page.unwrap_or(1).clamp(1, pages);
-    JobsView {
-        total: rows.len(),
-        rows: rows
-            .into_iter()
-            .skip((page - 1) * per_page)
-            .take(per_page)
-            .collect(),
-        page,
-        pages,
-        q,
-        model,
-        date,
-    }
+    state.jobs.with(&state.config.output_dir, |index| {
+        let mut found: Vec<(&str, &Row)> = index
+            .rows()
+            .filter(|(_, r)| model.is_empty() || r.model == model)
+            .filter(|(_, r)| date.is_empty() || day(r.stamp.modified) == date)
+            .filter(|(_, r)| r.prompt_contains(&q))
+            .collect();
+        found.sort_by(|a, b| (b.1.stamp.modified, b.0).cmp(&(a.1.stamp.modified, a.0)));
+        let pages = found.len().div_ceil(per_page).max(1);
+        let page = query.page.unwrap_or(1).clamp(1, pages);
+        JobsView {
+            total: found.len(),
+            rows: found
+                .into_iter()
+                .skip((page - 1) * per_page)
+                .take(per_page)
+                .map(|(folder, r)| JobRow {
+                    href: format!("/jobs/{}", encode_path(folder)),
+                    job: r.job.clone(),
+                    model: r.model.clone(),
+                    first_prompt: r.first_prompt.clone(),
+                    prompts: r.prompts.len(),
+                    images: r.images,
+                    date: day(r.stamp.modified),
+                    complete: r.complete,
+                    folder: folder.to_string(),
+                })
+                .collect(),
+            page,
+            pages,
+            q,
+            model,
+            date,
+        }
+    })
+}
+
+/// `YYYY-MM-DD` (UTC) of `at`.
+fn day(at: std::time::SystemTime) -> String {
+    crate::spool::fsops::rfc3339::format(at)
+        .chars()
+        .take(10)
+        .collect()
 }

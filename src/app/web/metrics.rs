@@ -82,6 +82,8 @@ pub struct Telemetry {
     workers: Family<WorkerLabels, Gauge>,
     providers: Family<ProviderLabels, Gauge>,
     storage_waits: Counter,
+    manifests_read: Counter,
+    thumbnails_made: Counter,
     ready: AtomicBool,
     /// Scrapes set the spool gauges and encode under this lock, so two scrapes do not mix.
     scrape: Mutex<()>,
@@ -152,6 +154,18 @@ impl Telemetry {
             "Times a job waited because its files could not be written (disk full, read-only)",
             storage_waits.clone(),
         );
+        let manifests_read = Counter::default();
+        r.register(
+            "web_manifests_read",
+            "Manifests the job list read because they were new or changed (unchanged ones are not read again)",
+            manifests_read.clone(),
+        );
+        let thumbnails_made = Counter::default();
+        r.register(
+            "web_thumbnails_made",
+            "Thumbnails decoded and made (not found in the thumbnail cache)",
+            thumbnails_made.clone(),
+        );
         Telemetry {
             registry: r,
             jobs,
@@ -164,6 +178,8 @@ impl Telemetry {
             workers,
             providers,
             storage_waits,
+            manifests_read,
+            thumbnails_made,
             ready: AtomicBool::new(false),
             scrape: Mutex::new(()),
         }
@@ -198,6 +214,15 @@ impl Telemetry {
                 reason: step.to_string(),
             })
             .inc();
+    }
+
+    /// The job list read `n` manifests (new or changed ones).
+    pub fn record_manifests_read(&self, n: usize) {
+        self.manifests_read.inc_by(n as u64);
+    }
+
+    pub fn record_thumbnail_made(&self) {
+        self.thumbnails_made.inc();
     }
 
     pub fn record_storage_wait(&self) {

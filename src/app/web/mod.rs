@@ -11,12 +11,14 @@
 //! [`server`] (listening, limits, routes), [`pages`] (HTML), [`files`] (serving files from the
 //! output root and the spool, safely), [`thumbs`] (thumbnails cached on disk), [`control`]
 //! (pause, resume, cancel, priority with a token), [`notify`] (webhooks and the command),
-//! [`static_index`] (index.html per job folder).
+//! [`job_index`] (the job folders' rows for the job list and search, kept up to date
+//! incrementally), [`static_index`] (index.html per job folder).
 
 pub mod control;
 pub mod files;
 pub mod gallery;
 pub mod hooks;
+pub mod job_index;
 pub mod metrics;
 pub mod notify;
 pub mod pages;
@@ -66,4 +68,5 @@ pub struct AppState {
     pub templates: minijinja::Environment<'static>,
     pub thumbs: thumbs::ThumbCache,
     pub manifests: pages::ManifestCache,
+    pub jobs: job_index::LiveIndex,
 }

@@ -96,6 +96,7 @@ pub fn install(config: &NotifyConfig, base_dir: &Path, events_dir: PathBuf) {
         settled: Condvar::new(),
     });
     let sender = Sender {
+        agent: webhook_agent(config),
         config: config.clone(),
         command: config.command.as_ref().map(|c| resolve(c, base_dir)),
         events_dir,
@@ -212,6 +213,7 @@ impl Notifier {
 
 /// The sender thread's side.
 struct Sender {
+    agent: ureq::Agent,
     config: NotifyConfig,
     command: Option<PathBuf>,
     events_dir: PathBuf,
@@ -228,7 +230,7 @@ impl Sender {
             Err(e) => return tracing::warn!(error = %e, "cannot encode a notification"),
         };
         for url in &self.config.webhooks {
-            post_with_retries(url, &body, self.config.timeout(), self.config.retries);
+            post_with_retries(&self.agent, url, &body, self.config.retries);
         }
         if let Some(command) = &self.command {
             self.run_command(command, event, &body);
@@ -294,29 +296,75 @@ fn run_bounded(
     }
 }
 
+/// The HTTP client of webhook deliveries: `notify.timeout_seconds` per delivery, TLS checked
+/// against the system's CAs and `notify.ca_file` ([`crate::sys::trust`]). A CA file that cannot be
+/// read now (the config check read it at start) is logged and left out.
+pub fn webhook_agent(config: &NotifyConfig) -> ureq::Agent {
+    let tls = crate::sys::trust::tls_config(config.ca_file.as_deref()).unwrap_or_else(|e| {
+        let e = crate::app::logging::error_chain(&e.into());
+        tracing::error!(error = %e, "notify.ca_file left out");
+        crate::sys::trust::tls_config(None).unwrap_or_default()
+    });
+    ureq::Agent::config_builder()
+        .timeout_global(Some(config.timeout()))
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
+/// Why one delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("the receiver answered {0}")]
+    Refused(u16),
+    #[error(
+        "the receiver's TLS certificate is not trusted (for a private CA, set notify.ca_file to its PEM certificate)"
+    )]
+    Untrusted(#[source] ureq::Error),
+    #[error("cannot reach the receiver")]
+    Unreachable(#[source] ureq::Error),
+}
+
+/// One POST of `body` to `url`.
+pub fn post_once(agent: &ureq::Agent, url: &str, body: &str) -> Result<(), DeliveryError> {
+    match agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+    {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(DeliveryError::Refused(r.status().as_u16())),
+        Err(e) if is_certificate_error(&e) => Err(DeliveryError::Untrusted(e)),
+        Err(e) => Err(DeliveryError::Unreachable(e)),
+    }
+}
+
+/// Whether rustls refused the receiver's certificate (ureq reports it as itself, or inside the
+/// I/O error of the handshake).
+fn is_certificate_error(e: &ureq::Error) -> bool {
+    let tls = match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(
+        tls,
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    )
+}
+
 /// Posts `body` to `url`: `retries` further tries after a failure, waiting 1 s, 2 s, 4 s, ...
 /// (at most 30 s). Returns whether it was delivered (a 2xx answer).
-pub fn post_with_retries(url: &str, body: &str, timeout: Duration, retries: u32) -> bool {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
+pub fn post_with_retries(agent: &ureq::Agent, url: &str, body: &str, retries: u32) -> bool {
     let mut wait = Duration::from_secs(1);
     for attempt in 0..=retries {
-        let outcome = agent
-            .post(url)
-            .header("content-type", "application/json")
-            .send(body);
-        match outcome {
-            Ok(r) if r.status().is_success() => return true,
-            Ok(r) => tracing::warn!(
-                url,
-                attempt,
-                status = r.status().as_u16(),
-                "webhook refused the notification"
-            ),
-            Err(e) => tracing::warn!(url, attempt, error = %e, "webhook not reached"),
+        match post_once(agent, url, body) {
+            Ok(()) => return true,
+            Err(e) => {
+                let e = crate::app::logging::error_chain(&e.into());
+                tracing::warn!(url, attempt, error = %e, "webhook not delivered")
+            }
         }
         if attempt < retries {
             std::thread::sleep(wait);

@@ -51,6 +51,7 @@ pub fn start(config: Arc<Config>, addr: SocketAddr) -> anyhow::Result<Server> {
         templates: super::pages::templates(),
         thumbs: super::thumbs::ThumbCache::new(&config),
         manifests: super::pages::ManifestCache::default(),
+        jobs: super::job_index::LiveIndex::default(),
         config,
     });
     let app = router(state);

@@ -3,10 +3,10 @@
 //! to the folder, no script and no server, so a night's results copied elsewhere open from
 //! `file://`. Written atomically (a temporary name, then renamed over the old one).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::gallery::{GalleryView, Links, gallery};
+use super::job_index::JobIndex;
 use crate::jobs::run::manifest::Manifest;
 
 /// File name in each folder.
@@ -40,94 +40,52 @@ pub fn write_job(output_root: &Path, dir: &Path) -> std::io::Result<()> {
         ))
     })?;
     job_dir.write(FILE, html.as_bytes())?;
-    write_root_with(
-        output_root,
-        Some((folder.clone(), Row::of(&folder, &manifest))),
-    )
+    write_root(output_root)
 }
 
 /// One job folder in the root's list.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Row {
+#[derive(Debug, serde::Serialize)]
+struct Row<'a> {
     href: String,
-    job: String,
-    model: String,
-    first_prompt: String,
+    job: &'a str,
+    model: &'a str,
+    first_prompt: &'a str,
     images: usize,
     complete: bool,
 }
 
-impl Row {
-    fn of(name: &str, m: &Manifest) -> Row {
-        Row {
-            href: format!("{name}/{FILE}"),
-            job: m.job.clone(),
-            model: m.model.clone(),
-            first_prompt: m.first_prompt(),
-            images: m.images_written(),
-            complete: m.complete,
-        }
-    }
-}
-
-/// The root page's rows by folder name, kept beside it (a hidden file, never served) so that
-/// writing the page after a job reads that job's manifest only, not every manifest in the root.
-const ROWS_CACHE: &str = ".index-rows.json";
-
-fn read_rows_cache(output_root: &Path) -> BTreeMap<String, Row> {
-    std::fs::read(output_root.join(ROWS_CACHE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-/// Writes `<output_root>/index.html`: every folder with a manifest, by name.
+/// Writes `<output_root>/index.html`: every folder with a manifest, by name. The rows come from
+/// the job index ([`JobIndex`]) kept beside the page, so only manifests that are new or changed
+/// since the page was last written are read (after a job: that job's), and folders that are
+/// gone drop out.
 pub fn write_root(output_root: &Path) -> std::io::Result<()> {
-    write_root_with(output_root, None)
-}
-
-/// The root page with `updated`'s row (a job just written) new: the other folders' rows come
-/// from the rows cache, and only folders it does not know have their manifest read (the first
-/// time, or a folder copied in). Folders that are gone drop out. Several daemons writing at
-/// once may lose a row from the cache; it is read again from its manifest the next time.
-fn write_root_with(output_root: &Path, updated: Option<(String, Row)>) -> std::io::Result<()> {
-    let mut names: Vec<String> = std::fs::read_dir(output_root)?
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| !n.starts_with('.'))
+    let mut index = JobIndex::load(output_root);
+    index.refresh(output_root)?;
+    let list: Vec<Row> = index
+        .rows()
+        .map(|(name, r)| Row {
+            href: format!("{name}/{FILE}"),
+            job: &r.job,
+            model: &r.model,
+            first_prompt: &r.first_prompt,
+            images: r.images,
+            complete: r.complete,
+        })
         .collect();
-    names.sort();
-    let mut cache = read_rows_cache(output_root);
-    if let Some((name, row)) = updated {
-        cache.insert(name, row);
-    }
-    let mut rows = BTreeMap::new();
-    for name in names {
-        let row = match cache.remove(&name) {
-            Some(row) => row,
-            None => match Manifest::read(&output_root.join(&name)) {
-                Some(m) => Row::of(&name, &m),
-                None => continue,
-            },
-        };
-        rows.insert(name, row);
-    }
-    let list: Vec<&Row> = rows.values().collect();
     let html = super::pages::templates()
         .get_template("jobs.html")
         .and_then(|t| {
             t.render(minijinja::context! { rows => list, static_page => true, page => 1, pages => 1, total => list.len() })
         })
         .map_err(std::io::Error::other)?;
-    let cache = serde_json::to_vec(&rows).map_err(std::io::Error::other)?;
-    crate::sys::atomic::write(&output_root.join(ROWS_CACHE), &cache)?;
+    index.save(output_root)?;
     crate::sys::atomic::write(&output_root.join(FILE), html.as_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::web::job_index::CACHE_FILE as ROWS_CACHE;
 
     /// A job folder `name` under `root` with a copy of a committed manifest naming it.
     fn job(root: &Path, name: &str) -> std::path::PathBuf {
