@@ -1,6 +1,7 @@
 //! One claimed job, step by step: a cancel that came before it started, reading and checking
-//! the job file, the device that serves its model, the run, and filing the outcome in done/ or
-//! failed/ (or keeping it claimed: stopped by a shutdown, or waiting for storage).
+//! the job file, the device that serves its model, loading the models it needs that are not
+//! resident yet, the run, and filing the outcome in done/ or failed/ (or keeping it claimed:
+//! stopped by a shutdown, or waiting for storage).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,6 +10,7 @@ use serde::Serialize;
 
 use super::WorkerCtx;
 use super::dispatch::Waiting;
+use super::heartbeat::WorkerState;
 use super::notify;
 use super::progress::{ProgressSink, stall};
 use super::storage::{WaitForStorage, filing_error};
@@ -98,8 +100,46 @@ pub fn process(
             Route::Unserved(failure) => file_failed(ctx, claimed, &failure, Some(&job.model)),
         };
     }
+    if let Err(failure) = load_models(ctx, worker, &claimed, &job) {
+        return file_failed(ctx, claimed, &failure, Some(&job.model));
+    }
     let rendered = render(ctx, &config, worker, &claimed, &job);
     file_outcome(ctx, worker, claimed, &job, rendered)
+}
+
+/// Makes the models `job` needs resident on this worker's device (see
+/// [`crate::jobs::run::resident`]); a model that cannot be loaded fails the job (step
+/// `loading the model`, field `model`), naming the model and the file.
+fn load_models(
+    ctx: &WorkerCtx<'_>,
+    worker: &mut Worker,
+    claimed: &Claimed,
+    job: &Job,
+) -> Result<(), Failure> {
+    if !worker.needs_loading(job) {
+        return Ok(());
+    }
+    // Loading shows no progress for a while: it is not a hang.
+    ctx.pulse.set(WorkerState::Loading, Some(&claimed.stem));
+    let prepared = worker.prepare(ctx.runtime, job);
+    ctx.pulse.set(WorkerState::Rendering, Some(&claimed.stem));
+    let telemetry = crate::app::web::metrics::telemetry();
+    telemetry.record_models_loaded(ctx.device, worker.loaded_models().len());
+    match prepared {
+        Ok(_) => {
+            for model in crate::jobs::run::job_models(job) {
+                if let Some(provider) = worker.provider(model) {
+                    telemetry.record_provider(ctx.device, model, &provider);
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let message = crate::app::logging::error_chain(&anyhow::Error::from(e));
+            tracing::error!(device = ctx.device, model = %job.model, error = %message, "cannot load the job's models; moving it to failed/");
+            Err(Failure::new("loading the model", message).with_field("model"))
+        }
+    }
 }
 
 /// Why this worker does not run a job itself.

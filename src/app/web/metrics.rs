@@ -49,6 +49,11 @@ struct WorkerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabel {
+    device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabels {
     device: String,
     model: String,
@@ -81,6 +86,7 @@ pub struct Telemetry {
     failures: Family<ReasonLabel, Counter>,
     workers: Family<WorkerLabels, Gauge>,
     providers: Family<ProviderLabels, Gauge>,
+    models_loaded: Family<DeviceLabel, Gauge>,
     storage_waits: Counter,
     ready: AtomicBool,
     /// Scrapes set the spool gauges and encode under this lock, so two scrapes do not mix.
@@ -146,6 +152,12 @@ impl Telemetry {
             "1 for the execution provider ONNX Runtime runs each device's UNet of each model on",
             providers.clone(),
         );
+        let models_loaded = Family::<DeviceLabel, Gauge>::default();
+        r.register(
+            "models_loaded",
+            "Diffusion models resident on each device (they load on first use)",
+            models_loaded.clone(),
+        );
         let storage_waits = Counter::default();
         r.register(
             "storage_waits",
@@ -163,6 +175,7 @@ impl Telemetry {
             failures,
             workers,
             providers,
+            models_loaded,
             storage_waits,
             ready: AtomicBool::new(false),
             scrape: Mutex::new(()),
@@ -226,7 +239,17 @@ impl Telemetry {
             .set(1);
     }
 
-    /// Every model is loaded (the daemon) or nothing needs loading (`sdspool serve`).
+    /// `device`'s worker has `count` diffusion models resident.
+    pub fn record_models_loaded(&self, device: i32, count: usize) {
+        self.models_loaded
+            .get_or_create(&DeviceLabel {
+                device: device.to_string(),
+            })
+            .set(count as i64);
+    }
+
+    /// The daemon's workers take jobs (models load when a job needs them), or nothing needs
+    /// loading (`sdspool serve`).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
     }
