@@ -214,6 +214,34 @@ fn a_model_that_cannot_load_fails_its_job_naming_model_and_file_and_the_daemon_g
     }
 }
 
+#[test]
+fn require_gpu_without_a_gpu_stops_the_daemon_at_the_first_load_and_gives_the_job_back() {
+    let env = Env::with(|_| {});
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let gpu = "execution:\n  providers: [tensorrt, cuda, cpu]\n  require_gpu: true\n";
+    std::fs::write(&env.config, format!("{gpu}{text}")).unwrap();
+    env.submit_all(&[("a", "tiny-sd")]);
+    let mut daemon = Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_sdspool"))
+            .arg("--config")
+            .arg(&env.config)
+            .args(["run", "--until-idle"])
+            .env("SDSPOOL_LOG", "info")
+            .stdout(Stdio::null()),
+    );
+    let status = wait_exit(&mut daemon, Duration::from_secs(120));
+    let log = stderr_of(&mut daemon);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("`execution.require_gpu` is true but no GPU provider serves this model"),
+        "{log}"
+    );
+    // Not the job's fault: it waits in running/ for the next start, its attempt not counted.
+    assert!(env.root.join("spool/running/a.yaml").is_file(), "{log}");
+    assert!(!env.root.join("spool/failed/a.yaml").exists(), "{log}");
+    assert!(!env.root.join("spool/running/a.attempts").exists(), "{log}");
+}
+
 /// Runs `sdspool ARGS` with the repository's config.yaml (every committed model configured).
 fn sdspool(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sdspool"))

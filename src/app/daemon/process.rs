@@ -100,24 +100,34 @@ pub fn process(
             Route::Unserved(failure) => file_failed(ctx, claimed, &failure, Some(&job.model)),
         };
     }
-    if let Err(failure) = load_models(ctx, worker, &claimed, &job) {
-        return file_failed(ctx, claimed, &failure, Some(&job.model));
+    match load_models(ctx, worker, &claimed, &job) {
+        Loaded::Ready => {}
+        Loaded::Failed(failure) => return file_failed(ctx, claimed, &failure, Some(&job.model)),
+        Loaded::Refused(e) => {
+            ctx.spool.release(claimed)?;
+            return Err(e);
+        }
     }
     let rendered = render(ctx, &config, worker, &claimed, &job);
     file_outcome(ctx, worker, claimed, &job, rendered)
 }
 
+/// What came of loading a job's models.
+enum Loaded {
+    Ready,
+    /// A model cannot be loaded: the job fails.
+    Failed(Failure),
+    /// `execution.require_gpu` refused a model: the job is given back and the worker stops, as
+    /// the daemon refused to start when it loaded every model up front.
+    Refused(anyhow::Error),
+}
+
 /// Makes the models `job` needs resident on this worker's device (see
 /// [`crate::jobs::run::resident`]); a model that cannot be loaded fails the job (step
 /// `loading the model`, field `model`), naming the model and the file.
-fn load_models(
-    ctx: &WorkerCtx<'_>,
-    worker: &mut Worker,
-    claimed: &Claimed,
-    job: &Job,
-) -> Result<(), Failure> {
+fn load_models(ctx: &WorkerCtx<'_>, worker: &mut Worker, claimed: &Claimed, job: &Job) -> Loaded {
     if !worker.needs_loading(job) {
-        return Ok(());
+        return Loaded::Ready;
     }
     // Loading shows no progress for a while: it is not a hang.
     ctx.pulse.set(WorkerState::Loading, Some(&claimed.stem));
@@ -132,12 +142,15 @@ fn load_models(
                     telemetry.record_provider(ctx.device, model, &provider);
                 }
             }
-            Ok(())
+            Loaded::Ready
         }
+        Err(e) if e.is_gpu_required() => Loaded::Refused(
+            anyhow::Error::from(e).context(format!("device {}: loading a model", ctx.device)),
+        ),
         Err(e) => {
             let message = crate::app::logging::error_chain(&anyhow::Error::from(e));
             tracing::error!(device = ctx.device, model = %job.model, error = %message, "cannot load the job's models; moving it to failed/");
-            Err(Failure::new("loading the model", message).with_field("model"))
+            Loaded::Failed(Failure::new("loading the model", message).with_field("model"))
         }
     }
 }

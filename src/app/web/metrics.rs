@@ -390,4 +390,19 @@ mod tests {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
     }
+
+    #[test]
+    fn the_models_resident_on_each_device_are_counted() {
+        let t = Telemetry::new();
+        t.record_models_loaded(0, 2);
+        t.record_models_loaded(1, 1);
+        t.record_models_loaded(0, 1);
+        let text = t.encode(&SpoolGauges::default()).unwrap();
+        for line in [
+            "sdspool_models_loaded{device=\"0\"} 1",
+            "sdspool_models_loaded{device=\"1\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
 }

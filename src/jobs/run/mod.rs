@@ -207,6 +207,21 @@ pub enum LoadError {
     NotConfigured { model: String },
 }
 
+impl LoadError {
+    /// Whether the model was refused because `execution.require_gpu` is set and no GPU provider
+    /// serves it: the machine's fault, not the job's.
+    pub fn is_gpu_required(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(crate::runtime::RuntimeError::GpuRequired { .. }) = e.downcast_ref() {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
 impl Worker {
     /// A worker for `device` that has loaded nothing yet; `budget`: the most bytes its resident
     /// models may take (see [`resident`]), `None` for no limit.
