@@ -128,13 +128,30 @@ fn nothing_loads_at_start_and_a_model_larger_than_the_budget_loads_alone_on_firs
     let log = env.run_until_idle();
     assert!(env.done("a"), "{log}");
     let ready = log.find("sdspool is ready").expect("ready");
-    let loaded = lines(&log, &["model loaded", "model=tiny-sd ", "device=0", "provider=cpu"]);
+    let loaded = lines(
+        &log,
+        &["model loaded", "model=tiny-sd ", "device=0", "provider=cpu"],
+    );
     assert_eq!(loaded.len(), 1, "{log}");
-    assert!(log.find(loaded[0]).unwrap() > ready, "loaded after ready:\n{log}");
+    assert!(
+        log.find(loaded[0]).unwrap() > ready,
+        "loaded after ready:\n{log}"
+    );
     assert!(loaded[0].contains("job{job=a}"), "{}", loaded[0]);
-    assert_eq!(lines(&log, &["model loaded"]).len(), 2, "tiny-sd and the rerank model:\n{log}");
     assert_eq!(
-        lines(&log, &["does not fit in the device's model memory", "model=tiny-sd "]).len(),
+        lines(&log, &["model loaded"]).len(),
+        2,
+        "tiny-sd and the rerank model:\n{log}"
+    );
+    assert_eq!(
+        lines(
+            &log,
+            &[
+                "does not fit in the device's model memory",
+                "model=tiny-sd "
+            ]
+        )
+        .len(),
         1,
         "{log}"
     );
@@ -186,11 +203,7 @@ fn among_jobs_of_equal_priority_a_worker_takes_those_of_its_loaded_model_first()
     ]);
     let log = env.run_until_idle();
     // In plain order the one-model budget would load a model for every job (6 loads).
-    assert_eq!(
-        started(&log),
-        ["x1", "x2", "x3", "y1", "y2", "y3"],
-        "{log}"
-    );
+    assert_eq!(started(&log), ["x1", "x2", "x3", "y1", "y2", "y3"], "{log}");
     assert_eq!(lines(&log, &["model loaded"]).len(), 2, "{log}");
 }
 
@@ -202,8 +215,7 @@ fn a_model_that_cannot_load_fails_its_job_naming_model_and_file_and_the_daemon_g
     env.submit_all(&[("bad", "broken"), ("good", "tiny-sd")]);
     let log = env.run_until_idle();
     assert!(env.done("good"), "{log}");
-    let error =
-        std::fs::read_to_string(env.root.join("spool/failed/bad.error.yaml")).unwrap();
+    let error = std::fs::read_to_string(env.root.join("spool/failed/bad.error.yaml")).unwrap();
     for needle in [
         "step: loading the model",
         "field: model",
@@ -285,9 +297,26 @@ fn render_and_bench_take_a_device_and_load_only_what_the_job_needs() {
     let json = tmp.path().join("bench.json");
     let json_arg = json.display().to_string();
     let (ok, stdout, log) = sdspool(&[
-        "bench", "--model", "tiny-sd", "--device", "2", "--prompts", "1", "--candidates", "1",
-        "--steps", "2", "--size", "64x64", "--runs", "1", "--warmup", "0", "--no-rerank",
-        "--json", &json_arg,
+        "bench",
+        "--model",
+        "tiny-sd",
+        "--device",
+        "2",
+        "--prompts",
+        "1",
+        "--candidates",
+        "1",
+        "--steps",
+        "2",
+        "--size",
+        "64x64",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--no-rerank",
+        "--json",
+        &json_arg,
     ]);
     assert!(ok, "{stdout}\n{log}");
     assert!(stdout.contains("on device 2"), "{stdout}");

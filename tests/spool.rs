@@ -173,7 +173,10 @@ fn a_preferred_model_goes_first_within_its_priority_and_nobody_is_passed_over_mo
         "{order:?}"
     );
     let asked = asked.into_inner().unwrap();
-    assert!(asked.contains(&None), "a job without `model:` is asked as None");
+    assert!(
+        asked.contains(&None),
+        "a job without `model:` is asked as None"
+    );
 }
 
 /// Claims 40 jobs with `threads_per_spool` threads on each of `spools` Spool instances and checks

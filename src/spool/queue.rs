@@ -170,9 +170,10 @@ fn read_head(path: &Path, max_bytes: u64) -> Head {
     let Ok(Ok(text)) = read_text(path, max_bytes) else {
         return Head::default();
     };
-    let model = crate::sys::yaml::parse_with::<ModelHeader>(&text, crate::sys::yaml::strict_options())
-        .ok()
-        .and_then(|h| h.model);
+    let model =
+        crate::sys::yaml::parse_with::<ModelHeader>(&text, crate::sys::yaml::strict_options())
+            .ok()
+            .and_then(|h| h.model);
     Head {
         priority: priority_in(&text).unwrap_or(0),
         model,

@@ -57,7 +57,12 @@ impl fmt::Display for ByteSize {
     /// Binary units with one decimal: `1.5 GiB`, `800.0 MiB`, `512 B`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0 as f64;
-        for (unit, factor) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        for (unit, factor) in [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
             if self.0 >= factor {
                 return write!(f, "{:.1} {unit}", b / factor as f64);
             }
@@ -108,7 +113,9 @@ mod tests {
         }
         let s: S = crate::sys::yaml::parse("a: 2GiB\nb: 1000\n").unwrap();
         assert_eq!((s.a.0, s.b.0), (2 << 30, 1000));
-        let e = crate::sys::yaml::parse::<S>("a: lots\nb: 1\n").err().unwrap();
+        let e = crate::sys::yaml::parse::<S>("a: lots\nb: 1\n")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("is not a size"), "{e}");
     }
 }

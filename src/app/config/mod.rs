@@ -285,10 +285,16 @@ impl Config {
 
     /// `execution.devices`: each entry names a device of `device_ids` and models under `models:`.
     fn check_devices(&self) -> Result<(), (String, String)> {
-        let budgets = std::iter::once(("execution.model_memory".to_string(), self.execution.model_memory))
-            .chain(self.execution.devices.iter().map(|(id, d)| {
-                (format!("execution.devices.{id}.model_memory"), d.model_memory)
-            }));
+        let budgets = std::iter::once((
+            "execution.model_memory".to_string(),
+            self.execution.model_memory,
+        ))
+        .chain(self.execution.devices.iter().map(|(id, d)| {
+            (
+                format!("execution.devices.{id}.model_memory"),
+                d.model_memory,
+            )
+        }));
         for (key, budget) in budgets {
             if budget.is_some_and(|b| b.0 == 0) {
                 return Err(self.invalid(

@@ -254,7 +254,9 @@ impl Worker {
             .cloned()
             .collect();
         for name in &names {
-            worker.resident.ensure(runtime, &worker.configs, &[name], 0)?;
+            worker
+                .resident
+                .ensure(runtime, &worker.configs, &[name], 0)?;
         }
         worker.load_reranker(runtime)?;
         Ok(worker)
@@ -278,15 +280,18 @@ impl Worker {
 
     /// Whether [`Worker::prepare`] has anything to load for `job`.
     pub fn needs_loading(&self, job: &Job) -> bool {
-        let reranker = job.rerank.unwrap_or(true)
-            && self.rerank_config.is_some()
-            && self.reranker.is_none();
+        let reranker =
+            job.rerank.unwrap_or(true) && self.rerank_config.is_some() && self.reranker.is_none();
         reranker || job_models(job).iter().any(|m| !self.is_loaded(m))
     }
 
     /// Loads the rerank model, when configured and not loaded yet.
     fn load_reranker(&mut self, runtime: &Runtime) -> Result<(), LoadError> {
-        let Some(cfg) = self.rerank_config.as_ref().filter(|_| self.reranker.is_none()) else {
+        let Some(cfg) = self
+            .rerank_config
+            .as_ref()
+            .filter(|_| self.reranker.is_none())
+        else {
             return Ok(());
         };
         let started = Instant::now();

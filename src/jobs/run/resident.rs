@@ -101,11 +101,9 @@ impl Resident {
                 e.last_used = self.uses;
                 continue;
             }
-            let config = configs
-                .get(name)
-                .ok_or_else(|| LoadError::NotConfigured {
-                    model: name.to_string(),
-                })?;
+            let config = configs.get(name).ok_or_else(|| LoadError::NotConfigured {
+                model: name.to_string(),
+            })?;
             let bytes = footprint(config);
             unloaded.extend(self.make_room(name, bytes, needed, reserved));
             let started = Instant::now();
@@ -303,6 +301,10 @@ mod tests {
         std::fs::create_dir_all(vae.join("vae_decoder")).unwrap();
         std::fs::write(vae.join("vae_decoder/model.onnx"), vec![0u8; 50]).unwrap();
         config.vae = Some(vae);
-        assert_eq!(footprint(&config), 1157, "the replacement decoder counts instead");
+        assert_eq!(
+            footprint(&config),
+            1157,
+            "the replacement decoder counts instead"
+        );
     }
 }
