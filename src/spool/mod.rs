@@ -692,6 +692,19 @@ impl Spool {
         claimed.job_file().to_path_buf()
     }
 
+    /// Records that the worker sets the job aside for a while before it works on it (it loads
+    /// the models the job needs): a crash until the next [`Spool::begin_work`] is no evidence
+    /// against the job, as for a job that waits for a worker. A record that cannot be written is
+    /// logged.
+    pub fn hold_work(&self, claimed: &Claimed) {
+        if claimed.record().working {
+            let record = claimed.update(|r| r.working = false);
+            if let Err(e) = self.write_claim(claimed, &record) {
+                tracing::warn!(job = %claimed.name, error = %e, "cannot record that the job waits for its models");
+            }
+        }
+    }
+
     /// Stops working on a job without counting a crash (a clean shutdown): the attempt is taken
     /// back, the claim marked as given back and the lock released; the job stays in `running/`
     /// and is resumed by the next [`Spool::recover`] of any daemon on this spool, or by a live

@@ -16,7 +16,7 @@ use super::progress::{ProgressSink, stall};
 use super::storage::{WaitForStorage, filing_error};
 use crate::app::config::Config;
 use crate::jobs::job::Job;
-use crate::jobs::run::{JobRunError, Outcome, Progress, RunOptions, Worker};
+use crate::jobs::run::{JobRunError, LoadError, Outcome, Progress, RunOptions, Worker};
 use crate::spool::control::CancelRequest;
 use crate::spool::fsops::rfc3339;
 use crate::spool::{Claimed, Failure};
@@ -124,14 +124,18 @@ enum Loaded {
 
 /// Makes the models `job` needs resident on this worker's device (see
 /// [`crate::jobs::run::resident`]); a model that cannot be loaded fails the job (step
-/// `loading the model`, field `model`), naming the model and the file.
+/// `loading the model`, field `model`, or `rerank` for the rerank model), naming the model and
+/// the file.
 fn load_models(ctx: &WorkerCtx<'_>, worker: &mut Worker, claimed: &Claimed, job: &Job) -> Loaded {
     if !worker.needs_loading(job) {
         return Loaded::Ready;
     }
-    // Loading shows no progress for a while: it is not a hang.
+    // Loading shows no progress for a while: it is not a hang. Nor is a kill meanwhile evidence
+    // against the job (the daemon's models, not the job, are being loaded).
     ctx.pulse.set(WorkerState::Loading, Some(&claimed.stem));
+    ctx.spool.hold_work(claimed);
     let prepared = worker.prepare(ctx.runtime, job);
+    ctx.spool.begin_work(claimed);
     ctx.pulse.set(WorkerState::Rendering, Some(&claimed.stem));
     let telemetry = crate::app::web::metrics::telemetry();
     telemetry.record_models_loaded(ctx.device, worker.loaded_models().len());
@@ -148,9 +152,14 @@ fn load_models(ctx: &WorkerCtx<'_>, worker: &mut Worker, claimed: &Claimed, job:
             anyhow::Error::from(e).context(format!("device {}: loading a model", ctx.device)),
         ),
         Err(e) => {
+            // The job's field the failed model comes from.
+            let field = match e {
+                LoadError::Rerank(_) => "rerank",
+                _ => "model",
+            };
             let message = crate::app::logging::error_chain(&anyhow::Error::from(e));
             tracing::error!(device = ctx.device, model = %job.model, error = %message, "cannot load the job's models; moving it to failed/");
-            Loaded::Failed(Failure::new("loading the model", message).with_field("model"))
+            Loaded::Failed(Failure::new("loading the model", message).with_field(field))
         }
     }
 }
