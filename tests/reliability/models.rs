@@ -130,8 +130,13 @@ fn a_broken_model_file_fails_the_job_that_needs_it_naming_the_file_and_the_daemo
             b.what,
             harness::names(&env.spool("running"))
         );
-        let error = std::fs::read_to_string(env.spool("failed").join("waiting.error.yaml")).unwrap();
-        let field = if b.clip { "field: rerank" } else { "field: model" };
+        let error =
+            std::fs::read_to_string(env.spool("failed").join("waiting.error.yaml")).unwrap();
+        let field = if b.clip {
+            "field: rerank"
+        } else {
+            "field: model"
+        };
         assert!(error.contains(field), "{}: {error}", b.what);
         let named = dir.join(b.file).display().to_string();
         assert!(
@@ -147,16 +152,16 @@ fn a_broken_model_file_fails_the_job_that_needs_it_naming_the_file_and_the_daemo
         // The cause is said once, not repeated by every layer.
         let cause = message.rsplit(": ").next().unwrap_or_default();
         assert!(!cause.is_empty(), "{}: {error}", b.what);
-        assert_eq!(message.matches(cause).count(), 1, "{}: repeated: {message}", b.what);
+        assert_eq!(
+            message.matches(cause).count(),
+            1,
+            "{}: repeated: {message}",
+            b.what
+        );
         figures.push(format!("{}: {}", b.what, message.trim()));
     }
     for f in &figures {
         eprintln!("{f}");
     }
-    harness::report(
-        "broken-models",
-        &[
-            ("cases", figures.len().to_string()),
-        ],
-    );
+    harness::report("broken-models", &[("cases", figures.len().to_string())]);
 }
