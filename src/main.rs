@@ -55,6 +55,9 @@ enum Command {
         /// schedulers, instead of drawing it from the seeds.
         #[arg(long, value_name = "NPY")]
         step_noise: Option<PathBuf>,
+        /// The device to render on (default: the first of `execution.device_ids`).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+        device: Option<i32>,
     },
     /// Check a job file and copy it atomically into the spool's incoming/ folder.
     Submit {
@@ -153,6 +156,9 @@ struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// The device to render on (default: the first of `execution.device_ids`).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+    device: Option<i32>,
 }
 
 fn main() -> ExitCode {
@@ -219,12 +225,13 @@ fn execute(command: Command, config: &Config, started: std::time::Instant) -> Ou
             output,
             latents,
             step_noise,
+            device,
         } => {
             let noise = sdspool::app::commands::render::NoiseFiles {
                 latents,
                 step_noise,
             };
-            render(config, &job, output.as_deref(), &noise)
+            render(config, &job, output.as_deref(), &noise, device)
         }
         Command::Submit { job, replace } => submit(config, &job, replace),
         Command::Status { json } => {
@@ -281,8 +288,9 @@ fn render(
     job: &std::path::Path,
     output: Option<&std::path::Path>,
     noise: &sdspool::app::commands::render::NoiseFiles,
+    device: Option<i32>,
 ) -> Outcome {
-    let outcome = sdspool::app::commands::render::run(config, job, output, noise)?;
+    let outcome = sdspool::app::commands::render::run(config, job, output, noise, device)?;
     for c in outcome.manifest.candidates() {
         let Some(file) = &c.file else { continue };
         match (c.rank, c.clip_score) {
@@ -360,6 +368,7 @@ fn bench(config: &Config, args: BenchArgs, started: std::time::Instant) -> anyho
         seed: args.seed,
         output: args.output,
         keep: args.keep,
+        device: args.device,
     };
     let report = bench::run(config, &opts, started)?;
     print!("{}", bench::table(&report));

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sdspool::spool::{
-    ClaimMethod, ErrorFile, Failure, JobStatus, Layout, Spool, SpoolConfig, SpoolOptions,
-    StorageWait, read_status,
+    ClaimMethod, ErrorFile, Failure, JobStatus, Layout, Preference, Spool, SpoolConfig,
+    SpoolOptions, StorageWait, read_status,
 };
 
 fn config(dir: &Path, rescan: u64, settle: u64) -> SpoolConfig {
@@ -117,6 +117,65 @@ fn jobs_are_claimed_by_priority_then_age_then_name() {
     assert_eq!(
         fs::read_to_string(spool.layout().done.join("urgent.result.yaml")).unwrap(),
         "images: 1\n"
+    );
+}
+
+#[test]
+fn a_preferred_model_goes_first_within_its_priority_and_nobody_is_passed_over_more_than_the_limit()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 1, 0);
+    let layout = Layout::new(tmp.path());
+    layout.create().unwrap();
+    // Oldest first: x0, a1, a2, ..., with `model:` as written (x: another model; none: the
+    // default); `hi` has a higher priority and a model nobody prefers.
+    let jobs = [
+        ("x0", "model: x\n"),
+        ("a1", "model: a\n"),
+        ("n2", ""),
+        ("a3", "model: a\n"),
+        ("a4", "model: a\n"),
+        ("a5", "model: a\n"),
+        ("a6", "model: [not, text]\n"),
+        ("a7", "model: a\n"),
+        ("hi", "model: x\npriority: 1\n"),
+    ];
+    let now = SystemTime::now();
+    for (i, (name, extra)) in jobs.iter().enumerate() {
+        let p = layout.incoming.join(format!("{name}.yaml"));
+        fs::write(&p, format!("{}{extra}", job_text(None))).unwrap();
+        set_mtime(&p, now - Duration::from_secs(100 - i as u64));
+    }
+    let spool = Spool::open(&cfg).unwrap();
+    let asked = Mutex::new(Vec::new());
+    let prefer = |model: Option<&str>| {
+        asked.lock().unwrap().push(model.map(str::to_string));
+        model == Some("a")
+    };
+    let preference = Preference {
+        prefer: &prefer,
+        max_passed_over: 3,
+    };
+    let mut order = Vec::new();
+    while let Some(c) = spool
+        .next_job_preferring(Duration::from_secs(3), &preference)
+        .unwrap()
+    {
+        order.push(c.name.trim_end_matches(".yaml").to_string());
+        spool.finish_done(c, "images: 1\n").unwrap();
+    }
+    // A higher priority still goes first. Then the preferred model's jobs jump the older x0 and
+    // n2, each of which goes first once passed over 3 times; a6 (`model:` not text) is not
+    // preferred either.
+    assert_eq!(
+        order,
+        ["hi", "a1", "a3", "a4", "x0", "a5", "n2", "a7", "a6"],
+        "{order:?}"
+    );
+    let asked = asked.into_inner().unwrap();
+    assert!(
+        asked.contains(&None),
+        "a job without `model:` is asked as None"
     );
 }
 

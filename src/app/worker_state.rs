@@ -3,7 +3,7 @@
 /// What a worker is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerState {
-    /// Loading its models.
+    /// Loading the models a job needs.
     Loading,
     /// Waiting for a job (or for a resume, or for storage).
     Idle,

@@ -8,6 +8,11 @@
 //! image spent outside the UNet loop (text encoding, VAE decoding, CLIP scoring, writing). The
 //! file is rewritten atomically under a lock after each job.
 //!
+//! The same figures are kept per device too (`devices`, by `<host>/<device id>`): a running
+//! job's ETA uses its own device's where that device has measured them ([`Timings::on_device`]),
+//! so a fast and a slow card on one spool each estimate at their own speed. Queued jobs, whose
+//! device is not known yet, are estimated from the figures of all devices together.
+//!
 //! An estimate for a job adds, per prompt, UNet calls × seconds per step of its size and batch,
 //! plus images × seconds per image. A size or batch never measured for that model is scaled from
 //! the nearest measured one by pixels × batch (marked `scaled`); a model never measured has no
@@ -71,6 +76,15 @@ pub struct Timings {
     /// By `"<model> <W>x<H>"`.
     #[serde(default)]
     pub images: BTreeMap<String, ImageTiming>,
+    /// The figures each device measured, by [`device_key`] (absent in files written before
+    /// sdspool kept them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub devices: BTreeMap<String, Timings>,
+}
+
+/// `"<host>/<device id>"`.
+pub fn device_key(host: &str, device: i32) -> String {
+    format!("{host}/{device}")
 }
 
 /// `"<model> <W>x<H> b<batch>"`.
@@ -205,10 +219,49 @@ impl Timings {
         }
     }
 
-    /// Adds a job's measurements to the file at `path`: under an exclusive lock on
-    /// `timings.json.lock` (daemons of several devices or hosts may finish jobs at once), read,
-    /// merge, write atomically.
+    /// These timings as `device` of `host` measured them: its own figures where it has them,
+    /// those of all devices together elsewhere.
+    pub fn on_device(&self, host: &str, device: i32) -> Timings {
+        let mut t = Timings {
+            unet: self.unet.clone(),
+            images: self.images.clone(),
+            devices: BTreeMap::new(),
+        };
+        if let Some(own) = self.devices.get(&device_key(host, device)) {
+            t.unet.extend(own.unet.clone());
+            t.images.extend(own.images.clone());
+        }
+        t
+    }
+
+    /// Adds a job's measurements to the file at `path`, to the figures of all devices only (see
+    /// [`Timings::record_on_device`]).
     pub fn record(path: &Path, m: &Measurements, host: &str, provider: &str) -> io::Result<()> {
+        Timings::update(path, m, |t| t.merge(m, host, provider))
+    }
+
+    /// Adds a job's measurements, made on `device` of `host`, to the file at `path`: to the
+    /// figures of all devices and to the device's own.
+    pub fn record_on_device(
+        path: &Path,
+        m: &Measurements,
+        host: &str,
+        provider: &str,
+        device: i32,
+    ) -> io::Result<()> {
+        Timings::update(path, m, |t| {
+            t.merge(m, host, provider);
+            t.devices
+                .entry(device_key(host, device))
+                .or_default()
+                .merge(m, host, provider);
+        })
+    }
+
+    /// Changes the file at `path` with `change` unless `m` is empty: under an exclusive lock on
+    /// `timings.json.lock` (daemons of several devices or hosts may finish jobs at once), read,
+    /// change, write atomically.
+    fn update(path: &Path, m: &Measurements, change: impl FnOnce(&mut Timings)) -> io::Result<()> {
         if m.is_empty() {
             return Ok(());
         }
@@ -222,7 +275,7 @@ impl Timings {
             .open(&lock_path)?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
         let mut t = Timings::read(path);
-        t.merge(m, host, provider);
+        change(&mut t);
         let text = serde_json::to_string_pretty(&t).map_err(io::Error::other)?;
         let result = crate::sys::atomic::write(path, text.as_bytes());
         drop(lock);
@@ -592,6 +645,26 @@ mod tests {
         assert_eq!(t.unet["sd 64x64 b2"].seconds_per_step, 0.5);
         std::fs::write(&path, "{").unwrap();
         assert_eq!(Timings::read(&path), Timings::default());
+    }
+
+    #[test]
+    fn each_device_estimates_at_its_own_speed_where_it_has_measured() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = Timings::path(tmp.path());
+        let (mut fast, mut slow) = (Measurements::default(), Measurements::default());
+        fast.add_step("sd", 64, 64, 2, 0.1);
+        slow.add_step("sd", 64, 64, 2, 1.0);
+        Timings::record_on_device(&path, &fast, "h", "cuda", 0).unwrap();
+        Timings::record_on_device(&path, &slow, "h", "cuda", 1).unwrap();
+        let t = Timings::read(&path);
+        let step = |t: &Timings| t.seconds_per_step("sd", 64, 64, 2).unwrap().0;
+        assert!((step(&t.on_device("h", 0)) - 0.1).abs() < 1e-9);
+        assert!((step(&t.on_device("h", 1)) - 1.0).abs() < 1e-9);
+        // Another device, or a queued job: all devices together.
+        let pooled = ALPHA * 1.0 + (1.0 - ALPHA) * 0.1;
+        assert!((step(&t.on_device("other", 0)) - pooled).abs() < 1e-9);
+        assert!((step(&t) - pooled).abs() < 1e-9);
+        assert_eq!(t.devices["h/1"].unet["sd 64x64 b2"].samples, 1);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use serde::Deserialize;
 
 use ort::ep::{self, ExecutionProvider as _};
 
+use crate::sys::bytes::ByteSize;
+
 /// `onnxruntime:` section.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +34,12 @@ pub struct ExecutionConfig {
     /// Settings of single devices of `device_ids` (which models their worker serves), by id.
     #[serde(default)]
     pub devices: BTreeMap<i32, DeviceConfig>,
+    /// How much memory the models resident on one device may take (an estimate from their
+    /// files, see [`crate::jobs::run::resident`]), e.g. `12GiB`; a device's own
+    /// `devices.<id>.model_memory` overrides it. Models load on first use and the least recently
+    /// used ones are unloaded to stay within it. Unlimited when absent.
+    #[serde(default)]
+    pub model_memory: Option<ByteSize>,
     /// Refuse to start when no GPU provider really serves the models.
     #[serde(default)]
     pub require_gpu: bool,
@@ -64,6 +72,7 @@ impl Default for ExecutionConfig {
             providers: default_providers(),
             device_ids: default_device_ids(),
             devices: BTreeMap::new(),
+            model_memory: None,
             require_gpu: false,
             intra_threads: 0,
             inter_threads: 0,
@@ -84,6 +93,9 @@ pub struct DeviceConfig {
     /// configured model when absent.
     #[serde(default)]
     pub models: Option<Vec<String>>,
+    /// This device's budget for resident models (overrides `execution.model_memory`).
+    #[serde(default)]
+    pub model_memory: Option<ByteSize>,
 }
 
 fn default_providers() -> Vec<ProviderKind> {

@@ -251,6 +251,28 @@ pub struct SpoolOptions {
     pub max_job_bytes: u64,
 }
 
+/// Which ready jobs a caller would rather claim (see [`Spool::next_job_preferring`]).
+pub struct Preference<'a> {
+    /// Told a job's `model:` as its file writes it (`None` when it names none, or not as
+    /// text), says whether the caller prefers the job. The spool does not interpret it.
+    pub prefer: &'a dyn Fn(Option<&str>) -> bool,
+    /// How often a job may be passed over for younger preferred jobs of its priority before it
+    /// goes first.
+    pub max_passed_over: u32,
+}
+
+fn no_preference(_: Option<&str>) -> bool {
+    false
+}
+
+impl Preference<'static> {
+    /// No preference: the plain order.
+    pub const NONE: Preference<'static> = Preference {
+        prefer: &no_preference,
+        max_passed_over: 0,
+    };
+}
+
 impl Default for SpoolOptions {
     fn default() -> Self {
         SpoolOptions {
@@ -588,6 +610,19 @@ impl Spool {
     /// names) are moved to `failed/` with the reason on the way; where that is impossible they
     /// are reported once in the log and skipped.
     pub fn next_job(&self, timeout: Duration) -> Result<Option<Claimed>, SpoolError> {
+        self.next_job_preferring(timeout, &Preference::NONE)
+    }
+
+    /// [`Spool::next_job`], but among the ready jobs of the highest priority the oldest one
+    /// that `preference` prefers goes first, unless an older job of that priority has been
+    /// passed over `preference.max_passed_over` times already: then that one does. So a
+    /// preferred job jumps the line of its own priority only, and no job waits for more than
+    /// `max_passed_over` younger ones. The claim itself is the same.
+    pub fn next_job_preferring(
+        &self,
+        timeout: Duration,
+        preference: &Preference<'_>,
+    ) -> Result<Option<Claimed>, SpoolError> {
         let deadline = Instant::now() + timeout;
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -608,7 +643,7 @@ impl Spool {
                 self.full_scan(&mut q)?;
             }
             self.due_looks(&mut q);
-            if let Some(claimed) = self.pick(&mut q) {
+            if let Some(claimed) = self.pick(&mut q, preference) {
                 return Ok(Some(claimed));
             }
             let now = Instant::now();
@@ -655,6 +690,19 @@ impl Spool {
             }
         }
         claimed.job_file().to_path_buf()
+    }
+
+    /// Records that the worker sets the job aside for a while before it works on it (it loads
+    /// the models the job needs): a crash until the next [`Spool::begin_work`] is no evidence
+    /// against the job, as for a job that waits for a worker. A record that cannot be written is
+    /// logged.
+    pub fn hold_work(&self, claimed: &Claimed) {
+        if claimed.record().working {
+            let record = claimed.update(|r| r.working = false);
+            if let Err(e) = self.write_claim(claimed, &record) {
+                tracing::warn!(job = %claimed.name, error = %e, "cannot record that the job waits for its models");
+            }
+        }
     }
 
     /// Stops working on a job without counting a crash (a clean shutdown): the attempt is taken

@@ -19,7 +19,7 @@ use super::fsops::{self, FileId};
 use super::lease::Observations;
 use super::names::NameKind;
 use super::watch::{Signal, Watcher};
-use super::{Claimed, Spool, SpoolError};
+use super::{Claimed, Preference, Spool, SpoolError};
 
 /// How old a file with sdspool's temporary prefix in `incoming/` must be before the log says it
 /// is left alone (younger ones are being written).
@@ -51,8 +51,12 @@ pub(crate) struct Candidate {
 pub(crate) struct Queue {
     pub watcher: Option<Watcher>,
     pub candidates: BTreeMap<String, Candidate>,
-    /// `priority:` by file name, valid for the identity, size and mtime it was read at.
-    priorities: HashMap<String, (FileId, u64, SystemTime, i32)>,
+    /// `priority:` and `model:` by file name, valid for the identity, size and mtime they were
+    /// read at.
+    heads: HashMap<String, (FileId, u64, SystemTime, Head)>,
+    /// How often each candidate was passed over for a younger one of its priority that the
+    /// claiming worker preferred (see [`Preference`]).
+    passed: HashMap<String, u32>,
     /// Unusable entries reported in the log and not to be reported again.
     reported: HashSet<(String, FileId)>,
     /// Files waiting for a running job of the same name, already said in the log.
@@ -91,7 +95,8 @@ impl Queue {
         Queue {
             watcher,
             candidates: BTreeMap::new(),
-            priorities: HashMap::new(),
+            heads: HashMap::new(),
+            passed: HashMap::new(),
             reported: HashSet::new(),
             waiting_logged: HashSet::new(),
             ignored_logged: HashSet::new(),
@@ -114,6 +119,17 @@ impl Queue {
     }
 }
 
+/// Which job of the highest priority's leading group (in order; each: whether the worker
+/// prefers it, how often it was passed over) to claim before the others: the first one that is
+/// preferred or was passed over `max_passed_over` times; `None` when that is the first anyway or
+/// there is none.
+pub(crate) fn jump(group: &[(bool, u32)], max_passed_over: u32) -> Option<usize> {
+    group
+        .iter()
+        .position(|(preferred, passed)| *preferred || *passed >= max_passed_over)
+        .filter(|i| *i > 0)
+}
+
 /// The order jobs run in: higher priority first, then older mtime, then name.
 pub(crate) fn order_key(priority: i32, mtime: SystemTime, name: &str) -> (i64, SystemTime, String) {
     (-i64::from(priority), mtime, name.to_string())
@@ -127,10 +143,53 @@ struct Header {
     priority: Option<i32>,
 }
 
+/// A job file's `model:` when it is text: told to the claiming worker's [`Preference`], not
+/// interpreted here.
+#[derive(Debug, Default, Deserialize)]
+struct ModelHeader {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+/// What the queue keeps of a job file's contents.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Head {
+    pub priority: i32,
+    pub model: Option<String>,
+}
+
 /// Reads a job file's `priority:`, without following links or blocking: `Ok(Err(why))` for a
 /// file that is not a YAML mapping with an integer `priority:` (it still runs, and fails with
 /// its reason).
 pub(crate) fn read_priority(path: &Path, max_bytes: u64) -> io::Result<Result<i32, String>> {
+    Ok(read_text(path, max_bytes)?.and_then(|text| priority_in(&text)))
+}
+
+/// A job file's priority and model (priority 0 and no model when it cannot say).
+fn read_head(path: &Path, max_bytes: u64) -> Head {
+    let Ok(Ok(text)) = read_text(path, max_bytes) else {
+        return Head::default();
+    };
+    let model =
+        crate::sys::yaml::parse_with::<ModelHeader>(&text, crate::sys::yaml::strict_options())
+            .ok()
+            .and_then(|h| h.model);
+    Head {
+        priority: priority_in(&text).unwrap_or(0),
+        model,
+    }
+}
+
+fn priority_in(text: &str) -> Result<i32, String> {
+    crate::sys::yaml::parse_with::<Header>(text, crate::sys::yaml::strict_options())
+        .map(|h| h.priority.unwrap_or(0))
+        // The parser's message continues with a snippet of the file; keep the first line.
+        .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
+}
+
+/// A job file's text, without following links or blocking: `Ok(Err(why))` for one that is not
+/// a regular file, too large, or not UTF-8.
+fn read_text(path: &Path, max_bytes: u64) -> io::Result<Result<String, String>> {
     let file = fsops::open_nofollow(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
@@ -143,15 +202,7 @@ pub(crate) fn read_priority(path: &Path, max_bytes: u64) -> io::Result<Result<i3
             "is larger than {max_bytes} bytes (limits.max_job_bytes)"
         )));
     }
-    let Ok(text) = String::from_utf8(bytes) else {
-        return Ok(Err("is not UTF-8 text".into()));
-    };
-    Ok(
-        crate::sys::yaml::parse_with::<Header>(&text, crate::sys::yaml::strict_options())
-            .map(|h| h.priority.unwrap_or(0))
-            // The parser's message continues with a snippet of the file; keep the first line.
-            .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string()),
-    )
+    Ok(String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string()))
 }
 
 /// Why a non-regular entry cannot be a job.
@@ -444,10 +495,10 @@ impl Spool {
             | Signal::Writing(name)
             | Signal::Removed(name) = &s
             {
-                q.priorities.remove(name);
+                q.heads.remove(name);
             }
             if matches!(s, Signal::Rescan) {
-                q.priorities.clear();
+                q.heads.clear();
             }
             match s {
                 Signal::Rescan => q.next_rescan = None,
@@ -477,25 +528,25 @@ impl Spool {
         }
     }
 
-    fn priority_of(&self, q: &mut Queue, name: &str, c: &Candidate) -> i32 {
-        if let Some((id, size, mtime, p)) = q.priorities.get(name)
+    fn head_of(&self, q: &mut Queue, name: &str, c: &Candidate) -> Head {
+        if let Some((id, size, mtime, head)) = q.heads.get(name)
             && *id == c.id
             && *size == c.size
             && *mtime == c.mtime
         {
-            return *p;
+            return head.clone();
         }
-        let p = match read_priority(&self.layout.incoming.join(name), self.options.max_job_bytes) {
-            Ok(Ok(p)) => p,
-            _ => 0,
-        };
-        q.priorities
-            .insert(name.to_string(), (c.id, c.size, c.mtime, p));
-        p
+        let head = read_head(&self.layout.incoming.join(name), self.options.max_job_bytes);
+        q.heads
+            .insert(name.to_string(), (c.id, c.size, c.mtime, head.clone()));
+        head
     }
 
-    /// Claims the best ready candidate, dealing with the unusable ones on the way.
-    pub(crate) fn pick(&self, q: &mut Queue) -> Option<Claimed> {
+    /// Claims the best ready candidate, dealing with the unusable ones on the way: the first in
+    /// order (highest priority, then oldest, then name), except that among those of the highest
+    /// priority the first one that `preference` prefers, or that was passed over
+    /// `max_passed_over` times, goes first (see [`jump`]).
+    pub(crate) fn pick(&self, q: &mut Queue, preference: &Preference<'_>) -> Option<Claimed> {
         let now = Instant::now();
         let ready: Vec<(String, Candidate)> = q
             .candidates
@@ -503,20 +554,36 @@ impl Spool {
             .filter(|(_, c)| self.ready(c, now))
             .map(|(n, c)| (n.clone(), c.clone()))
             .collect();
-        q.priorities
-            .retain(|name, _| q.candidates.contains_key(name));
+        q.heads.retain(|name, _| q.candidates.contains_key(name));
+        q.passed.retain(|name, _| q.candidates.contains_key(name));
         let mut ordered: Vec<_> = ready
             .into_iter()
             .map(|(name, c)| {
-                let p = match &c.kind {
-                    NameKind::Job { .. } => self.priority_of(q, &name, &c),
-                    _ => 0,
+                let head = match &c.kind {
+                    NameKind::Job { .. } => self.head_of(q, &name, &c),
+                    _ => Head::default(),
                 };
-                (order_key(p, c.mtime, &name), p, name, c)
+                (order_key(head.priority, c.mtime, &name), head, name, c)
             })
             .collect();
         ordered.sort_by(|a, b| a.0.cmp(&b.0));
-        for (_, priority, name, c) in ordered {
+        let mut passed_over = Vec::new();
+        let first = ordered.first().map(|o| o.1.priority);
+        let group: Vec<(bool, u32)> = ordered
+            .iter()
+            .take_while(|o| Some(o.1.priority) == first && matches!(o.3.kind, NameKind::Job { .. }))
+            .map(|o| {
+                let passed = q.passed.get(&o.2).copied().unwrap_or(0);
+                ((preference.prefer)(o.1.model.as_deref()), passed)
+            })
+            .collect();
+        if let Some(i) = jump(&group, preference.max_passed_over) {
+            passed_over = ordered[..i].iter().map(|o| o.2.clone()).collect();
+            let chosen = ordered.remove(i);
+            ordered.insert(0, chosen);
+        }
+        for (_, head, name, c) in ordered {
+            let priority = head.priority;
             let stem = match &c.kind {
                 NameKind::Job { stem } => stem.clone(),
                 NameKind::Unusable { reason, .. } => {
@@ -530,6 +597,10 @@ impl Spool {
             match self.claim(&name, &stem, priority) {
                 ClaimOutcome::Claimed(claimed) => {
                     q.candidates.remove(&name);
+                    q.passed.remove(&name);
+                    for older in passed_over {
+                        *q.passed.entry(older).or_default() += 1;
+                    }
                     return Some(*claimed);
                 }
                 ClaimOutcome::Busy | ClaimOutcome::Gone => {

@@ -1,7 +1,8 @@
-//! Small system helpers that every layer may use: atomic files, YAML, hashing, host identity, the
-//! CA certificates TLS clients trust.
+//! Small system helpers that every layer may use: atomic files, sizes in bytes, YAML, hashing,
+//! host identity, the CA certificates TLS clients trust.
 
 pub mod atomic;
+pub mod bytes;
 pub mod hash;
 pub mod host;
 pub mod trust;

@@ -53,6 +53,8 @@ pub struct TestConfig {
     pub device_ids: Vec<i32>,
     /// `execution.devices.<id>.models`.
     pub device_models: Vec<(i32, Vec<String>)>,
+    /// `execution.model_memory`, as written (`12GiB`).
+    pub model_memory: Option<String>,
     pub defaults: Defaults,
     pub default_model: Option<String>,
     /// `models:`, by name.
@@ -86,6 +88,7 @@ impl TestConfig {
             single_thread: false,
             device_ids: Vec::new(),
             device_models: Vec::new(),
+            model_memory: None,
             defaults: Defaults::default(),
             default_model: Some("tiny-sd".into()),
             models: vec![("tiny-sd".into(), super::model_dir("tiny-sd"))],
@@ -189,10 +192,13 @@ impl TestConfig {
     }
 
     fn execution(&self, y: &mut String) {
-        if !self.single_thread && self.device_ids.is_empty() {
+        if !self.single_thread && self.device_ids.is_empty() && self.model_memory.is_none() {
             return;
         }
         y.push_str("execution:\n");
+        if let Some(m) = &self.model_memory {
+            let _ = writeln!(y, "  model_memory: {m}");
+        }
         if self.single_thread {
             y.push_str("  intra_threads: 1\n  inter_threads: 1\n");
         }

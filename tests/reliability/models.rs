@@ -1,5 +1,7 @@
-//! Broken model files: the daemon refuses to start with a message naming the file, exits 1,
-//! prints no panic or backtrace, and charges no crash to the jobs waiting in running/.
+//! Broken model files: the daemon starts without loading any model, and a model that cannot be
+//! loaded fails the job that needs it, with a message naming the file (said once), without a
+//! panic or backtrace; the daemon goes on. (Before models loaded on first use, issue 21, a
+//! broken file stopped the start instead and no job was charged.)
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,7 +105,7 @@ fn leave_a_crashed_job(env: &Env) -> PathBuf {
 }
 
 #[test]
-fn a_broken_model_file_stops_the_start_with_a_message_naming_it_and_no_job_is_charged() {
+fn a_broken_model_file_fails_the_job_that_needs_it_naming_the_file_and_the_daemon_goes_on() {
     let mut figures = Vec::new();
     for b in breakages() {
         let (_tmp, dir) = common::model_copy(if b.clip { "tiny-clip" } else { "tiny-sd" });
@@ -114,52 +116,52 @@ fn a_broken_model_file_stops_the_start_with_a_message_naming_it_and_no_job_is_ch
             max_crashes: 2,
             ..Settings::default()
         });
-        let attempts = leave_a_crashed_job(&env);
-        // More starts than max_crashes: a start that fails must not count as a crash of the job.
-        for start in 0..3 {
-            let mut d = env.start(&["--until-idle"]);
-            let status = d.wait(Duration::from_secs(60));
-            let log = d.log_text();
-            let last = log.lines().last().unwrap_or_default().to_string();
-            assert_eq!(status.code(), Some(1), "{}: exit {status:?}\n{log}", b.what);
-            let named = dir.join(b.file).display().to_string();
-            assert!(
-                last.starts_with("sdspool: ") && last.contains(&named),
-                "{}: the last line does not name {named}:\n{last}",
-                b.what
-            );
-            for bad in ["panicked", "backtrace", "RUST_BACKTRACE", "core dumped"] {
-                assert!(!log.contains(bad), "{}: {bad} in the log:\n{log}", b.what);
-            }
-            // The cause is said once, not repeated by every layer.
-            let cause = last.rsplit(": ").next().unwrap_or_default();
-            assert_eq!(
-                last.matches(cause).count(),
-                1,
-                "{}: repeated: {last}",
-                b.what
-            );
-            let record = std::fs::read_to_string(&attempts).unwrap_or_default();
-            assert!(
-                record.contains("attempts: 1\n"),
-                "{}: start {start} charged the waiting job: {record}",
-                b.what
-            );
-            assert!(env.spool("running").join("waiting.yaml").exists());
-            assert!(harness::names(&env.spool("failed")).is_empty());
-            if start == 0 {
-                figures.push(format!("{}: {}", b.what, last));
-            }
+        leave_a_crashed_job(&env);
+        let mut d = env.start(&["--until-idle"]);
+        let status = d.wait(Duration::from_secs(60));
+        let log = d.log_text();
+        assert!(status.success(), "{}: exit {status:?}\n{log}", b.what);
+        for bad in ["panicked", "backtrace", "RUST_BACKTRACE", "core dumped"] {
+            assert!(!log.contains(bad), "{}: {bad} in the log:\n{log}", b.what);
         }
+        assert!(
+            env.spool("failed").join("waiting.yaml").exists(),
+            "{}: {:?}\n{log}",
+            b.what,
+            harness::names(&env.spool("running"))
+        );
+        let error =
+            std::fs::read_to_string(env.spool("failed").join("waiting.error.yaml")).unwrap();
+        let field = if b.clip {
+            "field: rerank"
+        } else {
+            "field: model"
+        };
+        assert!(error.contains(field), "{}: {error}", b.what);
+        let named = dir.join(b.file).display().to_string();
+        assert!(
+            error.contains(&named),
+            "{}: the error does not name {named}:\n{error}",
+            b.what
+        );
+        let message = error
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_default()
+            .to_string();
+        // The cause is said once, not repeated by every layer.
+        let cause = message.rsplit(": ").next().unwrap_or_default();
+        assert!(!cause.is_empty(), "{}: {error}", b.what);
+        assert_eq!(
+            message.matches(cause).count(),
+            1,
+            "{}: repeated: {message}",
+            b.what
+        );
+        figures.push(format!("{}: {}", b.what, message.trim()));
     }
     for f in &figures {
         eprintln!("{f}");
     }
-    harness::report(
-        "broken-models",
-        &[
-            ("cases", figures.len().to_string()),
-            ("starts", (figures.len() * 3).to_string()),
-        ],
-    );
+    harness::report("broken-models", &[("cases", figures.len().to_string())]);
 }

@@ -77,6 +77,8 @@ pub struct BenchOptions {
     pub output: Option<PathBuf>,
     /// Keep the images (always kept with `--output`).
     pub keep: bool,
+    /// The device to render on; default: the first of `execution.device_ids`.
+    pub device: Option<i32>,
 }
 
 impl Default for BenchOptions {
@@ -98,6 +100,7 @@ impl Default for BenchOptions {
             seed: 1234,
             output: None,
             keep: false,
+            device: None,
         }
     }
 }
@@ -143,6 +146,8 @@ pub struct Workload {
     pub inter_threads: usize,
     pub graph_optimization: String,
     pub rerank: bool,
+    /// The device it rendered on.
+    pub device: i32,
     pub seed: u64,
     pub runs: usize,
     pub warmup: usize,
@@ -352,8 +357,10 @@ pub fn run(config: &Config, opts: &BenchOptions, started: Instant) -> anyhow::Re
     let job = workload_job(&config, &root, &model, opts)?;
 
     let runtime = config.runtime()?;
-    let device = config.execution.device_ids[0];
-    let mut worker = Worker::load(&runtime, &config, device, Some(&model))?;
+    let device = opts.device.unwrap_or(config.execution.device_ids[0]);
+    // Only what the workload needs: its model, and the rerank model when it reranks.
+    let mut worker = Worker::new(&config, device, None);
+    worker.prepare(&runtime, &job)?;
     let load_s = secs(started.elapsed());
     let bench = Bench {
         runtime: &runtime,
@@ -494,6 +501,7 @@ impl Bench<'_> {
             inter_threads: config.execution.inter_threads,
             graph_optimization: config.execution.graph_optimization.to_string(),
             rerank: opts.rerank && worker.can_rerank(),
+            device: worker.device,
             seed: opts.seed,
             runs: opts.runs,
             warmup: opts.warmup,
@@ -645,9 +653,10 @@ fn table_header(r: &BenchReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "sdspool bench: model {} ({}), {}x{}, {} prompts x {} candidates = {} images, {} {} steps, guidance {}, UNet batch {}{}",
+        "sdspool bench: model {} ({} on device {}), {}x{}, {} prompts x {} candidates = {} images, {} {} steps, guidance {}, UNet batch {}{}",
         w.model,
         r.provider,
+        w.device,
         w.width,
         w.height,
         w.prompts,

@@ -69,23 +69,27 @@ fn read_overrides(job: &Job, job_file: &Path, noise: &NoiseFiles) -> anyhow::Res
     Ok((latents, step_noise))
 }
 
-/// `sdspool render`: loads the job's model (and the rerank model), renders the job into its
-/// output folder exactly as the daemon would (images, scores, contact sheets, manifest) and
-/// returns the outcome.
+/// `sdspool render`: loads what the job needs (its model, its refiner's, and the rerank model
+/// when it reranks) on `device` (default: the first of `execution.device_ids`), renders the job
+/// into its output folder exactly as the daemon would (images, scores, contact sheets,
+/// manifest) and returns the outcome.
 pub fn run(
     config: &Config,
     job_file: &Path,
     output: Option<&Path>,
     noise: &NoiseFiles,
+    device: Option<i32>,
 ) -> anyhow::Result<Outcome> {
     let job = crate::jobs::job::load(job_file, config)?;
     let (initial_latents, step_noise) = read_overrides(&job, job_file, noise)?;
     let runtime = config.runtime()?;
-    let device = config.execution.device_ids[0];
-    let mut worker = Worker::load(&runtime, config, device, Some(&job.model))?;
+    let device = device.unwrap_or(config.execution.device_ids[0]);
+    let mut worker = Worker::new(config, device, None);
+    worker.prepare(&runtime, &job)?;
     tracing::info!(
         job = %job.id,
         model = %job.model,
+        device,
         provider = %worker.provider(&job.model).unwrap_or_default(),
         images = job.image_count(),
         "rendering"

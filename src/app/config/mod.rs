@@ -302,6 +302,24 @@ impl Config {
 
     /// `execution.devices`: each entry names a device of `device_ids` and models under `models:`.
     fn check_devices(&self) -> Result<(), (String, String)> {
+        let budgets = std::iter::once((
+            "execution.model_memory".to_string(),
+            self.execution.model_memory,
+        ))
+        .chain(self.execution.devices.iter().map(|(id, d)| {
+            (
+                format!("execution.devices.{id}.model_memory"),
+                d.model_memory,
+            )
+        }));
+        for (key, budget) in budgets {
+            if budget.is_some_and(|b| b.0 == 0) {
+                return Err(self.invalid(
+                    &key,
+                    "is 0: give the memory the models resident on a device may take, e.g. 12GiB, or leave it out for no limit",
+                ));
+            }
+        }
         for (id, device) in &self.execution.devices {
             let key = format!("execution.devices.{id}");
             if !self.execution.device_ids.contains(id) {
@@ -354,6 +372,17 @@ impl Config {
                 Some(models) => models.iter().any(|m| m == model),
                 None => true,
             }
+    }
+
+    /// The memory budget for the models resident on `device`: its `execution.devices` entry's
+    /// `model_memory`, else `execution.model_memory`; `None`: unlimited.
+    pub fn model_memory(&self, device: i32) -> Option<u64> {
+        self.execution
+            .devices
+            .get(&device)
+            .and_then(|d| d.model_memory)
+            .or(self.execution.model_memory)
+            .map(|b| b.0)
     }
 
     /// The names of the models the worker of `device` serves, in `models:` order.
@@ -501,6 +530,14 @@ mod tests {
         assert_eq!(c.models_of(1), ["other", "sd"]);
         assert_eq!(c.models_of(2), ["other", "sd", "xl"]);
         assert!(!c.serves(2, "unknown"), "only configured models");
+        // Memory budgets: a device's own, else the default, else none.
+        let c = parse(
+            "execution:\n  device_ids: [0, 1, 2]\n  model_memory: 8GiB\n  devices:\n    1:\n      model_memory: 512MiB\n",
+        )
+        .unwrap();
+        assert_eq!(c.model_memory(0), Some(8 << 30));
+        assert_eq!(c.model_memory(1), Some(512 << 20));
+        assert_eq!(parse("").unwrap().model_memory(0), None);
         // Without `devices`, every device serves every model.
         let all = parse("").unwrap();
         assert!(all.execution.devices.is_empty());
@@ -540,6 +577,14 @@ mod tests {
             (
                 "daemon:\n  hang_seconds: 0\n",
                 &["`daemon.hang_seconds` is 0", "line 10"][..],
+            ),
+            (
+                "execution:\n  devices:\n    0:\n      model_memory: 0\n",
+                &["`execution.devices.0.model_memory` is 0"][..],
+            ),
+            (
+                "execution:\n  model_memory: lots\n",
+                &["model_memory", "is not a size"][..],
             ),
         ];
         for (text, needles) in cases {

@@ -5,8 +5,8 @@
 //! A worker is **hung** when it is idle or rendering and has not beaten for longer than the
 //! configured limit (`daemon.hang_seconds`): a GPU call that never returns, a file system that
 //! blocks. The daemon pings the watchdog only while no worker is hung, so one hung GPU is not
-//! hidden behind another worker that is busy. A worker that is loading its models (systemd's
-//! start timeout covers that) or that has stopped is never hung.
+//! hidden behind another worker that is busy. A worker that is loading the models a job needs
+//! (which shows no progress for as long as it takes) or that has stopped is never hung.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

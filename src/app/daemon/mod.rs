@@ -1,7 +1,9 @@
 //! `sdspool run`: the spool daemon.
 //!
 //! One worker thread per configured device id, each with its own sessions of the models that
-//! device serves (`execution.devices`; all by default), loaded once. Each worker claims jobs
+//! device serves (`execution.devices`; all by default), loaded when a job first needs them and
+//! kept within the device's memory budget (see [`crate::jobs::run::resident`]): the daemon is
+//! ready once its workers take jobs, without loading anything first. Each worker claims jobs
 //! from the spool (highest priority, then oldest), renders them with [`crate::jobs::run::Worker`],
 //! and files them in done/ or failed/. Jobs left in running/ by a crash are resumed first. A job
 //! claimed by a worker that does not serve its model goes to one that does; one that no device
@@ -90,7 +92,7 @@ pub fn run(config: &Config, options: DaemonOptions) -> anyhow::Result<()> {
     };
     let spool = Spool::open_with(&config.spool, spool_options)?;
     let _web = crate::app::web::hooks::daemon_starting(config)?;
-    // Claimed now, started once the models are loaded: a kill meanwhile is not held against them.
+    // Claimed now, started once the workers run: a kill meanwhile is not held against them.
     let recovered = spool.recover_queued()?;
     if !recovered.is_empty() {
         tracing::info!(jobs = recovered.len(), "resuming jobs left in running/");
@@ -122,6 +124,8 @@ pub fn run(config: &Config, options: DaemonOptions) -> anyhow::Result<()> {
 /// What a worker works with.
 pub struct WorkerCtx<'a> {
     pub device: i32,
+    /// ONNX Runtime, to load models with.
+    pub runtime: &'a Runtime,
     pub shared: &'a Shared,
     pub spool: &'a Spool,
     pub control: Control,
@@ -138,21 +142,21 @@ struct Daemon<'a> {
 }
 
 impl<'env> Daemon<'env> {
-    /// Starts the workers, waits for them to load, says it is ready, and supervises them until
-    /// they end.
+    /// Starts the workers, waits for them to take jobs, says it is ready, and supervises them
+    /// until they end.
     fn serve<'scope>(
         &self,
         scope: &'scope std::thread::Scope<'scope, 'env>,
         rt: &tokio::runtime::Runtime,
         signals: Signals,
     ) -> anyhow::Result<()> {
-        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<i32, String>>();
+        let (started_tx, started_rx) = mpsc::channel::<Result<i32, String>>();
         let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<WorkerEnd>();
         for (index, &device) in self.devices.iter().enumerate() {
-            self.spawn_worker(scope, index, device, loaded_tx.clone(), done_tx.clone());
+            self.spawn_worker(scope, index, device, started_tx.clone(), done_tx.clone());
         }
-        drop((loaded_tx, done_tx));
-        self.wait_until_loaded(&loaded_rx)?;
+        drop((started_tx, done_tx));
+        self.wait_until_started(&started_rx)?;
         crate::app::web::hooks::daemon_ready();
         let counts = supervise::spool_counts(self.spool);
         notify::ready(&format!(
@@ -169,36 +173,36 @@ impl<'env> Daemon<'env> {
         scope: &'scope std::thread::Scope<'scope, 'env>,
         index: usize,
         device: i32,
-        loaded: mpsc::Sender<Result<i32, String>>,
+        started: mpsc::Sender<Result<i32, String>>,
         done: tokio::sync::mpsc::UnboundedSender<WorkerEnd>,
     ) {
         let ctx = WorkerCtx {
             device,
+            runtime: self.runtime,
             shared: self.shared,
             spool: self.spool,
             control: Control::of(self.spool.layout()),
             pulse: self.shared.heartbeats.pulse(index),
             options: self.options,
         };
-        let runtime = self.runtime;
         scope.spawn(move || {
-            let result = worker::run(ctx, runtime, &loaded);
+            let result = worker::run(ctx, &started);
             if let Err(e) = &result {
-                let _ = loaded.send(Err(crate::app::logging::error_chain(e)));
+                let _ = started.send(Err(crate::app::logging::error_chain(e)));
             }
             let _ = done.send((device, result));
         });
     }
 
-    /// Waits for every worker to load its models, extending systemd's start timeout meanwhile.
-    fn wait_until_loaded(
+    /// Waits for every worker to start taking jobs.
+    fn wait_until_started(
         &self,
-        loaded: &mpsc::Receiver<Result<i32, String>>,
+        started: &mpsc::Receiver<Result<i32, String>>,
     ) -> anyhow::Result<()> {
         let mut ready = 0;
         while ready < self.devices.len() {
             notify::extend_timeout(Duration::from_secs(120));
-            match loaded.recv_timeout(Duration::from_secs(30)) {
+            match started.recv_timeout(Duration::from_secs(30)) {
                 Ok(Ok(device)) => {
                     ready += 1;
                     tracing::info!(device, "worker ready");
@@ -209,7 +213,7 @@ impl<'env> Daemon<'env> {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    anyhow::bail!("the workers exited while loading")
+                    anyhow::bail!("the workers exited while starting")
                 }
             }
         }
@@ -217,7 +221,7 @@ impl<'env> Daemon<'env> {
     }
 
     /// Jobs still waiting for a worker at exit (recovered at startup and never taken because a
-    /// worker could not load its models or a signal came first, or handed over and not taken)
+    /// worker could not start or a signal came first, or handed over and not taken)
     /// did not run: their attempt is taken back instead of counting as a crash, or a broken
     /// model file would send every running job to failed/ after `max_crashes` restarts.
     fn release_waiting(&self) {

@@ -1,6 +1,7 @@
 //! One claimed job, step by step: a cancel that came before it started, reading and checking
-//! the job file, the device that serves its model, the run, and filing the outcome in done/ or
-//! failed/ (or keeping it claimed: stopped by a shutdown, or waiting for storage).
+//! the job file, the device that serves its model, loading the models it needs that are not
+//! resident yet, the run, and filing the outcome in done/ or failed/ (or keeping it claimed:
+//! stopped by a shutdown, or waiting for storage).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,12 +10,13 @@ use serde::Serialize;
 
 use super::WorkerCtx;
 use super::dispatch::Waiting;
+use super::heartbeat::WorkerState;
 use super::notify;
 use super::progress::{ProgressSink, stall};
 use super::storage::{WaitForStorage, filing_error};
 use crate::app::config::Config;
 use crate::jobs::job::Job;
-use crate::jobs::run::{JobRunError, Outcome, Progress, RunOptions, Worker};
+use crate::jobs::run::{JobRunError, LoadError, Outcome, Progress, RunOptions, Worker};
 use crate::spool::control::CancelRequest;
 use crate::spool::fsops::rfc3339;
 use crate::spool::{Claimed, Failure};
@@ -106,8 +108,68 @@ pub fn process(
             Route::Unserved(failure) => file_failed(ctx, claimed, &failure, Some(&job.model)),
         };
     }
+    match load_models(ctx, worker, &claimed, &job) {
+        Loaded::Ready => {}
+        Loaded::Failed(failure) => return file_failed(ctx, claimed, &failure, Some(&job.model)),
+        Loaded::Refused(e) => {
+            ctx.spool.release(claimed)?;
+            return Err(e);
+        }
+    }
     let rendered = render(ctx, &config, worker, &claimed, &job);
     file_outcome(ctx, worker, claimed, &job, rendered)
+}
+
+/// What came of loading a job's models.
+enum Loaded {
+    Ready,
+    /// A model cannot be loaded: the job fails.
+    Failed(Failure),
+    /// `execution.require_gpu` refused a model: the job is given back and the worker stops, as
+    /// the daemon refused to start when it loaded every model up front.
+    Refused(anyhow::Error),
+}
+
+/// Makes the models `job` needs resident on this worker's device (see
+/// [`crate::jobs::run::resident`]); a model that cannot be loaded fails the job (step
+/// `loading the model`, field `model`, or `rerank` for the rerank model), naming the model and
+/// the file.
+fn load_models(ctx: &WorkerCtx<'_>, worker: &mut Worker, claimed: &Claimed, job: &Job) -> Loaded {
+    if !worker.needs_loading(job) {
+        return Loaded::Ready;
+    }
+    // Loading shows no progress for a while: it is not a hang. Nor is a kill meanwhile evidence
+    // against the job (the daemon's models, not the job, are being loaded).
+    ctx.pulse.set(WorkerState::Loading, Some(&claimed.stem));
+    ctx.spool.hold_work(claimed);
+    let prepared = worker.prepare(ctx.runtime, job);
+    ctx.spool.begin_work(claimed);
+    ctx.pulse.set(WorkerState::Rendering, Some(&claimed.stem));
+    let telemetry = crate::app::web::metrics::telemetry();
+    telemetry.record_models_loaded(ctx.device, worker.loaded_models().len());
+    match prepared {
+        Ok(_) => {
+            for model in crate::jobs::run::job_models(job) {
+                if let Some(provider) = worker.provider(model) {
+                    telemetry.record_provider(ctx.device, model, &provider);
+                }
+            }
+            Loaded::Ready
+        }
+        Err(e) if e.is_gpu_required() => Loaded::Refused(
+            anyhow::Error::from(e).context(format!("device {}: loading a model", ctx.device)),
+        ),
+        Err(e) => {
+            // The job's field the failed model comes from.
+            let field = match e {
+                LoadError::Rerank(_) => "rerank",
+                _ => "model",
+            };
+            let message = crate::app::logging::error_chain(&anyhow::Error::from(e));
+            tracing::error!(device = ctx.device, model = %job.model, error = %message, "cannot load the job's models; moving it to failed/");
+            Loaded::Failed(Failure::new("loading the model", message).with_field(field))
+        }
+    }
 }
 
 /// Why this worker does not run a job itself.

@@ -100,7 +100,8 @@ pub struct ProgressSink<'a> {
     job: &'a Job,
     pulse: Pulse<'a>,
     device: i32,
-    /// The spool's timings when the job started, and the job's work, for the ETA.
+    /// The spool's timings when the job started (this device's own where it has them), and the
+    /// job's work, for the ETA.
     timings: Timings,
     work: Vec<PromptWork>,
     clock: JobClock,
@@ -137,7 +138,8 @@ impl<'a> ProgressSink<'a> {
             job,
             pulse,
             device,
-            timings: Timings::read(&Timings::path(&spool.layout().root)),
+            timings: Timings::read(&Timings::path(&spool.layout().root))
+                .on_device(&crate::spool::hostname(), device),
             work: eta::StepCounter::new(config).job_work(job),
             clock: JobClock::start(),
             status,
@@ -239,7 +241,7 @@ impl<'a> ProgressSink<'a> {
         let elapsed = self.clock.elapsed();
         let measured = self.clock.finish(&self.job.model, &self.work, rendered);
         let path = Timings::path(&self.spool.layout().root);
-        if let Err(e) = Timings::record(&path, &measured, host, provider) {
+        if let Err(e) = Timings::record_on_device(&path, &measured, host, provider, self.device) {
             tracing::warn!(file = %path.display(), error = %e, "cannot record the job's timings");
         }
         elapsed

@@ -1,10 +1,14 @@
-//! One worker thread per configured device: loads the models the device serves, then takes
-//! jobs (waiting ones first, see [`super::dispatch`]) until the daemon stops.
+//! One worker thread per configured device: takes jobs (waiting ones first, see
+//! [`super::dispatch`]) until the daemon stops, loading the models the device serves as its jobs
+//! need them (see [`crate::jobs::run::resident`]).
+//!
+//! Among the jobs of `incoming/` with the highest priority, a worker takes one for a model it
+//! has loaded before older ones for other models, so that a device does not switch models at
+//! every job; a job passed over [`MAX_PASSED_OVER`] times goes first (see
+//! [`crate::spool::Spool::next_job_preferring`]).
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-use anyhow::Context as _;
 
 use super::WorkerCtx;
 use super::dispatch::Waiting;
@@ -14,44 +18,37 @@ use super::process::{Processed, process};
 use super::storage::{self, wait_for_storage};
 use crate::app::config::Config;
 use crate::jobs::run::Worker;
-use crate::runtime::Runtime;
+use crate::spool::Preference;
+use crate::sys::bytes::ByteSize;
 
 /// How long a worker waits for a new job, or sleeps while paused, before it looks around again
 /// (and beats).
 const CLAIM_WAIT: Duration = Duration::from_millis(500);
 const PAUSE_LOOK: Duration = Duration::from_millis(250);
+/// How often a queued job may be passed over for younger jobs of its priority whose model a
+/// worker has loaded, before it goes first.
+pub const MAX_PASSED_OVER: u32 = 4;
 
-/// The worker's thread: loads, says so on `loaded`, works until the daemon stops.
-pub fn run(
-    ctx: WorkerCtx<'_>,
-    runtime: &Runtime,
-    loaded: &mpsc::Sender<Result<i32, String>>,
-) -> anyhow::Result<()> {
+/// The worker's thread: says on `started` that it takes jobs, works until the daemon stops.
+/// It loads nothing up front.
+pub fn run(ctx: WorkerCtx<'_>, started: &mpsc::Sender<Result<i32, String>>) -> anyhow::Result<()> {
     let config = ctx.shared.config();
-    let mut worker = Worker::load(
-        runtime,
-        &device_config(&config, ctx.device),
-        ctx.device,
-        None,
-    )
-    .with_context(|| format!("loading the models on device {}", ctx.device))?;
-    for model in config
-        .models
-        .keys()
-        .filter(|m| config.serves(ctx.device, m))
-    {
-        if let Some(provider) = worker.provider(model) {
-            crate::app::web::metrics::telemetry().record_provider(ctx.device, model, &provider);
-        }
-    }
-    let _ = loaded.send(Ok(ctx.device));
+    let budget = config.model_memory(ctx.device);
+    let mut worker = Worker::new(&device_config(&config, ctx.device), ctx.device, budget);
+    tracing::info!(
+        device = ctx.device,
+        model_memory = %budget.map_or("unlimited".into(), |b| ByteSize(b).to_string()),
+        "worker started; models load when a job needs them"
+    );
+    crate::app::web::metrics::telemetry().record_models_loaded(ctx.device, 0);
+    let _ = started.send(Ok(ctx.device));
     ctx.pulse.set(WorkerState::Idle, None);
     let result = work(&ctx, &mut worker);
     ctx.pulse.set(WorkerState::Stopped, None);
     result
 }
 
-/// The configuration a device's worker loads: only the models it serves.
+/// The configuration a device's worker uses: only the models it serves.
 fn device_config(config: &Config, device: i32) -> Config {
     let mut own = config.clone();
     own.models.retain(|name, _| config.serves(device, name));
@@ -80,7 +77,7 @@ fn work(ctx: &WorkerCtx<'_>, worker: &mut Worker) -> anyhow::Result<()> {
             ctx.shared.shutdown.sleep(PAUSE_LOOK);
             continue;
         }
-        let Some(waiting) = next_job(ctx)? else {
+        let Some(waiting) = next_job(ctx, worker)? else {
             if ctx.options.until_idle && spool_idle(ctx) {
                 tracing::info!(
                     device = ctx.device,
@@ -108,8 +105,9 @@ fn work(ctx: &WorkerCtx<'_>, worker: &mut Worker) -> anyhow::Result<()> {
 }
 
 /// The next job for this worker: a waiting one it may run, else a new one from `incoming/`
-/// (unless enough claimed jobs wait already). `None` after a short wait without one.
-fn next_job(ctx: &WorkerCtx<'_>) -> anyhow::Result<Option<Waiting>> {
+/// (unless enough claimed jobs wait already), preferring its loaded models' jobs among those of
+/// equal priority. `None` after a short wait without one.
+fn next_job(ctx: &WorkerCtx<'_>, worker: &Worker) -> anyhow::Result<Option<Waiting>> {
     let config = ctx.shared.config();
     let dispatch = &ctx.shared.dispatch;
     if let Some(waiting) = dispatch.take(|model| config.serves(ctx.device, model)) {
@@ -119,7 +117,14 @@ fn next_job(ctx: &WorkerCtx<'_>) -> anyhow::Result<Option<Waiting>> {
         ctx.shared.shutdown.sleep(PAUSE_LOOK);
         return Ok(None);
     }
-    Ok(ctx.spool.next_job(CLAIM_WAIT)?.map(|claimed| Waiting {
+    let default_model = config.default_model_name();
+    let loaded = |model: Option<&str>| worker.is_loaded(model.unwrap_or(default_model));
+    let preference = Preference {
+        prefer: &loaded,
+        max_passed_over: MAX_PASSED_OVER,
+    };
+    let claimed = ctx.spool.next_job_preferring(CLAIM_WAIT, &preference)?;
+    Ok(claimed.map(|claimed| Waiting {
         claimed,
         model: None,
     }))

@@ -23,7 +23,7 @@ pub fn daemon_starting(config: &Config) -> anyhow::Result<Option<super::Server>>
     super::server::start_if_configured(config)
 }
 
-/// Every model is loaded.
+/// The workers take jobs.
 pub fn daemon_ready() {
     telemetry().set_ready();
 }

@@ -49,6 +49,11 @@ struct WorkerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabel {
+    device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabels {
     device: String,
     model: String,
@@ -81,6 +86,7 @@ pub struct Telemetry {
     failures: Family<ReasonLabel, Counter>,
     workers: Family<WorkerLabels, Gauge>,
     providers: Family<ProviderLabels, Gauge>,
+    models_loaded: Family<DeviceLabel, Gauge>,
     storage_waits: Counter,
     manifests_read: Counter,
     thumbnails_made: Counter,
@@ -148,6 +154,12 @@ impl Telemetry {
             "1 for the execution provider ONNX Runtime runs each device's UNet of each model on",
             providers.clone(),
         );
+        let models_loaded = Family::<DeviceLabel, Gauge>::default();
+        r.register(
+            "models_loaded",
+            "Diffusion models resident on each device (they load on first use)",
+            models_loaded.clone(),
+        );
         let storage_waits = Counter::default();
         r.register(
             "storage_waits",
@@ -177,6 +189,7 @@ impl Telemetry {
             failures,
             workers,
             providers,
+            models_loaded,
             storage_waits,
             manifests_read,
             thumbnails_made,
@@ -251,7 +264,17 @@ impl Telemetry {
             .set(1);
     }
 
-    /// Every model is loaded (the daemon) or nothing needs loading (`sdspool serve`).
+    /// `device`'s worker has `count` diffusion models resident.
+    pub fn record_models_loaded(&self, device: i32, count: usize) {
+        self.models_loaded
+            .get_or_create(&DeviceLabel {
+                device: device.to_string(),
+            })
+            .set(count as i64);
+    }
+
+    /// The daemon's workers take jobs (models load when a job needs them), or nothing needs
+    /// loading (`sdspool serve`).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
     }
@@ -388,6 +411,21 @@ mod tests {
             "sdspool_queue_eta_seconds 12.0",
             "sdspool_jobs{state=\"incoming\"} 2",
             "sdspool_unet_step_seconds_count{model=\"tiny-sd\",size=\"64x64\",device=\"0\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_models_resident_on_each_device_are_counted() {
+        let t = Telemetry::new();
+        t.record_models_loaded(0, 2);
+        t.record_models_loaded(1, 1);
+        t.record_models_loaded(0, 1);
+        let text = t.encode(&SpoolGauges::default()).unwrap();
+        for line in [
+            "sdspool_models_loaded{device=\"0\"} 1",
+            "sdspool_models_loaded{device=\"1\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

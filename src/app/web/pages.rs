@@ -64,7 +64,7 @@ pub async fn readyz() -> Response {
     } else {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: models are loading",
+            "not ready: the daemon is starting",
         )
     }
 }

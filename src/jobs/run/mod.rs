@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod outdir;
 pub mod pass;
 pub mod plan;
+pub mod resident;
 pub mod resume;
 pub mod source;
 
@@ -22,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crate::engine::model::SdModel;
-use crate::engine::pipeline::{CandidateFailure, Pipeline, PipelineError};
-use crate::engine::rerank::Reranker;
+use crate::engine::model::config::ModelConfig;
+use crate::engine::pipeline::{CandidateFailure, PipelineError};
+use crate::engine::rerank::{RerankConfig, Reranker};
 use crate::jobs::job::Job;
 use crate::jobs::settings::JobSettings;
 use crate::runtime::Runtime;
@@ -34,6 +35,7 @@ use finish::{FinishClock, Finisher};
 use manifest::Manifest;
 use pass::Totals;
 use plan::Plan;
+use resident::Resident;
 
 /// How many times a run renders again what went missing from its output folder while it ran
 /// before it gives up.
@@ -185,19 +187,26 @@ pub struct RunOptions {
     pub step_noise: Option<Vec<ndarray::ArrayD<f32>>>,
 }
 
-/// Loaded models and reranker of one device; sessions are created once and reused across jobs.
+/// The models and the reranker of one device. Nothing is loaded until asked
+/// ([`Worker::prepare`] loads what a job needs, [`Worker::load`] everything up front); sessions
+/// are created once and reused across jobs, within the device's memory budget (see
+/// [`resident`]).
 pub struct Worker {
     pub device: i32,
-    pipelines: BTreeMap<String, Pipeline>,
-    /// Each loaded model's configuration, for its checkpoint hash.
-    configs: BTreeMap<String, crate::engine::model::config::ModelConfig>,
+    /// The configured models, by name.
+    configs: BTreeMap<String, ModelConfig>,
+    resident: Resident,
+    /// The rerank model, when configured and enabled.
+    rerank_config: Option<RerankConfig>,
     reranker: Option<Reranker>,
+    /// The rerank model's estimated footprint, once loaded.
+    reranker_bytes: u64,
     output_dir: PathBuf,
     /// The output folder of the latest job [`Worker::run`] started.
     last_dir: Option<PathBuf>,
 }
 
-/// Why a worker could not load its models.
+/// Why a worker could not load a model.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
@@ -210,57 +219,118 @@ pub enum LoadError {
     },
     #[error(transparent)]
     Rerank(#[from] crate::engine::rerank::RerankError),
+    #[error("model `{model}` is not configured (`models:`)")]
+    NotConfigured { model: String },
+}
+
+impl LoadError {
+    /// Whether the model was refused because `execution.require_gpu` is set and no GPU provider
+    /// serves it: the machine's fault, not the job's.
+    pub fn is_gpu_required(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(crate::runtime::RuntimeError::GpuRequired { .. }) = e.downcast_ref() {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
 }
 
 impl Worker {
+    /// A worker for `device` that has loaded nothing yet; `budget`: the most bytes its resident
+    /// models may take (see [`resident`]), `None` for no limit.
+    pub fn new(config: &dyn JobSettings, device: i32, budget: Option<u64>) -> Worker {
+        Worker {
+            device,
+            configs: config.models().clone(),
+            resident: Resident::new(device, budget),
+            rerank_config: config.rerank().filter(|r| r.enabled).cloned(),
+            reranker: None,
+            reranker_bytes: 0,
+            output_dir: config.output_dir().to_path_buf(),
+            last_dir: None,
+        }
+    }
+
     /// Loads the configured models (all of them, or only `only`) and the rerank model when
-    /// configured and enabled, on `device`.
+    /// configured and enabled, on `device`, with no memory budget.
     pub fn load(
         runtime: &Runtime,
         config: &dyn JobSettings,
         device: i32,
         only: Option<&str>,
     ) -> Result<Worker, LoadError> {
-        let mut pipelines = BTreeMap::new();
-        let mut configs = BTreeMap::new();
-        for (name, model) in config
+        let mut worker = Worker::new(config, device, None);
+        let names: Vec<String> = config
             .models()
-            .iter()
-            .filter(|(n, _)| only.is_none_or(|o| o == n.as_str()))
-        {
-            let mut m = SdModel::load(runtime, name, &model.path, device)?;
-            if let Some(vae) = &model.vae {
-                m.replace_vae_decoder(runtime, vae, device)?;
-            }
-            tracing::info!(model = %name, device, provider = %m.unet.loaded.providers.serving(), "model loaded");
-            let pipeline = Pipeline::new(m).map_err(|source| LoadError::Pipeline {
-                model: name.clone(),
-                source,
-            })?;
-            pipelines.insert(name.clone(), pipeline);
-            configs.insert(name.clone(), model.clone());
+            .keys()
+            .filter(|n| only.is_none_or(|o| o == n.as_str()))
+            .cloned()
+            .collect();
+        for name in &names {
+            worker
+                .resident
+                .ensure(runtime, &worker.configs, &[name], 0)?;
         }
-        let reranker = match config.rerank() {
-            Some(cfg) if cfg.enabled => {
-                let r = Reranker::load(runtime, cfg, device)?;
-                tracing::info!(model = %cfg.model.display(), device, "rerank model loaded");
-                Some(r)
-            }
-            _ => None,
-        };
-        Ok(Worker {
-            device,
-            pipelines,
-            configs,
-            reranker,
-            output_dir: config.output_dir().to_path_buf(),
-            last_dir: None,
-        })
+        worker.load_reranker(runtime)?;
+        Ok(worker)
     }
 
-    /// The provider serving a model's UNet.
+    /// Makes what `job` needs resident: its model, its refiner's, and the rerank model when the
+    /// job reranks. What is loaded already is reused; what is not is loaded now, unloading the
+    /// least recently used models when the budget requires. Returns the models it unloaded.
+    pub fn prepare(
+        &mut self,
+        runtime: &Runtime,
+        job: &Job,
+    ) -> Result<Vec<resident::Victim>, LoadError> {
+        if job.rerank.unwrap_or(true) {
+            self.load_reranker(runtime)?;
+        }
+        let needed = job_models(job);
+        self.resident
+            .ensure(runtime, &self.configs, &needed, self.reranker_bytes)
+    }
+
+    /// Whether [`Worker::prepare`] has anything to load for `job`.
+    pub fn needs_loading(&self, job: &Job) -> bool {
+        let reranker =
+            job.rerank.unwrap_or(true) && self.rerank_config.is_some() && self.reranker.is_none();
+        reranker || job_models(job).iter().any(|m| !self.is_loaded(m))
+    }
+
+    /// Loads the rerank model, when configured and not loaded yet.
+    fn load_reranker(&mut self, runtime: &Runtime) -> Result<(), LoadError> {
+        let Some(cfg) = self
+            .rerank_config
+            .as_ref()
+            .filter(|_| self.reranker.is_none())
+        else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let r = Reranker::load(runtime, cfg, self.device)?;
+        self.reranker_bytes = resident::folder_bytes(&cfg.model);
+        tracing::info!(model = %cfg.model.display(), device = self.device, seconds = started.elapsed().as_secs_f64(), "rerank model loaded");
+        self.reranker = Some(r);
+        Ok(())
+    }
+
+    /// The models resident now, in name order.
+    pub fn loaded_models(&self) -> Vec<&str> {
+        self.resident.names()
+    }
+
+    /// Whether `model` is resident.
+    pub fn is_loaded(&self, model: &str) -> bool {
+        self.resident.is_loaded(model)
+    }
+
+    /// The provider serving a model's UNet, when the model is loaded.
     pub fn provider(&self, model: &str) -> Option<String> {
-        self.pipelines
+        self.resident
             .get(model)
             .map(|p| p.model.unet.loaded.providers.serving())
     }
@@ -282,7 +352,7 @@ impl Worker {
         model: &str,
         requested: Option<crate::engine::scheduler::SchedulerKind>,
     ) -> Option<crate::engine::scheduler::SchedulerKind> {
-        self.pipelines
+        self.resident
             .get(model)
             .map(|p| requested.unwrap_or(p.default_scheduler))
     }
@@ -292,7 +362,7 @@ impl Worker {
     /// sessions together (`rerank`), for `sdspool bench`.
     pub fn session_clocks(&self, model: &str) -> Vec<(&'static str, SessionClock)> {
         let mut out = Vec::new();
-        if let Some(p) = self.pipelines.get(model) {
+        if let Some(p) = self.resident.get(model) {
             out.push(("text_encoder", p.model.text_encoder.loaded.clock));
             if let Some(t) = &p.model.text_encoder_2 {
                 out.push(("text_encoder_2", t.loaded.clock));
@@ -362,13 +432,13 @@ impl Worker {
             }
         }
         let Worker {
-            pipelines,
+            resident,
             reranker,
             output_dir,
             last_dir,
             ..
         } = self;
-        let mut pipeline = job_pipelines(pipelines, job)?;
+        let mut pipeline = job_pipelines(resident, job)?;
         let finisher = Finisher {
             job,
             dir,
@@ -400,7 +470,7 @@ impl Worker {
     /// Where `model` came from (its checkpoint hashed on first use); nothing for a model this
     /// worker does not hold.
     pub fn identity(&self, model: &str) -> source::ModelIdentity {
-        match (self.pipelines.get(model), self.configs.get(model)) {
+        match (self.resident.get(model), self.configs.get(model)) {
             (Some(p), Some(config)) => {
                 source::ModelIdentity::of(model, config, p.model.folder.provenance.as_ref())
             }
@@ -435,14 +505,21 @@ fn with_an_image(outcome: Outcome) -> Result<Outcome, JobRunError> {
     })
 }
 
+/// The models `job` runs: its own, then its refiner's, if it names one.
+pub fn job_models(job: &Job) -> Vec<&str> {
+    std::iter::once(job.model.as_str())
+        .chain(job.refiner.as_ref().map(|r| r.model.as_str()))
+        .collect()
+}
+
 /// The loaded pipelines of `job`'s model and of its refiner, if it names one.
 fn job_pipelines<'p>(
-    pipelines: &'p mut BTreeMap<String, Pipeline>,
+    resident: &'p mut Resident,
     job: &Job,
 ) -> Result<pass::Pipelines<'p>, JobRunError> {
     let refiner_name = job.refiner.as_ref().map(|r| r.model.as_str());
     let (mut base, mut refiner) = (None, None);
-    for (name, p) in pipelines.iter_mut() {
+    for (name, p) in resident.pipelines_mut() {
         if *name == job.model {
             base = Some(p);
         } else if Some(name.as_str()) == refiner_name {
