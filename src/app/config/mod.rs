@@ -17,8 +17,8 @@ use serde_saphyr::Spanned;
 pub use crate::engine::model::config::{ModelConfig, valid_model_name};
 pub use crate::jobs::settings::{JobDefaults, Limits};
 pub use crate::runtime::config::{
-    ConvSearch, CudaConfig, DeviceConfig, ExecutionConfig, GraphOptimization, OnnxRuntimeConfig,
-    TensorRtConfig,
+    ConvSearch, CudaConfig, DeviceConfig, ExecutionConfig, GraphOptimization, JobShapes,
+    OnnxRuntimeConfig, TensorRtConfig,
 };
 
 /// Largest configuration file sdspool reads; a config is a few kilobytes.
@@ -156,6 +156,7 @@ impl Config {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         config.resolve_paths(&base);
+        config.execution.tensorrt.jobs = config.job_shapes();
         config
             .check()
             .map_err(|(key, message)| ConfigError::Invalid {
@@ -165,6 +166,19 @@ impl Config {
                 message,
             })?;
         Ok(config)
+    }
+
+    /// The sizes and batches jobs may ask for, which TensorRT's optimization profiles cover.
+    fn job_shapes(&self) -> JobShapes {
+        let max_batch = self.defaults.max_batch.max(1);
+        JobShapes {
+            max_side: self.limits.max_side,
+            max_pixels: self.limits.max_pixels,
+            opt_width: self.defaults.width,
+            opt_height: self.defaults.height,
+            opt_batch: self.defaults.candidates.clamp(1, max_batch),
+            max_batch,
+        }
     }
 
     /// The folder relative paths are resolved against.

@@ -27,6 +27,7 @@ pub mod refine;
 pub mod sd;
 pub mod sdxl;
 pub mod text;
+mod unet_io;
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
