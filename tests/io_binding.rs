@@ -54,7 +54,11 @@ fn bound_and_plain_runs_give_the_same_bits_for_every_family() {
         let plain = render(&mut pipe, &req, false);
         let bound = render(&mut pipe, &req, true);
         assert!(
-            plain.1.iter().zip(&bound.1).all(|(a, b)| a.to_bits() == b.to_bits()),
+            plain
+                .1
+                .iter()
+                .zip(&bound.1)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{name}: latents differ"
         );
         assert_eq!(plain.0, bound.0, "{name}: pixels differ");
@@ -110,7 +114,10 @@ fn onnx_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
 fn graph_inputs_read_from_the_file_are_what_onnx_runtime_reports() {
     let mut files = Vec::new();
     onnx_files(&common::root().join("onnx/models"), &mut files);
-    onnx_files(&common::root().join("tests/fixtures/signatures"), &mut files);
+    onnx_files(
+        &common::root().join("tests/fixtures/signatures"),
+        &mut files,
+    );
     assert!(files.len() > 30, "{} files", files.len());
     for file in files {
         let read = onnx_inputs::read(&file).unwrap_or_else(|e| panic!("{e}"));
@@ -119,13 +126,24 @@ fn graph_inputs_read_from_the_file_are_what_onnx_runtime_reports() {
         assert_eq!(read.inputs, sig.inputs, "{}", file.display());
         // ONNX Runtime's shape inference may fix an output's dimension the file leaves open.
         let named = |ports: &[sdspool::runtime::signature::Port]| -> Vec<_> {
-            ports.iter().map(|p| (p.name.clone(), p.elem, p.rank())).collect()
+            ports
+                .iter()
+                .map(|p| (p.name.clone(), p.elem, p.rank()))
+                .collect()
         };
-        assert_eq!(named(&read.outputs), named(&sig.outputs), "{}", file.display());
+        assert_eq!(
+            named(&read.outputs),
+            named(&sig.outputs),
+            "{}",
+            file.display()
+        );
     }
     let tmp = tempfile::tempdir().unwrap();
     let junk = tmp.path().join("model.onnx");
     std::fs::write(&junk, b"\x3a\xff\xff\xff\xff\x0f").unwrap();
     let err = onnx_inputs::read(&junk).unwrap_err().to_string();
-    assert!(err.contains("model.onnx: cannot read the graph inputs"), "{err}");
+    assert!(
+        err.contains("model.onnx: cannot read the graph inputs"),
+        "{err}"
+    );
 }

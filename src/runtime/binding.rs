@@ -3,7 +3,7 @@
 //! stay on the device: an input is copied to the device only when it is written (the text
 //! embeddings once per prompt, the latents once per step) and an output only when it is read.
 //! On the CPU the bound tensors are host memory, written and read in place: the same code path
-//! without copies. Fixed buffers are also what a CUDA graph needs ([`super::graphs`]).
+//! without copies. Fixed buffers are also what a CUDA graph needs (`super::graphs`).
 
 use half::f16;
 use ndarray::ArrayViewD;
@@ -11,7 +11,6 @@ use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, Memory
 use ort::session::{IoBinding, Session};
 use ort::value::{DynTensor, TensorElementType};
 
-use super::graphs::GraphChoice;
 use super::signature::Elem;
 use super::tensors::{fill_float, set_timestep};
 
@@ -83,16 +82,11 @@ pub struct Bound {
     binding: IoBinding,
     inputs: Vec<Slot>,
     outputs: Vec<Slot>,
-    /// The CUDA graph runs with these buffers replay, if any.
-    pub graph: GraphChoice,
 }
 
 impl std::fmt::Debug for Bound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bound")
-            .field("spec", &self.spec)
-            .field("graph", &self.graph)
-            .finish()
+        f.debug_struct("Bound").field("spec", &self.spec).finish()
     }
 }
 
@@ -102,7 +96,6 @@ impl Bound {
         session: &Session,
         placement: Placement,
         spec: BindingSpec,
-        graph: GraphChoice,
     ) -> ort::Result<Bound> {
         let device = match placement {
             Placement::Host => None,
@@ -139,7 +132,6 @@ impl Bound {
             binding,
             inputs,
             outputs,
-            graph,
         })
     }
 

@@ -144,7 +144,13 @@ impl<B> BindingCache<B> {
 
     /// Drops the least recently used buffers without a graph beyond [`KEEP_UNCAPTURED`].
     fn evict(&mut self) {
-        while self.entries.iter().filter(|(_, c, _)| !c.is_graph()).count() > KEEP_UNCAPTURED {
+        while self
+            .entries
+            .iter()
+            .filter(|(_, c, _)| !c.is_graph())
+            .count()
+            > KEEP_UNCAPTURED
+        {
             let oldest = self
                 .entries
                 .iter()
@@ -168,7 +174,11 @@ mod tests {
 
     fn spec(batch: usize, side: usize) -> BindingSpec {
         BindingSpec {
-            inputs: vec![TensorSpec::new("sample", Elem::F32, &[batch, 4, side, side])],
+            inputs: vec![TensorSpec::new(
+                "sample",
+                Elem::F32,
+                &[batch, 4, side, side],
+            )],
             outputs: vec![TensorSpec::new(
                 "out_sample",
                 Elem::F32,
@@ -217,7 +227,9 @@ mod tests {
     fn buffers_without_a_graph_are_evicted_oldest_first_and_graph_buffers_never() {
         let mut cache = BindingCache::new(GraphIds::new(true, 1));
         for (i, side) in [64, 72, 80, 88].into_iter().enumerate() {
-            cache.get_or_make(&spec(2, side), |_| Ok::<_, ()>(i)).unwrap();
+            cache
+                .get_or_make(&spec(2, side), |_| Ok::<_, ()>(i))
+                .unwrap();
         }
         let kept: Vec<(usize, GraphChoice)> = cache
             .shapes()
@@ -235,7 +247,11 @@ mod tests {
     #[test]
     fn a_failed_allocation_uses_no_graph_id() {
         let mut cache = BindingCache::<usize>::new(GraphIds::new(true, 1));
-        assert!(cache.get_or_make(&spec(2, 64), |_| Err("out of memory")).is_err());
+        assert!(
+            cache
+                .get_or_make(&spec(2, 64), |_| Err("out of memory"))
+                .is_err()
+        );
         let (_, choice, made) = cache.get_or_make(&spec(2, 64), |_| Ok::<_, ()>(1)).unwrap();
         assert_eq!((choice, made), (GraphChoice::Graph(1), true));
     }

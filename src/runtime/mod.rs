@@ -10,8 +10,8 @@ pub mod library;
 pub mod onnx_inputs;
 pub mod providers;
 pub mod signature;
-pub mod tensors;
 pub mod tensorrt;
+pub mod tensors;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -403,10 +403,8 @@ impl Runtime {
             }
         }
         let tensorrt = registrations.contains(&(ProviderKind::Tensorrt, Registration::Registered));
-        builder = builder.with_optimization_level(optimization_level(
-            self.exec.graph_optimization,
-            tensorrt,
-        ))?;
+        builder = builder
+            .with_optimization_level(optimization_level(self.exec.graph_optimization, tensorrt))?;
         let session = builder.commit_from_file(file)?;
         Ok((session, registrations))
     }
@@ -524,13 +522,19 @@ impl LoadedSession {
                 }
                 None => None,
             };
-            Ok::<_, ort::Error>((Bound::new(session, placement, spec.clone(), choice)?, options))
+            Ok::<_, ort::Error>((Bound::new(session, placement, spec.clone())?, options))
         })?;
         if made {
             match choice {
-                GraphChoice::Graph(id) => tracing::info!(file = %self.file.display(), graph_id = id, shapes = %spec.describe(), "bound buffers allocated; ONNX Runtime captures a CUDA graph for these shapes after its warm-up runs"),
-                GraphChoice::Full { max } => tracing::info!(file = %self.file.display(), shapes = %spec.describe(), max_graphs = max, "bound buffers allocated; these shapes run without a CUDA graph (execution.cuda.max_graphs reached)"),
-                GraphChoice::Off => tracing::debug!(file = %self.file.display(), placement = ?placement, shapes = %spec.describe(), "bound buffers allocated"),
+                GraphChoice::Graph(id) => {
+                    tracing::info!(file = %self.file.display(), graph_id = id, shapes = %spec.describe(), "bound buffers allocated; ONNX Runtime captures a CUDA graph for these shapes after its warm-up runs")
+                }
+                GraphChoice::Full { max } => {
+                    tracing::info!(file = %self.file.display(), shapes = %spec.describe(), max_graphs = max, "bound buffers allocated; these shapes run without a CUDA graph (execution.cuda.max_graphs reached)")
+                }
+                GraphChoice::Off => {
+                    tracing::debug!(file = %self.file.display(), placement = ?placement, shapes = %spec.describe(), "bound buffers allocated")
+                }
             }
         }
         Ok(bound)
@@ -657,5 +661,23 @@ impl fmt::Display for ProviderReport {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_tensorrt_serves_skip_onnx_runtimes_graph_optimisation() {
+        use GraphOptimizationLevel as L;
+        assert_eq!(optimization_level(GraphOptimization::All, false), L::All);
+        assert_eq!(
+            optimization_level(GraphOptimization::Basic, false),
+            L::Level1
+        );
+        for configured in [GraphOptimization::All, GraphOptimization::Extended] {
+            assert_eq!(optimization_level(configured, true), L::Disable);
+        }
     }
 }

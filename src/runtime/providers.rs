@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ExecutionProvider as _};
 
-pub use crate::runtime::config::ProviderKind;
 use crate::runtime::SessionPlan;
+pub use crate::runtime::config::ProviderKind;
 use crate::runtime::config::{ConvSearch, ExecutionConfig};
 use crate::runtime::tensorrt;
 
@@ -122,7 +122,10 @@ pub fn tensorrt_options(
     let part = plan.tensorrt.as_ref();
     let mut options = vec![
         ("device_id", device_id.to_string()),
-        ("trt_fp16_enable", flag(t.fp16 || part.is_some_and(|p| p.fp16))),
+        (
+            "trt_fp16_enable",
+            flag(t.fp16 || part.is_some_and(|p| p.fp16)),
+        ),
     ];
     if let Some(root) = &t.engine_cache {
         let dir = part.map_or_else(|| root.clone(), |p| p.engine_dir(root, trt_version));
@@ -236,8 +239,20 @@ mod tests {
             Some("0"),
             "the text encoders and the VAE are never captured"
         );
-        assert_eq!(value(&tensorrt_options(&exec, 0, &unet, "10.13.3"), "trt_cuda_graph_enable"), Some("1"));
-        assert_eq!(value(&tensorrt_options(&exec, 0, &encoder, "10.13.3"), "trt_cuda_graph_enable"), None);
+        assert_eq!(
+            value(
+                &tensorrt_options(&exec, 0, &unet, "10.13.3"),
+                "trt_cuda_graph_enable"
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            value(
+                &tensorrt_options(&exec, 0, &encoder, "10.13.3"),
+                "trt_cuda_graph_enable"
+            ),
+            None
+        );
     }
 
     #[test]
@@ -254,12 +269,25 @@ mod tests {
             value(&o, "trt_engine_cache_path"),
             Some(format!("/cache/engines/sd15/unet/trt-10.13.3-{key}").as_str())
         );
-        assert_eq!(value(&o, "trt_timing_cache_path"), Some("/cache/timing/trt-10.13.3"));
+        assert_eq!(
+            value(&o, "trt_timing_cache_path"),
+            Some("/cache/timing/trt-10.13.3")
+        );
         assert_eq!(value(&o, "trt_profile_min_shapes"), Some("sample:1x4x8x8"));
-        assert_eq!(value(&o, "trt_profile_opt_shapes"), Some("sample:2x4x64x64"));
-        assert_eq!(value(&o, "trt_profile_max_shapes"), Some("sample:16x4x128x128"));
+        assert_eq!(
+            value(&o, "trt_profile_opt_shapes"),
+            Some("sample:2x4x64x64")
+        );
+        assert_eq!(
+            value(&o, "trt_profile_max_shapes"),
+            Some("sample:16x4x128x128")
+        );
         let fp32 = tensorrt_options(&exec, 0, &unet_plan(false), "10.13.3");
-        assert_eq!(value(&fp32, "trt_fp16_enable"), Some("0"), "a float32 part stays float32");
+        assert_eq!(
+            value(&fp32, "trt_fp16_enable"),
+            Some("0"),
+            "a float32 part stays float32"
+        );
         exec.tensorrt.fp16 = true;
         let forced = tensorrt_options(&exec, 0, &unet_plan(false), "10.13.3");
         assert_eq!(value(&forced, "trt_fp16_enable"), Some("1"));

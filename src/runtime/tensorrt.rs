@@ -128,7 +128,11 @@ pub fn version_in(dirs: &[PathBuf]) -> String {
             let Some(v) = name.strip_prefix("libnvinfer.so.") else {
                 continue;
             };
-            let Ok(parts) = v.split('.').map(str::parse).collect::<Result<Vec<u64>, _>>() else {
+            let Ok(parts) = v
+                .split('.')
+                .map(str::parse)
+                .collect::<Result<Vec<u64>, _>>()
+            else {
                 continue;
             };
             if best.as_ref().is_none_or(|b| parts > *b) {
@@ -136,13 +140,8 @@ pub fn version_in(dirs: &[PathBuf]) -> String {
             }
         }
     }
-    best.map(|v| {
-        v.iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(".")
-    })
-    .unwrap_or_else(|| "unknown".to_string())
+    best.map(|v| v.iter().map(u64::to_string).collect::<Vec<_>>().join("."))
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// Where the TensorRT libraries may be, for ONNX Runtime at `library`: pip's `tensorrt_libs`
@@ -160,9 +159,13 @@ pub fn library_dirs(library: &Path) -> Vec<PathBuf> {
         dirs.extend(std::env::split_paths(&paths));
     }
     dirs.extend(
-        ["/usr/lib/x86_64-linux-gnu", "/usr/local/tensorrt/lib", "/usr/lib64"]
-            .into_iter()
-            .map(PathBuf::from),
+        [
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/local/tensorrt/lib",
+            "/usr/lib64",
+        ]
+        .into_iter()
+        .map(PathBuf::from),
     );
     dirs
 }
@@ -266,7 +269,10 @@ mod tests {
     #[test]
     fn profile_strings_are_what_the_tensorrt_provider_parses() {
         let p = sd15_unet();
-        assert_eq!(p.min_shapes(), "sample:1x4x8x8,encoder_hidden_states:1x77x768");
+        assert_eq!(
+            p.min_shapes(),
+            "sample:1x4x8x8,encoder_hidden_states:1x77x768"
+        );
         assert_eq!(
             p.opt_shapes(),
             "sample:2x4x64x64,encoder_hidden_states:2x77x768"
@@ -299,7 +305,11 @@ mod tests {
         other.profile.as_mut().unwrap().inputs[0].max[0] = 8;
         assert_ne!(dir, other.engine_dir(root, "10.13.3"), "profile");
         other.profile = None;
-        assert!(other.engine_dir(root, "10.13.3").ends_with("trt-10.13.3-dynamic"));
+        assert!(
+            other
+                .engine_dir(root, "10.13.3")
+                .ends_with("trt-10.13.3-dynamic")
+        );
         let mut renamed = plan.clone();
         renamed.name = "../x y/unet".into();
         assert_eq!(
@@ -349,7 +359,11 @@ mod tests {
             cache_outcome(&built, &cache_files(dir)),
             CacheOutcome::Hit { engines: 1 }
         );
-        std::fs::write(dir.join("TensorrtExecutionProvider_1_sm90.engine"), b"rebuilt").unwrap();
+        std::fs::write(
+            dir.join("TensorrtExecutionProvider_1_sm90.engine"),
+            b"rebuilt",
+        )
+        .unwrap();
         assert!(matches!(
             cache_outcome(&built, &cache_files(dir)),
             CacheOutcome::Built { .. }

@@ -505,6 +505,38 @@ mod tests {
     }
 
     #[test]
+    fn binding_cuda_graphs_and_tensorrt_profiles_are_configured_and_on_by_default_binding_only() {
+        let c = parse("").unwrap();
+        assert!(c.execution.io_binding && !c.execution.cuda.cuda_graph);
+        assert!(
+            !c.execution.tensorrt.fp16,
+            "float32 parts stay float32 unless asked"
+        );
+        let c = parse(
+            "execution:\n  io_binding: false\n  cuda:\n    cuda_graph: true\n    max_graphs: 2\n  tensorrt:\n    min_side: 512\n    max_prompt_windows: 1\nlimits:\n  max_side: 1536\n  max_pixels: 1048576\ndefaults:\n  width: 768\n  height: 512\n  candidates: 2\n  max_batch: 4\n",
+        )
+        .unwrap();
+        assert!(!c.execution.io_binding);
+        assert!(c.execution.cuda.cuda_graph);
+        assert_eq!(c.execution.cuda.max_graphs, 2);
+        let t = &c.execution.tensorrt;
+        assert_eq!((t.min_side, t.max_prompt_windows), (512, 1));
+        assert_eq!(
+            t.jobs,
+            JobShapes {
+                max_side: 1536,
+                max_pixels: 1048576,
+                opt_width: 768,
+                opt_height: 512,
+                opt_batch: 2,
+                max_batch: 4,
+            }
+        );
+        let err = parse("execution:\n  tensorrt:\n    jobs: {}\n").unwrap_err();
+        assert!(err.contains("jobs"), "not a configuration key: {err}");
+    }
+
+    #[test]
     fn device_settings_are_checked_naming_the_key_and_line() {
         let cases = [
             (

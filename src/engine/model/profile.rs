@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
+use crate::runtime::SessionPlan;
 use crate::runtime::config::{ExecutionConfig, ProviderKind, TensorRtConfig};
 use crate::runtime::onnx_inputs;
 use crate::runtime::signature::{Elem, Port};
 use crate::runtime::tensorrt::{ProfileInput, TrtPlan, TrtProfile};
-use crate::runtime::SessionPlan;
 
 use super::Component;
 
@@ -221,7 +221,12 @@ mod tests {
         let p = profile(Component::VaeEncoder, &enc, &config()).unwrap();
         assert_eq!(p.min_shapes(), "sample:1x3x256x256", "pixels, not latents");
         let fixed = [port("sample", Elem::F32, &[2, 4, 64, 64])];
-        assert!(profile(Component::Unet, &fixed, &config()).unwrap().inputs.is_empty());
+        assert!(
+            profile(Component::Unet, &fixed, &config())
+                .unwrap()
+                .inputs
+                .is_empty()
+        );
     }
 
     #[test]
@@ -260,7 +265,9 @@ mod tests {
         }
         let mut trt = exec.clone();
         trt.providers = vec![ProviderKind::Tensorrt, ProviderKind::Cpu];
-        let plan = session_plan(&trt, "m", Component::Unet, file).tensorrt.unwrap();
+        let plan = session_plan(&trt, "m", Component::Unet, file)
+            .tensorrt
+            .unwrap();
         assert_eq!(plan.name, "m/unet");
         assert_eq!(plan.profile, None, "an unreadable file gives no profile");
     }

@@ -81,7 +81,9 @@ impl UnetIo {
                     bound.write_float(name, &[data]).map_err(err)?;
                 }
             }
-            UnetIo::Plain { conditioning: c, .. } => {
+            UnetIo::Plain {
+                conditioning: c, ..
+            } => {
                 *c = conditioning
                     .iter()
                     .map(|(name, v)| Ok((*name, float_tensor(v.view(), unet.feeding.float)?)))
