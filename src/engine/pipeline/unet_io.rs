@@ -71,9 +71,7 @@ impl UnetIo {
         let err = |e| ort_err(&file, e);
         match self {
             UnetIo::Bound(current) => {
-                let sample = &current.inputs[0].shape;
-                let wanted = spec(unet, graph, &sample.clone(), &conditioning);
-                *current = wanted;
+                *current = spec(unet, graph, &current.inputs[0].shape, &conditioning);
                 let bound = unet.loaded.bound(current).map_err(err)?;
                 for (name, value) in &conditioning {
                     let data = value.as_standard_layout();
