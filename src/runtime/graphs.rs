@@ -83,7 +83,7 @@ impl GraphIds {
 
     /// The choice for a shape not seen before: the next graph id (from 1; 0 is ONNX Runtime's
     /// default id, left to runs that do not ask), or none.
-    pub fn next(&mut self) -> GraphChoice {
+    pub fn assign(&mut self) -> GraphChoice {
         if !self.enabled {
             return GraphChoice::Off;
         }
@@ -125,7 +125,7 @@ impl<B> BindingCache<B> {
             return Ok((b, *choice, false));
         }
         let mut graphs = self.graphs;
-        let choice = graphs.next();
+        let choice = graphs.assign();
         let made = make(choice)?;
         self.graphs = graphs;
         self.entries.push((spec.clone(), choice, made));
@@ -190,13 +190,13 @@ mod tests {
     #[test]
     fn each_new_shape_gets_the_next_graph_id_until_the_limit_then_none() {
         let mut ids = GraphIds::new(true, 2);
-        assert_eq!(ids.next(), GraphChoice::Graph(1));
-        assert_eq!(ids.next(), GraphChoice::Graph(2));
-        assert_eq!(ids.next(), GraphChoice::Full { max: 2 });
+        assert_eq!(ids.assign(), GraphChoice::Graph(1));
+        assert_eq!(ids.assign(), GraphChoice::Graph(2));
+        assert_eq!(ids.assign(), GraphChoice::Full { max: 2 });
         assert_eq!(GraphChoice::Graph(2).run_option(), Some(2));
         assert_eq!(GraphChoice::Full { max: 2 }.run_option(), Some(-1));
         let mut off = GraphIds::new(false, 8);
-        assert_eq!(off.next(), GraphChoice::Off);
+        assert_eq!(off.assign(), GraphChoice::Off);
         assert_eq!(GraphChoice::Off.run_option(), None, "no run option at all");
     }
 

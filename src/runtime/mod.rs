@@ -213,7 +213,7 @@ impl Runtime {
             busy: Arc::clone(&self.busy),
             io_binding: self.exec.io_binding,
             placement,
-            bindings: BindingCache::new(graphs),
+            bindings: Box::new(BindingCache::new(graphs)),
         })
     }
 }
@@ -471,7 +471,7 @@ pub struct LoadedSession {
     /// Where bound tensors live: on the device of the provider that serves the session.
     pub placement: Placement,
     /// Bound buffers by shape, with their CUDA graphs (see [`graphs`]).
-    bindings: BindingCache<(Bound, Option<RunOptions>)>,
+    bindings: Box<BindingCache<(Bound, Option<RunOptions>)>>,
 }
 
 impl LoadedSession {
