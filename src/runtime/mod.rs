@@ -202,7 +202,7 @@ impl Runtime {
             Placement::Host
         };
         let graphs = GraphIds::new(
-            plan.cuda_graph && self.exec.cuda.cuda_graph && placement != Placement::Host,
+            providers::captures_cuda_graphs(&self.exec, plan) && placement != Placement::Host,
             self.exec.cuda.max_graphs,
         );
         Ok(LoadedSession {

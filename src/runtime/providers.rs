@@ -77,6 +77,12 @@ fn configured<E: ArbitrarilyConfigurableExecutionProvider>(
         .fold(provider, |p, (k, v)| p.with_arbitrary_config(k, v))
 }
 
+/// Whether a session captures CUDA graphs: a part that can be captured, with
+/// `execution.cuda.cuda_graph` on and the I/O binding whose fixed buffers a graph replays.
+pub fn captures_cuda_graphs(exec: &ExecutionConfig, plan: &SessionPlan) -> bool {
+    plan.cuda_graph && exec.cuda.cuda_graph && exec.io_binding
+}
+
 /// ONNX Runtime's spelling of a boolean provider option.
 fn flag(on: bool) -> String {
     if on { "1" } else { "0" }.to_string()
@@ -98,7 +104,7 @@ pub fn cuda_options(
     let mut options = vec![
         ("device_id", device_id.to_string()),
         ("use_tf32", flag(c.tf32)),
-        ("enable_cuda_graph", flag(c.cuda_graph && plan.cuda_graph)),
+        ("enable_cuda_graph", flag(captures_cuda_graphs(exec, plan))),
         ("cudnn_conv_algo_search", search.to_string()),
     ];
     if let Some(bytes) = c.memory_limit_bytes {
@@ -145,7 +151,7 @@ pub fn tensorrt_options(
         options.push(("trt_profile_opt_shapes", profile.opt_shapes()));
         options.push(("trt_profile_max_shapes", profile.max_shapes()));
     }
-    if exec.cuda.cuda_graph && plan.cuda_graph {
+    if captures_cuda_graphs(exec, plan) {
         options.push(("trt_cuda_graph_enable", flag(true)));
     }
     options

@@ -285,6 +285,13 @@ impl Config {
                 format!("contains {id}; device ids are 0 or greater"),
             ));
         }
+        if self.execution.cuda.cuda_graph && !self.execution.io_binding {
+            return Err(self.invalid(
+                "execution.cuda.cuda_graph",
+                "is true but `execution.io_binding` is false: a CUDA graph replays fixed buffer \
+                 addresses, which only the bound buffers have; turn io_binding on or cuda_graph off",
+            ));
+        }
         self.check_devices()?;
         self.serve.check()?;
         self.notify.check()?;
@@ -513,10 +520,10 @@ mod tests {
             "float32 parts stay float32 unless asked"
         );
         let c = parse(
-            "execution:\n  io_binding: false\n  cuda:\n    cuda_graph: true\n    max_graphs: 2\n  tensorrt:\n    min_side: 512\n    max_prompt_windows: 1\nlimits:\n  max_side: 1536\n  max_pixels: 1048576\ndefaults:\n  width: 768\n  height: 512\n  candidates: 2\n  max_batch: 4\n",
+            "execution:\n  cuda:\n    cuda_graph: true\n    max_graphs: 2\n  tensorrt:\n    min_side: 512\n    max_prompt_windows: 1\nlimits:\n  max_side: 1536\n  max_pixels: 1048576\ndefaults:\n  width: 768\n  height: 512\n  candidates: 2\n  max_batch: 4\n",
         )
         .unwrap();
-        assert!(!c.execution.io_binding);
+        assert!(c.execution.io_binding);
         assert!(c.execution.cuda.cuda_graph);
         assert_eq!(c.execution.cuda.max_graphs, 2);
         let t = &c.execution.tensorrt;
@@ -531,6 +538,18 @@ mod tests {
                 opt_batch: 2,
                 max_batch: 4,
             }
+        );
+        assert!(
+            !parse("execution:\n  io_binding: false\n")
+                .unwrap()
+                .execution
+                .io_binding
+        );
+        let err =
+            parse("execution:\n  io_binding: false\n  cuda:\n    cuda_graph: true\n").unwrap_err();
+        assert!(
+            err.contains("`execution.cuda.cuda_graph` is true but `execution.io_binding` is false"),
+            "{err}"
         );
         let err = parse("execution:\n  tensorrt:\n    jobs: {}\n").unwrap_err();
         assert!(err.contains("jobs"), "not a configuration key: {err}");
