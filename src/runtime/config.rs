@@ -60,6 +60,12 @@ pub struct ExecutionConfig {
     /// inspection; see [`crate::runtime::Runtime::optimized_model_path`]).
     #[serde(default)]
     pub optimized_model_dir: Option<PathBuf>,
+    /// Run the UNet through ONNX Runtime's I/O binding: its inputs and outputs in buffers
+    /// allocated once per size and batch, on the device of the provider that serves it, the
+    /// text embeddings copied there once per prompt and only the latents crossing each step
+    /// (see [`crate::runtime::binding`]). `false` feeds every step as new host tensors.
+    #[serde(default = "yes")]
+    pub io_binding: bool,
     #[serde(default)]
     pub tensorrt: TensorRtConfig,
     #[serde(default)]
@@ -79,6 +85,7 @@ impl Default for ExecutionConfig {
             graph_optimization: GraphOptimization::default(),
             cpu_arena: true,
             optimized_model_dir: None,
+            io_binding: true,
             tensorrt: TensorRtConfig::default(),
             cuda: CudaConfig::default(),
         }
@@ -121,27 +128,80 @@ pub enum GraphOptimization {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TensorRtConfig {
-    /// Build fp16 engines.
-    #[serde(default = "yes")]
+    /// Build fp16 engines for float32 parts too (float16 parts always get them).
+    #[serde(default)]
     pub fp16: bool,
-    /// Folder for serialized engines, so the second start skips engine building.
+    /// Folder for serialized engines, so the second start skips engine building: one folder
+    /// per model part, optimization profile and TensorRT version below it.
     #[serde(default)]
     pub engine_cache: Option<PathBuf>,
-    /// Folder for the timing cache.
+    /// Folder for the timing cache (one per TensorRT version below it).
     #[serde(default)]
     pub timing_cache: Option<PathBuf>,
     /// Builder workspace limit in bytes.
     #[serde(default)]
     pub max_workspace_bytes: Option<usize>,
+    /// Smallest image side, in pixels, the optimization profiles cover (the largest is
+    /// `limits.max_side`, within `limits.max_pixels`).
+    #[serde(default = "default_min_side")]
+    pub min_side: u32,
+    /// 77-token windows of the longest prompt the profiles cover (AUTOMATIC1111 prompt syntax
+    /// encodes longer prompts in several windows).
+    #[serde(default = "default_prompt_windows")]
+    pub max_prompt_windows: u32,
+    /// The job sizes and batches the profiles cover: set from `limits:` and `defaults:` by the
+    /// app layer, not read from this section.
+    #[serde(skip)]
+    pub jobs: JobShapes,
 }
 
 impl Default for TensorRtConfig {
     fn default() -> Self {
         TensorRtConfig {
-            fp16: true,
+            fp16: false,
             engine_cache: None,
             timing_cache: None,
             max_workspace_bytes: None,
+            min_side: default_min_side(),
+            max_prompt_windows: default_prompt_windows(),
+            jobs: JobShapes::default(),
+        }
+    }
+}
+
+fn default_min_side() -> u32 {
+    256
+}
+
+fn default_prompt_windows() -> u32 {
+    3
+}
+
+/// The image sizes and batches jobs may ask for, as TensorRT profiles need them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobShapes {
+    /// Longest side in pixels (`limits.max_side`).
+    pub max_side: u32,
+    /// Width times height (`limits.max_pixels`).
+    pub max_pixels: u64,
+    /// The usual image (`defaults.width`, `defaults.height`).
+    pub opt_width: u32,
+    pub opt_height: u32,
+    /// Images in one UNet batch before guidance doubles it: the usual (`defaults.candidates`
+    /// up to `defaults.max_batch`) and the most (`defaults.max_batch`).
+    pub opt_batch: u32,
+    pub max_batch: u32,
+}
+
+impl Default for JobShapes {
+    fn default() -> Self {
+        JobShapes {
+            max_side: 2048,
+            max_pixels: 1024 * 1024,
+            opt_width: 512,
+            opt_height: 512,
+            opt_batch: 4,
+            max_batch: 8,
         }
     }
 }
@@ -159,9 +219,18 @@ pub struct CudaConfig {
     /// Allow TF32 math on Ampere and newer.
     #[serde(default = "yes")]
     pub tf32: bool,
-    /// Capture the UNet in a CUDA graph (needs fixed shapes).
+    /// Capture the UNet in CUDA graphs, one per size and batch (needs `io_binding`; the text
+    /// encoders and the VAE run without). ONNX Runtime's `enable_cuda_graph` for the UNet's
+    /// session and its run option `gpu_graph_id` per shape.
     #[serde(default)]
     pub cuda_graph: bool,
+    /// Most shapes (size and batch) that get a CUDA graph; later ones run without.
+    #[serde(default = "default_max_graphs")]
+    pub max_graphs: usize,
+}
+
+fn default_max_graphs() -> usize {
+    4
 }
 
 impl Default for CudaConfig {
@@ -171,6 +240,7 @@ impl Default for CudaConfig {
             conv_algorithm_search: ConvSearch::default(),
             tf32: true,
             cuda_graph: false,
+            max_graphs: default_max_graphs(),
         }
     }
 }

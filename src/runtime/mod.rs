@@ -2,11 +2,15 @@
 //! reporting which provider really serves each one.
 
 pub mod assignment;
+pub mod binding;
 pub mod clock;
 pub mod config;
+pub mod graphs;
 pub mod library;
+pub mod onnx_inputs;
 pub mod providers;
 pub mod signature;
+pub mod tensorrt;
 pub mod tensors;
 
 use std::fmt;
@@ -16,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{IoBinding, Session, SessionInputs, SessionOutputs};
+use ort::session::{IoBinding, RunOptions, Session, SessionInputs, SessionOutputs};
 
 use crate::runtime::config::{ExecutionConfig, GraphOptimization};
 use assignment::Assignment;
+use binding::{BindingSpec, Bound, Placement};
 use clock::{BusyClock, SessionClock};
+use graphs::{BindingCache, GraphChoice, GraphIds};
 use providers::{ProviderKind, Registration};
 
 /// Why a session could not be created.
@@ -52,6 +58,11 @@ pub struct Runtime {
     exec: ExecutionConfig,
     /// Wall time with at least one session run in progress (see [`clock`]).
     busy: Arc<BusyClock>,
+    /// TensorRT's version when it is configured (the engine cache key), else empty.
+    trt_version: String,
+    /// The TensorRT sessions being created now (engine builds may take minutes), with when
+    /// each began.
+    trt_building: std::sync::Mutex<Vec<(PathBuf, Instant)>>,
 }
 
 impl fmt::Debug for Runtime {
@@ -93,12 +104,21 @@ impl Runtime {
             .map_err(|e| RuntimeError::Environment(e.to_string()))?;
         let version = ort_version(&loaded.path);
         tracing::info!(library = %loaded.path.display(), source = %loaded.source, version = %version, "loaded ONNX Runtime");
+        let trt_version = if exec.providers.contains(&ProviderKind::Tensorrt) {
+            let v = tensorrt::version_in(&tensorrt::library_dirs(&loaded.path));
+            tracing::info!(version = %v, "TensorRT version (the engine cache key)");
+            v
+        } else {
+            String::new()
+        };
         Ok(Runtime {
             library: loaded,
             version,
             env,
             exec: exec.clone(),
             busy: Arc::new(BusyClock::default()),
+            trt_version,
+            trt_building: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -117,6 +137,21 @@ impl Runtime {
         &self.version
     }
 
+    /// The execution settings sessions are built with.
+    pub fn execution(&self) -> &ExecutionConfig {
+        &self.exec
+    }
+
+    /// The TensorRT session being created for the longest time now (its engine may be
+    /// building), and for how long: for the service manager's status line.
+    pub fn tensorrt_building(&self) -> Option<(PathBuf, Duration)> {
+        let building = self.trt_building.lock().unwrap_or_else(|e| e.into_inner());
+        building
+            .iter()
+            .min_by_key(|(_, since)| *since)
+            .map(|(file, since)| (file.clone(), since.elapsed()))
+    }
+
     /// Which configured providers the loaded library was built with.
     pub fn built_providers(&self) -> Vec<(ProviderKind, bool)> {
         self.exec
@@ -132,41 +167,23 @@ impl Runtime {
     /// writes the optimised graph there ([`Runtime::optimized_model_path`]); when it cannot, the
     /// session is created without saving and a warning says why.
     pub fn session(&self, file: &Path, device_id: i32) -> Result<LoadedSession, RuntimeError> {
-        let session_err = |message: String| RuntimeError::Session {
-            file: file.to_path_buf(),
-            message,
-        };
-        let save = self.optimized_model_path(file);
-        let (session, registrations) = match &save {
-            Some(path) => {
-                let prepared = path
-                    .parent()
-                    .map(std::fs::create_dir_all)
-                    .unwrap_or(Ok(()))
-                    .map_err(|e| format!("cannot create {}: {e}", path.display()))
-                    .and_then(|()| {
-                        self.build_session(file, device_id, Some(path))
-                            .map_err(|e| e.to_string())
-                    });
-                match prepared {
-                    Ok(built) => {
-                        tracing::info!(file = %file.display(), optimized = %path.display(), "saved the optimized model");
-                        built
-                    }
-                    Err(reason) => {
-                        // A model that does not load at all fails again here, with its own error.
-                        let built = self
-                            .build_session(file, device_id, None)
-                            .map_err(|e| session_err(e.to_string()))?;
-                        tracing::warn!(file = %file.display(), optimized = %path.display(), reason = %reason, "could not save the optimized model; the session runs without it");
-                        built
-                    }
-                }
-            }
-            None => self
-                .build_session(file, device_id, None)
-                .map_err(|e| session_err(e.to_string()))?,
-        };
+        self.session_with(file, device_id, &SessionPlan::default())
+    }
+
+    /// [`Runtime::session`] for a part with its own [`SessionPlan`] (CUDA graphs, a TensorRT
+    /// profile).
+    pub fn session_with(
+        &self,
+        file: &Path,
+        device_id: i32,
+        plan: &SessionPlan,
+    ) -> Result<LoadedSession, RuntimeError> {
+        let watch = self.tensorrt_watch(file, plan);
+        let created = self.create(file, device_id, plan);
+        if let Some(watch) = watch {
+            self.tensorrt_done(file, watch, created.is_ok());
+        }
+        let (session, registrations) = created?;
         let assignment = assignment::read(&session);
         let report = ProviderReport {
             registrations,
@@ -179,17 +196,140 @@ impl Runtime {
                 hint: report.gpu_hint(),
             });
         }
+        let placement = if report.gpu_serves() {
+            Placement::Cuda(device_id)
+        } else {
+            Placement::Host
+        };
+        let graphs = GraphIds::new(
+            providers::captures_cuda_graphs(&self.exec, plan) && placement != Placement::Host,
+            self.exec.cuda.max_graphs,
+        );
         Ok(LoadedSession {
             session,
             file: file.to_path_buf(),
             providers: report,
             clock: SessionClock::default(),
             busy: Arc::clone(&self.busy),
+            io_binding: self.exec.io_binding,
+            placement,
+            bindings: Box::new(BindingCache::new(graphs)),
         })
     }
 }
 
 impl Runtime {
+    /// Before creating a session that TensorRT may serve: its engine folder made and its files
+    /// noted, the creation logged and listed as building. None without TensorRT.
+    fn tensorrt_watch(&self, file: &Path, plan: &SessionPlan) -> Option<tensorrt::BuildWatch> {
+        if !self.exec.providers.contains(&ProviderKind::Tensorrt)
+            || !providers::is_built(ProviderKind::Tensorrt)
+        {
+            return None;
+        }
+        let t = &self.exec.tensorrt;
+        let engine_dir = t.engine_cache.as_ref().map(|root| match &plan.tensorrt {
+            Some(p) => p.engine_dir(root, &self.trt_version),
+            None => root.clone(),
+        });
+        let timing_dir = t
+            .timing_cache
+            .as_ref()
+            .map(|root| tensorrt::timing_dir(root, &self.trt_version));
+        for dir in engine_dir.iter().chain(timing_dir.iter()) {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                tracing::warn!(folder = %dir.display(), error = %e, "cannot create the TensorRT cache folder");
+            }
+        }
+        let profile = plan.tensorrt.as_ref().and_then(|p| p.profile.as_ref());
+        tracing::info!(
+            file = %file.display(),
+            engine_cache = %engine_dir.as_deref().map(|d| d.display().to_string()).unwrap_or_else(|| "none".into()),
+            profile_min = %profile.map(|p| p.min_shapes()).unwrap_or_default(),
+            profile_opt = %profile.map(|p| p.opt_shapes()).unwrap_or_default(),
+            profile_max = %profile.map(|p| p.max_shapes()).unwrap_or_default(),
+            "creating a TensorRT session (its engine is built unless cached; this may take minutes)"
+        );
+        let watch = tensorrt::BuildWatch::start(engine_dir);
+        self.trt_building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((file.to_path_buf(), watch.started));
+        Some(watch)
+    }
+
+    /// After creating a session that TensorRT may serve: how long it took and whether the
+    /// engine came from the cache, logged.
+    fn tensorrt_done(&self, file: &Path, watch: tensorrt::BuildWatch, created: bool) {
+        self.trt_building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(f, since)| !(f == file && *since == watch.started));
+        let seconds = watch.started.elapsed().as_secs_f64();
+        if !created {
+            tracing::warn!(file = %file.display(), seconds, "the TensorRT session could not be created");
+            return;
+        }
+        match watch.outcome() {
+            Some(tensorrt::CacheOutcome::Hit { engines }) => {
+                tracing::info!(file = %file.display(), seconds, engines, "TensorRT engine cache hit: loaded the cached engines")
+            }
+            Some(tensorrt::CacheOutcome::Built { written }) => {
+                tracing::info!(file = %file.display(), seconds, written = %written.join(", "), "TensorRT engine cache miss: built the engines and saved them for the next start")
+            }
+            Some(tensorrt::CacheOutcome::NoEngine) => {
+                tracing::info!(file = %file.display(), seconds, "TensorRT session created without an engine in the cache (TensorRT serves no part of it)")
+            }
+            None => {
+                tracing::info!(file = %file.display(), seconds, "TensorRT session created; without `execution.tensorrt.engine_cache` its engines are built again at every start")
+            }
+        }
+    }
+
+    /// Creates the session, saving the optimized graph when configured.
+    fn create(
+        &self,
+        file: &Path,
+        device_id: i32,
+        plan: &SessionPlan,
+    ) -> Result<(Session, Vec<(ProviderKind, Registration)>), RuntimeError> {
+        let session_err = |message: String| RuntimeError::Session {
+            file: file.to_path_buf(),
+            message,
+        };
+        let save = self.optimized_model_path(file);
+        Ok(match &save {
+            Some(path) => {
+                let prepared = path
+                    .parent()
+                    .map(std::fs::create_dir_all)
+                    .unwrap_or(Ok(()))
+                    .map_err(|e| format!("cannot create {}: {e}", path.display()))
+                    .and_then(|()| {
+                        self.build_session(file, device_id, plan, Some(path))
+                            .map_err(|e| e.to_string())
+                    });
+                match prepared {
+                    Ok(built) => {
+                        tracing::info!(file = %file.display(), optimized = %path.display(), "saved the optimized model");
+                        built
+                    }
+                    Err(reason) => {
+                        // A model that does not load at all fails again here, with its own error.
+                        let built = self
+                            .build_session(file, device_id, plan, None)
+                            .map_err(|e| session_err(e.to_string()))?;
+                        tracing::warn!(file = %file.display(), optimized = %path.display(), reason = %reason, "could not save the optimized model; the session runs without it");
+                        built
+                    }
+                }
+            }
+            None => self
+                .build_session(file, device_id, plan, None)
+                .map_err(|e| session_err(e.to_string()))?,
+        })
+    }
+
     /// Where `execution.optimized_model_dir` puts the optimised graph of `file`: the model file's
     /// last two folders and its name below the configured folder, e.g.
     /// `<dir>/tiny-sd/unet/model.onnx` for `.../tiny-sd/unet/model.onnx`. `None` when not
@@ -212,16 +352,11 @@ impl Runtime {
         &self,
         file: &Path,
         device_id: i32,
+        plan: &SessionPlan,
         save_optimized: Option<&Path>,
     ) -> ort::Result<(Session, Vec<(ProviderKind, Registration)>)> {
-        let mut builder = Session::builder(&self.env)?
-            .with_optimization_level(match self.exec.graph_optimization {
-                GraphOptimization::Disable => GraphOptimizationLevel::Disable,
-                GraphOptimization::Basic => GraphOptimizationLevel::Level1,
-                GraphOptimization::Extended => GraphOptimizationLevel::Level2,
-                GraphOptimization::All => GraphOptimizationLevel::All,
-            })?
-            .with_config_entry(assignment::RECORD_KEY, "1")?;
+        let mut builder =
+            Session::builder(&self.env)?.with_config_entry(assignment::RECORD_KEY, "1")?;
         if self.exec.intra_threads > 0 {
             builder = builder.with_intra_threads(self.exec.intra_threads)?;
         }
@@ -254,7 +389,7 @@ impl Runtime {
                 registrations.push((kind, Registration::NotBuilt));
                 continue;
             }
-            let ep = providers::dispatch(kind, &self.exec, device_id);
+            let ep = providers::dispatch(kind, &self.exec, device_id, plan, &self.trt_version);
             match builder.with_execution_providers([ep]) {
                 Ok(b) => {
                     builder = b;
@@ -267,8 +402,26 @@ impl Runtime {
                 }
             }
         }
+        let tensorrt = registrations.contains(&(ProviderKind::Tensorrt, Registration::Registered));
+        builder = builder
+            .with_optimization_level(optimization_level(self.exec.graph_optimization, tensorrt))?;
         let session = builder.commit_from_file(file)?;
         Ok((session, registrations))
+    }
+}
+
+/// ONNX Runtime's graph optimisation level: as configured, but none for a session the
+/// TensorRT provider serves (TensorRT optimises the graph itself; ONNX Runtime's fusions would
+/// only hand it operators it does not know, as ONNX Runtime's Stable Diffusion demo notes).
+fn optimization_level(configured: GraphOptimization, tensorrt: bool) -> GraphOptimizationLevel {
+    if tensorrt {
+        return GraphOptimizationLevel::Disable;
+    }
+    match configured {
+        GraphOptimization::Disable => GraphOptimizationLevel::Disable,
+        GraphOptimization::Basic => GraphOptimizationLevel::Level1,
+        GraphOptimization::Extended => GraphOptimizationLevel::Level2,
+        GraphOptimization::All => GraphOptimizationLevel::All,
     }
 }
 
@@ -294,6 +447,17 @@ fn ort_version(library: &Path) -> String {
     })
 }
 
+/// What one session is created for, beyond the configured execution settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionPlan {
+    /// The part can be captured in CUDA graphs (the UNet; not the text encoders, as ONNX
+    /// Runtime's own SDXL demo finds for the second one): they are captured when
+    /// `execution.cuda.cuda_graph` is on and a GPU provider serves the session.
+    pub cuda_graph: bool,
+    /// The TensorRT provider's profile, engine cache key and precision for this part.
+    pub tensorrt: Option<tensorrt::TrtPlan>,
+}
+
 /// A session and the report of what serves it.
 pub struct LoadedSession {
     pub session: Session,
@@ -302,6 +466,12 @@ pub struct LoadedSession {
     /// Runs of this session through [`LoadedSession::run`] and their wall time.
     pub clock: SessionClock,
     busy: Arc<BusyClock>,
+    /// Whether callers that can bind their tensors should (`execution.io_binding`).
+    pub io_binding: bool,
+    /// Where bound tensors live: on the device of the provider that serves the session.
+    pub placement: Placement,
+    /// Bound buffers by shape, with their CUDA graphs (see [`graphs`]).
+    bindings: Box<BindingCache<(Bound, Option<RunOptions>)>>,
 }
 
 impl LoadedSession {
@@ -331,6 +501,73 @@ impl LoadedSession {
         let started = Instant::now();
         self.busy.enter(started);
         let result = self.session.run_binding(binding);
+        let ended = Instant::now();
+        self.busy.exit(ended);
+        self.clock.add(ended - started);
+        result
+    }
+}
+
+impl LoadedSession {
+    /// The bound buffers of `spec`, allocated on first use (and then given a CUDA graph if the
+    /// session captures graphs) and kept for later calls with the same shapes.
+    pub fn bound(&mut self, spec: &BindingSpec) -> ort::Result<&mut Bound> {
+        let (session, placement) = (&self.session, self.placement);
+        let ((bound, _), choice, made) = self.bindings.get_or_make(spec, |choice| {
+            let options = match choice.run_option() {
+                Some(id) => {
+                    let mut o = RunOptions::new()?;
+                    o.set(graphs::GRAPH_ID_KEY, id.to_string())?;
+                    Some(o)
+                }
+                None => None,
+            };
+            Ok::<_, ort::Error>((Bound::new(session, placement, spec.clone())?, options))
+        })?;
+        if made {
+            match choice {
+                GraphChoice::Graph(id) => {
+                    tracing::info!(file = %self.file.display(), graph_id = id, shapes = %spec.describe(), "bound buffers allocated; ONNX Runtime captures a CUDA graph for these shapes after its warm-up runs")
+                }
+                GraphChoice::Full { max } => {
+                    tracing::info!(file = %self.file.display(), shapes = %spec.describe(), max_graphs = max, "bound buffers allocated; these shapes run without a CUDA graph (execution.cuda.max_graphs reached)")
+                }
+                GraphChoice::Off => {
+                    tracing::debug!(file = %self.file.display(), placement = ?placement, shapes = %spec.describe(), "bound buffers allocated")
+                }
+            }
+        }
+        Ok(bound)
+    }
+
+    /// The shapes with bound buffers now, least recently used first, and their CUDA graphs.
+    pub fn bound_shapes(&self) -> Vec<(BindingSpec, GraphChoice)> {
+        self.bindings
+            .shapes()
+            .map(|(s, c)| (s.clone(), c))
+            .collect()
+    }
+
+    /// Runs the session on the bound buffers of `spec` (made by [`LoadedSession::bound`]), with
+    /// their CUDA graph if they have one; timed like [`LoadedSession::run`]. The outputs stay in
+    /// the buffers: read them with [`Bound::read_float`].
+    pub fn run_bound(&mut self, spec: &BindingSpec) -> ort::Result<()> {
+        let Some(((bound, options), _)) = self.bindings.get(spec) else {
+            return Err(ort::Error::new(format!(
+                "{}: no bound buffers for {}",
+                self.file.display(),
+                spec.describe()
+            )));
+        };
+        let started = Instant::now();
+        self.busy.enter(started);
+        let result = match options {
+            Some(o) => self
+                .session
+                .run_binding_with_options(bound.binding(), o)
+                .map(drop),
+            None => self.session.run_binding(bound.binding()).map(drop),
+        };
         let ended = Instant::now();
         self.busy.exit(ended);
         self.clock.add(ended - started);
@@ -424,5 +661,23 @@ impl fmt::Display for ProviderReport {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_tensorrt_serves_skip_onnx_runtimes_graph_optimisation() {
+        use GraphOptimizationLevel as L;
+        assert_eq!(optimization_level(GraphOptimization::All, false), L::All);
+        assert_eq!(
+            optimization_level(GraphOptimization::Basic, false),
+            L::Level1
+        );
+        for configured in [GraphOptimization::All, GraphOptimization::Extended] {
+            assert_eq!(optimization_level(configured, true), L::Disable);
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use ort::value::{TensorElementType, ValueType};
 
 /// Element types sdspool deals with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Elem {
     F32,
     F16,

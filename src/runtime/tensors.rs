@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 use ndarray::{ArrayD, ArrayViewD};
-use ort::value::{DynValue, Tensor};
+use ort::value::{DynValue, Tensor, TensorValueTypeMarker, Value};
 
 use super::signature::Elem;
 
@@ -51,7 +51,11 @@ pub fn float_tensor_from(shape: &[usize], data: &[f32], elem: Elem) -> ort::Resu
 /// Overwrites a float tensor made by [`float_tensor_from`] with `parts`, one after the other
 /// (float16 for a float16 model): the UNet's input is allocated once per batch and refilled at
 /// every step.
-pub fn fill_float(tensor: &mut DynValue, parts: &[&[f32]], elem: Elem) -> ort::Result<()> {
+pub fn fill_float<T: TensorValueTypeMarker + ?Sized>(
+    tensor: &mut Value<T>,
+    parts: &[&[f32]],
+    elem: Elem,
+) -> ort::Result<()> {
     let given: usize = parts.iter().map(|p| p.len()).sum();
     let mismatch = |len: usize| {
         ort::Error::new(format!(
@@ -86,7 +90,11 @@ pub fn fill_float(tensor: &mut DynValue, parts: &[&[f32]], elem: Elem) -> ort::R
 
 /// Sets every element of a tensor made by [`timestep_tensor`] to `t` (truncated for integer
 /// exports, as [`timestep_tensor`] does).
-pub fn set_timestep(tensor: &mut DynValue, t: f32, elem: Elem) -> ort::Result<()> {
+pub fn set_timestep<T: TensorValueTypeMarker + ?Sized>(
+    tensor: &mut Value<T>,
+    t: f32,
+    elem: Elem,
+) -> ort::Result<()> {
     match elem {
         Elem::F16 => tensor
             .try_extract_tensor_mut::<f16>()?

@@ -17,8 +17,8 @@ use serde_saphyr::Spanned;
 pub use crate::engine::model::config::{ModelConfig, valid_model_name};
 pub use crate::jobs::settings::{JobDefaults, Limits};
 pub use crate::runtime::config::{
-    ConvSearch, CudaConfig, DeviceConfig, ExecutionConfig, GraphOptimization, OnnxRuntimeConfig,
-    TensorRtConfig,
+    ConvSearch, CudaConfig, DeviceConfig, ExecutionConfig, GraphOptimization, JobShapes,
+    OnnxRuntimeConfig, TensorRtConfig,
 };
 
 /// Largest configuration file sdspool reads; a config is a few kilobytes.
@@ -156,6 +156,7 @@ impl Config {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         config.resolve_paths(&base);
+        config.execution.tensorrt.jobs = config.job_shapes();
         config
             .check()
             .map_err(|(key, message)| ConfigError::Invalid {
@@ -165,6 +166,19 @@ impl Config {
                 message,
             })?;
         Ok(config)
+    }
+
+    /// The sizes and batches jobs may ask for, which TensorRT's optimization profiles cover.
+    fn job_shapes(&self) -> JobShapes {
+        let max_batch = self.defaults.max_batch.max(1);
+        JobShapes {
+            max_side: self.limits.max_side,
+            max_pixels: self.limits.max_pixels,
+            opt_width: self.defaults.width,
+            opt_height: self.defaults.height,
+            opt_batch: self.defaults.candidates.clamp(1, max_batch),
+            max_batch,
+        }
     }
 
     /// The folder relative paths are resolved against.
@@ -286,6 +300,13 @@ impl Config {
             return Err(self.invalid(
                 "execution.device_ids",
                 format!("contains {id}; device ids are 0 or greater"),
+            ));
+        }
+        if self.execution.cuda.cuda_graph && !self.execution.io_binding {
+            return Err(self.invalid(
+                "execution.cuda.cuda_graph",
+                "is true but `execution.io_binding` is false: a CUDA graph replays fixed buffer \
+                 addresses, which only the bound buffers have; turn io_binding on or cuda_graph off",
             ));
         }
         self.check_devices()?;
@@ -542,6 +563,50 @@ mod tests {
         let all = parse("").unwrap();
         assert!(all.execution.devices.is_empty());
         assert_eq!(all.models_of(0), ["other", "sd", "xl"]);
+    }
+
+    #[test]
+    fn binding_cuda_graphs_and_tensorrt_profiles_are_configured_and_on_by_default_binding_only() {
+        let c = parse("").unwrap();
+        assert!(c.execution.io_binding && !c.execution.cuda.cuda_graph);
+        assert!(
+            !c.execution.tensorrt.fp16,
+            "float32 parts stay float32 unless asked"
+        );
+        let c = parse(
+            "execution:\n  cuda:\n    cuda_graph: true\n    max_graphs: 2\n  tensorrt:\n    min_side: 512\n    max_prompt_windows: 1\nlimits:\n  max_side: 1536\n  max_pixels: 1048576\ndefaults:\n  width: 768\n  height: 512\n  candidates: 2\n  max_batch: 4\n",
+        )
+        .unwrap();
+        assert!(c.execution.io_binding);
+        assert!(c.execution.cuda.cuda_graph);
+        assert_eq!(c.execution.cuda.max_graphs, 2);
+        let t = &c.execution.tensorrt;
+        assert_eq!((t.min_side, t.max_prompt_windows), (512, 1));
+        assert_eq!(
+            t.jobs,
+            JobShapes {
+                max_side: 1536,
+                max_pixels: 1048576,
+                opt_width: 768,
+                opt_height: 512,
+                opt_batch: 2,
+                max_batch: 4,
+            }
+        );
+        assert!(
+            !parse("execution:\n  io_binding: false\n")
+                .unwrap()
+                .execution
+                .io_binding
+        );
+        let err =
+            parse("execution:\n  io_binding: false\n  cuda:\n    cuda_graph: true\n").unwrap_err();
+        assert!(
+            err.contains("`execution.cuda.cuda_graph` is true but `execution.io_binding` is false"),
+            "{err}"
+        );
+        let err = parse("execution:\n  tensorrt:\n    jobs: {}\n").unwrap_err();
+        assert!(err.contains("jobs"), "not a configuration key: {err}");
     }
 
     #[test]

@@ -202,6 +202,13 @@ impl<'env> Daemon<'env> {
         let mut ready = 0;
         while ready < self.devices.len() {
             notify::extend_timeout(Duration::from_secs(120));
+            if let Some((file, so_far)) = self.runtime.tensorrt_building() {
+                notify::status(&format!(
+                    "building the TensorRT engine of {} ({} s so far; cached for the next start)",
+                    file.display(),
+                    so_far.as_secs()
+                ));
+            }
             match started.recv_timeout(Duration::from_secs(30)) {
                 Ok(Ok(device)) => {
                     ready += 1;

@@ -7,6 +7,7 @@ pub mod checkpoint_hash;
 pub mod config;
 pub mod family;
 pub mod layout;
+pub mod profile;
 pub mod provenance;
 pub mod signature;
 
@@ -196,8 +197,9 @@ pub fn load_part(
     file: &Path,
     device_id: i32,
 ) -> Result<Part, ModelError> {
+    let plan = profile::session_plan(runtime.execution(), model, component, file);
     let loaded = runtime
-        .session(file, device_id)
+        .session_with(file, device_id, &plan)
         .map_err(|source| ModelError::Runtime {
             model: model.to_string(),
             source,

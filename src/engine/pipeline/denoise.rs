@@ -6,17 +6,13 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use ndarray::{ArrayD, ArrayViewD, Axis};
-use ort::value::DynValue;
 
 use super::PipelineError;
 use super::conditioning::{CondInput, Conditioning, ScheduledConditioning};
+use super::unet_io::{Batched, UnetIo};
 use crate::engine::model::Part;
 use crate::engine::model::family::UnetGraph;
 use crate::engine::scheduler::Scheduler;
-use crate::runtime::tensors::{
-    extract_float, fill_float, float_tensor, float_tensor_from, ort_err, set_timestep,
-    timestep_tensor,
-};
 
 /// Progress of the loop, given to the per-step callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,23 +72,14 @@ pub fn denoise_range(
     let n = latents.len_of(Axis(0));
     let file = unet.loaded.file.clone();
     let guided = cond.guidance.is_some();
-    let mut conditioning =
-        batched_conditioning(unet, scheduled.inputs_at(range.start), cond.guidance, n)?;
     let timesteps: Vec<f32> = scheduler.timesteps().to_vec();
     let total = timesteps.len();
-    // The UNet's inputs are allocated once and refilled at every step: the scaled latents
-    // (twice with guidance: [uncond…, cond…] see the same latents) and the timestep.
+    // With guidance, [uncond…, cond…] see the same latents.
     let batch = if guided { 2 * n } else { n };
     let mut shape = latents.shape().to_vec();
     shape[0] = batch;
-    let mut sample = float_tensor_from(
-        &shape,
-        &vec![0.0; shape.iter().product()],
-        unet.feeding.float,
-    )
-    .map_err(|e| ort_err(&file, e))?;
-    let mut timestep = timestep_tensor(0.0, unet.feeding.aux, unet.feeding.aux_rank, batch)
-        .map_err(|e| ort_err(&file, e))?;
+    let first = batched_conditioning(unet, scheduled.inputs_at(range.start), cond.guidance, n)?;
+    let mut io = UnetIo::new(unet, graph, &shape, first)?;
     for (i, &t) in timesteps
         .iter()
         .enumerate()
@@ -100,32 +87,17 @@ pub fn denoise_range(
         .skip(range.start)
     {
         if i > range.start && scheduled.changes_at(i) {
-            conditioning = batched_conditioning(unet, scheduled.inputs_at(i), cond.guidance, n)?;
+            let next = batched_conditioning(unet, scheduled.inputs_at(i), cond.guidance, n)?;
+            io.condition(unet, graph, next)?;
         }
         // scale_model_input is element-wise: scaling the n latents once is scaling both halves.
         let scaled = scheduler.scale_model_input(latents.view(), i);
         let scaled = scaled.as_standard_layout();
         let data = scaled.as_slice().expect("standard layout");
         let parts: &[&[f32]] = if guided { &[data, data] } else { &[data] };
-        fill_float(&mut sample, parts, unet.feeding.float).map_err(|e| ort_err(&file, e))?;
-        set_timestep(&mut timestep, t, unet.feeding.aux).map_err(|e| ort_err(&file, e))?;
-        let mut inputs = ort::inputs![
-            graph.sample => &sample,
-            graph.timestep => &timestep,
-        ];
-        for (name, value) in &conditioning {
-            inputs.push(((*name).into(), value.into()));
-        }
-        let outputs = unet.loaded.run(inputs).map_err(|e| ort_err(&file, e))?;
-        let value = &outputs[graph.out_sample];
-        let noise_pred = match value.try_extract_array::<f32>() {
-            Ok(out) => guide(out, n, cond.guidance, &shape, graph, &file)?,
-            Err(_) => {
-                let out = extract_float(value).map_err(|e| ort_err(&file, e))?;
-                guide(out.view(), n, cond.guidance, &shape, graph, &file)?
-            }
-        };
-        drop(outputs);
+        let noise_pred = io.run(unet, graph, parts, t, |out| {
+            guide(out, n, cond.guidance, &shape, graph, &file)
+        })?;
         let step_noise = if scheduler.needs_noise(i) {
             Some(noise(i)?)
         } else {
@@ -145,13 +117,13 @@ pub fn denoise_range(
 }
 
 /// Each conditioning input as the UNet takes it for `n` latents: `[uncond × n, cond × n]` with
-/// guidance, `[cond × n]` without, in the UNet's float type.
+/// guidance, `[cond × n]` without.
 fn batched_conditioning(
     unet: &Part,
     inputs: &[CondInput],
     guidance: Option<f32>,
     n: usize,
-) -> Result<Vec<(&'static str, DynValue)>, PipelineError> {
+) -> Result<Vec<Batched>, PipelineError> {
     let file = unet.file();
     let mut out = Vec::with_capacity(inputs.len());
     for input in inputs {
@@ -168,9 +140,7 @@ fn batched_conditioning(
         }
         parts.extend(std::iter::repeat_n(input.cond.view(), n));
         let batched = ndarray::concatenate(Axis(0), &parts).map_err(|e| shape_err(file, e))?;
-        let value =
-            float_tensor(batched.view(), unet.feeding.float).map_err(|e| ort_err(file, e))?;
-        out.push((input.name, value));
+        out.push((input.name, batched));
     }
     Ok(out)
 }

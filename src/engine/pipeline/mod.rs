@@ -29,6 +29,7 @@ pub mod sd;
 pub mod sdxl;
 pub mod sdxl_a1111;
 pub mod text;
+mod unet_io;
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
