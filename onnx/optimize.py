@@ -38,6 +38,8 @@ Progress is machine-readable, one JSON object per line on stdout:
     {"event": "stage", "stage": "unet", "state": "done", "seconds": 12.3, "fused": {...},
      "float": "float16"}
     {"event": "done", "out": "OUT_DIR", "seconds": 40.1}
+--no-fusion skips the fusions (only the float16 conversion, or a plain copy of the graphs without
+--fp16): the unfused baseline onnx/gpu/bench_gpu.py compares against.
 and on failure {"event": "error", "message": "..."} with exit status 1 (2 for bad arguments).
 OUT_DIR must not exist; the folder is written beside it under a temporary name and renamed into
 place when every part is done, so a failed run leaves nothing at OUT_DIR.
@@ -182,26 +184,32 @@ def has_external_data(path: Path) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
 
 
-def optimize_part(src: Path, dst: Path, part: str, target: str, fp16: bool, keep_fp32: bool) -> dict:
+def optimize_part(src: Path, dst: Path, part: str, target: str, fp16: bool, keep_fp32: bool, fuse: bool = True) -> dict:
     """Fuses one part's graph (and converts it to float16) from src/model.onnx into
-    dst/model.onnx; returns the fused-operator counts and the float type written."""
+    dst/model.onnx; returns the fused-operator counts and the float type written. Without
+    fuse only the float16 conversion runs (the unfused baseline of onnx/gpu/bench_gpu.py)."""
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
     from onnxruntime.transformers.optimizer import optimize_model
 
     model_type = PART_MODEL_TYPES[part]
     src_file = src / "model.onnx"
     external = has_external_data(src_file)
-    m = optimize_model(
-        str(src_file),
-        model_type=model_type,
-        num_heads=0,  # read from the graph
-        hidden_size=0,
-        opt_level=0,  # only the Python fusions; ONNX Runtime's own run at session creation
-        optimization_options=fusion_options(model_type, target, fp16),
-        use_gpu=target == "cuda",
-    )
-    if target == "cpu" and self_attention_to_mha(m.model):
+    if not fuse:
+        m = OnnxModel(onnx.load(str(src_file)))
+    else:
+        m = optimize_model(
+            str(src_file),
+            model_type=model_type,
+            num_heads=0,  # read from the graph
+            hidden_size=0,
+            opt_level=0,  # only the Python fusions; ONNX Runtime's own run at session creation
+            optimization_options=fusion_options(model_type, target, fp16),
+            use_gpu=target == "cuda",
+        )
+    if fuse and target == "cpu" and self_attention_to_mha(m.model):
         m.topological_sort()
-    fused = {k: v for k, v in m.get_fused_operator_statistics().items() if v}
+    fused = {k: v for k, v in m.get_fused_operator_statistics().items() if v} if fuse else {}
     if target == "cpu":
         bad = sorted({n.op_type for n in m.model.graph.node} & set(CUDA_ONLY_OPS))
         if bad:
@@ -248,7 +256,7 @@ def copy_tree_without_graphs(model_dir: Path, out: Path) -> None:
     shutil.copytree(model_dir, out, ignore=ignore)
 
 
-def run(model_dir: Path, out_dir: Path, target: str, fp16: bool, keep_fp32: set[str]) -> None:
+def run(model_dir: Path, out_dir: Path, target: str, fp16: bool, keep_fp32: set[str], fuse: bool = True) -> None:
     if not (model_dir / "model_index.json").is_file():
         raise OptimizeError(f"{model_dir}: no model_index.json (not a diffusers/optimum model folder)")
     parts = [p for p in PART_MODEL_TYPES if (model_dir / p / "model.onnx").is_file()]
@@ -273,7 +281,7 @@ def run(model_dir: Path, out_dir: Path, target: str, fp16: bool, keep_fp32: set[
             emit(event="stage", stage=part, state="start")
             t0 = time.monotonic()
             try:
-                info = optimize_part(model_dir / part, staging / part, part, target, fp16, part in keep_fp32)
+                info = optimize_part(model_dir / part, staging / part, part, target, fp16, part in keep_fp32, fuse)
             except OptimizeError:
                 raise
             except Exception as e:  # the optimizer's own failures, named by part
@@ -281,7 +289,7 @@ def run(model_dir: Path, out_dir: Path, target: str, fp16: bool, keep_fp32: set[
             emit(event="stage", stage=part, state="done", seconds=round(time.monotonic() - t0, 2), **info)
         (staging / "optimized.json").write_text(
             json.dumps(
-                {"generator": "onnx/optimize.py", "source": str(model_dir), "target": target, "fp16": fp16,
+                {"generator": "onnx/optimize.py", "source": str(model_dir), "target": target, "fp16": fp16, "fused": fuse,
                  "onnxruntime": _ort_version(), "float32_parts": sorted(keep_fp32) if fp16 else parts},
                 indent=1,
             )
@@ -311,13 +319,14 @@ def main(argv=None) -> int:
     ap.add_argument("out_dir", type=Path, help="new folder for the optimised model (must not exist)")
     ap.add_argument("--target", choices=("cuda", "cpu"), default="cuda", help="provider the graph is for")
     ap.add_argument("--fp16", action="store_true", help="convert to float16 (float16 inputs/outputs; cuda only)")
+    ap.add_argument("--no-fusion", action="store_true", help="no fusion, only the float16 conversion (a baseline)")
     ap.add_argument("--keep-fp32", default="", help="comma-separated parts left in float32 with --fp16")
     args = ap.parse_args(argv)
     if args.fp16 and args.target == "cpu":
         ap.error("--fp16 needs --target cuda: the CPU provider has no float16 kernels for the fused operators")
     keep = {p for p in args.keep_fp32.split(",") if p}
     try:
-        run(args.model_dir, args.out_dir, args.target, args.fp16, keep)
+        run(args.model_dir, args.out_dir, args.target, args.fp16, keep, fuse=not args.no_fusion)
     except OptimizeError as e:
         emit(event="error", message=str(e))
         return 1
