@@ -214,34 +214,37 @@ def optimize_part(src: Path, dst: Path, part: str, target: str, fp16: bool, keep
         bad = sorted({n.op_type for n in m.model.graph.node} & set(CUDA_ONLY_OPS))
         if bad:
             raise OptimizeError(f"{part}: --target cpu produced CUDA-only operators {bad}")
-    float_type = "float32"
-    if fp16 and not keep_fp32:
+    converted = fp16 and not keep_fp32
+    if converted:
         m.convert_float_to_float16(keep_io_types=False)
-        float_type = "float16"
     # Graphs over 2 GB (an fp32 SD 1.5 UNet) need external data; keep what the source used.
     big = external or m.model.ByteSize() > 1_900_000_000
     m.save_model_to_file(str(dst / "model.onnx"), use_external_data_format=big)
-    check_io(part, src_file, dst / "model.onnx", float_type)
+    float_type = check_io(part, src_file, dst / "model.onnx", converted)
     return {"fused": fused, "float": float_type, "external_data": big}
 
 
-def check_io(part: str, src_file: Path, dst_file: Path, float_type: str) -> None:
+def check_io(part: str, src_file: Path, dst_file: Path, converted: bool) -> str:
     """The written graph keeps the source's input and output names and integer types; its float
-    ones are float_type: what sdspool's signature check (src/engine/model/family/parts.rs)
-    accepts, as it does an optimum --dtype fp16 export."""
+    ones are the source's, or float16 where converted: what sdspool's signature check
+    (src/engine/model/family/parts.rs) accepts, as it does an optimum --dtype fp16 export.
+    Returns the float type of the written graph's inputs and outputs."""
     import onnx
 
-    want_float = onnx.TensorProto.FLOAT16 if float_type == "float16" else onnx.TensorProto.FLOAT
-    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    floats = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
     def ports(path: Path):
         g = onnx.load(str(path), load_external_data=False).graph
         return [(v.name, v.type.tensor_type.elem_type) for v in [*g.input, *g.output]]
 
-    want = [(name, want_float if elem in floats else elem) for name, elem in ports(src_file)]
+    def expected(elem: int) -> int:
+        return onnx.TensorProto.FLOAT16 if converted and elem in floats else elem
+
+    want = [(name, expected(elem)) for name, elem in ports(src_file)]
     got = ports(dst_file)
     if got != want:
         raise OptimizeError(f"{part}: inputs/outputs changed: {got} (expected {want})")
+    return next((floats[e] for _, e in got if e in floats), "none")
 
 
 def copy_tree_without_graphs(model_dir: Path, out: Path) -> None:
@@ -249,8 +252,10 @@ def copy_tree_without_graphs(model_dir: Path, out: Path) -> None:
     each part's config.json."""
 
     def ignore(folder: str, names: list[str]) -> list[str]:
-        if Path(folder).name in PART_MODEL_TYPES:
-            return [n for n in names if n.endswith((".onnx", ".onnx_data", ".onnx.data", ".pb"))]
+        # A part's folder keeps only its JSON (config.json): graphs and weights are rewritten,
+        # and torch.onnx.export writes a >2 GB model's weights as one file per tensor.
+        if Path(folder).parent == model_dir and Path(folder).name in PART_MODEL_TYPES:
+            return [n for n in names if not n.endswith(".json")]
         return []
 
     shutil.copytree(model_dir, out, ignore=ignore)

@@ -30,7 +30,7 @@ chmod +x "$SDSPOOL"
 WHEEL=$(pick .gpu/diffusers-*.whl "$PARTS"/diffusers-*.whl) || { echo "no diffusers wheel" >&2; exit 1; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$WHEEL" || exit 1
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-NV=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))')/nvidia
+NV=$(python3 -c 'import site; print(site.getsitepackages()[0])')/nvidia
 export LD_LIBRARY_PATH=$NV/cu13/lib:$NV/cudnn/lib:/tmp/ort:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
