@@ -19,7 +19,7 @@ else
 endif
 STAMP := $(ORT_DIR)/.installed
 
-.PHONY: help setup demo test build bench clean-ort venv demo-model check-demo
+.PHONY: help setup demo test build bench clean-ort venv demo-model check-demo optimize gpu-prepare gpu-dry-run gpu-summary-check
 
 help:
 	@echo "make setup   install ONNX Runtime $(ORT_VERSION) from PyPI into $(ORT_DIR)/ (GPU=1 for CUDA/TensorRT)"
@@ -28,6 +28,10 @@ help:
 	@echo "make demo-model  retrain the demo models from scratch (onnx/train_demo_model.py, about 1 h 40 min on 2 cores)"
 	@echo "make check-demo  measure the demo model's prompt adherence and rerank lift (onnx/check_demo_model.py)"
 	@echo "make bench   CPU benchmark: sdspool bench against optimum's pipeline (onnx/bench_cpu.sh; needs onnx/.venv)"
+	@echo "make optimize MODEL=dir OUT=dir [TARGET=cpu] [FP16=1]  ONNX Runtime's SD graph optimizer on a model folder (onnx/optimize.py)"
+	@echo "make gpu-prepare     fetch and split what the GPU bench carries into .gpu/ (onnx/gpu/prepare.sh; BENCHMARKS.md)"
+	@echo "make gpu-dry-run     the GPU bench's dry run on the CPU with tiny models (needs onnx/.venv; a few minutes)"
+	@echo "make gpu-summary-check  the GPU bench's summary on the committed dry-run results (python3, standard library)"
 
 # Idempotent: reinstalls only when the wanted package set changes.
 setup:
@@ -79,3 +83,27 @@ bench: build
 
 clean-ort:
 	rm -rf $(ORT_DIR)
+
+# The graph-optimisation step (onnx/README.md, "Exporting a real checkpoint for sdspool", step 4).
+TARGET ?= cuda
+optimize: venv
+	@test -n "$(MODEL)" -a -n "$(OUT)" || { echo "usage: make optimize MODEL=dir OUT=dir [TARGET=cpu] [FP16=1]"; exit 2; }
+	$(VENV_PY) onnx/optimize.py "$(MODEL)" "$(OUT)" --target $(TARGET) $(if $(FP16),--fp16)
+
+# The GPU bench (BENCHMARKS.md, "GPU: how to run"): prepare here, run on the device, dry-run here.
+gpu-prepare:
+	onnx/gpu/prepare.sh
+GPU_DRY_OUT ?= local/gpu-dry-run
+gpu-dry-run: venv build
+	rm -rf $(GPU_DRY_OUT) && $(VENV_PY) onnx/gpu/bench_gpu.py --dry-run --out $(GPU_DRY_OUT) --work $(GPU_DRY_OUT)/work \
+	  --sdspool target/release/sdspool --ort-lib $$(ls $(ORT_DIR)/onnxruntime/capi/libonnxruntime.so.* | head -1) \
+	  --command "make gpu-dry-run"
+	$(PYTHON) onnx/gpu/summarize.py $(GPU_DRY_OUT)
+# dry-run: the committed dry run's results; targets: synthetic rows, one target met and one
+# missed, so `--check` must exit 1.
+gpu-summary-check:
+	@for d in dry-run targets; do \
+	  $(PYTHON) onnx/gpu/summarize.py onnx/gpu/testdata/$$d | diff -u onnx/gpu/testdata/$$d/rows.md - || exit 1; done
+	@if $(PYTHON) onnx/gpu/summarize.py onnx/gpu/testdata/targets --check >/dev/null; then \
+	  echo "summarize.py --check passed a missed target"; exit 1; fi
+	@echo "gpu summary ok"

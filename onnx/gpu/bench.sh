@@ -1,42 +1,40 @@
 #!/bin/bash
-# Usage (see BENCHMARKS.md): the ONNX Runtime GPU libraries arrive in parts in /tmp/p (with the
-# stripped sdspool binary as /tmp/p/sdspool) and the diffusers wheel in .gpu/; then
-#   bash onnx/gpu/bench.sh    # writes bench.jsonl, steps-b*.jsonl, manifest-b*.json into $OUT
-# On the device: ORT GPU libs from /tmp/p parts (uploaded before), sdspool binary, then the bench.
+# The GPU benchmark in one command on the device machine (at most 8 minutes, no network there):
+#
+#   bash onnx/gpu/bench.sh        # rows in $OUT/results.jsonl, the BENCHMARKS.md text in $OUT/rows.md
+#
+# What it needs, made here beforehand by onnx/gpu/prepare.sh (BENCHMARKS.md, "GPU: how to run"):
+#   - ONNX Runtime's GPU libraries as parts ort-gpu.tar.xz.part-* in $PARTS (default /tmp/p, uploaded
+#     by earlier calls, each part under 64 MiB) or in .gpu/parts (carried);
+#   - the release sdspool binary as $PARTS/sdspool or .gpu/sdspool;
+#   - the diffusers wheel .gpu/diffusers-*.whl (carried).
+# The machine's own python3 provides torch, transformers, onnx and onnxruntime (the transformer
+# optimizer onnx/optimize.py uses) and the CUDA 13 libraries (nvidia/*) the CUDA provider loads.
+# ARCH=sd15 or ARCH=sdxl runs one architecture (e.g. the second in a second call when the first
+# call's budget skipped it); BUDGET_S is when bench_gpu.py stops starting sdspool runs.
+set -u
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
-set -x
-if [ ! -e /tmp/ort/libonnxruntime.so.1.31.1 ]; then mkdir -p /tmp/ort && cat /tmp/p/ort.tar.xz.part* | xz -d | tar -x -C /tmp/ort || exit 1; fi
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/diffusers-*.whl || exit 1
-SITE=$(python3 -c 'import site; print(site.getsitepackages()[0])')
-NV=$SITE/nvidia
-export LD_LIBRARY_PATH=$NV/cu13/lib:$NV/cudnn/lib:${LD_LIBRARY_PATH:-}
-PYTHONUNBUFFERED=1 timeout 420 python3 onnx/gpu/bench_gpu.py "$REPO" 2>&1 | grep -v Warning | tail -20
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a $OUT/bench.jsonl
-cat > /tmp/cfg.yaml <<C
-onnxruntime:
-  library: /tmp/ort/libonnxruntime.so.1.31.1
-execution:
-  providers: [cuda, cpu]
-  cuda:
-    conv_algorithm_search: heuristic
-output_dir: /tmp/out
-spool:
-  dir: /tmp/spool
-defaults:
-  max_batch: 8
-default_model: sd15
-models:
-  sd15:
-    path: /tmp/sd15-fp16
-C
-for B in 1 4 8; do
-  printf "prompts:\n  - a photo of an astronaut riding a horse on mars\n  - a photo of an astronaut riding a horse on mars\ncandidates: $B\nsteps: 20\nguidance: 7.5\nwidth: 512\nheight: 512\nseed: 1\nrerank: false\nid: b$B\n" > /tmp/b$B.yaml
-  S=$(date +%s.%N)
-  SDSPOOL_LOG="info,sdspool::commands::render=debug" /tmp/p/sdspool --config /tmp/cfg.yaml --log-format json render /tmp/b$B.yaml --output /tmp/out/b$B > /tmp/b$B.out 2> /tmp/b$B.log
-  echo "render b$B exit $? wall $(echo "$(date +%s.%N) - $S" | bc 2>/dev/null || python3 -c "print($(date +%s.%N) - $S)")"
-  echo "{\"batch\": $B, \"wall_start\": $S, \"wall_end\": $(date +%s.%N)}" >> $OUT/sdspool-wall.jsonl
-  grep '"denoising"' /tmp/b$B.log > $OUT/steps-b$B.jsonl
-  cp /tmp/out/b$B/manifest.json $OUT/manifest-b$B.json
-  grep -v denoising /tmp/b$B.log | tail -3 | cut -c1-600
-done
+PARTS=${PARTS:-/tmp/p}
+OUT=${OUT:-$REPO/local/gpu-bench}
+mkdir -p "$OUT" /tmp/ort /tmp/site
+pick() { for f in "$@"; do [ -e "$f" ] && { echo "$f"; return 0; }; done; return 1; }
+
+LIB=/tmp/ort/libonnxruntime.so.1.31.1
+if [ ! -e "$LIB" ]; then
+  first=$(pick "$PARTS"/ort-gpu.tar.xz.part-aa .gpu/parts/ort-gpu.tar.xz.part-aa) || { echo "no ort-gpu.tar.xz parts in $PARTS or .gpu/parts" >&2; exit 1; }
+  cat "$(dirname "$first")"/ort-gpu.tar.xz.part-* | xz -d | tar -x -C /tmp/ort || exit 1
+fi
+SDSPOOL=$(pick "$PARTS/sdspool" .gpu/sdspool) || { echo "no sdspool binary in $PARTS or .gpu" >&2; exit 1; }
+chmod +x "$SDSPOOL"
+WHEEL=$(pick .gpu/diffusers-*.whl "$PARTS"/diffusers-*.whl) || { echo "no diffusers wheel" >&2; exit 1; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$WHEEL" || exit 1
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+NV=$(python3 -c 'import site; print(site.getsitepackages()[0])')/nvidia
+export LD_LIBRARY_PATH=$NV/cu13/lib:$NV/cudnn/lib:/tmp/ort:${LD_LIBRARY_PATH:-}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+timeout "${TIMEOUT_S:-465}" python3 onnx/gpu/bench_gpu.py --out "$OUT" --work /tmp/sdbench \
+  --sdspool "$SDSPOOL" --ort-lib "$LIB" --arch "${ARCH:-sd15,sdxl}" --budget-s "${BUDGET_S:-430}" \
+  --command "bash onnx/gpu/bench.sh${ARCH:+ (ARCH=$ARCH)}" 2>&1 | grep -v -i -e warning -e '^  ' | tail -60
+python3 onnx/gpu/summarize.py "$OUT" | tee "$OUT/rows.md"
