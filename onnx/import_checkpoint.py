@@ -480,6 +480,8 @@ def run(args) -> int:
     for p in [args.checkpoint, args.vae, *[p for p, _ in loras]]:
         if p is not None and not p.is_file():
             raise ImportError_("unreadable", str(p), "no such file")
+    if args.optimize and not (HERE / "optimize.py").is_file():
+        raise ImportError_("optimize_missing", str(HERE / "optimize.py"), "--optimize needs onnx/optimize.py, which this checkout does not have")
     with stage("detect"):
         family, shapes = detect(args.checkpoint, args.family)
     with stage("load"):

@@ -183,6 +183,10 @@ fn config_file(dir: &Path) -> PathBuf {
 }
 
 fn import(config: &Path, args: &[&str]) -> Output {
+    import_in(&common::root(), config, args)
+}
+
+fn import_in(cwd: &Path, config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sdspool"))
         .arg("--config")
         .arg(config)
@@ -190,7 +194,7 @@ fn import(config: &Path, args: &[&str]) -> Output {
         .args(args)
         .env("SDSPOOL_LOG", "warn")
         .env("SDSPOOL_PYTHON", "/nonexistent/python-must-not-run")
-        .current_dir(common::root())
+        .current_dir(cwd)
         .output()
         .unwrap()
 }
@@ -232,10 +236,12 @@ fn a_recorded_import_lands_in_the_models_dir_and_the_config() {
     args.extend(["--lora".into(), lora1, "--lora".into(), lora2]);
     args.extend(replay("sd15-lora"));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = import(&config, &argv);
+    // `--config config.yaml`: a bare file name, as users type it
+    let out = import_in(tmp.path(), Path::new("config.yaml"), &argv);
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
     assert!(shown.contains("imported mine (sd15, epsilon)"), "{shown}");
+    assert!(shown.contains("added model mine to config.yaml"), "{shown}");
     assert!(
         shown.contains("fusing the LoRAs") && shown.contains("exporting to ONNX (optimum)"),
         "{shown}"
@@ -321,7 +327,12 @@ fn bad_inputs_are_refused_before_any_python_runs() {
     let sdxl_lora = fixture("lora-sdxl-kohya.safetensors").display().to_string();
     let lora_as_ckpt = fixture("lora-sd15-peft.safetensors").display().to_string();
     let cut = cut.display().to_string();
-    let cases: [(Vec<&str>, &[&str]); 5] = [
+    // a tool folder with the import script but without onnx/optimize.py
+    let tools_dir = tmp.path().join("tools");
+    std::fs::create_dir(&tools_dir).unwrap();
+    std::fs::write(tools_dir.join("import_checkpoint.py"), "").unwrap();
+    let tools = tools_dir.display().to_string();
+    let cases: [(Vec<&str>, &[&str]); 6] = [
         (
             vec![&cut, "--name", "a"],
             &["cut.safetensors: truncated", "holds"],
@@ -342,6 +353,10 @@ fn bad_inputs_are_refused_before_any_python_runs() {
             &["already has a model named tiny-sd"],
         ),
         (vec![&sd15, "--name", "../up"], &["--name \"../up\""]),
+        (
+            vec![&sd15, "--name", "a", "--optimize", "--tools", &tools],
+            &["optimize.py: --optimize needs it"],
+        ),
     ];
     for (args, wants) in cases {
         let mut argv = args.clone();

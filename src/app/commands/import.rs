@@ -304,6 +304,13 @@ fn convert_and_place(
         },
         None => {
             let tools = tools::find(opts.tools.as_deref(), &config.base_dir())?;
+            let optimizer = tools.join("optimize.py");
+            if opts.optimize && !optimizer.is_file() {
+                return Err(refuse(
+                    &optimizer,
+                    "--optimize needs it, and this checkout does not have it",
+                ));
+            }
             Runner::Python {
                 python: tools::python(&tools)?,
                 script: absolute(&tools.join(tools::SCRIPT)),
@@ -449,7 +456,8 @@ pub fn update_config(config: &Config, name: &str, folder: &Path) -> ConfigUpdate
     if let Err(e) = Config::parse(&new, &config.source) {
         return manual(format!("the edited file would not load: {e}"));
     }
-    match crate::sys::atomic::write(&config.source, new.as_bytes()) {
+    // absolute: the atomic write syncs the file's folder, which a bare file name does not name
+    match crate::sys::atomic::write(&absolute(&config.source), new.as_bytes()) {
         Ok(()) => ConfigUpdate::Added,
         Err(e) => manual(format!("cannot write it: {e}")),
     }
