@@ -123,6 +123,13 @@ fn run_python(
         on_event,
         &mut |_| Ok(()),
     );
+    if matches!(
+        result,
+        Err(ImportError::BadEvent { .. } | ImportError::WrongFolder { .. })
+    ) {
+        // stdout is no longer read: stop the tool rather than wait on a full pipe
+        let _ = child.kill();
+    }
     let status = child.wait().map_err(|source| ImportError::Spawn {
         program: python.to_path_buf(),
         source,
