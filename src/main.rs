@@ -97,6 +97,10 @@ enum Command {
     /// seconds per UNet step, time in ONNX Runtime against wall time, peak memory, time per
     /// phase and time to first image (a table, and JSON with --json).
     Bench(BenchArgs),
+    /// Convert a single-file checkpoint (.safetensors or .ckpt, as AUTOMATIC1111 and ComfyUI
+    /// use them), with LoRAs fused at their weights and an optional replacement VAE, into a
+    /// model folder under the models directory, and add it to the configuration file.
+    Import(ImportArgs),
     /// Serve the queue and job pages, /metrics, /healthz and /readyz without rendering (a
     /// viewer of a shared spool), until SIGTERM or SIGINT.
     Serve {
@@ -159,6 +163,45 @@ struct BenchArgs {
     /// The device to render on (default: the first of `execution.device_ids`).
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
     device: Option<i32>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ImportArgs {
+    /// The checkpoint file.
+    checkpoint: PathBuf,
+    /// The model's name: its folder under the models directory and its key under `models:`.
+    #[arg(long)]
+    name: String,
+    /// sd15, sd2, sdxl or sdxl-refiner (default: detected from the checkpoint's keys and shapes).
+    #[arg(long)]
+    family: Option<String>,
+    /// A LoRA file fused into the UNet and text encoders, with its weight (default 1); repeatable.
+    #[arg(long, value_name = "FILE[:WEIGHT]")]
+    lora: Vec<String>,
+    /// A replacement VAE (e.g. the float16-fixed SDXL VAE).
+    #[arg(long, value_name = "FILE")]
+    vae: Option<PathBuf>,
+    /// Export in float16 (half the size; the SDXL VAE needs the fixed VAE or a float32 one).
+    #[arg(long)]
+    fp16: bool,
+    /// Run onnx/optimize.py on the export (ONNX Runtime's fusions).
+    #[arg(long)]
+    optimize: bool,
+    /// Overwrite an existing model folder of that name.
+    #[arg(long)]
+    replace: bool,
+    /// Where model folders go (default: local/models beside the configuration file).
+    #[arg(long, value_name = "DIR")]
+    models_dir: Option<PathBuf>,
+    /// The folder with import_checkpoint.py (default: onnx/ beside the configuration file).
+    #[arg(long, value_name = "DIR")]
+    tools: Option<PathBuf>,
+    /// Tests: replay this recorded transcript of a real conversion instead of running Python.
+    #[arg(long, hide = true, requires = "replay_folder")]
+    replay_transcript: Option<PathBuf>,
+    /// Tests: the folder the recorded conversion wrote.
+    #[arg(long, hide = true, requires = "replay_transcript")]
+    replay_folder: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -253,6 +296,7 @@ fn execute(command: Command, config: &Config, started: std::time::Instant) -> Ou
             sdspool::app::web::serve(config, listen.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Import(args) => import(config, args),
         Command::Bench(args) => {
             bench(config, args, started)?;
             Ok(ExitCode::SUCCESS)
@@ -339,6 +383,52 @@ fn resume(config: &Config) -> Outcome {
     match sdspool::app::commands::control::resume(config)? {
         Some(_) => println!("resumed: jobs start again"),
         None => println!("not paused"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import(config: &Config, args: ImportArgs) -> Outcome {
+    use sdspool::app::commands::import::{self, ConfigUpdate, ImportOptions};
+    let family = match &args.family {
+        Some(f) => Some(
+            f.parse()
+                .map_err(|e: String| Failure::usage(anyhow::anyhow!("--family: {e}")))?,
+        ),
+        None => None,
+    };
+    let opts = ImportOptions {
+        checkpoint: args.checkpoint,
+        name: args.name,
+        family,
+        loras: args.lora,
+        vae: args.vae,
+        fp16: args.fp16,
+        optimize: args.optimize,
+        replace: args.replace,
+        models_dir: args.models_dir,
+        tools: args.tools,
+        replay: args.replay_transcript.zip(args.replay_folder),
+    };
+    let done = import::run(config, &opts)?;
+    println!(
+        "imported {} ({}{}) into {}",
+        opts.name,
+        done.family,
+        done.prediction_type
+            .map(|p| format!(", {p}"))
+            .unwrap_or_default(),
+        done.folder.display()
+    );
+    match done.config {
+        ConfigUpdate::Added => println!("added model {} to {}", opts.name, config.source.display()),
+        ConfigUpdate::AlreadyThere => println!("{} already lists it", config.source.display()),
+        ConfigUpdate::Manual { reason, lines } => {
+            eprintln!(
+                "sdspool: {} not updated: {reason}; add these lines:",
+                config.source.display()
+            );
+            print!("{lines}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod importer;
 pub mod logging;
 pub mod web;
 pub mod worker_state;

@@ -2,6 +2,7 @@
 //! denoising, VAE decoding), schedulers, seeded noise, the CLIP tokenizer, AUTOMATIC1111
 //! prompt reading (`prompt`) and CLIP reranking.
 
+pub mod checkpoint;
 pub mod model;
 pub mod noise;
 pub mod pipeline;

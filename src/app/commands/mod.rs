@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod control;
+pub mod import;
 pub mod models;
 pub mod reading;
 pub mod render;

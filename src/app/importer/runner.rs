@@ -1,0 +1,251 @@
+//! Runs the conversion and reads its events: the Python tool (`onnx/import_checkpoint.py`), or —
+//! for tests without Python — the recorded transcript of a real run of it replayed with the folder
+//! that run wrote ([`Runner::Replay`]; it converts nothing, it stands in for the process).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::ImportError;
+use super::events::{self, Event};
+use crate::engine::checkpoint::Family;
+
+/// What the conversion is asked to do.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub checkpoint: PathBuf,
+    /// The folder the tool creates (inside the staging folder).
+    pub out: PathBuf,
+    pub name: String,
+    pub family: Option<Family>,
+    pub loras: Vec<(PathBuf, f32)>,
+    pub vae: Option<PathBuf>,
+    pub fp16: bool,
+    pub optimize: bool,
+}
+
+/// Who converts.
+#[derive(Debug, Clone)]
+pub enum Runner {
+    /// `python import_checkpoint.py …`, with its temporary files in `tmp`.
+    Python {
+        python: PathBuf,
+        script: PathBuf,
+        tmp: PathBuf,
+    },
+    /// The JSON lines of a recorded real run (its `done` event's `"$OUT"` stands for the output
+    /// folder), and the folder that run wrote, copied to the output when the export stage ends.
+    Replay {
+        transcript: PathBuf,
+        folder: PathBuf,
+    },
+}
+
+/// What a finished conversion reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Converted {
+    pub family: Option<String>,
+    pub prediction_type: Option<String>,
+    pub out: PathBuf,
+}
+
+fn arguments(r: &Request) -> Vec<String> {
+    let mut args = vec![
+        "--checkpoint".into(),
+        r.checkpoint.display().to_string(),
+        "--out".into(),
+        r.out.display().to_string(),
+        "--name".into(),
+        r.name.clone(),
+    ];
+    if let Some(f) = r.family {
+        args.extend(["--family".into(), f.as_str().into()]);
+    }
+    for (path, weight) in &r.loras {
+        args.extend(["--lora".into(), format!("{}:{weight}", path.display())]);
+    }
+    if let Some(v) = &r.vae {
+        args.extend(["--vae".into(), v.display().to_string()]);
+    }
+    args.extend(r.fp16.then(|| "--fp16".to_string()));
+    args.extend(r.optimize.then(|| "--optimize".to_string()));
+    args
+}
+
+/// Runs the conversion; `on_event` sees every event as it arrives.
+pub fn run(
+    runner: &Runner,
+    request: &Request,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Converted, ImportError> {
+    match runner {
+        Runner::Python {
+            python,
+            script,
+            tmp,
+        } => run_python(python, script, tmp, request, on_event),
+        Runner::Replay { transcript, folder } => replay(transcript, folder, request, on_event),
+    }
+}
+
+fn run_python(
+    python: &Path,
+    script: &Path,
+    tmp: &Path,
+    request: &Request,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Converted, ImportError> {
+    let mut child = Command::new(python)
+        .arg(script)
+        .args(arguments(request))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ImportError::Spawn {
+            program: python.to_path_buf(),
+            source,
+        })?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let tail = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stderr.read_to_end(&mut all);
+        let text = String::from_utf8_lossy(&all).into_owned();
+        let start = text.len().saturating_sub(4000);
+        text[text.ceil_char_boundary(start)..].to_string()
+    });
+    let stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let result = drive(
+        stdout.lines().map_while(Result::ok),
+        request,
+        on_event,
+        &mut |_| Ok(()),
+    );
+    if matches!(
+        result,
+        Err(ImportError::BadEvent { .. } | ImportError::WrongFolder { .. })
+    ) {
+        // stdout is no longer read: stop the tool rather than wait on a full pipe
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|source| ImportError::Spawn {
+        program: python.to_path_buf(),
+        source,
+    })?;
+    let stderr_tail = tail.join().unwrap_or_default();
+    match result {
+        Err(ImportError::NoResult { .. }) | Ok(_) if !status.success() => {
+            Err(ImportError::ToolFailed {
+                status: status.to_string(),
+                stderr_tail,
+            })
+        }
+        other => other,
+    }
+}
+
+fn replay(
+    transcript: &Path,
+    folder: &Path,
+    request: &Request,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Converted, ImportError> {
+    let text = std::fs::read_to_string(transcript).map_err(|source| ImportError::Io {
+        path: transcript.to_path_buf(),
+        source,
+    })?;
+    let out = request.out.display().to_string();
+    let lines = text.lines().map(|l| l.replace("$OUT", &out));
+    let mut copy = |event: &Event| match event {
+        Event::Stage {
+            stage: events::Stage::Export,
+            state: events::StageState::Done,
+            ..
+        } => copy_dir(folder, &request.out),
+        _ => Ok(()),
+    };
+    drive(lines, request, on_event, &mut copy)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), ImportError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImportError::Io { path, source }
+    };
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    for entry in std::fs::read_dir(from).map_err(io(from))? {
+        let entry = entry.map_err(io(from))?;
+        let target = to.join(entry.file_name());
+        if entry.file_type().map_err(io(&entry.path()))?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target).map_err(io(&target))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the events: progress to `on_event`, then the result of the `done` or `error` event.
+fn drive(
+    lines: impl Iterator<Item = String>,
+    request: &Request,
+    on_event: &mut dyn FnMut(&Event),
+    side: &mut dyn FnMut(&Event) -> Result<(), ImportError>,
+) -> Result<Converted, ImportError> {
+    let mut converted = Converted {
+        family: None,
+        prediction_type: None,
+        out: request.out.clone(),
+    };
+    for line in lines {
+        let event = match events::parse(&line) {
+            None => continue,
+            Some(Ok(e)) => e,
+            Some(Err(e)) => {
+                return Err(ImportError::BadEvent {
+                    line: line.chars().take(300).collect(),
+                    error: e.to_string(),
+                });
+            }
+        };
+        on_event(&event);
+        side(&event)?;
+        match event {
+            Event::Detected {
+                family,
+                prediction_type,
+            } => {
+                converted.family = Some(family);
+                converted.prediction_type = Some(prediction_type);
+            }
+            Event::Done { out } => {
+                if Path::new(&out) != request.out {
+                    return Err(ImportError::WrongFolder {
+                        want: request.out.clone(),
+                        got: out.into(),
+                    });
+                }
+                return Ok(converted);
+            }
+            Event::Error {
+                kind,
+                file,
+                message,
+                keys,
+            } => {
+                return Err(ImportError::Refused {
+                    kind,
+                    file,
+                    message,
+                    keys,
+                });
+            }
+            Event::Stage { .. } => {}
+        }
+    }
+    Err(ImportError::NoResult {
+        out: request.out.clone(),
+    })
+}

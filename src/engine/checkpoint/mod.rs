@@ -1,0 +1,43 @@
+//! Single-file checkpoints and LoRA files as AUTOMATIC1111, ComfyUI and the model sites publish
+//! them, read from their `.safetensors` headers alone (no tensor data, no Python): the header
+//! check ([`header`]), the family from the key names and shapes ([`family`]), and whether a LoRA
+//! fits a checkpoint ([`lora`]). `sdspool import` runs these checks before it starts the Python
+//! conversion (`onnx/import_checkpoint.py`, which applies the same rules).
+
+pub mod family;
+pub mod header;
+pub mod lora;
+pub mod names;
+
+use std::path::PathBuf;
+
+pub use family::Family;
+pub use header::Header;
+
+/// Why a checkpoint or LoRA file cannot be imported; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: truncated: {detail}", path.display())]
+    Truncated { path: PathBuf, detail: String },
+    #[error("{}: not a safetensors file: {detail}", path.display())]
+    NotSafetensors { path: PathBuf, detail: String },
+    #[error("{}: unknown architecture: {reason} (first keys: {})", path.display(), keys.join(", "))]
+    UnknownArchitecture {
+        path: PathBuf,
+        reason: String,
+        keys: Vec<String>,
+    },
+    #[error("{}: LoRA does not fit the {family} checkpoint: {reason} (first keys: {})", path.display(), keys.join(", "))]
+    LoraMismatch {
+        path: PathBuf,
+        family: Family,
+        reason: String,
+        keys: Vec<String>,
+    },
+}

@@ -1,0 +1,417 @@
+//! `sdspool import` without Python: the header checks, family detection and LoRA checks on the
+//! committed tiny single-file checkpoints (tests/fixtures/import, made by
+//! onnx/build_checkpoint_fixtures.py), the refusals, the configuration update, and the stage driver
+//! replaying the recorded transcripts of real conversions (onnx/golden_import.py) with the folders
+//! those runs wrote. The replay stands in for the Python process only; everything around it (checks,
+//! staging folder, rename into place, config edit) is the real command.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sdspool::engine::checkpoint::lora::{self, LoraLayout};
+use sdspool::engine::checkpoint::{CheckpointError, Family, family, header};
+
+fn fixture(name: &str) -> PathBuf {
+    common::root().join("tests/fixtures/import").join(name)
+}
+
+fn read(name: &str) -> header::Header {
+    header::read(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn each_fixture_is_detected_as_its_family() {
+    for (file, want) in [
+        ("sd15.safetensors", Family::Sd15),
+        ("sd2-v.safetensors", Family::Sd2),
+        ("sdxl.safetensors", Family::Sdxl),
+        ("sdxl-refiner.safetensors", Family::SdxlRefiner),
+    ] {
+        assert_eq!(family::detect(&read(file)).unwrap(), want, "{file}");
+    }
+}
+
+#[test]
+fn a_lora_file_is_no_checkpoint() {
+    let e = family::detect(&read("lora-sd15-kohya.safetensors")).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e, CheckpointError::UnknownArchitecture { .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("lora-sd15-kohya.safetensors") && text.contains("lora_te_text_model"),
+        "{text}"
+    );
+}
+
+#[test]
+fn loras_of_both_layouts_fit_their_family() {
+    let sd15 = read("sd15.safetensors");
+    let sdxl = read("sdxl.safetensors");
+    for (file, ckpt, family, layout) in [
+        (
+            "lora-sd15-kohya.safetensors",
+            &sd15,
+            Family::Sd15,
+            LoraLayout::Kohya,
+        ),
+        (
+            "lora-sd15-peft.safetensors",
+            &sd15,
+            Family::Sd15,
+            LoraLayout::Diffusers,
+        ),
+        (
+            "lora-sdxl-kohya.safetensors",
+            &sdxl,
+            Family::Sdxl,
+            LoraLayout::Kohya,
+        ),
+        (
+            "lora-sdxl-peft.safetensors",
+            &sdxl,
+            Family::Sdxl,
+            LoraLayout::Diffusers,
+        ),
+    ] {
+        let fit = lora::check(&read(file), ckpt, family).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fit.layout, layout, "{file}");
+        // attention q, k, v, out of every transformer block and text layer
+        assert!(fit.layers >= 20, "{file}: {fit:?}");
+    }
+}
+
+#[test]
+fn a_lora_for_another_family_is_refused_with_its_keys() {
+    let sd15 = read("sd15.safetensors");
+    let sdxl = read("sdxl.safetensors");
+    let e = lora::check(&read("lora-sd15-kohya.safetensors"), &sdxl, Family::Sdxl).unwrap_err();
+    assert!(e.to_string().contains("a LoRA for SD 1.x/2.x"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("lora_te_text_model_encoder_layers_0"),
+        "{e}"
+    );
+    let e = lora::check(&read("lora-sdxl-peft.safetensors"), &sd15, Family::Sd15).unwrap_err();
+    assert!(e.to_string().contains("a LoRA for SDXL"), "{e}");
+    // Same key names, other widths: an SD 1.x LoRA on an SD 2.x checkpoint.
+    let sd2 = read("sd2-v.safetensors");
+    let e = lora::check(&read("lora-sd15-peft.safetensors"), &sd2, Family::Sd2).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, CheckpointError::LoraMismatch { .. }), "{text}");
+    assert!(
+        text.contains("match no layer")
+            && text.contains("cross-attention input is 32 wide, the checkpoint's 48"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lora-sd15-peft.safetensors") && text.contains("unet."),
+        "{text}"
+    );
+}
+
+/// A safetensors file with these (name, shape) F32 tensors of zeros.
+fn write_safetensors(path: &Path, tensors: &[(&str, &[u64])]) {
+    let mut json = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, shape) in tensors {
+        let bytes = shape.iter().product::<u64>() * 4;
+        json.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let text = serde_json::Value::Object(json).to_string();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.resize(out.len() + offset as usize, 0);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn keys_in_no_lora_layout_are_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("odd.safetensors");
+    write_safetensors(
+        &path,
+        &[
+            ("lora_unet_x.lora_down.weight", &[2, 4]),
+            ("lora_unet_x.hada_w1_a", &[2, 4]),
+        ],
+    );
+    let e = lora::check(
+        &header::read(&path).unwrap(),
+        &read("sd15.safetensors"),
+        Family::Sd15,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("no LoRA layout") && e.to_string().contains("lora_unet_x.hada_w1_a"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_inpainting_unet_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("inpaint.safetensors");
+    write_safetensors(
+        &path,
+        &[(
+            "model.diffusion_model.input_blocks.0.0.weight",
+            &[4, 9, 3, 3],
+        )],
+    );
+    let e = family::detect(&header::read(&path).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("inpainting"), "{e}");
+}
+
+// ------------------------------------------------------------------ the command
+
+fn config_file(dir: &Path) -> PathBuf {
+    let path = dir.join("config.yaml");
+    let text = format!(
+        "# my setup\noutput_dir: out\nmodels:\n  # the test model\n  tiny-sd:\n    path: {}  # keep me\n\n# scoring off\n",
+        common::model_dir("tiny-sd").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn import(config: &Path, args: &[&str]) -> Output {
+    import_in(&common::root(), config, args)
+}
+
+fn import_in(cwd: &Path, config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(config)
+        .arg("import")
+        .args(args)
+        .env("SDSPOOL_LOG", "warn")
+        .env("SDSPOOL_PYTHON", "/nonexistent/python-must-not-run")
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn replay(case: &str) -> [String; 4] {
+    [
+        "--replay-transcript".into(),
+        fixture(&format!("transcripts/{case}.jsonl"))
+            .display()
+            .to_string(),
+        "--replay-folder".into(),
+        fixture(&format!("models/{case}")).display().to_string(),
+    ]
+}
+
+#[test]
+fn a_recorded_import_lands_in_the_models_dir_and_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_file(tmp.path());
+    let models = tmp.path().join("models");
+    let ckpt = fixture("sd15.safetensors").display().to_string();
+    let lora1 = format!("{}:0.8", fixture("lora-sd15-kohya.safetensors").display());
+    let lora2 = format!("{}:0.5", fixture("lora-sd15-peft.safetensors").display());
+    let mut args: Vec<String> = vec![
+        ckpt.clone(),
+        "--name".into(),
+        "mine".into(),
+        "--models-dir".into(),
+        models.display().to_string(),
+    ];
+    args.extend(["--lora".into(), lora1, "--lora".into(), lora2]);
+    args.extend(replay("sd15-lora"));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    // `--config config.yaml`: a bare file name, as users type it
+    let out = import_in(tmp.path(), Path::new("config.yaml"), &argv);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("imported mine (sd15, epsilon)"), "{shown}");
+    assert!(shown.contains("added model mine to config.yaml"), "{shown}");
+    assert!(
+        shown.contains("fusing the LoRAs") && shown.contains("exporting to ONNX (optimum)"),
+        "{shown}"
+    );
+    let folder = models.join("mine");
+    let source: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("sdspool-source.json")).unwrap())
+            .unwrap();
+    assert_eq!(source["checkpoint"]["family"], "sd15");
+    assert_eq!(source["loras"][0]["weight"], 0.8);
+    assert!(folder.join("unet/model.onnx").is_file());
+    assert_eq!(common::names(&models), ["mine"], "no staging folder left");
+    let edited = std::fs::read_to_string(&config).unwrap();
+    assert!(edited.starts_with("# my setup\n"), "{edited}");
+    assert!(
+        edited.contains("  # keep me\n  \"mine\":\n    path: \"models/mine\"\n\n# scoring off\n"),
+        "{edited}"
+    );
+    assert!(
+        edited.ends_with("default_model: \"tiny-sd\"\n"),
+        "the one model stays the default: {edited}"
+    );
+    let parsed = sdspool::app::config::Config::load(&config).unwrap();
+    assert_eq!(parsed.models["mine"].path, folder);
+
+    // The name is taken now: refused before anything runs, then replaced with --replace.
+    let again = import(&config, &argv);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("model folder exists; --replace"),
+        "{}",
+        text(&again)
+    );
+    let mut replace = argv.clone();
+    replace.push("--replace");
+    let out = import(&config, &replace);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("already lists it"), "{}", text(&out));
+    assert_eq!(common::names(&models), ["mine"]);
+}
+
+#[test]
+fn a_refusal_of_the_conversion_is_shown_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_file(tmp.path());
+    let models = tmp.path().join("models");
+    let before = std::fs::read_to_string(&config).unwrap();
+    let ckpt = fixture("sd15-truncated.ckpt").display().to_string();
+    let mut args: Vec<String> = vec![
+        ckpt,
+        "--name".into(),
+        "cut".into(),
+        "--models-dir".into(),
+        models.display().to_string(),
+    ];
+    args.extend(replay("ckpt-truncated"));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = import(&config, &argv);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains("cannot be checked without Python"),
+        "{shown}"
+    );
+    assert!(shown.contains("sd15-truncated.ckpt: truncated"), "{shown}");
+    assert!(
+        common::names(&models).is_empty(),
+        "{:?}",
+        common::names(&models)
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+}
+
+#[test]
+fn bad_inputs_are_refused_before_any_python_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_file(tmp.path());
+    let models = tmp.path().join("models").display().to_string();
+    let cut = tmp.path().join("cut.safetensors");
+    let bytes = std::fs::read(fixture("sd15.safetensors")).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let sd15 = fixture("sd15.safetensors").display().to_string();
+    let sdxl_lora = fixture("lora-sdxl-kohya.safetensors").display().to_string();
+    let lora_as_ckpt = fixture("lora-sd15-peft.safetensors").display().to_string();
+    let cut = cut.display().to_string();
+    // a tool folder with the import script but without onnx/optimize.py
+    let tools_dir = tmp.path().join("tools");
+    std::fs::create_dir(&tools_dir).unwrap();
+    std::fs::write(tools_dir.join("import_checkpoint.py"), "").unwrap();
+    let tools = tools_dir.display().to_string();
+    let cases: [(Vec<&str>, &[&str]); 6] = [
+        (
+            vec![&cut, "--name", "a"],
+            &["cut.safetensors: truncated", "holds"],
+        ),
+        (
+            vec![&lora_as_ckpt, "--name", "a"],
+            &["lora-sd15-peft.safetensors: unknown architecture"],
+        ),
+        (
+            vec![&sd15, "--name", "a", "--lora", &sdxl_lora],
+            &[
+                "lora-sdxl-kohya.safetensors: LoRA does not fit the sd15 checkpoint",
+                "a LoRA for SDXL",
+            ],
+        ),
+        (
+            vec![&sd15, "--name", "tiny-sd"],
+            &["already has a model named tiny-sd"],
+        ),
+        (vec![&sd15, "--name", "../up"], &["--name \"../up\""]),
+        (
+            vec![&sd15, "--name", "a", "--optimize", "--tools", &tools],
+            &["optimize.py: --optimize needs it"],
+        ),
+    ];
+    for (args, wants) in cases {
+        let mut argv = args.clone();
+        argv.extend(["--models-dir", &models]);
+        let out = import(&config, &argv);
+        let shown = text(&out);
+        assert!(!out.status.success(), "{args:?}: {shown}");
+        for want in wants {
+            assert!(shown.contains(want), "{args:?}: {want:?} not in {shown}");
+        }
+        assert!(!shown.contains("python-must-not-run"), "{shown}");
+    }
+}
+
+#[test]
+fn too_little_disk_for_the_estimate_is_refused_with_it() {
+    // sd15's header with one more UNet tensor of 2.5 T weights (a sparse file: no disk used).
+    let tmp = tempfile::tempdir().unwrap();
+    let src = std::fs::read(fixture("sd15.safetensors")).unwrap();
+    let n = u64::from_le_bytes(src[..8].try_into().unwrap()) as usize;
+    let mut json: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&src[8..8 + n]).unwrap();
+    let data = (src.len() - 8 - n) as u64;
+    let giant = 2_500_000_000_000u64;
+    json.insert(
+        "model.diffusion_model.giant.weight".into(),
+        serde_json::json!({"dtype": "F32", "shape": [giant], "data_offsets": [data, data + giant * 4]}),
+    );
+    let text_json = serde_json::Value::Object(json).to_string();
+    let path = tmp.path().join("huge.safetensors");
+    let mut out = (text_json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text_json.as_bytes());
+    out.extend_from_slice(&src[8 + n..]);
+    std::fs::write(&path, &out).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    if f.set_len(out.len() as u64 + giant * 4).is_err() {
+        eprintln!("this file system cannot hold a 10 TB sparse file; skipped");
+        return;
+    }
+    let config = config_file(tmp.path());
+    let models = tmp.path().join("models").display().to_string();
+    let out = import(
+        &config,
+        &[
+            path.to_str().unwrap(),
+            "--name",
+            "huge",
+            "--models-dir",
+            &models,
+        ],
+    );
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains("not enough disk space: the import needs about 21.") && shown.contains("TB"),
+        "{shown}"
+    );
+}
