@@ -74,6 +74,39 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def legacy_hash(path: Path) -> str:
+    """AUTOMATIC1111's old 8-hex "Model hash": SHA-256 of the 64 KiB at offset 1 MiB (of nothing
+    for a shorter file). It cannot be derived from the whole-file SHA-256, so it is recorded."""
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+
+
+def addnet_sha256(path: Path) -> str | None:
+    """The hash AUTOMATIC1111 records for a .safetensors LoRA in `Lora hashes`: the file's
+    `sshs_model_hash` metadata when it has one, else kohya's "addnet" hash, the SHA-256 of the
+    file after its header. None for other files (recorded by their whole-file SHA-256)."""
+    if path.suffix != ".safetensors":
+        return None
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        meta = json.loads(f.read(n)).get("__metadata__") or {}
+        if re.fullmatch(r"[0-9a-fA-F]{64}", str(meta.get("sshs_model_hash", ""))):
+            return meta["sshs_model_hash"].lower()
+        h = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+        return h.hexdigest()
+
+
+def lora_entry(p: Path, weight: float) -> dict:
+    entry = {"name": p.stem, "file": p.name, "sha256": sha256(p), "weight": weight}
+    addnet = addnet_sha256(p)
+    if addnet is not None:
+        entry["addnet_sha256"] = addnet
+    return entry
+
+
 # --------------------------------------------------------------------------- reading files
 
 
@@ -440,8 +473,13 @@ def provenance(args, family: str, loras, fp16: bool, optimized: bool) -> dict:
 
     return {
         "format": FORMAT,
-        "checkpoint": {"file": args.checkpoint.name, "sha256": sha256(args.checkpoint), "family": family},
-        "loras": [{"name": p.stem, "file": p.name, "sha256": sha256(p), "weight": w} for p, w in loras],
+        "checkpoint": {
+            "file": args.checkpoint.name,
+            "sha256": sha256(args.checkpoint),
+            "legacy_hash": legacy_hash(args.checkpoint),
+            "family": family,
+        },
+        "loras": [lora_entry(p, w) for p, w in loras],
         "vae": {"file": args.vae.name, "sha256": sha256(args.vae)} if args.vae else None,
         "dtype": "float16" if fp16 else "float32",
         "optimized": optimized,

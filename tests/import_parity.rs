@@ -154,4 +154,37 @@ fn the_daemon_renders_an_imported_sdxl_with_loras_as_diffusers_does() {
     let out = tmp.path().join("output/lora-job");
     let worst = worst_differences(&out, &case);
     assert!(worst.iter().all(|d| *d <= 1), "{worst:?}");
+
+    // The LoRAs the import fused travel from its sdspool-source.json into the outputs as
+    // AUTOMATIC1111 records them. The hashes are those Python's hashlib computed at import
+    // (kohya's addnet hash of each .safetensors LoRA, first 12 hex digits).
+    let seed = case["seeds"][0].as_u64().unwrap();
+    let png = out.join(format!("p000-c00-s{seed}.png"));
+    let text = sdspool::jobs::output::png::read_parameters(&png)
+        .unwrap()
+        .expect("a parameters chunk");
+    assert!(
+        text.contains("<lora:lora-sdxl-kohya:0.7>") && text.contains("<lora:lora-sdxl-peft:0.4>"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"Lora hashes: "lora-sdxl-kohya: ebdcdbe79de9, lora-sdxl-peft: 1fe91f45f0cb""#),
+        "{text}"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let loras = &manifest["model_source"]["loras"];
+    assert_eq!(loras[0]["name"], "lora-sdxl-kohya", "{manifest}");
+    assert_eq!(loras[1]["weight"], 0.4, "{manifest}");
+    let models = Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(&config)
+        .arg("models")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&models.stdout);
+    assert!(
+        listing.contains("lora-sdxl-kohya") && listing.contains("sdxl.safetensors"),
+        "{listing}"
+    );
 }
