@@ -88,12 +88,21 @@ pub fn write(target: &Path, bytes: &[u8]) -> io::Result<()> {
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, target)?;
-        sync_dir(target.parent().unwrap_or(Path::new(".")))
+        sync_dir(folder_of(target))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", target.display())))
+}
+
+/// The folder `target` is in: `.` for a bare file name (whose `parent()` is the empty path,
+/// which cannot be opened to sync).
+fn folder_of(target: &Path) -> &Path {
+    match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Writers of other hosts this process knows to be gone (a spool daemon took their jobs over
@@ -292,6 +301,14 @@ mod tests {
         assert!(is_leftover(&name, &meta));
         let other_pid = format!("{TEMP_PREFIX}{}-78-1-a.png", host_tag_of(host));
         assert!(!is_leftover(&other_pid, &meta));
+    }
+
+    #[test]
+    fn a_bare_file_name_is_synced_in_the_current_folder() {
+        assert_eq!(folder_of(Path::new("config.yaml")), Path::new("."));
+        assert_eq!(folder_of(Path::new("a/b.yaml")), Path::new("a"));
+        assert_eq!(folder_of(Path::new("/b.yaml")), Path::new("/"));
+        sync_dir(folder_of(Path::new("config.yaml"))).unwrap();
     }
 
     #[test]

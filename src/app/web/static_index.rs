@@ -59,6 +59,11 @@ struct Row<'a> {
 /// since the page was last written are read (after a job: that job's), and folders that are
 /// gone drop out.
 pub fn write_root(output_root: &Path) -> std::io::Result<()> {
+    // A kill while this page or its rows were written left a temporary file here; nothing else
+    // in the output root would ever remove it.
+    for gone in crate::sys::atomic::remove_leftovers(output_root)? {
+        tracing::info!(file = %gone.display(), "removed a temporary file a killed writer left");
+    }
     let mut index = JobIndex::load(output_root);
     index.refresh(output_root)?;
     let list: Vec<Row> = index
@@ -133,5 +138,20 @@ mod tests {
         std::fs::remove_file(root.join(ROWS_CACHE)).unwrap();
         write_root(root).unwrap();
         assert_eq!(listed(root), ["c", "d"]);
+    }
+
+    #[test]
+    fn writing_the_root_page_removes_what_a_killed_writer_left() {
+        // Seen in a crash storm: a kill -9 while `.index-rows.json` was written.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let a = job(root, "a");
+        let tag = crate::sys::atomic::host_tag();
+        // pid 0 is never a live process.
+        let left = root.join(format!(".sdspool-tmp-{tag}-0-7-{ROWS_CACHE}"));
+        std::fs::write(&left, "{").unwrap();
+        write_job(root, &a).unwrap();
+        assert!(!left.exists(), "{} is still there", left.display());
+        assert_eq!(listed(root), ["a"]);
     }
 }
