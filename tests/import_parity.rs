@@ -168,7 +168,9 @@ fn the_daemon_renders_an_imported_sdxl_with_loras_as_diffusers_does() {
         "{text}"
     );
     assert!(
-        text.contains(r#"Lora hashes: "lora-sdxl-kohya: ebdcdbe79de9, lora-sdxl-peft: 1fe91f45f0cb""#),
+        text.contains(
+            r#"Lora hashes: "lora-sdxl-kohya: ebdcdbe79de9, lora-sdxl-peft: 1fe91f45f0cb""#
+        ),
         "{text}"
     );
     let manifest: Value =
