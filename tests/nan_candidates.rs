@@ -11,17 +11,11 @@ mod common;
 use common::config_file::{Defaults, TestConfig};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use common::{Running, names, stderr_of, wait_exit};
+use common::names;
 use serde_json::Value;
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    config: PathBuf,
-}
+use common::spool_env::SpoolEnv as Env;
 
 impl Env {
     /// tiny-sd, and `nan-sd`: tiny-sd with the NaN VAE decoder as its `vae:`; CLIP rerank.
@@ -47,32 +41,6 @@ impl Env {
             root,
             config,
         }
-    }
-
-    fn spool(&self, sub: &str) -> PathBuf {
-        self.root.join("spool").join(sub)
-    }
-
-    fn submit(&self, name: &str, body: &str) {
-        std::fs::create_dir_all(self.spool("incoming")).unwrap();
-        let tmp = self.root.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, body).unwrap();
-        std::fs::rename(&tmp, self.spool("incoming").join(name)).unwrap();
-    }
-
-    fn run_until_idle(&self) -> String {
-        let mut daemon = Running::spawn(
-            Command::new(env!("CARGO_BIN_EXE_sdspool"))
-                .arg("--config")
-                .arg(&self.config)
-                .args(["run", "--until-idle"])
-                .env("SDSPOOL_LOG", "info")
-                .stdout(Stdio::null()),
-        );
-        let status = wait_exit(&mut daemon, Duration::from_secs(300));
-        let log = stderr_of(&mut daemon);
-        assert!(status.success(), "{status:?}\n{log}");
-        log
     }
 
     fn output(&self, job: &str) -> PathBuf {

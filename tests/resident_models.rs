@@ -9,7 +9,7 @@ mod common;
 use common::config_file::{Defaults, TestConfig};
 use common::{Running, stderr_of, wait_exit};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
@@ -17,11 +17,7 @@ use sdspool::app::config::ModelConfig;
 use sdspool::jobs::run::resident::footprint;
 
 /// A daemon test's folder and config.
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    config: PathBuf,
-}
+use common::spool_env::SpoolEnv as Env;
 
 impl Env {
     /// tiny-sd (default) and tiny-sd-v, no reranking, 64x64 pictures, 2 steps, 1 candidate.
@@ -54,22 +50,6 @@ impl Env {
             let file = std::fs::File::options().write(true).open(&path).unwrap();
             file.set_modified(now - age).unwrap();
         }
-    }
-
-    /// Runs the daemon with `--until-idle`; its log.
-    fn run_until_idle(&self) -> String {
-        let mut daemon = Running::spawn(
-            Command::new(env!("CARGO_BIN_EXE_sdspool"))
-                .arg("--config")
-                .arg(&self.config)
-                .args(["run", "--until-idle"])
-                .env("SDSPOOL_LOG", "info")
-                .stdout(Stdio::null()),
-        );
-        let status = wait_exit(&mut daemon, Duration::from_secs(180));
-        let log = stderr_of(&mut daemon);
-        assert!(status.success(), "exit {status:?}\n{log}");
-        log
     }
 
     fn done(&self, name: &str) -> bool {

@@ -7,11 +7,10 @@ mod common;
 use common::config_file::{Defaults, TestConfig};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use common::{Running, is_candidate_image, names, parameters_chunk, stderr_of, wait_exit};
+use common::{is_candidate_image, names, parameters_chunk};
 use sdspool::app::config::Config;
 use sdspool::jobs::job::{self, Job, JobError};
 use sdspool::jobs::run::{JobRunError, RunOptions, Worker};
@@ -275,11 +274,7 @@ fn the_manifest_records_the_refiner_and_the_fingerprint_covers_it() {
 }
 
 /// A spool, output root and config.yaml with the SDXL-class models and the CLIP reranker.
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    config: PathBuf,
-}
+use common::spool_env::SpoolEnv as Env;
 
 impl Env {
     fn new() -> Env {
@@ -303,32 +298,6 @@ impl Env {
             root,
             config,
         }
-    }
-
-    fn spool(&self, sub: &str) -> PathBuf {
-        self.root.join("spool").join(sub)
-    }
-
-    fn submit(&self, name: &str, body: &str) {
-        std::fs::create_dir_all(self.spool("incoming")).unwrap();
-        let tmp = self.root.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, body).unwrap();
-        std::fs::rename(&tmp, self.spool("incoming").join(name)).unwrap();
-    }
-
-    fn run_until_idle(&self) -> String {
-        let mut daemon = Running::spawn(
-            Command::new(env!("CARGO_BIN_EXE_sdspool"))
-                .arg("--config")
-                .arg(&self.config)
-                .args(["run", "--until-idle"])
-                .env("SDSPOOL_LOG", "info")
-                .stdout(Stdio::null()),
-        );
-        let status = wait_exit(&mut daemon, Duration::from_secs(300));
-        let log = stderr_of(&mut daemon);
-        assert!(status.success(), "{status:?}\n{log}");
-        log
     }
 
     /// The candidate images of a job's output folder, and its manifest.

@@ -3,6 +3,7 @@
 
 pub mod config_file;
 pub mod served;
+pub mod spool_env;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
