@@ -368,6 +368,7 @@ fn file_done(
     };
     let yaml = serde_saphyr::to_string(&summary).unwrap_or_default();
     let stem = claimed.stem.clone();
+    crate::app::web::hooks::job_outputs_written(&ctx.shared.config(), &outcome.dir);
     let finished = match ctx.spool.finish_done(claimed, &yaml) {
         Ok(f) => f,
         Err(e) => {
@@ -385,7 +386,7 @@ fn file_done(
         seconds: summary.seconds,
         output: &outcome.dir,
     };
-    crate::app::web::hooks::job_done(&ctx.shared.config(), ctx.spool, done, &finished.side_file);
+    crate::app::web::hooks::job_done(ctx.spool, done, &finished.side_file);
     tracing::info!(output = %outcome.dir.display(), images = summary.images, failed = summary.failed, rendered = outcome.rendered, seconds = summary.seconds, path = %finished.job.display(), "job done");
     notify::status(&format!("job {} done", job.id));
     Ok(Processed::Settled)

@@ -54,12 +54,19 @@ pub struct Done<'a> {
     pub output: &'a Path,
 }
 
-/// A job was filed in done/.
-pub fn job_done(config: &Config, spool: &Spool, d: Done<'_>, side_file: &Path) {
-    telemetry().record_images(d.rendered);
-    if let Err(e) = super::static_index::write_job(&config.output_dir, d.output) {
+/// A job's outputs are complete and it is about to be filed in done/: its folder's
+/// `index.html` (and the output root's) is written now, as part of the job, so that a kill
+/// before the filing leaves the job in running/ and its resume, which removes the temporaries a
+/// killed writer left in the folder, writes the page again.
+pub fn job_outputs_written(config: &Config, output: &Path) {
+    if let Err(e) = super::static_index::write_job(&config.output_dir, output) {
         tracing::warn!(error = %e, "cannot write the job folder's index.html");
     }
+}
+
+/// A job was filed in done/.
+pub fn job_done(spool: &Spool, d: Done<'_>, side_file: &Path) {
+    telemetry().record_images(d.rendered);
     if let Some(n) = notifier() {
         let manifest = d.output.join(crate::jobs::run::manifest::FILE);
         n.job_ended(
