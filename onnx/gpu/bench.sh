@@ -5,7 +5,7 @@
 #
 # What it needs, made here beforehand by onnx/gpu/prepare.sh (BENCHMARKS.md, "GPU: how to run"):
 #   - ONNX Runtime's GPU libraries as parts ort-gpu.tar.xz.part-* in $PARTS (default /tmp/p, uploaded
-#     by earlier calls, each part under 64 MiB) or in .gpu/parts (carried);
+#     by earlier calls, each part at most 40 MiB) or in .gpu/parts (carried);
 #   - the release sdspool binary as $PARTS/sdspool or .gpu/sdspool;
 #   - the diffusers wheel .gpu/diffusers-*.whl (carried);
 #   - .gpu/MANIFEST (carried, optional): the parts are checked against its sizes and sha256;
