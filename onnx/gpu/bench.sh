@@ -17,7 +17,7 @@
 # ARCH=sd15 or ARCH=sdxl runs one architecture (e.g. the second in a second call when the first
 # call's budget skipped it); BUDGET_S is when bench_gpu.py stops starting sdspool runs.
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 REPO=$(pwd)
 PARTS=${PARTS:-/tmp/p}
 OUT=${OUT:-$REPO/local/gpu-bench}
