@@ -19,7 +19,7 @@ else
 endif
 STAMP := $(ORT_DIR)/.installed
 
-.PHONY: help setup demo test build bench clean-ort venv demo-model check-demo optimize gpu-prepare gpu-dry-run gpu-summary-check
+.PHONY: help setup demo test build bench clean-ort venv demo-model check-demo optimize gpu-prepare gpu-dry-run gpu-summary-check gpu-travel-check
 
 help:
 	@echo "make setup   install ONNX Runtime $(ORT_VERSION) from PyPI into $(ORT_DIR)/ (GPU=1 for CUDA/TensorRT)"
@@ -32,6 +32,7 @@ help:
 	@echo "make gpu-prepare     fetch and split what the GPU bench carries into .gpu/ (onnx/gpu/prepare.sh; BENCHMARKS.md)"
 	@echo "make gpu-dry-run     the GPU bench's dry run on the CPU with tiny models (needs onnx/.venv; a few minutes)"
 	@echo "make gpu-summary-check  the GPU bench's summary on the committed dry-run results (python3, standard library)"
+	@echo "make gpu-travel-check   onnx/gpu/travel.sh's stash and restore round trip on a temporary git repo"
 
 # Idempotent: reinstalls only when the wanted package set changes.
 setup:
@@ -107,3 +108,5 @@ gpu-summary-check:
 	@if $(PYTHON) onnx/gpu/summarize.py onnx/gpu/testdata/targets --check >/dev/null; then \
 	  echo "summarize.py --check passed a missed target"; exit 1; fi
 	@echo "gpu summary ok"
+gpu-travel-check:
+	bash onnx/gpu/test_travel.sh
