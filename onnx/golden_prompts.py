@@ -28,7 +28,9 @@ AUTOMATIC1111 fails on (``(a:1.2.3)``) has ``"error"``.
 ``conditioning``: ``tests/golden/prompt/cond/``: for a few prompt/negative pairs on
 onnx/models/shapes-sd (trained; 24-token windows), the conditioning phases (from which UNet call, the prompt's and the
 negative's hidden states, each window weighted and rescaled to its mean as AUTOMATIC1111's
-"Original" emphasis does, the shorter padded with the empty prompt's window), and for the
+"Original" emphasis does over the batch of a schedule's texts (each text padded to the
+schedule's number of windows with empty windows), the shorter padded with the empty prompt's
+window), and for the
 constant ones the pixels optimum's ORTStableDiffusionPipeline renders from them
 (``prompt_embeds``/``negative_prompt_embeds``, DDIM, seed 42, 64x64).
 
@@ -368,6 +370,12 @@ COND_CASES = [
     ("long_negative", "a red circle", "small, green, " * 12, 7),
     ("editing", "a [red:blue:3] circle on a [green|yellow] background", "[small::0.5]", 7),
     ("editing_long", "[a red circle:a blue square:0.5], " + "large, " * 20, "", 5),
+    # AUTOMATIC1111 encodes a schedule's texts as one batch: emphasis rescaled over all of them
+    # (alternation's texts counted once per step), and a text padded to the schedule's windows.
+    ("editing_emphasis", "a [(red:1.5):blue:3] circle on a [green|(yellow:0.6)] background",
+     "[(small:1.4)::0.5] square", 7),
+    ("editing_windows", "[a red circle:a (blue:1.3) square in the center, a small green square at the top "
+                        "left, a blue triangle at the bottom right:0.5]", "[[small]:large, green, " * 3 + ":2]", 5),
 ]
 PIXEL_CASES = ["emphasis", "long", "break", "long_negative"]
 COND_DIR = os.path.join(OUT_DIR, "cond")
@@ -378,28 +386,37 @@ TINY_SD = os.path.join(ROOT, "onnx", "models", "shapes-sd")
 
 def encode_reading(session, tok, prompt: str, steps: int):
     """Per distinct text: the weighted, mean-rescaled hidden state [77 * chunks, hidden]; and the
-    schedule (end step, text index)."""
+    schedule (end step, text index).
+
+    As AUTOMATIC1111's ``get_learned_conditioning``: the texts of the schedule, one per entry
+    (repeats included), are one batch (``model.get_learned_conditioning(texts)``); its CLIP
+    wrapper pads every text to the batch's largest number of chunks with empty chunks and applies
+    the "Original" emphasis chunk index by chunk index to the whole batch tensor at once (one mean
+    before and one after weighting for all texts)."""
     import numpy as np
 
-    texts, sched = {}, []
-    for end, text in schedule(prompt, steps):
-        if text not in texts:
-            parts = []
-            for c in chunks(tok, emphasis(text)):
-                ids = np.asarray([c["ids"]], dtype=np.int64)
-                z = session.run(["last_hidden_state"], {"input_ids": ids})[0][0]  # [window, hidden] float32
-                w = np.asarray(c["weights"], dtype=np.float32)
-                # Means accumulated in float64 and rounded to float32: torch's float32 mean (which
-                # AUTOMATIC1111 takes) rounds differently on each device, and these means are small
-                # next to the values (shapes-sd: about 1e-3 against 0.8), so the rescale amplifies
-                # summation error; float64 is the well-defined reference.
-                before = np.float32(z.astype(np.float64).mean())
-                z = z * w[:, None]
-                after = np.float32(z.astype(np.float64).mean())
-                parts.append(z * (before / after))
-            texts[text] = np.concatenate(parts, axis=0)
-        sched.append((end, list(texts).index(text)))
-    return list(texts.values()), sched
+    sched_texts = [text for _, text in schedule(prompt, steps)]
+    distinct = list(dict.fromkeys(sched_texts))
+    read = {text: chunks(tok, emphasis(text)) for text in distinct}
+    empty = chunks(tok, emphasis(""))[0]
+    parts = {text: [] for text in distinct}
+    for i in range(max(len(c) for c in read.values())):
+        rows = [read[t][i] if i < len(read[t]) else empty for t in sched_texts]
+        ids = np.asarray([r["ids"] for r in rows], dtype=np.int64)
+        z = session.run(["last_hidden_state"], {"input_ids": ids})[0]  # [batch, window, hidden] float32
+        w = np.asarray([r["weights"] for r in rows], dtype=np.float32)
+        # Means accumulated in float64 and rounded to float32: torch's float32 mean (which
+        # AUTOMATIC1111 takes) rounds differently on each device, and these means are small
+        # next to the values (shapes-sd: about 1e-3 against 0.8), so the rescale amplifies
+        # summation error; float64 is the well-defined reference.
+        before = np.float32(z.astype(np.float64).mean())
+        z = z * w[:, :, None]
+        after = np.float32(z.astype(np.float64).mean())
+        z = z * (before / after)
+        for text in distinct:
+            parts[text].append(z[sched_texts.index(text)])
+    sched = [(end, distinct.index(text)) for end, text in schedule(prompt, steps)]
+    return [np.concatenate(parts[t], axis=0) for t in distinct], sched
 
 
 def text_at(sched, step: int) -> int:

@@ -14,7 +14,9 @@ on transformers' CLIPTextModel / CLIPTextModelWithProjection with tiny-sdxl's we
 * each window through each encoder: the penultimate hidden state (`hidden_states[-2]`: sgm's
   FrozenCLIPEmbedder `layer="hidden", layer_idx=11` and FrozenOpenCLIPEmbedder2
   `layer="penultimate"`), times the window's weights and rescaled to the mean it had before
-  ("Original" emphasis), separately for each encoder; the two concatenated along the width
+  ("Original" emphasis), separately for each encoder; as for SD (golden_prompts.py's
+  `conditioning`), the texts of a prompt's schedule are one batch: each text padded to the
+  schedule's number of windows with empty windows, the rescale computed over the whole batch; the two concatenated along the width
   (sgm concatenates the embedders' `crossattn` outputs), windows along the sequence;
 * CLIP skip: AUTOMATIC1111 applies it to SDXL only with its "Clip skip SDXL" setting
   (`sdxl_clip_l_skip`), and then only to CLIP ViT-L, as `hidden_states[-N]` without the final
@@ -87,6 +89,9 @@ CASES = [
     ("refiner_long", "tiny-sdxl-refiner", LONG, "", 4, 1),
     ("refiner_editing", "tiny-sdxl-refiner", "a [(red:1.3):blue:0.5] circle BREAK on a [green|yellow] background",
      "(small:0.8)", 5, 2),
+    # A schedule's texts of different numbers of windows, with emphasis: the shorter one padded to
+    # the schedule's windows, the rescale over the whole batch (alternation counted once per step).
+    ("editing_windows", "tiny-sdxl", "[a (red:1.3) circle:" + LONG + ":0.5]", "[(small:1.2)|large] square", 5, 1),
 ]
 PIXEL_CASE = "long"  # emphasis and a long prompt, through the whole pipeline
 SEED, SIZE, GUIDANCE = 42, 64, 5.0
@@ -131,13 +136,14 @@ def check_against_onnx(te1, te2) -> float:
     return worst
 
 
-def emphasize(z: np.ndarray, weights: list[float]) -> np.ndarray:
-    """AUTOMATIC1111's "Original" emphasis on one window [77, width] (float32)."""
+def emphasize(z: np.ndarray, weights: list[list[float]]) -> np.ndarray:
+    """AUTOMATIC1111's "Original" emphasis on one window index of a batch [batch, 77, width]
+    (float32): one mean before and one after weighting over the whole batch."""
     w = np.asarray(weights, dtype=np.float32)
     if (w == 1.0).all():
         return z
     before = np.float32(z.astype(np.float64).mean())
-    z = z * w[:, None]
+    z = z * w[:, :, None]
     after = np.float32(z.astype(np.float64).mean())
     return z * (before / after)
 
@@ -153,39 +159,56 @@ class Encoders:
         else:  # the refiner: bigG only
             self.parts = [(tok2, te2, -2, True)]
 
-    def text(self, text: str):
-        """One text: the weighted windows concatenated [77 * n, width] and the first window's pooled."""
-        pieces = gp.emphasis(text)
-        per_encoder, pooled, reference = [], None, None
+    def schedule(self, texts: list[str]) -> dict:
+        """A schedule's texts (one per entry, repeats included) encoded as one batch, as
+        AUTOMATIC1111's `get_learned_conditioning` does: each encoder pads every text to the
+        batch's largest number of windows with empty windows and weighs window index by window
+        index over the whole batch. Per distinct text: the weighted windows concatenated
+        [77 * n, width], the first window's pooled, and n."""
+        distinct = list(dict.fromkeys(texts))
+        row = {t: texts.index(t) for t in distinct}
+        per_encoder = {t: [] for t in distinct}
+        pooled, counts = {}, None
         for tok, te, layer, pools in self.parts:
-            chunks = gp.chunks(tok, pieces)
-            ids = [c["ids"] for c in chunks]
-            if reference is None:
-                reference = ids
+            read = {t: gp.chunks(tok, gp.emphasis(t)) for t in distinct}
             # The encoders share the vocabulary: the same windows, only the padding differs.
-            assert len(ids) == len(reference), text
+            if counts is None:
+                counts = {t: len(c) for t, c in read.items()}
+            assert counts == {t: len(c) for t, c in read.items()}, texts
+            empty = gp.chunks(tok, gp.emphasis(""))[0]
+            n, b = max(counts.values()), len(texts)
+            # Window index by window index, each of the batch's texts; all through the encoder in
+            # one run (a one-text schedule: its windows, as a text alone is encoded).
+            batch = [read[t][i] if i < len(read[t]) else empty for i in range(n) for t in texts]
             with torch.no_grad():
-                out = te(input_ids=torch.tensor(ids, dtype=torch.int64), output_hidden_states=True)
+                out = te(input_ids=torch.tensor([c["ids"] for c in batch], dtype=torch.int64),
+                         output_hidden_states=True)
             hidden = out.hidden_states[layer].numpy()
-            per_encoder.append(np.concatenate([emphasize(hidden[i], c["weights"]) for i, c in enumerate(chunks)]))
+            windows = {t: [] for t in distinct}
+            for i in range(n):
+                rows = slice(i * b, (i + 1) * b)
+                z = emphasize(hidden[rows], [c["weights"] for c in batch[rows]])
+                for t in distinct:
+                    windows[t].append(z[row[t]])
             if pools:
-                pooled = out.text_embeds.numpy()[0]
-        return np.concatenate(per_encoder, axis=1), pooled, len(reference)
+                pooled = {t: out.text_embeds.numpy()[row[t]] for t in distinct}
+            for t in distinct:
+                per_encoder[t].append(np.concatenate(windows[t]))
+        n = max(counts.values())
+        return {t: (np.concatenate(per_encoder[t], axis=1), pooled[t], n) for t in distinct}
 
 
 def case_phases(enc: Encoders, prompt: str, negative: str, steps: int, zero_negative: bool):
     """(from_step, cond, uncond, pooled, negative_pooled) for each conditioning phase."""
     def read(p):
-        texts, sched = {}, []
-        for end, text in gp.schedule(p, steps):
-            if text not in texts:
-                texts[text] = enc.text(text)
-            sched.append((end, list(texts).index(text)))
-        return list(texts.values()), sched
+        entries = gp.schedule(p, steps)
+        encoded = enc.schedule([text for _, text in entries])
+        texts = list(encoded)
+        return list(encoded.values()), [(end, texts.index(text)) for end, text in entries]
 
     cond_texts, cond_sched = read(prompt)
     unc_texts, unc_sched = read(negative)
-    empty = enc.text("")[0]
+    empty = enc.schedule([""])[""][0]
     win = len(empty)
     phases, last = [], None
     for step in range(steps + 1):  # UNet calls (PNDM makes one more than the steps)
@@ -248,7 +271,7 @@ def main() -> None:
         enc = Encoders(model, clip_skip, tok1, tok2, te1, te2)
         zero_negative = model == "tiny-sdxl" and negative == ""  # force_zeros_for_empty_prompt
         phases = case_phases(enc, prompt, negative, steps, zero_negative)
-        windows = [enc.text(t)[2] for _, t in gp.schedule(prompt, steps)]
+        windows = [n for _, _, n in enc.schedule([t for _, t in gp.schedule(prompt, steps)]).values()]
         record = {"name": name, "model": model, "prompt": prompt, "negative": negative, "steps": steps,
                   "clip_skip": clip_skip, "phases": []}
         for step, c, u, pc, pu in phases:
@@ -268,7 +291,8 @@ def main() -> None:
             "generator": "onnx/golden_sdxl_prompts.py",
             "reference": "transformers CLIPTextModel / CLIPTextModelWithProjection rebuilt with tiny-sdxl's "
                          f"weights (ONNX outputs within {worst:.1e}); AUTOMATIC1111's reading per encoder "
-                         "(golden_prompts.py), 'Original' emphasis per encoder and window, penultimate hidden "
+                         "(golden_prompts.py), 'Original' emphasis per encoder and window index over the batch of "
+                         "a schedule's texts (padded to its number of windows), penultimate hidden "
                          "states (CLIP-L hidden_states[-clip_skip] for clip_skip >= 2), pooled from the first "
                          "window; pixels from optimum's ORTStableDiffusionXLPipeline fed the conditioning",
             "cases": cases,

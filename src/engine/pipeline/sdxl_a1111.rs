@@ -7,8 +7,9 @@
 //!   token. The two share the vocabulary, so both cut the same windows (checked);
 //! - each window through each encoder: the hidden state the family picks (the penultimate; CLIP
 //!   skip moves CLIP ViT-L's, see [`super::sdxl`]), weighted and rescaled to its mean for each
-//!   encoder on its own ([`super::a1111::emphasize`]), the two concatenated along the width and
-//!   a text's windows along the sequence;
+//!   encoder on its own, and as for SD over the batch of the schedule's texts (each text padded
+//!   to the schedule's number of windows, [`super::a1111::weigh`]), the two concatenated along
+//!   the width and a text's windows along the sequence;
 //! - the pooled `text_embeds` of a text is the last encoder's for the text's first window;
 //! - the prompt and the negative prompt are padded to the same number of windows with the empty
 //!   prompt's window; a negative prompt given as zeros (`force_zeros_for_empty_prompt`) is zeros
@@ -87,6 +88,7 @@ pub fn encode(
     let mut per_encoder = Vec::with_capacity(encoders.len());
     let mut pooled = None;
     let mut layout = None;
+    let mut source = Vec::new();
     for ((e, (prompt, negative)), empty) in encoders.iter_mut().zip(&readings).zip(&empties) {
         let windows = Windows::new(prompt, negative.as_ref(), empty);
         let mut wanted = vec![(e.hidden, 3)];
@@ -103,8 +105,10 @@ pub fn encode(
         if e.pooled.is_some() {
             pooled = out.pop();
         }
-        per_encoder.push(a1111::weigh(&out[0], &windows.chunks, e.part.file())?);
-        layout.get_or_insert_with(|| windows.phases(prompt, negative.as_ref(), calls));
+        let weighted = a1111::weigh(&out[0], &windows, prompt, negative.as_ref(), e.part.file())?;
+        layout.get_or_insert_with(|| weighted.phases(prompt, negative.as_ref(), calls));
+        source = weighted.source;
+        per_encoder.push(weighted.windows);
     }
     let pooled = pooled.ok_or_else(|| PipelineError::Shape {
         file: "(SDXL text encoders)".into(),
@@ -114,7 +118,7 @@ pub fn encode(
     layout
         .unwrap_or_default()
         .into_iter()
-        .map(|p| phase(&windows, &pooled, p, prompts.negative))
+        .map(|p| phase(&windows, &source, &pooled, p, prompts.negative))
         .collect::<Result<Vec<_>, _>>()
         .map(|phases| (phases, tokenize))
 }
@@ -176,14 +180,19 @@ fn side_by_side(per_encoder: Vec<Vec<Array2<f32>>>) -> Result<Vec<Array2<f32>>, 
         .collect()
 }
 
-/// One phase's arrays: its windows joined, the pooled rows of the texts' first windows.
+/// One phase's arrays: its windows joined, the pooled rows of the texts' first windows
+/// (`source`: the encoded window each of `windows` comes from, the rows of `pooled`).
 fn phase(
     windows: &[Array2<f32>],
+    source: &[usize],
     pooled: &ArrayD<f32>,
     p: PhaseWindows,
     negative: XlNegative<'_>,
 ) -> Result<XlPhase, PipelineError> {
-    let pooled_of = |window: usize| pooled.slice_axis(Axis(0), (window..window + 1).into());
+    let pooled_of = |window: usize| {
+        let row = source[window];
+        pooled.slice_axis(Axis(0), (row..row + 1).into())
+    };
     let cond = a1111::join(windows, &p.cond)?;
     let pooled_cond = pooled_of(p.cond[0]).to_owned();
     let (uncond, negative_pooled) = match (negative, &p.uncond) {
