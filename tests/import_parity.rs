@@ -168,7 +168,9 @@ fn the_daemon_renders_an_imported_sdxl_with_loras_as_diffusers_does() {
         "{text}"
     );
     assert!(
-        text.contains(r#"Lora hashes: "lora-sdxl-kohya: ebdcdbe79de9, lora-sdxl-peft: 1fe91f45f0cb""#),
+        text.contains(
+            r#"Lora hashes: "lora-sdxl-kohya: ebdcdbe79de9, lora-sdxl-peft: 1fe91f45f0cb""#
+        ),
         "{text}"
     );
     let manifest: Value =
@@ -275,7 +277,12 @@ fn a_float16_import_renders_within_float16_precision_of_diffusers_in_float32() {
     .unwrap();
     assert!(source.contains(r#""dtype": "float16""#), "{source}");
     let tmp = tempfile::tempdir().unwrap();
-    let half = render(tmp.path(), &["sd15-fp16"], "fp16", &job_yaml("sd15-fp16", &golden));
+    let half = render(
+        tmp.path(),
+        &["sd15-fp16"],
+        "fp16",
+        &job_yaml("sd15-fp16", &golden),
+    );
     let worst = worst_differences(&half, &golden);
     assert!(worst.iter().all(|d| *d <= TOLERANCE), "{worst:?}");
     let full = render(tmp.path(), &["sd15"], "fp32", &job_yaml("sd15", &golden));
@@ -286,5 +293,8 @@ fn a_float16_import_renders_within_float16_precision_of_diffusers_in_float32() {
         let b = image::open(full.join(&name)).unwrap().to_rgb8();
         a.as_raw() != b.as_raw()
     });
-    assert!(differs, "the float16 import rendered exactly the float32 pictures");
+    assert!(
+        differs,
+        "the float16 import rendered exactly the float32 pictures"
+    );
 }
