@@ -1,7 +1,7 @@
 //! `sdspool import CHECKPOINT --name NAME [--family F] [--lora FILE[:WEIGHT]]... [--vae FILE]
-//! [--fp16] [--optimize] [--replace]`: a single-file checkpoint (plus LoRAs fused at their weights,
-//! plus a replacement VAE) into `<models dir>/NAME/`, the optimum ONNX layout sdspool loads, and
-//! the model's entry in the configuration file.
+//! [--fp16] [--optimize [--optimize-target cpu|cuda]] [--replace]`: a single-file checkpoint
+//! (plus LoRAs fused at their weights, plus a replacement VAE) into `<models dir>/NAME/`, the
+//! optimum ONNX layout sdspool loads, and the model's entry in the configuration file.
 //!
 //! Everything that can be checked without Python is checked before the conversion starts: the
 //! files are complete safetensors files, the family is known, the LoRAs fit it, the name is free,
