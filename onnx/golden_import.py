@@ -13,7 +13,10 @@ For each case below:
 It also checks diffusers' fusion against the LoRA formula itself on one layer per LoRA layout:
 W' = W + sum(weight * alpha / rank * up @ down) (alpha = rank when a file has none).
 
-    HF_HUB_OFFLINE=1 onnx/.venv/bin/python onnx/golden_import.py [--only sd15,sdxl-lora]
+It also renders the base + refiner hand-offs (HANDOFFS) from the two single files as sdspool's
+`refiner:` / `refiner_start:` job fields ask: index.json "handoffs", <case>.handoff.pixels.npy.
+
+    HF_HUB_OFFLINE=1 onnx/.venv/bin/python onnx/golden_import.py [--only sd15,sdxl-lora] [--handoffs sdxl-refiner]
 """
 
 from __future__ import annotations
@@ -47,7 +50,23 @@ CASES = {
     "sd2-v": ("sd2-v.safetensors", [], "ddim", True),
     "sdxl": ("sdxl.safetensors", [], "euler", True),
     "sdxl-lora": ("sdxl.safetensors", [("lora-sdxl-kohya.safetensors", 0.7), ("lora-sdxl-peft.safetensors", 0.4)], "euler", True),
-    "sdxl-refiner": ("sdxl-refiner.safetensors", [], None, False),
+    "sdxl-refiner": ("sdxl-refiner.safetensors", [], None, True),
+    # checked against the sd15 golden (tests/import_parity.rs), so no pictures of their own
+    "sd15-fp16": ("sd15.safetensors", [], None, True),
+    "sd15-optimized": ("sd15.safetensors", [], None, True),
+}
+
+# import_checkpoint.py options of a case beyond its checkpoint and LoRAs
+OPTIONS = {
+    "sd15-fp16": ["--fp16"],
+    "sd15-optimized": ["--optimize", "--target", "cpu"],
+}
+
+
+# Base + refiner hand-offs (diffusers' ensemble of experts, sdspool's `refiner:` / `refiner_start:`):
+# case -> (base case, refiner case, refiner_start, scheduler, steps). Both folders come from CASES.
+HANDOFFS = {
+    "sdxl-refiner": ("sdxl", "sdxl-refiner", 0.8, "euler", 10),
 }
 
 
@@ -74,6 +93,7 @@ def run_import(case: str, checkpoint: str, loras, out: Path) -> tuple[list[dict]
     cmd = [sys.executable, str(HERE / "import_checkpoint.py"), "--checkpoint", str(FIX / checkpoint), "--out", str(out), "--name", case]
     for lora, weight in loras:
         cmd += ["--lora", f"{FIX / lora}:{weight}"]
+    cmd += OPTIONS.get(case, [])
     t0 = time.monotonic()
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seconds = time.monotonic() - t0
@@ -116,6 +136,35 @@ def render(pipe) -> np.ndarray:
     return (images * 255).round().astype(np.uint8)  # as diffusers' numpy_to_pil
 
 
+def render_handoff(case: str) -> dict:
+    """The base single file denoises to `denoising_end`, the refiner single file goes on from
+    `denoising_start` with the base's latents and the same generators (Euler draws no noise)."""
+    base_case, refiner_case, start, scheduler, steps = HANDOFFS[case]
+    base, _, _ = reference_pipeline(CASES[base_case][0], CASES[base_case][1])
+    refiner, _, _ = reference_pipeline(CASES[refiner_case][0], CASES[refiner_case][1])
+    generators = [torch.Generator().manual_seed(s) for s in SEEDS]
+    common = dict(prompt=PROMPT, num_inference_steps=steps, guidance_scale=GUIDANCE, num_images_per_prompt=len(SEEDS), generator=generators)
+    with torch.no_grad():
+        latents = base(**common, width=SIZE, height=SIZE, denoising_end=start, output_type="latent").images
+        images = refiner(**common, image=latents, denoising_start=start, output_type="np").images
+    np.save(GOLDEN / f"{case}.handoff.pixels.npy", (images * 255).round().astype(np.uint8))
+    return {
+        "model": base_case,
+        "refiner": refiner_case,
+        "refiner_start": start,
+        "aesthetic_score": 6.0,
+        "negative_aesthetic_score": 2.5,
+        "prompt": PROMPT,
+        "seeds": SEEDS,
+        "steps": steps,
+        "guidance": GUIDANCE,
+        "width": SIZE,
+        "height": SIZE,
+        "scheduler": scheduler,
+        "pixels": f"{case}.handoff.pixels.npy",
+    }
+
+
 def check_fusion_formula(checkpoint: str, loras) -> None:
     """diffusers' fused weight of the first UNet to_q equals W + sum(weight * alpha/rank * up @ down)."""
     from safetensors.torch import load_file
@@ -150,6 +199,7 @@ def check_fusion_formula(checkpoint: str, loras) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=",".join([*CASES, *ERROR_CASES]))
+    ap.add_argument("--handoffs", default=",".join(HANDOFFS), help="hand-off goldens to render ('' for none)")
     args = ap.parse_args(argv)
     torch.use_deterministic_algorithms(True)
     (FIX / "transcripts").mkdir(parents=True, exist_ok=True)
@@ -157,7 +207,7 @@ def main(argv=None) -> int:
     GOLDEN.mkdir(parents=True, exist_ok=True)
     index_path = GOLDEN / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {"cases": {}}
-    for case in args.only.split(","):
+    for case in filter(None, args.only.split(",")):
         if case in ERROR_CASES:
             record_error(case)
             continue
@@ -172,7 +222,7 @@ def main(argv=None) -> int:
         print(f"[{case}] imported in {seconds:.1f} s", flush=True)
         if not keep:
             shutil.rmtree(out)
-        entry = {"checkpoint": checkpoint, "loras": [[p, w] for p, w in loras], "import_seconds": round(seconds, 1)}
+        entry = {"checkpoint": checkpoint, "loras": [[p, w] for p, w in loras], "options": OPTIONS.get(case, []), "import_seconds": round(seconds, 1)}
         if scheduler:
             pipe, family, prediction = reference_pipeline(checkpoint, loras)
             pixels = render(pipe)
@@ -191,6 +241,10 @@ def main(argv=None) -> int:
             )
         index["cases"][case] = entry
         index_path.write_text(json.dumps(index, indent=2) + "\n")
+    for case in filter(None, args.handoffs.split(",")):
+        index.setdefault("handoffs", {})[case] = render_handoff(case)
+        index_path.write_text(json.dumps(index, indent=2) + "\n")
+        print(f"[{case}] hand-off golden rendered", flush=True)
     return 0
 
 

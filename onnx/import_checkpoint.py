@@ -3,7 +3,7 @@
 
     HF_HUB_OFFLINE=1 onnx/.venv/bin/python onnx/import_checkpoint.py --checkpoint FILE --out DIR --name NAME \
         [--family sd15|sd2|sdxl|sdxl-refiner] [--prediction-type epsilon|v_prediction] \
-        [--lora FILE:WEIGHT]... [--vae FILE] [--fp16] [--optimize]
+        [--lora FILE:WEIGHT]... [--vae FILE] [--fp16] [--optimize [--target cpu|cuda]]
 
 Offline throughout: the diffusers configs `from_single_file` needs are generated from the checkpoint's
 key names and shapes (checkpoint_layout.py), the tokenizers from open_clip's copy of the CLIP BPE
@@ -487,7 +487,7 @@ def provenance(args, family: str, loras, fp16: bool, optimized: bool) -> dict:
     }
 
 
-def optimize(out: Path, fp16: bool) -> None:
+def optimize(out: Path, fp16: bool, target: str) -> None:
     script = HERE / "optimize.py"
     if not script.is_file():
         raise ImportError_("optimize_missing", str(script), "--optimize needs onnx/optimize.py, which this checkout does not have")
@@ -495,7 +495,8 @@ def optimize(out: Path, fp16: bool) -> None:
 
     with tempfile.TemporaryDirectory(prefix="sdspool-opt-", dir=out.parent) as tmp:
         dest = Path(tmp) / "opt"
-        cmd = [sys.executable, str(script), str(out), str(dest)] + (["--fp16"] if fp16 else [])
+        # A float16 export is float16 already; optimize.py's own float16 conversion is for CUDA only.
+        cmd = [sys.executable, str(script), str(out), str(dest), "--target", target] + (["--fp16"] if fp16 and target == "cuda" else [])
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if done.returncode != 0:
             raise ImportError_("export_failed", str(script), f"optimize.py exited {done.returncode}: {done.stdout[-2000:]}")
@@ -538,7 +539,7 @@ def run(args) -> int:
         validate(out, family)
     with stage("write"):
         if args.optimize:
-            optimize(out, args.fp16)
+            optimize(out, args.fp16, args.target)
         (out / "sdspool-source.json").write_text(json.dumps(provenance(args, family, loras, args.fp16, args.optimize), indent=2) + "\n")
     emit(event="done", out=str(out))
     return 0
@@ -556,6 +557,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vae", type=Path)
     ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--optimize", action="store_true")
+    ap.add_argument("--target", choices=("cpu", "cuda"), default="cpu", help="the provider --optimize fuses for (onnx/optimize.py --target)")
     args = ap.parse_args(argv)
     # Library chatter (optimum's validation report, warnings) goes to stderr; stdout is the event stream.
     STDOUT = os.fdopen(os.dup(1), "w")

@@ -187,6 +187,10 @@ struct ImportArgs {
     /// Run onnx/optimize.py on the export (ONNX Runtime's fusions).
     #[arg(long)]
     optimize: bool,
+    /// The provider --optimize fuses for: cpu (runs on CPU and CUDA) or cuda (CUDA-only fusions);
+    /// default cuda when execution.providers lists tensorrt or cuda, else cpu.
+    #[arg(long, value_name = "cpu|cuda", requires = "optimize")]
+    optimize_target: Option<String>,
     /// Overwrite an existing model folder of that name.
     #[arg(long)]
     replace: bool,
@@ -202,6 +206,9 @@ struct ImportArgs {
     /// Tests: the folder the recorded conversion wrote.
     #[arg(long, hide = true, requires = "replay_transcript")]
     replay_folder: Option<PathBuf>,
+    /// Tests: milliseconds to wait before each replayed event.
+    #[arg(long, hide = true, requires = "replay_transcript", default_value_t = 0)]
+    replay_delay_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -396,6 +403,13 @@ fn import(config: &Config, args: ImportArgs) -> Outcome {
         ),
         None => None,
     };
+    let optimize_target = match args.optimize_target {
+        Some(t) => Some(
+            t.parse()
+                .map_err(|e: String| Failure::usage(anyhow::anyhow!("--optimize-target: {e}")))?,
+        ),
+        None => None,
+    };
     let opts = ImportOptions {
         checkpoint: args.checkpoint,
         name: args.name,
@@ -404,10 +418,12 @@ fn import(config: &Config, args: ImportArgs) -> Outcome {
         vae: args.vae,
         fp16: args.fp16,
         optimize: args.optimize,
+        optimize_target,
         replace: args.replace,
         models_dir: args.models_dir,
         tools: args.tools,
         replay: args.replay_transcript.zip(args.replay_folder),
+        replay_delay: std::time::Duration::from_millis(args.replay_delay_ms),
     };
     let done = import::run(config, &opts)?;
     println!(

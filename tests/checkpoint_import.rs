@@ -415,3 +415,225 @@ fn too_little_disk_for_the_estimate_is_refused_with_it() {
         "{shown}"
     );
 }
+
+fn sd15_args(models: &Path, name: &str) -> Vec<String> {
+    vec![
+        fixture("sd15.safetensors").display().to_string(),
+        "--name".into(),
+        name.into(),
+        "--models-dir".into(),
+        models.display().to_string(),
+    ]
+}
+
+#[test]
+fn an_optimized_import_replayed_lands_with_its_fused_graphs() {
+    // transcripts/sd15-optimized.jsonl: a real `import_checkpoint.py --optimize --target cpu` run
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_file(tmp.path());
+    let models = tmp.path().join("models");
+    let mut args = sd15_args(&models, "fast");
+    args.extend([
+        "--optimize".into(),
+        "--optimize-target".into(),
+        "cpu".into(),
+    ]);
+    args.extend(replay("sd15-optimized"));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = import(&config, &argv);
+    assert!(out.status.success(), "{}", text(&out));
+    let folder = models.join("fast");
+    let source: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("sdspool-source.json")).unwrap())
+            .unwrap();
+    assert_eq!(source["optimized"], true);
+    let optimized: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("optimized.json")).unwrap())
+            .unwrap();
+    assert_eq!(optimized["target"], "cpu");
+    assert_eq!(common::names(&models), ["fast"]);
+
+    // a target that is neither, or one without --optimize, is refused before anything runs
+    for bad in [
+        vec!["--optimize", "--optimize-target", "gpu"],
+        vec!["--optimize-target", "cpu"],
+    ] {
+        let mut args = sd15_args(&models, "other");
+        args.extend(bad.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = import(&config, &argv);
+        assert!(!out.status.success(), "{bad:?}");
+        assert!(text(&out).contains("optimize"), "{}", text(&out));
+    }
+    assert_eq!(common::names(&models), ["fast"]);
+}
+
+/// Starts a replayed import slowed to `delay_ms` per event, and waits until its staging folder
+/// holds the exported model (the export stage ended), i.e. until it is mid-import.
+fn slow_import(config: &Path, models: &Path, delay_ms: u64) -> (std::process::Child, PathBuf) {
+    let mut args = sd15_args(models, "slow");
+    args.extend(replay("sd15"));
+    args.extend(["--replay-delay-ms".into(), delay_ms.to_string()]);
+    let child = Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(config)
+        .arg("import")
+        .args(&args)
+        .env("SDSPOOL_LOG", "warn")
+        .env("SDSPOOL_PYTHON", "/nonexistent/python-must-not-run")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = models.join(format!(".slow.import-{}", child.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !staging.join("slow/unet/model.onnx").is_file() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import never got to its export"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, staging)
+}
+
+fn send(child: &std::process::Child, signal: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[test]
+fn sigterm_and_sigint_stop_an_import_and_remove_its_staging_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_file(tmp.path());
+    let models = tmp.path().join("models");
+    let before = std::fs::read_to_string(&config).unwrap();
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let (child, staging) = slow_import(&config, &models, 400);
+        send(&child, signal);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("import stopped by SIG{signal}")),
+            "{}",
+            text(&out)
+        );
+        assert!(!staging.exists());
+        assert!(
+            common::names(&models).is_empty(),
+            "{:?}",
+            common::names(&models)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+}
+
+#[test]
+fn the_next_import_removes_what_a_killed_import_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_file(tmp.path());
+    let models = tmp.path().join("models");
+    let (mut child, staging) = slow_import(&config, &models, 400);
+    send(&child, "KILL");
+    child.wait().unwrap();
+    assert!(
+        staging.is_dir(),
+        "SIGKILL cannot be handled: the staging folder stays"
+    );
+
+    // an import elsewhere in the folder whose process is alive (this test's) is left alone
+    let alive = models.join(format!(".busy.import-{}", std::process::id()));
+    std::fs::create_dir_all(&alive).unwrap();
+    let mut args = sd15_args(&models, "next");
+    args.extend(replay("sd15"));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = import(&config, &argv);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "removed {}, left by an import that was killed",
+            staging.display()
+        )),
+        "{}",
+        text(&out)
+    );
+    assert!(!staging.exists());
+    let busy = format!(".busy.import-{}", std::process::id());
+    assert_eq!(common::names(&models), [busy.as_str(), "next"]);
+}
+
+#[test]
+fn sigterm_stops_the_whole_conversion_process_group() {
+    // A stand-in for the Python tool (run by /bin/sh as $SDSPOOL_PYTHON): it starts a grandchild,
+    // as import_checkpoint.py starts optimize.py, writes into its --out folder and waits. SIGTERM
+    // to sdspool must end both processes and remove the staging folder they wrote into.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_file(tmp.path());
+    let models = tmp.path().join("models");
+    let tools = tmp.path().join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    let pids = tmp.path().join("grandchild.pid");
+    std::fs::write(
+        tools.join("import_checkpoint.py"),
+        "echo '{\"event\": \"stage\", \"stage\": \"detect\", \"state\": \"start\"}'\n\
+         sleep 300 &\n\
+         echo $! > \"$STANDIN_PIDS\"\n\
+         mkdir -p \"$4\" && echo partial > \"$4/model_index.json\"\n\
+         wait\n",
+    )
+    .unwrap();
+    let mut args = sd15_args(&models, "slow");
+    args.extend(["--tools".into(), tools.display().to_string()]);
+    let child = Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(&config)
+        .arg("import")
+        .args(&args)
+        .env("SDSPOOL_LOG", "warn")
+        .env("SDSPOOL_PYTHON", "/bin/sh")
+        .env("STANDIN_PIDS", &pids)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = models.join(format!(".slow.import-{}", child.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(staging.join("slow/model_index.json").is_file()
+        && std::fs::read_to_string(&pids).is_ok_and(|p| p.ends_with('\n')))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let grandchild: u32 = std::fs::read_to_string(&pids)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    send(&child, "TERM");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
+    assert!(!staging.exists());
+    // killed; reparented and reaped by init (a zombie for a moment at most)
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gone(grandchild) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the grandchild {grandchild} outlived the import"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

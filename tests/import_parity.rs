@@ -190,3 +190,111 @@ fn the_daemon_renders_an_imported_sdxl_with_loras_as_diffusers_does() {
         "{listing}"
     );
 }
+
+/// Renders `job_yaml` with `sdspool render` over the imported folders `names`; the output folder.
+fn render(tmp: &Path, names: &[&str], job_name: &str, job_yaml: &str) -> PathBuf {
+    let config = config(tmp, names);
+    let job = tmp.join(format!("{job_name}.yaml"));
+    std::fs::write(&job, job_yaml).unwrap();
+    let out = tmp.join(format!("out-{job_name}"));
+    let run = Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(&config)
+        .arg("render")
+        .arg(&job)
+        .arg("--output")
+        .arg(&out)
+        .env("SDSPOOL_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{job_name}: {}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+fn case(name: &str) -> Value {
+    cases().into_iter().find(|(n, _)| n == name).unwrap().1
+}
+
+#[test]
+fn an_imported_sdxl_base_hands_off_to_an_imported_refiner_as_diffusers_does() {
+    // tests/golden/import/index.json "handoffs": diffusers' base pipeline from sdxl.safetensors
+    // with `denoising_end`, its latents into the img2img pipeline from sdxl-refiner.safetensors
+    // with `denoising_start` (onnx/golden_import.py render_handoff)
+    let text = std::fs::read_to_string(golden_dir().join("index.json")).unwrap();
+    let index: Value = serde_json::from_str(&text).unwrap();
+    let handoff = &index["handoffs"]["sdxl-refiner"];
+    let (base, refiner) = (
+        handoff["model"].as_str().unwrap(),
+        handoff["refiner"].as_str().unwrap(),
+    );
+    let job = format!(
+        "{}refiner: {refiner}\nrefiner_start: {}\n",
+        job_yaml(base, handoff),
+        handoff["refiner_start"]
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = render(tmp.path(), &[base, refiner], "handoff", &job);
+    let worst = worst_differences(&out, handoff);
+    assert!(worst.iter().all(|d| *d <= 1), "{worst:?}");
+}
+
+#[test]
+fn an_import_optimized_for_the_cpu_renders_as_diffusers_renders_the_single_file() {
+    // tests/fixtures/import/models/sd15-optimized: `import_checkpoint.py --optimize --target cpu`
+    // of sd15.safetensors (transcript sd15-optimized.jsonl): ONNX Runtime's attention, LayerNorm
+    // and Gelu fusions, checked against the plain import's golden
+    let golden = case("sd15");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = render(
+        tmp.path(),
+        &["sd15-optimized"],
+        "optimized",
+        &job_yaml("sd15-optimized", &golden),
+    );
+    let worst = worst_differences(&out, &golden);
+    assert!(worst.iter().all(|d| *d <= 1), "{worst:?}");
+}
+
+#[test]
+fn a_float16_import_renders_within_float16_precision_of_diffusers_in_float32() {
+    // tests/fixtures/import/models/sd15-fp16: `import_checkpoint.py --fp16` of sd15.safetensors
+    // (optimum `--dtype fp16`: every part float16, float16 inputs and outputs) against diffusers'
+    // float32 golden. Measured: 1/255 at worst on both candidates. float16 keeps 11 significant
+    // bits (relative rounding 2^-11 ≈ 4.9e-4, 0.12 of a pixel step at full scale), and the tiny
+    // model has few layers to accumulate it; 2/255 leaves one rounding step for other CPUs' float16
+    // kernels. The float32 import renders these candidates within 1/255 as well, so the test also
+    // asks that the float16 pictures differ from sdspool's float32 ones: float16 arithmetic ran.
+    const TOLERANCE: i32 = 2;
+    let golden = case("sd15");
+    let source = std::fs::read_to_string(
+        common::root().join("tests/fixtures/import/models/sd15-fp16/sdspool-source.json"),
+    )
+    .unwrap();
+    assert!(source.contains(r#""dtype": "float16""#), "{source}");
+    let tmp = tempfile::tempdir().unwrap();
+    let half = render(
+        tmp.path(),
+        &["sd15-fp16"],
+        "fp16",
+        &job_yaml("sd15-fp16", &golden),
+    );
+    let worst = worst_differences(&half, &golden);
+    assert!(worst.iter().all(|d| *d <= TOLERANCE), "{worst:?}");
+    let full = render(tmp.path(), &["sd15"], "fp32", &job_yaml("sd15", &golden));
+    let differs = (0..worst.len()).any(|i| {
+        let seed = &golden["seeds"][i];
+        let name = format!("p000-c{i:02}-s{seed}.png");
+        let a = image::open(half.join(&name)).unwrap().to_rgb8();
+        let b = image::open(full.join(&name)).unwrap().to_rgb8();
+        a.as_raw() != b.as_raw()
+    });
+    assert!(
+        differs,
+        "the float16 import rendered exactly the float32 pictures"
+    );
+}

@@ -1,7 +1,7 @@
 //! `sdspool import CHECKPOINT --name NAME [--family F] [--lora FILE[:WEIGHT]]... [--vae FILE]
-//! [--fp16] [--optimize] [--replace]`: a single-file checkpoint (plus LoRAs fused at their weights,
-//! plus a replacement VAE) into `<models dir>/NAME/`, the optimum ONNX layout sdspool loads, and
-//! the model's entry in the configuration file.
+//! [--fp16] [--optimize [--optimize-target cpu|cuda]] [--replace]`: a single-file checkpoint
+//! (plus LoRAs fused at their weights, plus a replacement VAE) into `<models dir>/NAME/`, the
+//! optimum ONNX layout sdspool loads, and the model's entry in the configuration file.
 //!
 //! Everything that can be checked without Python is checked before the conversion starts: the
 //! files are complete safetensors files, the family is known, the LoRAs fit it, the name is free,
@@ -16,7 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::config::Config;
 use crate::app::importer::events::{Event, Stage, StageState};
-use crate::app::importer::runner::{self, Converted, Request, Runner};
+use crate::app::importer::runner::{self, Converted, OptimizeTarget, Request, Runner};
+use crate::app::importer::staging::{self, Staging};
 use crate::app::importer::{ImportError, config_edit, disk, tools};
 use crate::engine::checkpoint::{self, CheckpointError, Family, Header};
 
@@ -31,6 +32,8 @@ pub struct ImportOptions {
     pub vae: Option<PathBuf>,
     pub fp16: bool,
     pub optimize: bool,
+    /// The provider `--optimize` fuses for; default from the configuration's execution providers.
+    pub optimize_target: Option<OptimizeTarget>,
     pub replace: bool,
     /// Where model folders go; default `local/models` beside the configuration file.
     pub models_dir: Option<PathBuf>,
@@ -38,6 +41,8 @@ pub struct ImportOptions {
     pub tools: Option<PathBuf>,
     /// Replay a recorded run (transcript, folder) instead of running Python (tests).
     pub replay: Option<(PathBuf, PathBuf)>,
+    /// With `replay`: a pause before each event (tests that stop an import part-way).
+    pub replay_delay: Duration,
 }
 
 /// What happened to the configuration file.
@@ -280,14 +285,17 @@ pub fn run(config: &Config, opts: &ImportOptions) -> Result<Imported, ImportErro
         disk::human(plan.estimate)
     );
     let parent = plan.target.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let staging = parent.join(format!(".{}.import-{}", opts.name, std::process::id()));
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ImportError::Io { path, source }
-    };
-    std::fs::create_dir_all(staging.join("tmp")).map_err(io(&staging))?;
-    let result = convert_and_place(config, opts, &plan, &staging);
-    let _ = std::fs::remove_dir_all(&staging);
+    for stale in staging::remove_stale(&parent) {
+        eprintln!(
+            "sdspool: removed {}, left by an import that was killed",
+            stale.display()
+        );
+    }
+    let staging =
+        Staging::create(parent.join(staging::folder_name(&opts.name, std::process::id())))?;
+    staging::watch_signals()?;
+    let result = convert_and_place(config, opts, &plan, staging.path());
+    staging::wait_if_stopping();
     result
 }
 
@@ -301,6 +309,7 @@ fn convert_and_place(
         Some((transcript, folder)) => Runner::Replay {
             transcript: transcript.clone(),
             folder: folder.clone(),
+            delay: opts.replay_delay,
         },
         None => {
             let tools = tools::find(opts.tools.as_deref(), &config.base_dir())?;
@@ -326,7 +335,10 @@ fn convert_and_place(
         loras: plan.loras.iter().map(|(p, w)| (absolute(p), *w)).collect(),
         vae: opts.vae.as_deref().map(absolute),
         fp16: opts.fp16,
-        optimize: opts.optimize,
+        optimize: opts.optimize.then(|| {
+            opts.optimize_target
+                .unwrap_or_else(|| OptimizeTarget::for_providers(&config.execution.providers))
+        }),
     };
     let converted = with_progress(opts, |on_event| runner::run(&runner, &request, on_event))?;
     place(&converted, &plan.target, staging)?;

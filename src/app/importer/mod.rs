@@ -7,6 +7,7 @@ pub mod config_edit;
 pub mod disk;
 pub mod events;
 pub mod runner;
+pub mod staging;
 pub mod tools;
 
 use std::path::PathBuf;

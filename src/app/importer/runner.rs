@@ -3,8 +3,10 @@
 //! that run wrote ([`Runner::Replay`]; it converts nothing, it stands in for the process).
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use super::ImportError;
 use super::events::{self, Event};
@@ -21,7 +23,47 @@ pub struct Request {
     pub loras: Vec<(PathBuf, f32)>,
     pub vae: Option<PathBuf>,
     pub fp16: bool,
-    pub optimize: bool,
+    /// Run onnx/optimize.py on the export, fusing for this provider.
+    pub optimize: Option<OptimizeTarget>,
+}
+
+/// The provider `--optimize` fuses for (onnx/optimize.py `--target`): `cuda` enables fusions whose
+/// operators only CUDA has (such a graph does not load on the CPU provider); `cpu` only those the
+/// CPU provider has too (the graph runs on both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizeTarget {
+    Cpu,
+    Cuda,
+}
+
+impl OptimizeTarget {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OptimizeTarget::Cpu => "cpu",
+            OptimizeTarget::Cuda => "cuda",
+        }
+    }
+
+    /// `cuda` when the configuration asks for a GPU provider (tensorrt, cuda), else `cpu`.
+    pub fn for_providers(providers: &[crate::runtime::config::ProviderKind]) -> Self {
+        if providers.iter().any(|p| p.is_gpu()) {
+            OptimizeTarget::Cuda
+        } else {
+            OptimizeTarget::Cpu
+        }
+    }
+}
+
+impl std::str::FromStr for OptimizeTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(OptimizeTarget::Cpu),
+            "cuda" => Ok(OptimizeTarget::Cuda),
+            _ => Err(format!("{s:?} is not cpu or cuda")),
+        }
+    }
 }
 
 /// Who converts.
@@ -38,6 +80,8 @@ pub enum Runner {
     Replay {
         transcript: PathBuf,
         folder: PathBuf,
+        /// A pause before each event (tests that stop an import part-way).
+        delay: Duration,
     },
 }
 
@@ -68,7 +112,13 @@ fn arguments(r: &Request) -> Vec<String> {
         args.extend(["--vae".into(), v.display().to_string()]);
     }
     args.extend(r.fp16.then(|| "--fp16".to_string()));
-    args.extend(r.optimize.then(|| "--optimize".to_string()));
+    if let Some(target) = r.optimize {
+        args.extend([
+            "--optimize".into(),
+            "--target".into(),
+            target.as_str().into(),
+        ]);
+    }
     args
 }
 
@@ -84,7 +134,11 @@ pub fn run(
             script,
             tmp,
         } => run_python(python, script, tmp, request, on_event),
-        Runner::Replay { transcript, folder } => replay(transcript, folder, request, on_event),
+        Runner::Replay {
+            transcript,
+            folder,
+            delay,
+        } => replay(transcript, folder, *delay, request, on_event),
     }
 }
 
@@ -103,11 +157,14 @@ fn run_python(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // its own process group, which a signal stopping the import kills whole (optimize.py too)
+        .process_group(0)
         .spawn()
         .map_err(|source| ImportError::Spawn {
             program: python.to_path_buf(),
             source,
         })?;
+    super::staging::set_conversion_group(Some(child.id()));
     let mut stderr = child.stderr.take().expect("piped");
     let tail = std::thread::spawn(move || {
         let mut all = Vec::new();
@@ -133,7 +190,10 @@ fn run_python(
     let status = child.wait().map_err(|source| ImportError::Spawn {
         program: python.to_path_buf(),
         source,
-    })?;
+    });
+    super::staging::set_conversion_group(None);
+    super::staging::wait_if_stopping();
+    let status = status?;
     let stderr_tail = tail.join().unwrap_or_default();
     match result {
         Err(ImportError::NoResult { .. }) | Ok(_) if !status.success() => {
@@ -149,6 +209,7 @@ fn run_python(
 fn replay(
     transcript: &Path,
     folder: &Path,
+    delay: Duration,
     request: &Request,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Converted, ImportError> {
@@ -157,7 +218,10 @@ fn replay(
         source,
     })?;
     let out = request.out.display().to_string();
-    let lines = text.lines().map(|l| l.replace("$OUT", &out));
+    let lines = text.lines().map(|l| {
+        std::thread::sleep(delay);
+        l.replace("$OUT", &out)
+    });
     let mut copy = |event: &Event| match event {
         Event::Stage {
             stage: events::Stage::Export,
@@ -248,4 +312,47 @@ fn drive(
     Err(ImportError::NoResult {
         out: request.out.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::config::ProviderKind;
+
+    fn request(optimize: Option<OptimizeTarget>) -> Request {
+        Request {
+            checkpoint: "c.safetensors".into(),
+            out: "/m/.x.import-1/x".into(),
+            name: "x".into(),
+            family: None,
+            loras: Vec::new(),
+            vae: None,
+            fp16: false,
+            optimize,
+        }
+    }
+
+    #[test]
+    fn optimize_fuses_for_a_gpu_only_when_the_configuration_asks_for_one() {
+        use ProviderKind::*;
+        assert_eq!(OptimizeTarget::for_providers(&[Cpu]), OptimizeTarget::Cpu);
+        assert_eq!(
+            OptimizeTarget::for_providers(&[Cuda, Cpu]),
+            OptimizeTarget::Cuda
+        );
+        assert_eq!(
+            OptimizeTarget::for_providers(&[Tensorrt, Cuda, Cpu]),
+            OptimizeTarget::Cuda
+        );
+        assert_eq!("cpu".parse(), Ok(OptimizeTarget::Cpu));
+        assert!("gpu".parse::<OptimizeTarget>().is_err());
+    }
+
+    #[test]
+    fn the_tool_gets_the_optimize_target() {
+        let args = arguments(&request(Some(OptimizeTarget::Cpu)));
+        assert!(args.ends_with(&["--optimize".into(), "--target".into(), "cpu".into()]));
+        let args = arguments(&request(None));
+        assert!(!args.iter().any(|a| a == "--optimize" || a == "--target"));
+    }
 }
