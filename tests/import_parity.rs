@@ -132,26 +132,7 @@ fn imported_folders_render_as_diffusers_renders_the_single_files() {
 fn the_daemon_renders_an_imported_sdxl_with_loras_as_diffusers_does() {
     let (name, case) = cases().into_iter().find(|(n, _)| n == "sdxl-lora").unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let config = config(tmp.path(), &[&name]);
-    let job = tmp.path().join("lora-job.yaml");
-    std::fs::write(&job, job_yaml(&name, &case)).unwrap();
-    let sdspool = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_sdspool"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env("SDSPOOL_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    sdspool(&["submit", job.to_str().unwrap()]);
-    sdspool(&["run", "--until-idle"]);
-    let out = tmp.path().join("output/lora-job");
+    let (out, config) = daemon_render(tmp.path(), &[&name], "lora-job", &job_yaml(&name, &case));
     let worst = worst_differences(&out, &case);
     assert!(worst.iter().all(|d| *d <= 1), "{worst:?}");
 
@@ -216,6 +197,31 @@ fn render(tmp: &Path, names: &[&str], job_name: &str, job_yaml: &str) -> PathBuf
     out
 }
 
+/// Submits `job_yaml` as `job_name` to a spool configured with `names` and runs the daemon until
+/// it is idle: the job's output folder and the configuration file.
+fn daemon_render(tmp: &Path, names: &[&str], job_name: &str, job_yaml: &str) -> (PathBuf, PathBuf) {
+    let config = config(tmp, names);
+    let job = tmp.join(format!("{job_name}.yaml"));
+    std::fs::write(&job, job_yaml).unwrap();
+    let sdspool = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sdspool"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("SDSPOOL_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sdspool(&["submit", job.to_str().unwrap()]);
+    sdspool(&["run", "--until-idle"]);
+    (tmp.join("output").join(job_name), config)
+}
+
 fn case(name: &str) -> Value {
     cases().into_iter().find(|(n, _)| n == name).unwrap().1
 }
@@ -240,7 +246,12 @@ fn an_imported_sdxl_base_hands_off_to_an_imported_refiner_as_diffusers_does() {
     let tmp = tempfile::tempdir().unwrap();
     let out = render(tmp.path(), &[base, refiner], "handoff", &job);
     let worst = worst_differences(&out, handoff);
-    assert!(worst.iter().all(|d| *d <= 1), "{worst:?}");
+    assert!(worst.iter().all(|d| *d <= 1), "sdspool render: {worst:?}");
+    // The same job through the daemon, which loads the refiner when the job first needs it.
+    let spool = tempfile::tempdir().unwrap();
+    let (out, _) = daemon_render(spool.path(), &[base, refiner], "handoff", &job);
+    let worst = worst_differences(&out, handoff);
+    assert!(worst.iter().all(|d| *d <= 1), "daemon: {worst:?}");
 }
 
 #[test]
