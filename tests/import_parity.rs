@@ -98,28 +98,9 @@ fn imported_folders_render_as_diffusers_renders_the_single_files() {
         "{names:?}"
     );
     let tmp = tempfile::tempdir().unwrap();
-    let config = config(tmp.path(), &names);
     let mut report = Vec::new();
     for (name, case) in &cases {
-        let job = tmp.path().join(format!("{name}.yaml"));
-        std::fs::write(&job, job_yaml(name, case)).unwrap();
-        let out = tmp.path().join(format!("out-{name}"));
-        let run = Command::new(env!("CARGO_BIN_EXE_sdspool"))
-            .arg("--config")
-            .arg(&config)
-            .arg("render")
-            .arg(&job)
-            .arg("--output")
-            .arg(&out)
-            .env("SDSPOOL_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{name}: {}\n{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
+        let out = render(tmp.path(), &names, name, &job_yaml(name, case));
         report.push((name.clone(), worst_differences(&out, case)));
     }
     assert!(
