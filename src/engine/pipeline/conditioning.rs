@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use ndarray::ArrayD;
 
+use super::PipelineError;
+
 /// Whether a guidance scale runs classifier-free guidance, i.e. the negative prompt's half of
 /// the UNet batch: above 1, as diffusers' `do_classifier_free_guidance`. Every part of sdspool
 /// that needs to know (the pipeline, ETAs, the benchmark) asks here.
@@ -63,6 +65,29 @@ impl ScheduledConditioning {
             start,
             later: Vec::new(),
         }
+    }
+
+    /// Conditioning from its phases in step order: the first phase starts it, the others follow.
+    /// No phase at all is a request for 0 steps.
+    pub fn from_phases(
+        phases: impl IntoIterator<Item = CondPhase>,
+        guidance: Option<f32>,
+        tokenize: Duration,
+    ) -> Result<ScheduledConditioning, PipelineError> {
+        let mut phases = phases.into_iter();
+        let first = phases.next().ok_or_else(|| PipelineError::Request {
+            field: "steps",
+            problem: "is 0; at least one step is needed".into(),
+        })?;
+        Ok(ScheduledConditioning {
+            start: Conditioning {
+                inputs: first.inputs,
+                guidance,
+                truncated_prompt: None,
+                tokenize,
+            },
+            later: phases.collect(),
+        })
     }
 
     /// The inputs of the 0-based UNet call `step`.

@@ -120,7 +120,7 @@ impl StableDiffusion {
             phases.iter().map(|p| p.cond.len_of(Axis(1))).max(),
             window,
         )?;
-        let mut phases = phases.into_iter().map(|p| CondPhase {
+        let phases = phases.into_iter().map(|p| CondPhase {
             from_step: p.from_step,
             inputs: vec![CondInput {
                 name: ENCODER_HIDDEN_STATES.name,
@@ -128,19 +128,7 @@ impl StableDiffusion {
                 uncond: p.uncond,
             }],
         });
-        let first = phases.next().ok_or_else(|| PipelineError::Request {
-            field: "steps",
-            problem: "is 0; at least one step is needed".into(),
-        })?;
-        Ok(ScheduledConditioning {
-            start: Conditioning {
-                inputs: first.inputs,
-                guidance,
-                truncated_prompt: None,
-                tokenize,
-            },
-            later: phases.collect(),
-        })
+        ScheduledConditioning::from_phases(phases, guidance, tokenize)
     }
 }
 

@@ -268,23 +268,11 @@ impl StableDiffusionXl {
             self.tokenizers[0].model_max_length(),
         )?;
         let (time_ids, negative_time_ids) = self.time_ids(req);
-        let mut phases = phases.into_iter().map(|p| CondPhase {
+        let phases = phases.into_iter().map(|p| CondPhase {
             from_step: p.from_step,
             inputs: inputs(p, &time_ids, guidance.map(|_| &negative_time_ids)),
         });
-        let first = phases.next().ok_or_else(|| PipelineError::Request {
-            field: "steps",
-            problem: "is 0; at least one step is needed".into(),
-        })?;
-        Ok(ScheduledConditioning {
-            start: Conditioning {
-                inputs: first.inputs,
-                guidance,
-                truncated_prompt: None,
-                tokenize,
-            },
-            later: phases.collect(),
-        })
+        ScheduledConditioning::from_phases(phases, guidance, tokenize)
     }
 }
 
