@@ -11,33 +11,8 @@ use sdspool::engine::noise::philox::{
     CudaGrid, TorchCudaRng, box_muller_angle, box_muller_radius, normal,
 };
 
-fn base64(text: &str) -> Vec<u8> {
-    let value = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        }
-    };
-    let mut out = Vec::new();
-    for chunk in text.as_bytes().chunks(4) {
-        let data: Vec<u8> = chunk.iter().copied().filter(|c| *c != b'=').collect();
-        let mut acc = 0u32;
-        for (i, c) in data.iter().enumerate() {
-            acc |= value(*c) << (18 - 6 * i);
-        }
-        for i in 0..data.len().saturating_sub(1) {
-            out.push((acc >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
-}
-
 fn words(text: &str) -> Vec<u32> {
-    base64(text)
+    common::base64(text)
         .chunks(4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()

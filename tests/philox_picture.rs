@@ -29,31 +29,6 @@ const JOB: &str = "model: shapes-sd\nprompts: [\"a large red circle in the cente
                    seed: 0\nrng: philox\nscheduler: euler\nsteps: 20\nguidance: 7.5\n\
                    width: 256\nheight: 256\ncandidates: 1\nrerank: false\n";
 
-fn base64(text: &str) -> Vec<u8> {
-    let value = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        }
-    };
-    let mut out = Vec::new();
-    for chunk in text.as_bytes().chunks(4) {
-        let data: Vec<u8> = chunk.iter().copied().filter(|c| *c != b'=').collect();
-        let mut acc = 0u32;
-        for (i, c) in data.iter().enumerate() {
-            acc |= value(*c) << (18 - 6 * i);
-        }
-        for i in 0..data.len().saturating_sub(1) {
-            out.push((acc >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
-}
-
 /// torch.randn([1, 4, 64, 64], generator=torch.Generator("cuda").manual_seed(0)) on the H100.
 fn h100_seed0_latents() -> ArrayD<f32> {
     let path = common::root().join("tests/golden/noise/philox_cuda.json");
@@ -67,7 +42,7 @@ fn h100_seed0_latents() -> ArrayD<f32> {
     );
     assert_eq!(draw["shape"], serde_json::json!([1, 4, 64, 64]));
     assert_eq!(draw["indices"], "all");
-    let values: Vec<f32> = base64(draw["bits"].as_str().unwrap())
+    let values: Vec<f32> = common::base64(draw["bits"].as_str().unwrap())
         .chunks(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();

@@ -213,3 +213,30 @@ impl Drop for Running {
         }
     }
 }
+
+/// Standard base64 (`=` padding) decoded: the recorded GPU draws are stored as base64 text in
+/// the goldens.
+pub fn base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let mut out = Vec::new();
+    for chunk in text.as_bytes().chunks(4) {
+        let data: Vec<u8> = chunk.iter().copied().filter(|c| *c != b'=').collect();
+        let mut acc = 0u32;
+        for (i, c) in data.iter().enumerate() {
+            acc |= value(*c) << (18 - 6 * i);
+        }
+        for i in 0..data.len().saturating_sub(1) {
+            out.push((acc >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
