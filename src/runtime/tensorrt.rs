@@ -99,16 +99,7 @@ pub fn timing_dir(root: &Path, trt_version: &str) -> PathBuf {
 
 /// Letters, digits, `.`, `_` and `-` kept; anything else becomes `_`.
 fn safe_name(s: &str) -> String {
-    let cleaned: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let cleaned = crate::sys::names::plain(s);
     match cleaned.trim_start_matches('.') {
         "" => "_".to_string(),
         rest => rest.to_string(),

@@ -132,16 +132,7 @@ pub fn is_finished_job(name: &OsStr) -> bool {
 /// A plain, usable stem for a name that is not: every character outside letters, digits, '.',
 /// '_' and '-' becomes '_', reserved endings lose their dot, at most 100 bytes.
 pub fn sanitize(stem: &str) -> String {
-    let mut s: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut s = crate::sys::names::plain(stem);
     s.truncate(100);
     for reserved in [".result", ".error"] {
         if let Some(base) = s.strip_suffix(reserved) {

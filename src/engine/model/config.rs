@@ -57,8 +57,6 @@ impl ModelConfig {
 pub fn valid_model_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.chars().all(crate::sys::names::is_plain)
         && !name.starts_with('.')
 }
