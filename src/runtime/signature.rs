@@ -43,6 +43,16 @@ pub struct Port {
     pub dims: Vec<i64>,
 }
 
+/// A port from its parts, for tests that write signatures by hand.
+#[cfg(test)]
+pub(crate) fn port(name: &str, elem: Elem, dims: &[i64]) -> Port {
+    Port {
+        name: name.into(),
+        elem,
+        dims: dims.to_vec(),
+    }
+}
+
 impl Port {
     pub fn rank(&self) -> usize {
         self.dims.len()

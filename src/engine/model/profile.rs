@@ -145,14 +145,7 @@ pub fn profile(
 mod tests {
     use super::*;
     use crate::runtime::config::JobShapes;
-
-    fn port(name: &str, elem: Elem, dims: &[i64]) -> Port {
-        Port {
-            name: name.into(),
-            elem,
-            dims: dims.to_vec(),
-        }
-    }
+    use crate::runtime::signature::port;
 
     fn config() -> TensorRtConfig {
         TensorRtConfig {

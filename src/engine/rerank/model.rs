@@ -338,14 +338,7 @@ pub fn check_vision(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn port(name: &str, elem: Elem, dims: &[i64]) -> Port {
-        Port {
-            name: name.into(),
-            elem,
-            dims: dims.to_vec(),
-        }
-    }
+    use crate::runtime::signature::port;
 
     /// tiny-clip's signature as optimum writes it.
     fn optimum() -> Signature {

@@ -81,14 +81,7 @@ pub fn check_model(model: &SdModel) -> Result<(), SignatureError> {
 mod tests {
     use super::*;
     use crate::engine::model::signature::{Elem, Port};
-
-    fn port(name: &str, elem: Elem, dims: &[i64]) -> Port {
-        Port {
-            name: name.into(),
-            elem,
-            dims: dims.to_vec(),
-        }
-    }
+    use crate::runtime::signature::port;
 
     fn unet(timestep: Port) -> Signature {
         Signature {
