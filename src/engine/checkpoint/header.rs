@@ -33,6 +33,8 @@ pub struct Header {
     pub path: PathBuf,
     pub tensors: BTreeMap<String, TensorInfo>,
     pub file_len: u64,
+    /// Where the data section starts in the file (8 + the JSON's length).
+    pub data_start: u64,
 }
 
 impl Header {
@@ -135,6 +137,7 @@ pub fn read(path: &Path) -> Result<Header, CheckpointError> {
         path: path.to_path_buf(),
         tensors,
         file_len,
+        data_start: 8 + n,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod family;
 pub mod header;
 pub mod lora;
 pub mod names;
+pub mod tensors;
 
 use std::path::PathBuf;
 
