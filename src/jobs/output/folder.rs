@@ -134,6 +134,20 @@ impl Folder {
             .map(Some)
     }
 
+    /// Takes the exclusive `flock` on this folder's own descriptor without waiting: `false` when
+    /// another open of the folder (another job of this or another process) holds it. The lock
+    /// lasts as long as this `Folder` (the kernel drops it with the descriptor, so a killed run
+    /// leaves none). File systems without `flock` count as held.
+    pub fn try_lock(&self) -> io::Result<bool> {
+        use rustix::fs::FlockOperation;
+        match rustix::fs::flock(&self.fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(true),
+            Err(Errno::WOULDBLOCK) => Ok(false),
+            Err(Errno::NOLCK | Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => Ok(true),
+            Err(e) => Err(named(&self.path, "locking", e)),
+        }
+    }
+
     /// What is at `name` (one component), the name itself.
     pub fn entry(&self, name: &str) -> io::Result<Entry> {
         check_name(name)?;

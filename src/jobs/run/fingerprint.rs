@@ -325,10 +325,11 @@ pub mod legacy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn job() -> Job {
+    /// A small job (also for the other run modules' tests).
+    pub(in crate::jobs::run) fn job() -> Job {
         Job {
             id: "fp".into(),
             model: "m".into(),

@@ -1,6 +1,7 @@
 //! The job's output folder: `<output_dir>/<job output>`, or `-2`, `-3`, ... when that name is
 //! taken by another job's folder, a file or a link (never followed; see
-//! [`crate::jobs::output::folder`]).
+//! [`crate::jobs::output::folder`]). A job holds its folder's lock ([`Folder::try_lock`]) while it
+//! runs, so two jobs never write into one folder, whichever process runs them.
 
 use std::path::Path;
 
@@ -22,17 +23,27 @@ pub fn open(
     fingerprint: &Fingerprint,
 ) -> Result<Folder, JobRunError> {
     match &options.dir {
-        Some(d) => Folder::open_root(d).map_err(|e| {
-            JobRunError::writing(format!("creating the output folder {}", d.display()), &e)
-        }),
+        Some(d) => {
+            let writing = |e: std::io::Error| {
+                JobRunError::writing(format!("creating the output folder {}", d.display()), &e)
+            };
+            let dir = Folder::open_root(d).map_err(writing)?;
+            if !dir.try_lock().map_err(writing)? {
+                return Err(JobRunError::Output {
+                    step: format!("opening the output folder {}", d.display()),
+                    message: "another sdspool run is writing into it".to_string(),
+                });
+            }
+            Ok(dir)
+        }
         None => choose(root, &job.output, fingerprint),
     }
 }
 
 /// `<root>/<name>`, or `<name>-2`, `-3`, ...: the first name that is free (the folder is
 /// created) or a folder holding this job's manifest, or nothing but what a run killed during
-/// its first write left behind. A name taken by a file or a link, even a dangling one, is
-/// skipped.
+/// its first write left behind. A name taken by a file or a link, even a dangling one, or by a
+/// folder another running job holds, is skipped.
 fn choose(root: &Path, name: &str, fingerprint: &Fingerprint) -> Result<Folder, JobRunError> {
     let root_folder = Folder::open_root(root).map_err(|e| {
         JobRunError::writing(format!("creating the output folder {}", root.display()), &e)
@@ -50,12 +61,19 @@ fn choose(root: &Path, name: &str, fingerprint: &Fingerprint) -> Result<Folder, 
             )
         };
         if let Some(dir) = root_folder.create_new_dir(&name).map_err(creating)? {
-            return Ok(dir);
+            // Another job can open the new folder before this one locks it; then it is theirs.
+            if dir.try_lock().map_err(creating)? {
+                return Ok(dir);
+            }
+            continue;
         }
-        // Taken; by a folder (not a link) this job can use?
+        // Taken; by a folder (not a link) no running job holds and this job can use?
         let Ok(Some(dir)) = root_folder.open_dir(&name) else {
             continue;
         };
+        if !dir.try_lock().map_err(creating)? {
+            continue;
+        }
         let usable = match Manifest::read_in(&dir) {
             Some(m) => fingerprint.matches(&m),
             None => dir.only_leftovers().unwrap_or(false),
@@ -129,4 +147,42 @@ pub fn rejected(dir: &Folder) -> std::io::Result<Folder> {
         "{} keeps changing while it is opened",
         dir.join(REJECTED).display()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fingerprint() -> Fingerprint {
+        Fingerprint::of(&super::super::fingerprint::tests::job(), &RunOptions::default())
+    }
+
+    #[test]
+    fn a_folder_a_running_job_holds_is_not_given_to_another() {
+        let root = tempfile::tempdir().unwrap();
+        let fp = fingerprint();
+        let first = choose(root.path(), "night", &fp).unwrap();
+        // Empty and of no other job: usable, were it not held by the first job.
+        let second = choose(root.path(), "night", &fp).unwrap();
+        assert_eq!(first.path(), root.path().join("night"));
+        assert_eq!(second.path(), root.path().join("night-2"));
+        drop(first);
+        let third = choose(root.path(), "night", &fp).unwrap();
+        assert_eq!(third.path(), root.path().join("night"));
+    }
+
+    #[test]
+    fn a_named_folder_another_run_writes_into_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let job = super::super::fingerprint::tests::job();
+        let options = RunOptions {
+            dir: Some(root.path().join("mine")),
+            ..RunOptions::default()
+        };
+        let held = open(root.path(), &job, &options, &fingerprint()).unwrap();
+        let e = open(root.path(), &job, &options, &fingerprint()).unwrap_err();
+        assert!(e.to_string().contains("another sdspool run is writing into it"), "{e}");
+        drop(held);
+        open(root.path(), &job, &options, &fingerprint()).unwrap();
+    }
 }
