@@ -154,7 +154,10 @@ mod tests {
     use super::*;
 
     fn fingerprint() -> Fingerprint {
-        Fingerprint::of(&super::super::fingerprint::tests::job(), &RunOptions::default())
+        Fingerprint::of(
+            &super::super::fingerprint::tests::job(),
+            &RunOptions::default(),
+        )
     }
 
     #[test]
@@ -181,7 +184,11 @@ mod tests {
         };
         let held = open(root.path(), &job, &options, &fingerprint()).unwrap();
         let e = open(root.path(), &job, &options, &fingerprint()).unwrap_err();
-        assert!(e.to_string().contains("another sdspool run is writing into it"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("another sdspool run is writing into it"),
+            "{e}"
+        );
         drop(held);
         open(root.path(), &job, &options, &fingerprint()).unwrap();
     }
