@@ -145,17 +145,14 @@ fn load_models(ctx: &WorkerCtx<'_>, worker: &mut Worker, claimed: &Claimed, job:
     let prepared = worker.prepare(ctx.runtime, job);
     ctx.spool.begin_work(claimed);
     ctx.pulse.set(WorkerState::Rendering, Some(&claimed.stem));
-    let telemetry = crate::app::web::metrics::telemetry();
-    telemetry.record_models_loaded(ctx.device, worker.loaded_models().len());
+    let resident: Vec<(&str, String)> = worker
+        .loaded_models()
+        .into_iter()
+        .filter_map(|model| Some((model, worker.provider(model)?)))
+        .collect();
+    crate::app::web::metrics::telemetry().record_resident(ctx.device, &resident);
     match prepared {
-        Ok(_) => {
-            for model in crate::jobs::run::job_models(job) {
-                if let Some(provider) = worker.provider(model) {
-                    telemetry.record_provider(ctx.device, model, &provider);
-                }
-            }
-            Loaded::Ready
-        }
+        Ok(_) => Loaded::Ready,
         Err(e) if e.is_gpu_required() => Loaded::Refused(
             anyhow::Error::from(e).context(format!("device {}: loading a model", ctx.device)),
         ),

@@ -40,7 +40,7 @@ pub fn run(ctx: WorkerCtx<'_>, started: &mpsc::Sender<Result<i32, String>>) -> a
         model_memory = %budget.map_or("unlimited".into(), |b| ByteSize(b).to_string()),
         "worker started; models load when a job needs them"
     );
-    crate::app::web::metrics::telemetry().record_models_loaded(ctx.device, 0);
+    crate::app::web::metrics::telemetry().record_resident(ctx.device, &[]);
     let _ = started.send(Ok(ctx.device));
     ctx.pulse.set(WorkerState::Idle, None);
     let result = work(&ctx, &mut worker);

@@ -86,6 +86,8 @@ pub struct Telemetry {
     failures: Family<ReasonLabel, Counter>,
     workers: Family<WorkerLabels, Gauge>,
     providers: Family<ProviderLabels, Gauge>,
+    /// The provider series each device has now, so that those of unloaded models go.
+    resident: Mutex<std::collections::HashMap<i32, Vec<ProviderLabels>>>,
     models_loaded: Family<DeviceLabel, Gauge>,
     storage_waits: Counter,
     manifests_read: Counter,
@@ -189,6 +191,7 @@ impl Telemetry {
             failures,
             workers,
             providers,
+            resident: Mutex::default(),
             models_loaded,
             storage_waits,
             manifests_read,
@@ -254,18 +257,32 @@ impl Telemetry {
         }
     }
 
-    pub fn record_provider(&self, device: i32, model: &str, provider: &str) {
-        self.providers
-            .get_or_create(&ProviderLabels {
+    /// `device`'s worker has these models resident, each run on its execution provider: the
+    /// provider gauge shows exactly these (an unloaded model's series goes), and the count.
+    pub fn record_resident(&self, device: i32, models: &[(&str, String)]) {
+        let now: Vec<ProviderLabels> = models
+            .iter()
+            .map(|(model, provider)| ProviderLabels {
                 device: device.to_string(),
                 model: model.to_string(),
-                provider: provider.to_string(),
+                provider: provider.clone(),
             })
-            .set(1);
+            .collect();
+        let mut resident = self.resident.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in resident.remove(&device).unwrap_or_default() {
+            if !now.contains(&gone) {
+                self.providers.remove(&gone);
+            }
+        }
+        for labels in &now {
+            self.providers.get_or_create(labels).set(1);
+        }
+        resident.insert(device, now);
+        self.record_models_loaded(device, models.len());
     }
 
     /// `device`'s worker has `count` diffusion models resident.
-    pub fn record_models_loaded(&self, device: i32, count: usize) {
+    fn record_models_loaded(&self, device: i32, count: usize) {
         self.models_loaded
             .get_or_create(&DeviceLabel {
                 device: device.to_string(),
@@ -393,7 +410,7 @@ mod tests {
         t.record_images(3);
         t.record_failure("cancelled");
         t.record_worker_state(1, WorkerState::Rendering);
-        t.record_provider(1, "tiny-sd", "cpu");
+        t.record_resident(1, &[("tiny-sd", "cpu".to_string())]);
         let text = t
             .encode(&SpoolGauges {
                 incoming: 2,
@@ -417,17 +434,23 @@ mod tests {
     }
 
     #[test]
-    fn the_models_resident_on_each_device_are_counted() {
+    fn the_models_resident_on_each_device_are_counted_with_their_providers() {
         let t = Telemetry::new();
-        t.record_models_loaded(0, 2);
-        t.record_models_loaded(1, 1);
-        t.record_models_loaded(0, 1);
+        let cpu = || "cpu".to_string();
+        t.record_resident(0, &[("a", cpu()), ("b", cpu())]);
+        t.record_resident(1, &[("a", "cuda".to_string())]);
+        t.record_resident(0, &[("b", cpu())]);
         let text = t.encode(&SpoolGauges::default()).unwrap();
         for line in [
             "sdspool_models_loaded{device=\"0\"} 1",
             "sdspool_models_loaded{device=\"1\"} 1",
+            "sdspool_worker_execution_provider{device=\"0\",model=\"b\",provider=\"cpu\"} 1",
+            "sdspool_worker_execution_provider{device=\"1\",model=\"a\",provider=\"cuda\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
+        // Model a was unloaded from device 0: its series is gone, not left at 1.
+        let gone = "sdspool_worker_execution_provider{device=\"0\",model=\"a\"";
+        assert!(!text.contains(gone), "{gone} still in\n{text}");
     }
 }
