@@ -416,3 +416,55 @@ fn models_shows_the_provenance_and_refuses_a_malformed_one() {
         "{out}"
     );
 }
+
+#[test]
+fn lora_tags_in_job_prompts_leave_the_text_and_must_name_the_models_loras() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sha = "0123456789abcdef".repeat(4);
+    let lora = format!(
+        r#"{{"name": "detail", "file": "detail.safetensors", "sha256": "{sha}", "weight": 0.8}}"#
+    );
+    let folder = model_with_source(tmp.path(), "sd15", &provenance(&sha, None, &lora));
+    let mut c = common::fixture_config();
+    c.models.insert(
+        "sd15".into(),
+        ModelConfig {
+            path: folder,
+            vae: None,
+            checkpoint: None,
+        },
+    );
+    let job = |prompt: &str, negative: &str, syntax: &str| {
+        load_job(
+            &c,
+            tmp.path(),
+            &format!(
+                "model: sd15\nprompt_syntax: {syntax}\nnegative: {negative:?}\nprompts:\n  - {prompt:?}\n"
+            ),
+        )
+    };
+    // As AUTOMATIC1111 reads a prompt: the tag is taken out before encoding.
+    let j = job("a red circle <lora:detail:0.8>", "blurry", "a1111").unwrap();
+    assert_eq!(j.prompts[0].text, "a red circle");
+    // A tag the model does not hold is refused, naming the prompt and the model's LoRAs.
+    for (prompt, negative) in [
+        ("a red circle <lora:detail:0.5>", "blurry"),
+        ("a red circle <lora:other:0.8>", "blurry"),
+        ("a red circle", "<lora:other:1> blurry"),
+        ("a <hypernet:x:1> circle", "blurry"),
+    ] {
+        let e = job(prompt, negative, "a1111").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("prompts[0]") || text.contains("negative"),
+            "{prompt}: {text}"
+        );
+        assert!(
+            text.contains("detail 0.8") || text.contains("hypernet"),
+            "{prompt}: {text}"
+        );
+    }
+    // Plain prompts keep their brackets (and tags) as text.
+    let j = job("a red circle <lora:other:0.8>", "blurry", "plain").unwrap();
+    assert_eq!(j.prompts[0].text, "a red circle <lora:other:0.8>");
+}

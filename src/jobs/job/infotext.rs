@@ -226,40 +226,13 @@ pub struct LoraUse {
 /// it does before encoding, and its `Lora hashes` out of the settings. Other extra networks
 /// (hypernetworks, LyCORIS, ...) and LoRA options sdspool cannot honour are refused.
 pub fn take_loras(info: &mut Infotext) -> Result<LoraUse, Refused> {
-    let refuse = |message: String| Refused {
+    let mut used = LoraUse::default();
+    if let Some((prompt, tags)) = take_lora_tags(&info.prompt).map_err(|message| Refused {
         setting: "Prompt".into(),
         message,
-    };
-    let mut used = LoraUse::default();
-    let mut prompt = String::new();
-    let mut rest = info.prompt.as_str();
-    while let Some((tag, start, end)) = extra_network_at(rest) {
-        prompt.push_str(&rest[..start]);
-        let (kind, args) = tag;
-        if kind != "lora" {
-            return Err(refuse(format!(
-                "uses the extra network `<{kind}:{args}>`; sdspool applies only LoRAs fused into the model"
-            )));
-        }
-        let parts: Vec<&str> = args.split(':').collect();
-        let weights: Result<Vec<f64>, _> = parts[1..].iter().map(|w| w.trim().parse()).collect();
-        let weights = weights.map_err(|_| {
-            refuse(format!(
-                "`<lora:{args}>` has an option sdspool cannot honour (only `<lora:name:weight>`)"
-            ))
-        })?;
-        let weight = weights.first().copied().unwrap_or(1.0);
-        if weights.iter().any(|w| *w != weight) {
-            return Err(refuse(format!(
-                "`<lora:{args}>` weights the text encoder and the UNet differently; a fused LoRA has one weight"
-            )));
-        }
-        used.tags.push((parts[0].trim().to_string(), weight));
-        rest = &rest[end..];
-    }
-    prompt.push_str(rest);
-    if !used.tags.is_empty() {
-        info.prompt = prompt.trim().to_string();
+    })? {
+        info.prompt = prompt;
+        used.tags = tags;
     }
     if let Some(i) = info.settings.iter().position(|(k, _)| k == "Lora hashes") {
         let (_, value) = info.settings.remove(i);
@@ -273,6 +246,43 @@ pub fn take_loras(info: &mut Infotext) -> Result<LoraUse, Refused> {
         }
     }
     Ok(used)
+}
+
+/// `text` without its `<lora:name:weight>` tags (trimmed), and the tags' `(name, weight)` in
+/// order; `None` when it has none. AUTOMATIC1111's rule for extra networks in prompts: other
+/// networks, and LoRA options sdspool cannot honour, are refused with the reason.
+pub fn take_lora_tags(text: &str) -> Result<Option<(String, Vec<(String, f64)>)>, String> {
+    let mut tags = Vec::new();
+    let mut prompt = String::new();
+    let mut rest = text;
+    while let Some(((kind, args), start, end)) = extra_network_at(rest) {
+        prompt.push_str(&rest[..start]);
+        if kind != "lora" {
+            return Err(format!(
+                "uses the extra network `<{kind}:{args}>`; sdspool applies only LoRAs fused into the model"
+            ));
+        }
+        let parts: Vec<&str> = args.split(':').collect();
+        let weights: Result<Vec<f64>, _> = parts[1..].iter().map(|w| w.trim().parse()).collect();
+        let weights = weights.map_err(|_| {
+            format!(
+                "`<lora:{args}>` has an option sdspool cannot honour (only `<lora:name:weight>`)"
+            )
+        })?;
+        let weight = weights.first().copied().unwrap_or(1.0);
+        if weights.iter().any(|w| *w != weight) {
+            return Err(format!(
+                "`<lora:{args}>` weights the text encoder and the UNet differently; a fused LoRA has one weight"
+            ));
+        }
+        tags.push((parts[0].trim().to_string(), weight));
+        rest = &rest[end..];
+    }
+    if tags.is_empty() {
+        return Ok(None);
+    }
+    prompt.push_str(rest);
+    Ok(Some((prompt.trim().to_string(), tags)))
 }
 
 /// The first `<word:args>` in `text` (AUTOMATIC1111's `<(\w+):([^>]+)>`): (word, args), where
@@ -299,6 +309,37 @@ fn extra_network_at(text: &str) -> Option<((&str, &str), usize, usize)> {
     None
 }
 
+/// `fused` as `name weight, ...` (or `none`), for messages.
+fn fused_list(fused: &[LoraSource]) -> String {
+    let l: Vec<String> = fused
+        .iter()
+        .map(|l| format!("{} {}", l.name, l.weight))
+        .collect();
+    if l.is_empty() {
+        "none".to_string()
+    } else {
+        l.join(", ")
+    }
+}
+
+/// Whether every `<lora:name:weight>` tag names a LoRA fused into `model` at that weight; the
+/// reason when one does not.
+pub fn tags_fused(tags: &[(String, f64)], model: &str, fused: &[LoraSource]) -> Result<(), String> {
+    for (name, weight) in tags {
+        match fused.iter().find(|l| l.name == *name) {
+            Some(l) if (l.weight - weight).abs() < 1e-6 => {}
+            _ => {
+                return Err(format!(
+                    "uses `<lora:{name}:{weight}>`, which is not fused into model `{model}` \
+                     (its LoRAs: {}; `sdspool import --lora` makes a model with it)",
+                    fused_list(fused)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl LoraUse {
     /// Checks the LoRAs against those fused into the job's model (`fused`, from its provenance
     /// file): the same names at the same weights, and hashes that agree where both are known.
@@ -307,32 +348,7 @@ impl LoraUse {
             setting: setting.into(),
             message,
         };
-        let listed = || {
-            let l: Vec<String> = fused
-                .iter()
-                .map(|l| format!("{} {}", l.name, l.weight))
-                .collect();
-            if l.is_empty() {
-                "none".to_string()
-            } else {
-                l.join(", ")
-            }
-        };
-        for (name, weight) in &self.tags {
-            match fused.iter().find(|l| l.name == *name) {
-                Some(l) if (l.weight - weight).abs() < 1e-6 => {}
-                _ => {
-                    return Err(refuse(
-                        "Prompt",
-                        format!(
-                            "uses `<lora:{name}:{weight}>`, which is not fused into model `{model}` \
-                             (its LoRAs: {}; `sdspool import --lora` makes a model with it)",
-                            listed()
-                        ),
-                    ));
-                }
-            }
-        }
+        tags_fused(&self.tags, model, fused).map_err(|m| refuse("Prompt", m))?;
         if let Some(l) = fused
             .iter()
             .find(|l| !self.tags.iter().any(|(n, _)| *n == l.name))
@@ -343,7 +359,7 @@ impl LoraUse {
                     "does not use LoRA `{}`, which model `{model}` has fused at {} (its LoRAs: {})",
                     l.name,
                     l.weight,
-                    listed()
+                    fused_list(fused)
                 ),
             ));
         }

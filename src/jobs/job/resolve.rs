@@ -65,7 +65,8 @@ pub(super) fn resolve(
         r.infotext_loras(&loras, &model)?;
     }
     let job_lists = r.job_lists(&spec)?;
-    let shared = r.shared(&spec, &job_lists, fallback_seed)?;
+    let model_name = model.clone();
+    let shared = r.shared(&spec, &job_lists, fallback_seed, &model_name)?;
     let (lines, line_field) = r.prompt_lines(&spec, files)?;
     r.written_count(&spec, lines.len())?;
     let matrix = spec.prompt_matrix.unwrap_or(false);
@@ -127,6 +128,8 @@ struct Shared<'a> {
     seeds: Option<&'a [u64]>,
     /// How prompts are read: AUTOMATIC1111's syntax is checked here.
     syntax: PromptSyntax,
+    /// The job's model, whose fused LoRAs `<lora:name:weight>` tags must name.
+    model: &'a str,
 }
 
 /// One prompt as written: an entry of `prompts:` or a line of the prompt file.
@@ -426,6 +429,7 @@ impl<'a> Resolver<'a> {
         spec: &'s JobSpec,
         lists: &'s Lists,
         fallback_seed: u64,
+        model: &'s str,
     ) -> Result<Shared<'s>, JobError> {
         // Candidates per prompt: `candidates`, `seed_count` or the length of `seeds`, which
         // must agree.
@@ -458,6 +462,7 @@ impl<'a> Resolver<'a> {
             syntax: spec
                 .prompt_syntax
                 .unwrap_or(self.config.defaults().prompt_syntax),
+            model,
         })
     }
 
@@ -568,21 +573,24 @@ impl<'a> Resolver<'a> {
             return Err(self.error(&w.at, message));
         }
         let negative = w.negative.as_ref().map_or(shared.negative, |(n, _)| n);
-        if w.text.contains('\0') || negative.contains('\0') {
+        let negative_at = w
+            .negative
+            .as_ref()
+            .map_or_else(|| Field::named("negative"), |(_, at)| at.clone());
+        let text = self.without_lora_tags(w.text, &w.at, shared)?;
+        let negative = self.without_lora_tags(negative, &negative_at, shared)?;
+        let (text, negative) = (text.as_str(), negative.as_str());
+        if text.contains('\0') || negative.contains('\0') {
             return Err(self.error(&w.at, "contains a NUL character"));
         }
-        let chars = sweep::longest_text_chars(w.text, matrix);
+        let chars = sweep::longest_text_chars(text, matrix);
         self.checks
-            .prompt_chars(&w.at, chars, matrix && w.text.contains('|'))?;
+            .prompt_chars(&w.at, chars, matrix && text.contains('|'))?;
         if let Some((n, at)) = &w.negative {
             self.checks.prompt_chars(at, n.chars().count(), false)?;
         }
         if shared.syntax == PromptSyntax::A1111 {
-            let negative_at = w
-                .negative
-                .as_ref()
-                .map_or_else(|| Field::named("negative"), |(_, at)| at.clone());
-            for (text, at) in [(w.text, &w.at), (negative, &negative_at)] {
+            for (text, at) in [(text, &w.at), (negative, &negative_at)] {
                 for &steps in &lists.steps {
                     if let Err(e) = prompt::read(text, steps as usize) {
                         return Err(self.error(at, e));
@@ -599,10 +607,35 @@ impl<'a> Resolver<'a> {
         let base = w.seed.unwrap_or(shared.seed);
         Ok(Source {
             seeds: self.checks.seeds(&w.settings_at, list, count, base)?,
-            text: w.text.to_string(),
+            text: text.to_string(),
             negative: negative.to_string(),
             lists,
         })
+    }
+
+    /// `text` without its `<lora:name:weight>` tags when prompts are read as AUTOMATIC1111 reads
+    /// them (it takes them out before encoding); each tag must name a LoRA fused into the job's
+    /// model at that weight, since sdspool applies LoRAs at import.
+    fn without_lora_tags(
+        &self,
+        text: &str,
+        at: &Field,
+        shared: &Shared,
+    ) -> Result<String, JobError> {
+        if shared.syntax != PromptSyntax::A1111 {
+            return Ok(text.to_string());
+        }
+        let Some((text, tags)) = infotext::take_lora_tags(text).map_err(|m| self.error(at, m))?
+        else {
+            return Ok(text.to_string());
+        };
+        let model = shared.model;
+        let provenance = self.config.models()[model]
+            .provenance()
+            .map_err(|e| self.error(at, format!("model `{model}`: {e}")))?;
+        let fused = provenance.as_ref().map_or(&[][..], |p| &p.loras[..]);
+        infotext::tags_fused(&tags, model, fused).map_err(|m| self.error(at, m))?;
+        Ok(text)
     }
 
     /// `limits.max_prompts` and `limits.max_images` on the job as it will be rendered, counted
