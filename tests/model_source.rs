@@ -65,6 +65,27 @@ fn provenance(sha: &str, legacy: Option<&str>, loras: &str) -> String {
     )
 }
 
+/// The fixture configuration with the model folder `path` as `name`.
+fn config_with(name: &str, path: PathBuf) -> Config {
+    let mut c = common::fixture_config();
+    let model = ModelConfig {
+        path,
+        vae: None,
+        checkpoint: None,
+    };
+    c.models.insert(name.into(), model);
+    c
+}
+
+/// A provenance file whose model holds the LoRA `detail` at 0.8.
+fn detail_provenance() -> String {
+    let sha = "0123456789abcdef".repeat(4);
+    let lora = format!(
+        r#"{{"name": "detail", "file": "detail.safetensors", "sha256": "{sha}", "weight": 0.8}}"#
+    );
+    provenance(&sha, None, &lora)
+}
+
 fn load_job(config: &Config, dir: &Path, body: &str) -> Result<Job, job::JobError> {
     let p = dir.join("job.yaml");
     std::fs::write(&p, body).unwrap();
@@ -313,15 +334,7 @@ fn a_hand_written_automatic1111_infotext_with_every_key_reads() {
              "addnet_sha256": "{addnet}"}}"#
     );
     let folder = model_with_source(tmp.path(), "sd15", &provenance(&sha, None, &lora));
-    let mut c = common::fixture_config();
-    c.models.insert(
-        "sd15".into(),
-        ModelConfig {
-            path: folder,
-            vae: None,
-            checkpoint: None,
-        },
-    );
+    let c = config_with("sd15", folder);
     let text = format!(
         "masterpiece, (a red circle:1.2), <lora:add_detail:0.5>, [blue] square\n\
          Negative prompt: (worst quality:1.4), blurry\n\
@@ -377,15 +390,12 @@ fn a_hand_written_automatic1111_infotext_with_every_key_reads() {
 #[test]
 fn models_shows_the_provenance_and_refuses_a_malformed_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let sha = "0123456789abcdef".repeat(4);
-    let lora = format!(
-        r#"{{"name": "detail", "file": "detail.safetensors", "sha256": "{sha}", "weight": 0.8}}"#
-    );
-    let good = model_with_source(tmp.path(), "good", &provenance(&sha, None, &lora));
+    let with_detail = detail_provenance();
+    let good = model_with_source(tmp.path(), "good", &with_detail);
     let bad = model_with_source(
         tmp.path(),
         "bad",
-        &provenance(&sha, None, &lora).replace("\"weight\": 0.8", "\"weight\": \"heavy\""),
+        &with_detail.replace("\"weight\": 0.8", "\"weight\": \"heavy\""),
     );
     let mut c = common::fixture_config();
     c.models = [("good", good), ("bad", bad)]
@@ -420,20 +430,8 @@ fn models_shows_the_provenance_and_refuses_a_malformed_one() {
 #[test]
 fn lora_tags_in_job_prompts_leave_the_text_and_must_name_the_models_loras() {
     let tmp = tempfile::tempdir().unwrap();
-    let sha = "0123456789abcdef".repeat(4);
-    let lora = format!(
-        r#"{{"name": "detail", "file": "detail.safetensors", "sha256": "{sha}", "weight": 0.8}}"#
-    );
-    let folder = model_with_source(tmp.path(), "sd15", &provenance(&sha, None, &lora));
-    let mut c = common::fixture_config();
-    c.models.insert(
-        "sd15".into(),
-        ModelConfig {
-            path: folder,
-            vae: None,
-            checkpoint: None,
-        },
-    );
+    let folder = model_with_source(tmp.path(), "sd15", &detail_provenance());
+    let c = config_with("sd15", folder);
     let job = |prompt: &str, negative: &str, syntax: &str| {
         load_job(
             &c,
