@@ -25,7 +25,15 @@ LoRA files (rank 2, on every attention projection of the UNet and the text encod
     lora-sdxl-kohya.safetensors   kohya SDXL keys, as sd-scripts writes them: the UNet under its
                                   single-file names (lora_unet_input_blocks_4_1_...), lora_te1_ / lora_te2_
     lora-sdxl-peft.safetensors    diffusers / PEFT keys with text_encoder_2.
+    lora-sd2-kohya.safetensors    SD 2.x, kohya keys: as SD 1.x (sd-scripts trains SD 2.x's OpenCLIP as
+                                  a transformers CLIPTextModel, so lora_te_text_model_encoder_layers_...)
+    lora-sd2-peft.safetensors     SD 2.x, diffusers / PEFT keys
+    lora-sdxl-refiner-kohya.safetensors  the refiner: its UNet under single-file names as for SDXL, its
+                                  only text encoder (text_encoder_2 in diffusers) as lora_te2_
+    lora-sdxl-refiner-peft.safetensors   the refiner, diffusers / PEFT keys: unet., text_encoder_2.
 
+    sd15.ckpt                     sd15.safetensors' tensors pickled with torch.save as training code
+                                  writes a .ckpt: {"state_dict": {...}, "global_step": 0}
     sd15-truncated.ckpt           the first 64 kB of sd15's tensors saved with torch.save (a cut download)
 
     HF_HUB_OFFLINE=1 onnx/.venv/bin/python onnx/build_checkpoint_fixtures.py [--out tests/fixtures/import]
@@ -203,7 +211,7 @@ def kohya_layout(tensors, family: str, unet) -> dict:
         for name, down, up in items:
             if prefix == "unet":
                 path = name
-                if family == "sdxl":  # sd-scripts trains SDXL on the original UNet: its names are the single-file ones
+                if family.startswith("sdxl"):  # sd-scripts trains SDXL on the original UNet: its names are the single-file ones
                     path = cl.unet_key_to_ldm(name + ".weight", unet.config.layers_per_block, up_attention(unet))
                     path = path.removeprefix(cl.UNET).removesuffix(".weight")
                 key = "lora_unet_" + path.replace(".", "_")
@@ -243,6 +251,8 @@ def round_trip(path: Path, family: str, models: dict) -> None:
 SEEDS = {"sd15": 2200, "sd2": 2300, "sdxl": 2400, "sdxl-refiner": 2500}
 # SD 1.x in float32 (the "full" files), the others in float16 as SD 2.x / SDXL files are usually published
 HALF = {"sd2", "sdxl", "sdxl-refiner"}
+# the LoRA files' seeds (SD 1.x and SDXL's were chosen first, as their checkpoint's seed + 50)
+LORA_SEEDS = {"sd15": 2250, "sd2": 2350, "sdxl": 2450, "sdxl-refiner": 2550}
 FILES = {"sd15": "sd15.safetensors", "sd2": "sd2-v.safetensors", "sdxl": "sdxl.safetensors", "sdxl-refiner": "sdxl-refiner.safetensors"}
 
 
@@ -277,8 +287,13 @@ def main(argv=None) -> int:
                 buf = io.BytesIO()
                 torch.save(tensors, buf)
                 (out / "sd15-truncated.ckpt").write_bytes(buf.getvalue()[:65536])
-            if family in ("sd15", "sdxl"):
-                tensors = lora_tensors(models, SEEDS[family] + 50)
+                # The same tensors as a whole .ckpt, wrapped as training code writes them
+                buf = io.BytesIO()
+                torch.save({"state_dict": tensors, "global_step": 0}, buf)
+                (out / "sd15.ckpt").write_bytes(buf.getvalue())
+                log(f"[sd15.ckpt] {len(buf.getvalue()) / 1e6:.2f} MB")
+            if family in LORA_SEEDS:
+                tensors = lora_tensors(models, LORA_SEEDS[family])
                 for layout, data in (("kohya", kohya_layout(tensors, family, models["unet"])), ("peft", peft_layout(tensors))):
                     lpath = out / f"lora-{family}-{layout}.safetensors"
                     save_file({k: v.contiguous() for k, v in data.items()}, str(lpath))

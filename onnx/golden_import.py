@@ -10,7 +10,8 @@ For each case below:
      `fuse_lora` (import_checkpoint.apply_loras), from torch CPU generators seeded per candidate;
      the pixels go to tests/golden/import/<case>.pixels.npy (uint8 [candidates, h, w, 3], as
      diffusers' numpy_to_pil rounds them) and tests/golden/import/index.json lists the settings.
-It also checks diffusers' fusion against the LoRA formula itself on one layer per LoRA layout:
+It also checks diffusers' fusion against the LoRA formula itself on one UNet layer and one layer of
+each text encoder (the refiner's only one is text_encoder_2):
 W' = W + sum(weight * alpha / rank * up @ down) (alpha = rank when a file has none).
 
 It also renders the base + refiner hand-offs (HANDOFFS) from the two single files as sdspool's
@@ -48,12 +49,17 @@ CASES = {
     "sd15": ("sd15.safetensors", [], "pndm", True),
     "sd15-lora": ("sd15.safetensors", [("lora-sd15-kohya.safetensors", 0.8), ("lora-sd15-peft.safetensors", 0.5)], "pndm", True),
     "sd2-v": ("sd2-v.safetensors", [], "ddim", True),
+    "sd2-v-lora": ("sd2-v.safetensors", [("lora-sd2-kohya.safetensors", 0.8), ("lora-sd2-peft.safetensors", 0.5)], "ddim", True),
     "sdxl": ("sdxl.safetensors", [], "euler", True),
     "sdxl-lora": ("sdxl.safetensors", [("lora-sdxl-kohya.safetensors", 0.7), ("lora-sdxl-peft.safetensors", 0.4)], "euler", True),
     "sdxl-refiner": ("sdxl-refiner.safetensors", [], None, True),
+    # the refiner's pictures are its hand-offs (HANDOFFS)
+    "sdxl-refiner-lora": ("sdxl-refiner.safetensors", [("lora-sdxl-refiner-kohya.safetensors", 1.0), ("lora-sdxl-refiner-peft.safetensors", 0.8)], None, True),
     # checked against the sd15 golden (tests/import_parity.rs), so no pictures of their own
     "sd15-fp16": ("sd15.safetensors", [], None, True),
     "sd15-optimized": ("sd15.safetensors", [], None, True),
+    # sd15.safetensors' tensors as a pickled .ckpt ({"state_dict": ...}): the same weights, so the sd15 golden
+    "sd15-ckpt": ("sd15.ckpt", [], None, True),
 }
 
 # import_checkpoint.py options of a case beyond its checkpoint and LoRAs
@@ -67,6 +73,10 @@ OPTIONS = {
 # case -> (base case, refiner case, refiner_start, scheduler, steps). Both folders come from CASES.
 HANDOFFS = {
     "sdxl-refiner": ("sdxl", "sdxl-refiner", 0.8, "euler", 10),
+    # The base without LoRAs, the refiner with its own two. The refiner starts at 0.2: in the last two of
+    # ten steps the tiny refiner moves the pixels by 1/255 at most, LoRAs or not; from 0.2 its LoRAs
+    # change them by up to 11/255 (mean 1.2), so a refiner without them fails the 1/255 parity.
+    "sdxl-refiner-lora": ("sdxl", "sdxl-refiner-lora", 0.2, "euler", 10),
 }
 
 
@@ -165,35 +175,50 @@ def render_handoff(case: str) -> dict:
     }
 
 
+def lora_down_up(state: dict, family: str, part: str, module: str, unet) -> tuple:
+    """(down, up, alpha) of `module` of component `part` (unet, text_encoder, text_encoder_2) in a LoRA file."""
+    if any(k.startswith("lora_") for k in state):
+        if part == "unet":
+            path = module
+            if family.startswith("sdxl"):  # kohya SDXL files name the UNet by its single-file blocks
+                import checkpoint_layout as cl
+
+                ldm = cl.unet_key_to_ldm(module + ".weight", unet.config.layers_per_block, [t.startswith("CrossAttn") for t in unet.config.up_block_types])
+                path = ldm.removeprefix(cl.UNET).removesuffix(".weight")
+            key = "lora_unet_" + path.replace(".", "_")
+        else:
+            prefix = {"text_encoder": "lora_te1" if family == "sdxl" else "lora_te", "text_encoder_2": "lora_te2"}[part]
+            key = prefix + "_" + module.replace(".", "_")
+        return state[key + ".lora_down.weight"], state[key + ".lora_up.weight"], float(state[key + ".alpha"])
+    down, up = state[f"{part}.{module}.lora_A.weight"], state[f"{part}.{module}.lora_B.weight"]
+    return down, up, down.shape[0]
+
+
 def check_fusion_formula(checkpoint: str, loras) -> None:
-    """diffusers' fused weight of the first UNet to_q equals W + sum(weight * alpha/rank * up @ down)."""
+    """diffusers' fused weight of the first UNet to_q and the first q_proj of each text encoder equals
+    W + sum(weight * alpha/rank * up @ down)."""
     from safetensors.torch import load_file
 
     plain, family, _ = reference_pipeline(checkpoint, [])
     fused, _, _ = reference_pipeline(checkpoint, loras)
-    unet_name = next(n for n, _ in plain.unet.named_modules() if n.endswith("attn1.to_q"))
-    want = plain.unet.get_submodule(unet_name).weight.detach().clone()
-    for lora, weight in loras:
-        state = load_file(str(FIX / lora))
-        if any(k.startswith("lora_unet_") for k in state):
-            if family == "sdxl":
-                import checkpoint_layout as cl
-
-                ldm = cl.unet_key_to_ldm(unet_name + ".weight", plain.unet.config.layers_per_block, [t.startswith("CrossAttn") for t in plain.unet.config.up_block_types])
-                path = ldm.removeprefix(cl.UNET).removesuffix(".weight")
-            else:
-                path = unet_name
-            key = "lora_unet_" + path.replace(".", "_")
-            down, up, alpha = state[key + ".lora_down.weight"], state[key + ".lora_up.weight"], float(state[key + ".alpha"])
-        else:
-            down, up = state[f"unet.{unet_name}.lora_A.weight"], state[f"unet.{unet_name}.lora_B.weight"]
-            alpha = down.shape[0]
-        want += weight * alpha / down.shape[0] * (up @ down)
-    got = fused.unet.get_submodule(unet_name).weight.detach()
-    err = float((got - want).abs().max())
-    if err > 1e-6:
-        sys.exit(f"{checkpoint}: diffusers' fused {unet_name} differs from the LoRA formula by {err}")
-    print(f"[{checkpoint}] fused {unet_name} = W + sum(w*alpha/r*up@down) (max diff {err:.1e})", flush=True)
+    states = [(load_file(str(FIX / lora)), weight) for lora, weight in loras]
+    checked = []
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        model = getattr(plain, part, None)
+        if model is None:
+            continue
+        suffix = "attn1.to_q" if part == "unet" else "self_attn.q_proj"
+        name = next(n for n, _ in model.named_modules() if n.endswith(suffix))
+        want = model.get_submodule(name).weight.detach().clone()
+        for state, weight in states:
+            down, up, alpha = lora_down_up(state, family, part, name, plain.unet)
+            want += weight * alpha / down.shape[0] * (up @ down)
+        got = getattr(fused, part).get_submodule(name).weight.detach()
+        err = float((got - want).abs().max())
+        if err > 1e-6:
+            sys.exit(f"{checkpoint}: diffusers' fused {part}.{name} differs from the LoRA formula by {err}")
+        checked.append(f"{part}.{name} ({err:.1e})")
+    print(f"[{checkpoint}] fused = W + sum(w*alpha/r*up@down): {', '.join(checked)}", flush=True)
 
 
 def main(argv=None) -> int:

@@ -345,6 +345,8 @@ def lora_family_problem(keys: list[str], family: str) -> str | None:
         return "a LoRA for SD 1.x/2.x (its text-encoder keys are lora_te_ / text_encoder.), not SDXL"
     if not xl and xl_keys:
         return "a LoRA for SDXL (lora_te1_/lora_te2_/text_encoder_2. keys), not SD 1.x/2.x"
+    if family == "sdxl-refiner" and any(k.startswith(("lora_te1_", "text_encoder.")) for k in keys):
+        return "a LoRA for the SDXL base (lora_te1_ / text_encoder. keys: the first text encoder, which the refiner does not have), not the refiner"
     return None
 
 

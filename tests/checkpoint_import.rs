@@ -51,6 +51,8 @@ fn a_lora_file_is_no_checkpoint() {
 fn loras_of_both_layouts_fit_their_family() {
     let sd15 = read("sd15.safetensors");
     let sdxl = read("sdxl.safetensors");
+    let sd2 = read("sd2-v.safetensors");
+    let refiner = read("sdxl-refiner.safetensors");
     for (file, ckpt, family, layout) in [
         (
             "lora-sd15-kohya.safetensors",
@@ -74,6 +76,31 @@ fn loras_of_both_layouts_fit_their_family() {
             "lora-sdxl-peft.safetensors",
             &sdxl,
             Family::Sdxl,
+            LoraLayout::Diffusers,
+        ),
+        (
+            "lora-sd2-kohya.safetensors",
+            &sd2,
+            Family::Sd2,
+            LoraLayout::Kohya,
+        ),
+        (
+            "lora-sd2-peft.safetensors",
+            &sd2,
+            Family::Sd2,
+            LoraLayout::Diffusers,
+        ),
+        // the refiner's only text encoder is text_encoder_2 (lora_te2_)
+        (
+            "lora-sdxl-refiner-kohya.safetensors",
+            &refiner,
+            Family::SdxlRefiner,
+            LoraLayout::Kohya,
+        ),
+        (
+            "lora-sdxl-refiner-peft.safetensors",
+            &refiner,
+            Family::SdxlRefiner,
             LoraLayout::Diffusers,
         ),
     ] {
@@ -111,6 +138,50 @@ fn a_lora_for_another_family_is_refused_with_its_keys() {
         text.contains("lora-sd15-peft.safetensors") && text.contains("unet."),
         "{text}"
     );
+}
+
+#[test]
+fn a_lora_for_another_family_is_refused_on_the_refiner() {
+    let refiner = read("sdxl-refiner.safetensors");
+    // SD 1.x: one text encoder under lora_te_, which the refiner does not have
+    let e = lora::check(
+        &read("lora-sd15-kohya.safetensors"),
+        &refiner,
+        Family::SdxlRefiner,
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, CheckpointError::LoraMismatch { .. }), "{text}");
+    assert!(
+        text.contains("lora-sd15-kohya.safetensors: LoRA does not fit the sdxl-refiner checkpoint")
+            && text.contains("a LoRA for SD 1.x/2.x")
+            && text.contains("lora_te_text_model_encoder_layers_0"),
+        "{text}"
+    );
+    let e = lora::check(
+        &read("lora-sd15-peft.safetensors"),
+        &refiner,
+        Family::SdxlRefiner,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("a LoRA for SD 1.x/2.x"), "{e}");
+    // SDXL base: two text encoders, the first of which the refiner lacks
+    for file in ["lora-sdxl-peft.safetensors", "lora-sdxl-kohya.safetensors"] {
+        let e = lora::check(&read(file), &refiner, Family::SdxlRefiner).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a LoRA for the SDXL base (lora_te1_ / text_encoder. keys"),
+            "{e}"
+        );
+    }
+    // and the refiner's LoRA fits no SDXL base
+    let e = lora::check(
+        &read("lora-sdxl-refiner-peft.safetensors"),
+        &read("sdxl.safetensors"),
+        Family::Sdxl,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("match no layer"), "{e}");
 }
 
 /// A safetensors file with these (name, shape) F32 tensors of zeros.
@@ -281,6 +352,92 @@ fn a_recorded_import_lands_in_the_models_dir_and_the_config() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("already lists it"), "{}", text(&out));
     assert_eq!(common::names(&models), ["mine"]);
+}
+
+#[test]
+fn a_pickled_ckpt_is_handed_to_the_conversion_which_finds_its_family() {
+    // transcripts/sd15-ckpt.jsonl: a real run on sd15.ckpt (sd15.safetensors' tensors saved with
+    // torch.save as {"state_dict": ...}). The header checks are for .safetensors; a .ckpt goes to
+    // Python, and the family is the one the conversion detected.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_file(tmp.path());
+    let models = tmp.path().join("models");
+    let mut args: Vec<String> = vec![
+        fixture("sd15.ckpt").display().to_string(),
+        "--name".into(),
+        "pickled".into(),
+        "--models-dir".into(),
+        models.display().to_string(),
+    ];
+    args.extend(replay("sd15-ckpt"));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = import(&config, &argv);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("sd15.ckpt: a pickled checkpoint cannot be checked without Python"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("imported pickled (sd15, epsilon)"),
+        "{shown}"
+    );
+    let source: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(models.join("pickled/sdspool-source.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(source["checkpoint"]["file"], "sd15.ckpt");
+    assert_eq!(source["checkpoint"]["family"], "sd15");
+    let parsed = sdspool::app::config::Config::load(&config).unwrap();
+    assert_eq!(parsed.models["pickled"].path, models.join("pickled"));
+}
+
+#[test]
+fn a_refiner_takes_its_own_loras_and_refuses_an_sd15_one_before_python() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_file(tmp.path());
+    let models = tmp.path().join("models");
+    let lora = |file: &str, weight: &str| format!("{}:{weight}", fixture(file).display());
+    let base = |name: &str| -> Vec<String> {
+        vec![
+            fixture("sdxl-refiner.safetensors").display().to_string(),
+            "--name".into(),
+            name.into(),
+            "--models-dir".into(),
+            models.display().to_string(),
+        ]
+    };
+    let mut args = base("styled-refiner");
+    args.extend([
+        "--lora".into(),
+        lora("lora-sdxl-refiner-kohya.safetensors", "1.0"),
+        "--lora".into(),
+        lora("lora-sdxl-refiner-peft.safetensors", "0.8"),
+    ]);
+    args.extend(replay("sdxl-refiner-lora"));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = import(&config, &argv);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("imported styled-refiner (sdxl-refiner, epsilon)")
+            && shown.contains("fusing the LoRAs"),
+        "{shown}"
+    );
+    let mut args = base("wrong");
+    args.extend(["--lora".into(), lora("lora-sd15-kohya.safetensors", "0.5")]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = import(&config, &argv);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains(
+            "lora-sd15-kohya.safetensors: LoRA does not fit the sdxl-refiner checkpoint: a LoRA for SD 1.x/2.x"
+        ),
+        "{shown}"
+    );
+    assert!(!shown.contains("python-must-not-run"), "{shown}");
+    assert_eq!(common::names(&models), ["styled-refiner"]);
 }
 
 #[test]

@@ -92,9 +92,16 @@ fn imported_folders_render_as_diffusers_renders_the_single_files() {
     let cases = cases();
     let names: Vec<&str> = cases.iter().map(|(n, _)| n.as_str()).collect();
     assert!(
-        ["sd15", "sd15-lora", "sd2-v", "sdxl", "sdxl-lora"]
-            .iter()
-            .all(|n| names.contains(n)),
+        [
+            "sd15",
+            "sd15-lora",
+            "sd2-v",
+            "sd2-v-lora",
+            "sdxl",
+            "sdxl-lora"
+        ]
+        .iter()
+        .all(|n| names.contains(n)),
         "{names:?}"
     );
     let tmp = tempfile::tempdir().unwrap();
@@ -153,6 +160,37 @@ fn the_daemon_renders_an_imported_sdxl_with_loras_as_diffusers_does() {
     );
 }
 
+#[test]
+fn the_daemon_renders_an_imported_sd2_v_with_loras_as_diffusers_does() {
+    // sd2-v.safetensors (v-prediction) with an SD 2.x LoRA of each layout fused at import
+    let (name, case) = cases()
+        .into_iter()
+        .find(|(n, _)| n == "sd2-v-lora")
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, _) = daemon_render(
+        tmp.path(),
+        &[&name],
+        "sd2-lora-job",
+        &job_yaml(&name, &case),
+    );
+    let worst = worst_differences(&out, &case);
+    assert!(worst.iter().all(|d| *d <= 1), "{worst:?}");
+    let seed = case["seeds"][0].as_u64().unwrap();
+    let text =
+        sdspool::jobs::output::png::read_parameters(&out.join(format!("p000-c00-s{seed}.png")))
+            .unwrap()
+            .expect("a parameters chunk");
+    assert!(
+        text.contains("<lora:lora-sd2-kohya:0.8>") && text.contains("<lora:lora-sd2-peft:0.5>"),
+        "{text}"
+    );
+    // the LoRAs change the pictures: the plain sd2-v import is far from this golden
+    let plain = render(tmp.path(), &["sd2-v"], "plain", &job_yaml("sd2-v", &case));
+    let worst = worst_differences(&plain, &case);
+    assert!(worst.iter().any(|d| *d > 8), "{worst:?}");
+}
+
 /// Renders `job_yaml` with `sdspool render` over the imported folders `names`; the output folder.
 fn render(tmp: &Path, names: &[&str], job_name: &str, job_yaml: &str) -> PathBuf {
     let config = config(tmp, names);
@@ -207,32 +245,92 @@ fn case(name: &str) -> Value {
     cases().into_iter().find(|(n, _)| n == name).unwrap().1
 }
 
+/// tests/golden/import/index.json "handoffs"[`key`].
+fn handoff(key: &str) -> Value {
+    let text = std::fs::read_to_string(golden_dir().join("index.json")).unwrap();
+    let index: Value = serde_json::from_str(&text).unwrap();
+    index["handoffs"][key].clone()
+}
+
+/// The job of a hand-off golden with `refiner` as its refiner.
+fn handoff_job(handoff: &Value, refiner: &str) -> String {
+    format!(
+        "{}refiner: {refiner}\nrefiner_start: {}\n",
+        job_yaml(handoff["model"].as_str().unwrap(), handoff),
+        handoff["refiner_start"]
+    )
+}
+
+/// The hand-off golden `key` rendered by `sdspool render` and by the daemon: within 1/255.
+fn check_handoff(key: &str) {
+    let handoff = handoff(key);
+    let (base, refiner) = (
+        handoff["model"].as_str().unwrap(),
+        handoff["refiner"].as_str().unwrap(),
+    );
+    let job = handoff_job(&handoff, refiner);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = render(tmp.path(), &[base, refiner], "handoff", &job);
+    let worst = worst_differences(&out, &handoff);
+    assert!(
+        worst.iter().all(|d| *d <= 1),
+        "{key}: sdspool render: {worst:?}"
+    );
+    // The same job through the daemon, which loads the refiner when the job first needs it.
+    let spool = tempfile::tempdir().unwrap();
+    let (out, _) = daemon_render(spool.path(), &[base, refiner], "handoff", &job);
+    let worst = worst_differences(&out, &handoff);
+    assert!(worst.iter().all(|d| *d <= 1), "{key}: daemon: {worst:?}");
+}
+
 #[test]
 fn an_imported_sdxl_base_hands_off_to_an_imported_refiner_as_diffusers_does() {
     // tests/golden/import/index.json "handoffs": diffusers' base pipeline from sdxl.safetensors
     // with `denoising_end`, its latents into the img2img pipeline from sdxl-refiner.safetensors
     // with `denoising_start` (onnx/golden_import.py render_handoff)
-    let text = std::fs::read_to_string(golden_dir().join("index.json")).unwrap();
-    let index: Value = serde_json::from_str(&text).unwrap();
-    let handoff = &index["handoffs"]["sdxl-refiner"];
-    let (base, refiner) = (
-        handoff["model"].as_str().unwrap(),
-        handoff["refiner"].as_str().unwrap(),
-    );
-    let job = format!(
-        "{}refiner: {refiner}\nrefiner_start: {}\n",
-        job_yaml(base, handoff),
-        handoff["refiner_start"]
-    );
+    check_handoff("sdxl-refiner");
+}
+
+#[test]
+fn an_imported_sdxl_base_hands_off_to_an_imported_refiner_with_loras_as_diffusers_does() {
+    // The refiner imported with a refiner LoRA of each layout (UNet + its only text encoder,
+    // text_encoder_2), diffusers' refiner from the single file with the same LoRAs fused; the base
+    // without LoRAs.
+    check_handoff("sdxl-refiner-lora");
+    // The refiner's LoRAs show in the pictures: the plain refiner is off this golden.
+    let handoff = handoff("sdxl-refiner-lora");
+    let base = handoff["model"].as_str().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let out = render(tmp.path(), &[base, refiner], "handoff", &job);
-    let worst = worst_differences(&out, handoff);
-    assert!(worst.iter().all(|d| *d <= 1), "sdspool render: {worst:?}");
-    // The same job through the daemon, which loads the refiner when the job first needs it.
-    let spool = tempfile::tempdir().unwrap();
-    let (out, _) = daemon_render(spool.path(), &[base, refiner], "handoff", &job);
-    let worst = worst_differences(&out, handoff);
-    assert!(worst.iter().all(|d| *d <= 1), "daemon: {worst:?}");
+    let job = handoff_job(&handoff, "sdxl-refiner");
+    let out = render(tmp.path(), &[base, "sdxl-refiner"], "plain-refiner", &job);
+    let worst = worst_differences(&out, &handoff);
+    assert!(worst.iter().any(|d| *d > 1), "{worst:?}");
+}
+
+#[test]
+fn a_pickled_ckpt_import_renders_as_diffusers_renders_the_same_weights() {
+    // tests/fixtures/import/models/sd15-ckpt: a real import of sd15.ckpt, sd15.safetensors' tensors
+    // saved with torch.save as {"state_dict": ...}: the family found by the conversion, the
+    // pictures those of the sd15 golden
+    let golden = case("sd15");
+    let source: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            common::root().join("tests/fixtures/import/models/sd15-ckpt/sdspool-source.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(source["checkpoint"]["file"], "sd15.ckpt", "{source}");
+    assert_eq!(source["checkpoint"]["family"], "sd15", "{source}");
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, _) = daemon_render(
+        tmp.path(),
+        &["sd15-ckpt"],
+        "ckpt",
+        &job_yaml("sd15-ckpt", &golden),
+    );
+    let worst = worst_differences(&out, &golden);
+    assert!(worst.iter().all(|d| *d <= 1), "{worst:?}");
 }
 
 #[test]

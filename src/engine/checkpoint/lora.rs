@@ -1,8 +1,8 @@
 //! Whether a LoRA file fits a checkpoint, from both headers: its key layout (kohya /
 //! AUTOMATIC1111 `lora_unet_…​.lora_down.weight` / `.lora_up.weight` / `.alpha`, or diffusers /
 //! PEFT `unet.….lora_A.weight` / `.lora_B.weight`), its family (SDXL LoRAs have two text
-//! encoders: `lora_te1_` / `lora_te2_` / `text_encoder_2.`), and every layer it changes being a
-//! layer of the checkpoint with the same width.
+//! encoders: `lora_te1_` / `lora_te2_` / `text_encoder_2.`; the refiner only the second), and every
+//! layer it changes being a layer of the checkpoint with the same width.
 
 use std::collections::BTreeMap;
 
@@ -149,6 +149,7 @@ fn family_problem(lora: &Header, family: Family) -> Option<String> {
         k.starts_with("lora_te1_") || k.starts_with("lora_te2_") || k.starts_with("text_encoder_2.")
     });
     let sd = keys().any(|k| k.starts_with("lora_te_") || k.starts_with("text_encoder."));
+    let first_te = keys().any(|k| k.starts_with("lora_te1_") || k.starts_with("text_encoder."));
     if family.is_xl() && sd && !xl {
         Some(
             "a LoRA for SD 1.x/2.x (one text encoder: lora_te_ / text_encoder. keys), not SDXL"
@@ -156,6 +157,8 @@ fn family_problem(lora: &Header, family: Family) -> Option<String> {
         )
     } else if !family.is_xl() && xl {
         Some("a LoRA for SDXL (two text encoders: lora_te1_/lora_te2_/text_encoder_2. keys), not SD 1.x/2.x".into())
+    } else if family == Family::SdxlRefiner && first_te {
+        Some("a LoRA for the SDXL base (lora_te1_ / text_encoder. keys: the first text encoder, which the refiner does not have), not the refiner".into())
     } else {
         None
     }
