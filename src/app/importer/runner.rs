@@ -238,9 +238,11 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), ImportError> {
         let path = path.to_path_buf();
         move |source| ImportError::Io { path, source }
     };
+    super::staging::wait_if_stopping();
     std::fs::create_dir_all(to).map_err(io(to))?;
     for entry in std::fs::read_dir(from).map_err(io(from))? {
         let entry = entry.map_err(io(from))?;
+        super::staging::wait_if_stopping();
         let target = to.join(entry.file_name());
         if entry.file_type().map_err(io(&entry.path()))?.is_dir() {
             copy_dir(&entry.path(), &target)?;

@@ -131,10 +131,25 @@ fn start_watching() -> Result<(), ImportError> {
 }
 
 /// When a signal is stopping the import, waits for the signal thread to exit the process (the
-/// conversion it killed is no failure to report); returns at once otherwise.
+/// conversion it killed is no failure to report); returns at once otherwise. The main thread
+/// also calls it before each file it copies into the staging folder, so that it writes nothing
+/// there once the folder is being removed.
 pub fn wait_if_stopping() {
     while STOPPING.load(Ordering::SeqCst) {
         std::thread::park();
+    }
+}
+
+/// Removes `path` until it stays gone: a file operation of the main thread that was under way
+/// when the signal came can re-create part of it (`create_dir_all`); the main thread starts no
+/// new one once [`STOPPING`] is set ([`wait_if_stopping`]). Gives up after 5 seconds.
+fn remove_settled(path: &Path) {
+    for _ in 0..100 {
+        let _ = std::fs::remove_dir_all(path);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if !path.exists() {
+            return;
+        }
     }
 }
 
@@ -148,7 +163,7 @@ fn stop(code: i32) -> ! {
     }
     let staging = STAGING.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(path) = staging {
-        let _ = std::fs::remove_dir_all(&path);
+        remove_settled(&path);
         eprintln!(
             "sdspool: import stopped by {}; removed {}",
             if code == 130 { "SIGINT" } else { "SIGTERM" },
