@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""diffusers' own LoRA fusion of the tiny fixtures, as weight deltas per module (issue 22, Rust template route).
+
+For each case below the checkpoint is loaded as onnx/import_checkpoint.py loads it (`load_pipeline`), its
+UNet and text-encoder parameters are copied, the LoRAs are fused at the case's weights by
+`import_checkpoint.apply_loras` (diffusers' `load_lora_weights` + `set_adapters` + `fuse_lora` +
+`unload_lora_weights`), and fused minus unfused is recorded for every parameter that changed:
+
+  tests/golden/lora/<case>.deltas.npy   float32, every delta flattened and concatenated
+  tests/golden/lora/index.json          {"cases": {case: {"checkpoint", "family", "loras": [[file, weight]],
+                                          "deltas": "<case>.deltas.npy",
+                                          "modules": [{"component", "module", "shape", "offset"}]}}}
+
+`component` is unet | text_encoder | text_encoder_2, `module` the dotted diffusers module path (the
+parameter is `<module>.weight`), `offset` the element offset into the .npy. The script fails when a
+parameter other than a `.weight` changed. tests/lora_fuse.rs compares engine::checkpoint::lora_fuse::deltas
+with these (1e-6 absolute, the same set of modules).
+
+    HF_HUB_OFFLINE=1 PYTHONPATH=<peft/accelerate> onnx/.venv/bin/python onnx/golden_lora_deltas.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import import_checkpoint as ic  # noqa: E402  (sets the offline environment)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+FIX = ROOT / "tests" / "fixtures" / "import"
+GOLDEN = ROOT / "tests" / "golden" / "lora"
+
+# case -> (checkpoint, [(lora, weight)]): the LoRA cases of golden_import.py, with the same weights
+CASES = {
+    "sd15": ("sd15.safetensors", [("lora-sd15-kohya.safetensors", 0.8), ("lora-sd15-peft.safetensors", 0.5)]),
+    "sdxl": ("sdxl.safetensors", [("lora-sdxl-kohya.safetensors", 0.7), ("lora-sdxl-peft.safetensors", 0.4)]),
+}
+
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+def parameters(pipe) -> dict[tuple[str, str], torch.Tensor]:
+    """(component, parameter name) -> a copy of the parameter, for the components LoRAs change."""
+    out = {}
+    for c in COMPONENTS:
+        model = getattr(pipe, c, None)
+        if model is not None:
+            for name, p in model.state_dict().items():
+                out[(c, name)] = p.detach().clone()
+    return out
+
+
+def record(case: str) -> dict:
+    checkpoint, loras = CASES[case]
+    family, shapes = ic.detect(FIX / checkpoint, None)
+    pipe, _prediction = ic.load_pipeline(FIX / checkpoint, family, None, shapes)
+    before = parameters(pipe)
+    ic.apply_loras(pipe, [(FIX / p, w) for p, w in loras], family)
+    after = parameters(pipe)
+    if set(before) != set(after):
+        sys.exit(f"[{case}] the parameters changed names: {sorted(set(before) ^ set(after))[:6]}")
+    modules, chunks, offset = [], [], 0
+    for (c, name), old in sorted(before.items()):
+        delta = after[(c, name)] - old
+        if not bool((delta != 0).any()):
+            continue
+        if not name.endswith(".weight"):
+            sys.exit(f"[{case}] fusion changed {c}.{name}, not a weight")
+        flat = delta.to(torch.float32).flatten().numpy()
+        modules.append({"component": c, "module": name.removesuffix(".weight"), "shape": list(delta.shape), "offset": offset})
+        chunks.append(flat)
+        offset += flat.size
+    np.save(GOLDEN / f"{case}.deltas.npy", np.concatenate(chunks).astype("<f4"))
+    print(f"[{case}] {len(modules)} modules changed, {offset} values", flush=True)
+    return {"checkpoint": checkpoint, "family": family, "loras": [[p, w] for p, w in loras], "deltas": f"{case}.deltas.npy", "modules": modules}
+
+
+def main() -> int:
+    torch.use_deterministic_algorithms(True)
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    index = {"cases": {case: record(case) for case in CASES}}
+    (GOLDEN / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
