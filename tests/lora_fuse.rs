@@ -52,8 +52,7 @@ fn golden(case: &serde_json::Value) -> BTreeMap<(Component, String), (Vec<u64>, 
 }
 
 fn fused(case: &serde_json::Value) -> Deltas {
-    let fixtures = root().join("tests/fixtures/import");
-    let checkpoint = header::read(&fixtures.join(case["checkpoint"].as_str().unwrap())).unwrap();
+    let checkpoint = header::read(&root().join(case["checkpoint"].as_str().unwrap())).unwrap();
     let family: Family = case["family"].as_str().unwrap().parse().unwrap();
     let loras: Vec<(PathBuf, f32)> = case["loras"]
         .as_array()
@@ -61,7 +60,7 @@ fn fused(case: &serde_json::Value) -> Deltas {
         .iter()
         .map(|l| {
             (
-                fixtures.join(l[0].as_str().unwrap()),
+                root().join(l[0].as_str().unwrap()),
                 l[1].as_f64().unwrap() as f32,
             )
         })
@@ -117,6 +116,13 @@ fn sd15_kohya_and_peft_loras_fuse_as_diffusers_does() {
 #[test]
 fn sdxl_kohya_and_peft_loras_fuse_as_diffusers_does() {
     compare("sdxl");
+}
+
+/// Convolutions (3x3 and 1x1; kohya LoCon-style and PEFT, float16, alpha 3 at rank 4, a negative
+/// weight) besides linear layers of the UNet and the text encoder.
+#[test]
+fn convolution_loras_fuse_as_diffusers_does() {
+    compare("sd15-conv");
 }
 
 #[test]
