@@ -4,7 +4,7 @@
     onnx/.venv/bin/python onnx/template_fill.py TEMPLATE_DIR CHECKPOINT.safetensors OUT_DIR
 
 Pure numpy, what the Rust filler does: copy the template folder (all files but template.json), then
-write each part's data file anew with the checkpoint's tensors at the offsets template.json gives
+write each part's data file anew (its size from the template's) with the checkpoint's tensors at the offsets template.json gives
 (rows sliced, 2-D transposed where `transpose`, widened to float32); constants (source null) keep the
 template's bytes. OUT_DIR appears atomically (written under a temporary name, then renamed).
 """
@@ -68,14 +68,18 @@ def check_fits(template: dict, ckpt: SafetensorsFile) -> None:
 
 
 def fill_part(template_dir: Path, part: dict, ckpt: SafetensorsFile, dest: Path) -> None:
-    shutil.copyfile(template_dir / part["data"], dest / part["data"])  # the constants' bytes
-    with open(dest / part["data"], "r+b") as f:
+    """A new data file of the template's size: constants copied from the template, the rest from the checkpoint."""
+    src = template_dir / part["data"]
+    with open(src, "rb") as constants, open(dest / part["data"], "wb") as f:
+        f.truncate(src.stat().st_size)  # bytes no tensor covers stay zero, as in the template
         for t in part["tensors"]:
             if t["source"] is None:
-                continue
-            b = tensor_bytes(ckpt, t["source"])
+                constants.seek(t["offset"])
+                b = constants.read(t["length"])
+            else:
+                b = tensor_bytes(ckpt, t["source"])
             if len(b) != t["length"]:
-                raise ValueError(f"{t['name']}: {t['source']['key']} gives {len(b)} bytes, the template has {t['length']}")
+                raise ValueError(f"{t['name']}: {len(b)} bytes for the template's {t['length']}")
             f.seek(t["offset"])
             f.write(b)
 
