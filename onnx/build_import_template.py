@@ -276,12 +276,32 @@ def signature(required: dict) -> str:
 
 
 def zero_mapped(folder: Path, parts: dict) -> None:
+    """Rewrites each part's data file with zeros in place of the mapped tensors' bytes, as a
+    sparse file: only what is not mapped (constants, alignment gaps) is written, so a full-size
+    template takes megabytes on disk, not the gigabytes of its weights (the bytes read are the
+    same; git stores the zeros compressed)."""
     for part in parts.values():
-        with open(folder / part["data"], "r+b") as f:
-            for t in part["tensors"]:
-                if t["source"] is not None:
-                    f.seek(t["offset"])
-                    f.write(bytes(t["length"]))
+        path = folder / part["data"]
+        size = path.stat().st_size
+        mapped = sorted((t["offset"], t["offset"] + t["length"]) for t in part["tensors"] if t["source"] is not None)
+        kept, at = [], 0
+        for start, end in mapped + [(size, size)]:
+            if start > at:
+                kept.append((at, start))
+            at = max(at, end)
+        with open(path, "rb") as f:
+            pieces = []
+            for start, end in kept:
+                f.seek(start)
+                pieces.append((start, f.read(end - start)))
+        tmp = path.with_name(path.name + ".sparse")
+        with open(tmp, "wb") as f:
+            f.truncate(size)
+            for start, data in pieces:
+                if any(data):
+                    f.seek(start)
+                    f.write(data)
+        tmp.replace(path)
 
 
 def write_template(export_dir: Path, meta: dict, out_root: Path, replace: bool) -> Path:
