@@ -2,12 +2,14 @@
 //! them, read from their `.safetensors` headers alone (no tensor data, no Python): the header
 //! check ([`header`]), the family from the key names and shapes ([`family`]), and whether a LoRA
 //! fits a checkpoint ([`lora`]). `sdspool import` runs these checks before it starts the Python
-//! conversion (`onnx/import_checkpoint.py`, which applies the same rules).
+//! conversion (`onnx/import_checkpoint.py`, which applies the same rules), or puts the checkpoint's
+//! tensors into an import template from Rust ([`template`]).
 
 pub mod family;
 pub mod header;
 pub mod lora;
 pub mod names;
+pub mod template;
 pub mod tensors;
 
 use std::path::PathBuf;

@@ -105,6 +105,11 @@ mod tests {
         let mut t = TensorFile::open(header).unwrap();
         assert_eq!(t.read_f32("b").unwrap(), vec![0.5]);
         assert_eq!(t.read_f32("a").unwrap(), vec![1.0, -3.0]);
-        assert!(t.read_f32("c").unwrap_err().to_string().contains("no tensor c"));
+        assert!(
+            t.read_f32("c")
+                .unwrap_err()
+                .to_string()
+                .contains("no tensor c")
+        );
     }
 }
