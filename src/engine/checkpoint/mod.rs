@@ -9,6 +9,7 @@ pub mod family;
 pub mod header;
 pub mod lora;
 pub mod names;
+pub mod prediction;
 pub mod template;
 pub mod tensors;
 
