@@ -290,7 +290,11 @@ fn check_disk(
                 "not enough disk space: the import needs about {} ({} weights: {}{} ONNX{}), {} free",
                 disk::human(need),
                 weights,
-                if through_template { "" } else { "float32 PyTorch copy + " },
+                if through_template {
+                    ""
+                } else {
+                    "float32 PyTorch copy + "
+                },
                 if opts.fp16 { "float16" } else { "float32" },
                 if opts.optimize {
                     " + optimised copy"

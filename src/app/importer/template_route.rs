@@ -155,7 +155,10 @@ fn write_prediction(
     prediction: Prediction,
 ) -> Result<(), ImportError> {
     let scheduler = out.join(&template.scheduler_config);
-    edit_json(&scheduler, &[("prediction_type", prediction.as_str().into())])?;
+    edit_json(
+        &scheduler,
+        &[("prediction_type", prediction.as_str().into())],
+    )?;
     let unet = out.join("unet/config.json");
     if template.family == Family::Sd2 && unet.is_file() {
         let v = prediction == Prediction::V;

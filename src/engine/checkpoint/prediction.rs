@@ -9,7 +9,9 @@ use std::path::Path;
 
 use super::Header;
 use crate::runtime::signature::Signature;
-use crate::runtime::tensors::{OrtCallError, extract_float, float_tensor_from, ort_err, timestep_tensor};
+use crate::runtime::tensors::{
+    OrtCallError, extract_float, float_tensor_from, ort_err, timestep_tensor,
+};
 use crate::runtime::{Runtime, RuntimeError};
 
 /// The UNet's prediction type, as diffusers' scheduler configs name it.
@@ -39,7 +41,10 @@ pub enum PredictionError {
     #[error(transparent)]
     Run(#[from] OrtCallError),
     #[error("{}: the UNet has no input {name}", file.display())]
-    NoInput { file: std::path::PathBuf, name: &'static str },
+    NoInput {
+        file: std::path::PathBuf,
+        name: &'static str,
+    },
 }
 
 /// The test's result: the prediction type and the mean it was decided by (`None` for `v_pred`).

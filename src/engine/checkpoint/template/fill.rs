@@ -218,8 +218,9 @@ fn fill_part(
 impl Source {
     /// The key LoRA deltas for this initializer are found under (weights only).
     fn lora_key(&self) -> Option<(Component, String)> {
-        let component = self.component.lora_component()?;
-        (self.param == "weight").then(|| (component, self.module.clone()))
+        let component = self.component?.lora_component()?;
+        let module = self.module.as_ref()?;
+        (self.param.as_deref() == Some("weight")).then(|| (component, module.clone()))
     }
 }
 
@@ -297,7 +298,7 @@ fn initializer_values(
         if delta.len() != values.len() {
             return Err(Failed::Shape(format!(
                 "the LoRA delta for {} has {} values, the weight {}",
-                source.module,
+                source.module.as_deref().unwrap_or_default(),
                 delta.len(),
                 values.len()
             )));

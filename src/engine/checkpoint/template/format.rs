@@ -43,6 +43,7 @@ impl Dtype {
 pub enum SourceComponent {
     Unet,
     TextEncoder,
+    #[serde(rename = "text_encoder_2")]
     TextEncoder2,
     Vae,
 }
@@ -68,10 +69,12 @@ pub struct Source {
     pub rows: Option<[u64; 2]>,
     /// The parameter viewed as 2-D `[d0, rest]` and transposed.
     pub transpose: bool,
-    pub component: SourceComponent,
-    /// The diffusers module path (dotted).
-    pub module: String,
-    pub param: String,
+    /// The diffusers parameter the values equal: component, dotted module path, parameter;
+    /// null where none does (OpenCLIP's `text_projection` is stored transposed): filled from the
+    /// checkpoint, no LoRA target.
+    pub component: Option<SourceComponent>,
+    pub module: Option<String>,
+    pub param: Option<String>,
 }
 
 /// One initializer of a part's data file.

@@ -100,7 +100,8 @@ fn template_json() -> serde_json::Value {
             "unet": {"data": "unet/model.onnx_data", "tensors": [
                 t("const", 0, vec![2], serde_json::Value::Null),
                 t("onnx::MatMul_1", 12, vec![3, 2], source(W, None, true, "down_blocks.0.attentions.0.proj_in", "weight")),
-                t("bias", 36, vec![2], source(B, None, false, "conv_out", "bias")),
+                // OpenCLIP's text_projection-like entry: filled, no diffusers parameter
+                t("bias", 36, vec![2], json!({"key": B, "rows": null, "transpose": false, "component": null, "module": null, "param": null})),
             ]},
             "text_encoder": {"data": "text_encoder/model.onnx_data", "tensors": [
                 t("k", 0, vec![2, 2], source(QKV, Some([2, 4]), false, "text_model.encoder.layers.0.self_attn.k_proj", "weight")),
