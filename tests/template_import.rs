@@ -301,3 +301,171 @@ fn template_and_python_imports_give_the_same_unet_output() {
         );
     }
 }
+
+// ------------------------------------------------------------------ when no template serves
+
+/// The recorded Python conversion of `case` (tests/checkpoint_import.rs replays them too).
+fn replay(case: &str) -> Vec<String> {
+    vec![
+        "--replay-transcript".into(),
+        fixture(&format!("transcripts/{case}.jsonl"))
+            .display()
+            .to_string(),
+        "--replay-folder".into(),
+        fixture(&format!("models/{case}")).display().to_string(),
+    ]
+}
+
+fn args(list: &[String]) -> Vec<&str> {
+    list.iter().map(String::as_str).collect()
+}
+
+/// sd15.safetensors with `key`'s shape written as `shape` (same bytes, another layout).
+fn reshaped_sd15(dir: &Path, key: &str, shape: &[u64]) -> PathBuf {
+    let bytes = std::fs::read(fixture("sd15.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header.get_mut(key).expect("the key")["shape"] = serde_json::json!(shape);
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    let path = dir.join("reshaped.safetensors");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn a_checkpoint_that_fits_no_template_is_refused_by_route_template_and_goes_to_python_by_auto() {
+    const KEY: &str = "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight";
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), &templates());
+    let models = tmp.path().join("models");
+    let ckpt = reshaped_sd15(tmp.path(), KEY, &[32, 37]);
+    let out = import(&config, &ckpt, "odd", &models, &["--route", "template"]);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains("reshaped.safetensors: --route template: no import template fits")
+            && shown.contains(&format!("{KEY} is [32, 37], the template's [37, 32]")),
+        "{shown}"
+    );
+    assert!(
+        common::names(&models).is_empty(),
+        "{:?}",
+        common::names(&models)
+    );
+
+    // auto: the Python conversion (replayed), saying why
+    let mut list = vec!["--route".to_string(), "auto".into()];
+    list.extend(replay("sd15"));
+    let out = import(&config, &ckpt, "odd", &models, &args(&list));
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("through Python: no import template fits") && shown.contains(KEY),
+        "{shown}"
+    );
+    assert!(shown.contains("exporting to ONNX (optimum)"), "{shown}");
+    assert_eq!(common::names(&models), ["odd"]);
+}
+
+#[test]
+fn auto_takes_the_python_route_without_templates_and_for_what_templates_cannot_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("no-templates");
+    std::fs::create_dir_all(&empty).unwrap();
+    let config = config(tmp.path(), &empty);
+    let models = tmp.path().join("models");
+    let out = import(
+        &config,
+        &fixture("sd15.safetensors"),
+        "a",
+        &models,
+        &args(&replay("sd15")),
+    );
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("through Python: no import template fits: no sd15 template in"),
+        "{shown}"
+    );
+    let source = read_json(&models.join("a/sdspool-source.json"));
+    assert!(source.get("route").is_none(), "{source}");
+
+    // a fitting template, but --fp16 asked: Python with auto, a refusal with --route template
+    let b = tmp.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    let config = self::config(&b, &templates());
+    let mut list = vec!["--fp16".to_string()];
+    list.extend(replay("sd15-fp16"));
+    let out = import(
+        &config,
+        &fixture("sd15.safetensors"),
+        "b",
+        &models,
+        &args(&list),
+    );
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("the template route cannot do --fp16"),
+        "{shown}"
+    );
+    let out = import(
+        &config,
+        &fixture("sd15.safetensors"),
+        "c",
+        &models,
+        &["--fp16", "--route", "template"],
+    );
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains("--route template: the template route cannot do --fp16"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_truncated_checkpoint_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), &templates());
+    let models = tmp.path().join("models");
+    let bytes = std::fs::read(fixture("sd15.safetensors")).unwrap();
+    let cut = tmp.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = import(&config, &cut, "cut", &models, &["--route", "template"]);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains("cut.safetensors: truncated: tensor"),
+        "{shown}"
+    );
+    assert!(common::names(&models).is_empty());
+}
+
+#[test]
+fn a_corrupt_template_json_is_named_with_its_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mine = tmp.path().join("templates");
+    let name = template_of("sd15");
+    copy_dir(&templates().join(&name), &mine.join(&name));
+    let file = mine.join(&name).join("template.json");
+    let mut json = read_json(&file);
+    json["parts"]["unet"]["tensors"][3]["length"] = 12.into();
+    std::fs::write(&file, serde_json::to_vec(&json).unwrap()).unwrap();
+    let config = config(tmp.path(), &mine);
+    let models = tmp.path().join("models");
+    let ckpt = fixture("sd15.safetensors");
+    let out = import(&config, &ckpt, "x", &models, &["--route", "template"]);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    let named = format!("{}: `parts.unet.tensors[3].length` is 12", file.display());
+    assert!(shown.contains(&named), "{shown}");
+    // auto goes through Python, saying why
+    let out = import(&config, &ckpt, "x", &models, &args(&replay("sd15")));
+    let shown = text(&out);
+    assert!(out.status.success() && shown.contains(&named), "{shown}");
+}
