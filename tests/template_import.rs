@@ -140,6 +140,44 @@ fn each_family_imported_through_its_template_renders_as_diffusers_does() {
 }
 
 #[test]
+fn loras_fused_through_a_template_render_as_diffusers_fuses_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), &templates());
+    let models = tmp.path().join("models");
+    let mut report = Vec::new();
+    for name in ["sd15-lora", "sdxl-lora"] {
+        let golden = case(name);
+        let mut list = vec!["--route".to_string(), "template".into()];
+        for lora in golden["loras"].as_array().unwrap() {
+            let file = fixture(lora[0].as_str().unwrap());
+            list.extend(["--lora".into(), format!("{}:{}", file.display(), lora[1])]);
+        }
+        let ckpt = fixture(golden["checkpoint"].as_str().unwrap());
+        let out = import(&config, &ckpt, name, &models, &args(&list));
+        let shown = text(&out);
+        assert!(out.status.success(), "{shown}");
+        assert!(
+            shown.contains("fusing the LoRAs") && shown.contains("through the import template"),
+            "{shown}"
+        );
+        let folder = models.join(name);
+        // the LoRAs recorded as the Python route records them (names, hashes, weights as typed)
+        let ours = read_json(&folder.join("sdspool-source.json"));
+        let python = read_json(&fixture(&format!("models/{name}/sdspool-source.json")));
+        assert_eq!(ours["loras"], python["loras"], "{name}");
+        let dir = tmp.path().join(format!("render-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let one = [(name.to_string(), folder)];
+        let out = import_golden::render(&dir, &one, name, &job_yaml(name, &golden));
+        report.push((name, worst_differences(&out, &golden)));
+    }
+    assert!(
+        report.iter().all(|(_, w)| w.iter().all(|d| *d <= 1)),
+        "largest pixel difference per candidate: {report:?}"
+    );
+}
+
+#[test]
 fn the_sd2_import_decides_v_prediction_by_running_the_filled_unet() {
     let tmp = tempfile::tempdir().unwrap();
     let models = tmp.path().join("models");

@@ -164,7 +164,7 @@ pub fn plan(config: &Config, opts: &ImportOptions) -> Result<Plan, ImportError> 
         check_vae(&checkpoint::header::read(vae)?)?;
     }
     let asks = Asks {
-        loras: !loras.is_empty(),
+        pickled_lora: loras.iter().any(|(p, _)| is_ckpt(p)),
         vae: opts.vae.is_some(),
         fp16: opts.fp16,
         optimize: opts.optimize,
@@ -353,7 +353,6 @@ fn convert_and_place(
             let job = TemplateImport {
                 template,
                 header: (**header).clone(),
-                deltas: Default::default(),
                 runtime: &runtime,
                 device_id: config.execution.device_ids.first().copied().unwrap_or(0),
             };

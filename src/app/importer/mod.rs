@@ -10,6 +10,7 @@ pub mod disk;
 pub mod events;
 pub mod route;
 pub mod runner;
+pub mod source_file;
 pub mod staging;
 pub mod template_route;
 pub mod tools;

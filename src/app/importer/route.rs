@@ -35,7 +35,8 @@ impl std::str::FromStr for Route {
 /// What the import asks for beyond the checkpoint itself.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Asks {
-    pub loras: bool,
+    /// A LoRA that is not a `.safetensors` file (a pickle needs Python to read).
+    pub pickled_lora: bool,
     pub vae: bool,
     pub fp16: bool,
     pub optimize: bool,
@@ -63,8 +64,8 @@ fn cannot(asks: Asks, header: Option<&Header>) -> Option<&'static str> {
         Some("--optimize")
     } else if asks.vae {
         Some("--vae")
-    } else if asks.loras {
-        Some("--lora")
+    } else if asks.pickled_lora {
+        Some("a pickled LoRA (.pt/.ckpt; its tensors need Python to read)")
     } else {
         None
     }
