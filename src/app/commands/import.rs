@@ -5,9 +5,11 @@
 //!
 //! Everything that can be checked without Python is checked before the conversion starts: the
 //! files are complete safetensors files, the family is known, the LoRAs fit it, the name is free,
-//! the disk has room for the estimate. The conversion itself is the pinned Python tooling
-//! (`onnx/import_checkpoint.py`, see [`crate::app::importer`]); it writes into a staging folder
-//! beside the target, which is renamed into place when it succeeded.
+//! the disk has room for the estimate. The conversion itself goes through an import template the
+//! checkpoint fits (Rust only: the template's graphs with the checkpoint's tensors written into
+//! their data files, see [`crate::app::importer::route`]) or the pinned Python tooling
+//! (`onnx/import_checkpoint.py`, see [`crate::app::importer`]); either writes into a staging
+//! folder beside the target, which is renamed into place when it succeeded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

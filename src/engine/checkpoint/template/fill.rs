@@ -212,7 +212,7 @@ fn fill_part(
                 data: to.clone(),
                 tensor: t.name.clone(),
                 key: source.key.clone(),
-                source: source_err,
+                source: Box::new(source_err),
             },
             Failed::Shape(problem) => TemplateError::Tensor {
                 data: to.clone(),

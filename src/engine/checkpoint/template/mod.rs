@@ -57,7 +57,7 @@ pub enum TemplateError {
         tensor: String,
         key: String,
         #[source]
-        source: CheckpointError,
+        source: Box<CheckpointError>,
     },
     #[error("{}: initializer {tensor} from {key}: {problem}", data.display())]
     Tensor {
