@@ -5,9 +5,10 @@ For each case below the checkpoint is loaded as onnx/import_checkpoint.py loads 
 UNet and text-encoder parameters are copied, the LoRAs are fused at the case's weights by
 `import_checkpoint.apply_loras` (diffusers' `load_lora_weights` + `set_adapters` + `fuse_lora` +
 `unload_lora_weights`), and fused minus unfused is recorded for every parameter that changed.
-The fixture LoRAs change linear layers only; the script also writes two small LoRAs of its own that
+The fixture LoRAs change linear layers only, with one alpha and one rank each; the script also writes
+small LoRAs of its own (WRITTEN, tests/golden/lora/*.safetensors, the same bytes on every run) that
 change convolutions (3x3 and 1x1, kohya LoCon-style and PEFT, float16, alpha != rank, a negative
-weight): tests/golden/lora/lora-sd15-conv-{kohya,peft}.safetensors (same bytes on every run).
+weight) and that mix alphas and ranks within a file.
 
   tests/golden/lora/<case>.deltas.npy   float32, every delta flattened and concatenated
   tests/golden/lora/index.json          {"cases": {case: {"checkpoint", "family", "loras": [[file, weight]],
@@ -47,38 +48,72 @@ CASES = {
     "sd15": (f"{FIX}/sd15.safetensors", [(f"{FIX}/lora-sd15-kohya.safetensors", 0.8), (f"{FIX}/lora-sd15-peft.safetensors", 0.5)]),
     "sdxl": (f"{FIX}/sdxl.safetensors", [(f"{FIX}/lora-sdxl-kohya.safetensors", 0.7), (f"{FIX}/lora-sdxl-peft.safetensors", 0.4)]),
     "sd15-conv": (f"{FIX}/sd15.safetensors", [(f"{CONV}/lora-sd15-conv-kohya.safetensors", 0.6), (f"{CONV}/lora-sd15-conv-peft.safetensors", -0.3)]),
+    "sd15-alpha": (f"{FIX}/sd15.safetensors", [(f"{CONV}/lora-sd15-alpha-kohya.safetensors", 0.9), (f"{CONV}/lora-sd15-ranks-peft.safetensors", 0.7)]),
 }
 
-# (layer, down shape, up shape) of the convolution LoRAs on the tiny SD 1.5 fixture; kohya with alpha 3 at rank 4
-CONV_KOHYA = [
-    ("lora_unet_down_blocks_0_resnets_0_conv1", [4, 16, 3, 3], [16, 4, 1, 1]),
-    ("lora_unet_down_blocks_0_attentions_0_proj_in", [4, 16, 1, 1], [16, 4, 1, 1]),
-    ("lora_unet_down_blocks_1_resnets_0_conv_shortcut", [4, 16, 1, 1], [32, 4, 1, 1]),
-    ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj", [4, 16], [128, 4]),
-    ("lora_te_text_model_encoder_layers_0_mlp_fc1", [4, 32], [37, 4]),
-]
-CONV_PEFT = [
-    ("unet.down_blocks.0.resnets.0.conv1", [3, 16, 3, 3], [16, 3, 1, 1]),
-    ("unet.down_blocks.0.resnets.0.conv2", [3, 16, 3, 3], [16, 3, 1, 1]),
-    ("unet.up_blocks.1.attentions.0.proj_out", [3, 16, 1, 1], [16, 3, 1, 1]),
-]
+# file -> (layout, [(layer, down shape, up shape, alpha or None)]): LoRAs this script writes for the tiny
+# SD 1.5 fixture. The conv files change convolutions (3x3, 1x1); the alpha files exercise which
+# lora_alpha diffusers' get_peft_kwargs gives a layer (engine::checkpoint::lora_alpha): kohya layers
+# partly with alpha (the others, and attention projections, get the most common one), text-encoder
+# layers with none and mixed ranks (all get the rank of the first in the model's order: v_proj before
+# q_proj), a PEFT file mixing ranks (the first key's rank for all).
+A = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_"
+P = "unet.down_blocks.0.attentions.0.transformer_blocks.0."
+WRITTEN = {
+    "lora-sd15-conv-kohya.safetensors": ("kohya", [
+        ("lora_unet_down_blocks_0_resnets_0_conv1", [4, 16, 3, 3], [16, 4, 1, 1], 3.0),
+        ("lora_unet_down_blocks_0_attentions_0_proj_in", [4, 16, 1, 1], [16, 4, 1, 1], 3.0),
+        ("lora_unet_down_blocks_1_resnets_0_conv_shortcut", [4, 16, 1, 1], [32, 4, 1, 1], 3.0),
+        ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj", [4, 16], [128, 4], 3.0),
+        ("lora_te_text_model_encoder_layers_0_mlp_fc1", [4, 32], [37, 4], 3.0),
+    ]),
+    "lora-sd15-conv-peft.safetensors": ("peft", [
+        ("unet.down_blocks.0.resnets.0.conv1", [3, 16, 3, 3], [16, 3, 1, 1], None),
+        ("unet.down_blocks.0.resnets.0.conv2", [3, 16, 3, 3], [16, 3, 1, 1], None),
+        ("unet.up_blocks.1.attentions.0.proj_out", [3, 16, 1, 1], [16, 3, 1, 1], None),
+    ]),
+    "lora-sd15-alpha-kohya.safetensors": ("kohya", [
+        (A + "attn1_to_q", [4, 16], [16, 4], 1.0),
+        (A + "attn1_to_k", [4, 16], [16, 4], 3.0),
+        (A + "attn1_to_v", [4, 16], [16, 4], 3.0),
+        (A + "attn1_to_out_0", [4, 16], [16, 4], None),
+        (A + "attn2_to_q", [2, 16], [16, 2], None),
+        # not attention projections: their own alpha holds (alpha_pattern), 1 differing from the 3 of most
+        (A + "ff_net_2", [4, 64], [16, 4], 1.0),
+        ("lora_unet_down_blocks_0_attentions_0_proj_out", [4, 16, 1, 1], [16, 4, 1, 1], 3.0),
+        ("lora_te_text_model_encoder_layers_0_self_attn_q_proj", [2, 32], [32, 2], None),
+        ("lora_te_text_model_encoder_layers_0_self_attn_v_proj", [4, 32], [32, 4], None),
+        ("lora_te_text_model_encoder_layers_1_self_attn_k_proj", [3, 32], [32, 3], None),
+        # diffusers 0.39 cannot load kohya text-encoder attention LoRAs without an out_proj ("Could not
+        # automatically infer state dict type": it tells the old attention-processor names by to_out_lora)
+        ("lora_te_text_model_encoder_layers_1_self_attn_out_proj", [2, 32], [32, 2], None),
+    ]),
+    "lora-sd15-ranks-peft.safetensors": ("peft", [
+        (P + "attn1.to_k", [3, 16], [16, 3], None),
+        (P + "attn1.to_q", [1, 16], [16, 1], None),
+        (P + "attn2.to_v", [2, 32], [16, 2], None),
+        (P + "ff.net.2", [2, 64], [16, 2], None),
+        ("text_encoder.text_model.encoder.layers.1.mlp.fc1", [2, 32], [37, 2], None),
+        ("text_encoder.text_model.encoder.layers.0.self_attn.out_proj", [1, 32], [32, 1], None),
+    ]),
+}
 
 
-def write_conv_loras() -> None:
+def write_loras() -> None:
+    """The files of WRITTEN, float16, from one seeded generator (the same bytes on every run)."""
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(2201)
-    kohya = {}
-    for name, down, up in CONV_KOHYA:
-        kohya[f"{name}.lora_down.weight"] = (torch.randn(down, generator=g) * 0.3).half()
-        kohya[f"{name}.lora_up.weight"] = (torch.randn(up, generator=g) * 0.3).half()
-        kohya[f"{name}.alpha"] = torch.tensor(3.0).half()
-    save_file(kohya, str(ROOT / CONV / "lora-sd15-conv-kohya.safetensors"))
-    peft = {}
-    for name, down, up in CONV_PEFT:
-        peft[f"{name}.lora_A.weight"] = (torch.randn(down, generator=g) * 0.3).half()
-        peft[f"{name}.lora_B.weight"] = (torch.randn(up, generator=g) * 0.3).half()
-    save_file(peft, str(ROOT / CONV / "lora-sd15-conv-peft.safetensors"))
+    for file, (layout, layers) in WRITTEN.items():
+        down_name, up_name = ("lora_down", "lora_up") if layout == "kohya" else ("lora_A", "lora_B")
+        tensors = {}
+        for name, down, up, alpha in layers:
+            tensors[f"{name}.{down_name}.weight"] = (torch.randn(down, generator=g) * 0.3).half()
+            tensors[f"{name}.{up_name}.weight"] = (torch.randn(up, generator=g) * 0.3).half()
+            if alpha is not None:
+                tensors[f"{name}.alpha"] = torch.tensor(alpha).half()
+        save_file(tensors, str(ROOT / CONV / file))
+
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
@@ -122,7 +157,7 @@ def record(case: str) -> dict:
 def main() -> int:
     torch.use_deterministic_algorithms(True)
     GOLDEN.mkdir(parents=True, exist_ok=True)
-    write_conv_loras()
+    write_loras()
     index = {"cases": {case: record(case) for case in CASES}}
     (GOLDEN / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     return 0

@@ -125,6 +125,13 @@ fn convolution_loras_fuse_as_diffusers_does() {
     compare("sd15-conv");
 }
 
+/// Which lora_alpha diffusers gives a layer: kohya layers partly with alpha (the others get the
+/// most common), text-encoder layers without alpha mixing ranks, a PEFT file mixing ranks.
+#[test]
+fn alphas_and_ranks_mixed_within_a_file_scale_as_diffusers_does() {
+    compare("sd15-alpha");
+}
+
 #[test]
 fn a_lora_for_another_family_is_refused_by_name() {
     let fixtures = root().join("tests/fixtures/import");

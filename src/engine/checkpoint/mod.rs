@@ -9,6 +9,7 @@
 pub mod family;
 pub mod header;
 pub mod lora;
+mod lora_alpha;
 pub mod lora_fuse;
 pub mod names;
 pub mod prediction;
