@@ -191,6 +191,10 @@ fn the_sd2_import_decides_v_prediction_by_running_the_filled_unet() {
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
     assert!(shown.contains("imported v (sd2, v_prediction)"), "{shown}");
+    assert!(
+        shown.contains("deciding the prediction type (AUTOMATIC1111's test)"),
+        "{shown}"
+    );
     let unet = read_json(&models.join("v/unet/config.json"));
     assert_eq!(unet["upcast_attention"], true);
     assert_eq!(unet["sample_size"], 96);
