@@ -5,9 +5,11 @@
 //!
 //! Everything that can be checked without Python is checked before the conversion starts: the
 //! files are complete safetensors files, the family is known, the LoRAs fit it, the name is free,
-//! the disk has room for the estimate. The conversion itself is the pinned Python tooling
-//! (`onnx/import_checkpoint.py`, see [`crate::app::importer`]); it writes into a staging folder
-//! beside the target, which is renamed into place when it succeeded.
+//! the disk has room for the estimate. The conversion itself goes through an import template the
+//! checkpoint fits (Rust only: the template's graphs with the checkpoint's tensors written into
+//! their data files, see [`crate::app::importer::route`]) or the pinned Python tooling
+//! (`onnx/import_checkpoint.py`, see [`crate::app::importer`]); either writes into a staging
+//! folder beside the target, which is renamed into place when it succeeded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,9 +18,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::config::Config;
 use crate::app::importer::events::{Event, Stage, StageState};
+use crate::app::importer::route::{self, Asks, Chosen, Route};
 use crate::app::importer::runner::{self, Converted, OptimizeTarget, Request, Runner};
 use crate::app::importer::staging::{self, Staging};
-use crate::app::importer::{ImportError, config_edit, disk, tools};
+use crate::app::importer::template_route::{self, TemplateImport};
+use crate::app::importer::{ImportError, config_edit, disk, template_build, tools};
+use crate::engine::checkpoint::template::{self, Replacement, Template};
 use crate::engine::checkpoint::{self, CheckpointError, Family, Header};
 
 /// The command line of `sdspool import`.
@@ -43,6 +48,10 @@ pub struct ImportOptions {
     pub replay: Option<(PathBuf, PathBuf)>,
     /// With `replay`: a pause before each event (tests that stop an import part-way).
     pub replay_delay: Duration,
+    /// Through an import template, Python, or the first that can (`--route`).
+    pub route: Route,
+    /// Build the import template first when none fits (`--build-template`).
+    pub build_template: bool,
 }
 
 /// What happened to the configuration file.
@@ -74,6 +83,8 @@ pub struct Plan {
     pub family: Option<Family>,
     pub loras: Vec<(PathBuf, f32)>,
     pub estimate: u64,
+    /// Through a template or Python.
+    pub route: Chosen,
     /// Said before starting (e.g. that a .ckpt cannot be checked without Python).
     pub notes: Vec<String>,
 }
@@ -152,17 +163,56 @@ pub fn plan(config: &Config, opts: &ImportOptions) -> Result<Plan, ImportError> 
         (Some(opts.family.unwrap_or(found)), Some(header))
     };
     let loras = check_loras(opts, header.as_ref(), family)?;
-    if let Some(vae) = &opts.vae
-        && !is_ckpt(vae)
-    {
-        check_vae(&checkpoint::header::read(vae)?)?;
+    let vae = match &opts.vae {
+        None => None,
+        Some(v) if is_ckpt(v) => Some(Err(
+            "a pickled VAE (.ckpt/.pt; its tensors need Python to read)",
+        )),
+        Some(v) => {
+            let header = checkpoint::header::read(v)?;
+            check_vae(&header)?;
+            Some(match template::vae::layout(&header) {
+                Some(layout) => Ok(Replacement { header, layout }),
+                None => Err("--vae in diffusers' layout (encoder.down_blocks.*)"),
+            })
+        }
+    };
+    let asks = Asks {
+        pickled_lora: loras.iter().any(|(p, _)| is_ckpt(p)),
+        vae,
+        fp16: opts.fp16,
+        optimize: opts.optimize,
+    };
+    let dirs = config.import.template_dirs(&models_dir(config, opts));
+    let route = route::choose(
+        opts.route,
+        opts.build_template,
+        asks,
+        &opts.checkpoint,
+        header.as_ref(),
+        family,
+        &dirs,
+    )?;
+    match &route {
+        Chosen::Template { template, .. } => notes.push(format!(
+            "through the import template {} (no Python)",
+            template.dir.display()
+        )),
+        Chosen::Python { why: Some(why) } => notes.push(format!("through Python: {why}")),
+        Chosen::Build { into, .. } => notes.push(format!(
+            "no import template fits; building one into {} (Python), then through it",
+            into.display()
+        )),
+        Chosen::Python { why: None } => {}
     }
-    let estimate = check_disk(opts, header.as_ref(), &target)?;
+    let through_template = !matches!(route, Chosen::Python { .. });
+    let estimate = check_disk(opts, header.as_ref(), &target, through_template)?;
     Ok(Plan {
         target,
         family,
         loras,
         estimate,
+        route,
         notes,
     })
 }
@@ -234,6 +284,7 @@ fn check_disk(
     opts: &ImportOptions,
     header: Option<&Header>,
     target: &Path,
+    through_template: bool,
 ) -> Result<u64, ImportError> {
     let weights = match header {
         Some(h) => disk::exported_weights(h),
@@ -241,7 +292,11 @@ fn check_disk(
             .map(|m| m.len() / 4)
             .unwrap_or(0),
     };
-    let need = disk::estimate(weights, opts.fp16, opts.optimize);
+    let need = if through_template {
+        disk::estimate_template(weights)
+    } else {
+        disk::estimate(weights, opts.fp16, opts.optimize)
+    };
     let dir = target.parent().unwrap_or(Path::new("."));
     let free = disk::free_bytes(dir).map_err(|source| ImportError::Io {
         path: dir.to_path_buf(),
@@ -251,9 +306,14 @@ fn check_disk(
         return Err(refuse(
             dir,
             format!(
-                "not enough disk space: the import needs about {} ({} weights: float32 PyTorch copy + {} ONNX{}), {} free",
+                "not enough disk space: the import needs about {} ({} weights: {}{} ONNX{}), {} free",
                 disk::human(need),
                 weights,
+                if through_template {
+                    ""
+                } else {
+                    "float32 PyTorch copy + "
+                },
                 if opts.fp16 { "float16" } else { "float32" },
                 if opts.optimize {
                     " + optimised copy"
@@ -305,7 +365,107 @@ fn convert_and_place(
     plan: &Plan,
     staging: &Path,
 ) -> Result<Imported, ImportError> {
-    let runner = match &opts.replay {
+    let request = request(config, opts, plan, staging);
+    let converted = match &plan.route {
+        Chosen::Template {
+            template,
+            header,
+            vae,
+        } => through_template(config, template, header, vae.as_deref(), &request)?,
+        Chosen::Build {
+            header,
+            vae,
+            family,
+            into,
+        } => {
+            let vae = vae.as_deref();
+            let template = build_template(config, opts, staging, (header, vae), *family, into)?;
+            through_template(config, &template, header, vae, &request)?
+        }
+        Chosen::Python { .. } => {
+            let runner = python_runner(config, opts, staging)?;
+            with_progress(python_stages(opts), |on_event| {
+                runner::run(&runner, &request, on_event)
+            })?
+        }
+    };
+    place(&converted, &plan.target, staging)?;
+    let update = update_config(config, &opts.name, &plan.target);
+    Ok(Imported {
+        folder: plan.target.clone(),
+        family: converted
+            .family
+            .or(plan.family.map(|f| f.as_str().to_string()))
+            .unwrap_or_default(),
+        prediction_type: converted.prediction_type,
+        config: update,
+    })
+}
+
+fn through_template(
+    config: &Config,
+    template: &Template,
+    header: &Header,
+    vae: Option<&Replacement>,
+    request: &Request,
+) -> Result<Converted, ImportError> {
+    let runtime = || config.runtime();
+    let job = TemplateImport {
+        template,
+        header: header.clone(),
+        vae: vae.cloned(),
+        runtime: &runtime,
+        device_id: config.execution.device_ids.first().copied().unwrap_or(0),
+    };
+    let stages = template_route::stages(template.family, !request.loras.is_empty());
+    with_progress(stages, |on_event| {
+        template_route::convert(job, request, on_event)
+    })
+}
+
+/// `--build-template`: the template of the checkpoint's architecture built into `into` by
+/// onnx/build_import_template.py, checked to fit.
+fn build_template(
+    config: &Config,
+    opts: &ImportOptions,
+    staging: &Path,
+    (header, vae): (&Header, Option<&Replacement>),
+    family: Family,
+    into: &Path,
+) -> Result<Template, ImportError> {
+    let tools = tools::find(opts.tools.as_deref(), &config.base_dir())?;
+    let script = tools.join(template_build::SCRIPT);
+    if !script.is_file() {
+        return Err(refuse(
+            &script,
+            "--build-template needs it, and this checkout does not have it",
+        ));
+    }
+    let dest = template_build::build(
+        &tools::python(&tools)?,
+        &absolute(&script),
+        &absolute(&staging.join("tmp")),
+        &absolute(&opts.checkpoint),
+        &absolute(into),
+        family,
+    )?;
+    let template = Template::read(&dest)?;
+    template::fit::check(&template, header, vae).map_err(|misfit| {
+        refuse(
+            &dest,
+            format!("the template just built does not fit the checkpoint: {misfit}"),
+        )
+    })?;
+    eprintln!("sdspool: built the import template {}", dest.display());
+    Ok(template)
+}
+
+fn python_runner(
+    config: &Config,
+    opts: &ImportOptions,
+    staging: &Path,
+) -> Result<Runner, ImportError> {
+    Ok(match &opts.replay {
         Some((transcript, folder)) => Runner::Replay {
             transcript: transcript.clone(),
             folder: folder.clone(),
@@ -326,8 +486,11 @@ fn convert_and_place(
                 tmp: absolute(&staging.join("tmp")),
             }
         }
-    };
-    let request = Request {
+    })
+}
+
+fn request(config: &Config, opts: &ImportOptions, plan: &Plan, staging: &Path) -> Request {
+    Request {
         checkpoint: absolute(&opts.checkpoint),
         out: absolute(&staging.join(&opts.name)),
         name: opts.name.clone(),
@@ -339,33 +502,25 @@ fn convert_and_place(
             opts.optimize_target
                 .unwrap_or_else(|| OptimizeTarget::for_providers(&config.execution.providers))
         }),
-    };
-    let converted = with_progress(opts, |on_event| runner::run(&runner, &request, on_event))?;
-    place(&converted, &plan.target, staging)?;
-    let update = update_config(config, &opts.name, &plan.target);
-    Ok(Imported {
-        folder: plan.target.clone(),
-        family: converted
-            .family
-            .or(plan.family.map(|f| f.as_str().to_string()))
-            .unwrap_or_default(),
-        prediction_type: converted.prediction_type,
-        config: update,
-    })
+    }
 }
 
-fn with_progress(
-    opts: &ImportOptions,
-    run: impl FnOnce(&mut dyn FnMut(&Event)) -> Result<Converted, ImportError>,
-) -> Result<Converted, ImportError> {
-    let stages: Vec<Stage> = Stage::ALL
+/// The stages the Python conversion reports for these options.
+fn python_stages(opts: &ImportOptions) -> Vec<Stage> {
+    Stage::PYTHON
         .into_iter()
         .filter(|s| match s {
             Stage::Lora => !opts.loras.is_empty(),
             Stage::Vae => opts.vae.is_some(),
             _ => true,
         })
-        .collect();
+        .collect()
+}
+
+fn with_progress(
+    stages: Vec<Stage>,
+    run: impl FnOnce(&mut dyn FnMut(&Event)) -> Result<Converted, ImportError>,
+) -> Result<Converted, ImportError> {
     let bar = ProgressBar::new(stages.len() as u64).with_style(
         ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg} ({elapsed})")
             .expect("a valid template"),
