@@ -139,32 +139,42 @@ fn each_family_imported_through_its_template_renders_as_diffusers_does() {
     );
 }
 
+/// Imports the golden case `name` (its checkpoint with its LoRAs) through its template into
+/// `models`, checks the LoRAs are recorded as the Python route records them (names, hashes,
+/// weights as typed), and returns the folder.
+fn import_with_loras(config: &Path, models: &Path, name: &str) -> PathBuf {
+    // every import case, also those without pictures of their own (a refiner's)
+    let golden = read_json(&import_golden::golden_dir().join("index.json"))["cases"][name].clone();
+    let mut list = vec!["--route".to_string(), "template".into()];
+    for lora in golden["loras"].as_array().unwrap() {
+        let file = fixture(lora[0].as_str().unwrap());
+        list.extend(["--lora".into(), format!("{}:{}", file.display(), lora[1])]);
+    }
+    let ckpt = fixture(golden["checkpoint"].as_str().unwrap());
+    let out = import(config, &ckpt, name, models, &args(&list));
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("fusing the LoRAs") && shown.contains("through the import template"),
+        "{shown}"
+    );
+    let folder = models.join(name);
+    let ours = read_json(&folder.join("sdspool-source.json"));
+    let python = read_json(&fixture(&format!("models/{name}/sdspool-source.json")));
+    assert_eq!(ours["loras"], python["loras"], "{name}");
+    folder
+}
+
 #[test]
 fn loras_fused_through_a_template_render_as_diffusers_fuses_them() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path(), &templates());
     let models = tmp.path().join("models");
     let mut report = Vec::new();
-    for name in ["sd15-lora", "sdxl-lora"] {
+    // SD 2.x LoRAs change q, k and v, which the single file holds as rows of one in_proj tensor.
+    for name in ["sd15-lora", "sd2-v-lora", "sdxl-lora"] {
         let golden = case(name);
-        let mut list = vec!["--route".to_string(), "template".into()];
-        for lora in golden["loras"].as_array().unwrap() {
-            let file = fixture(lora[0].as_str().unwrap());
-            list.extend(["--lora".into(), format!("{}:{}", file.display(), lora[1])]);
-        }
-        let ckpt = fixture(golden["checkpoint"].as_str().unwrap());
-        let out = import(&config, &ckpt, name, &models, &args(&list));
-        let shown = text(&out);
-        assert!(out.status.success(), "{shown}");
-        assert!(
-            shown.contains("fusing the LoRAs") && shown.contains("through the import template"),
-            "{shown}"
-        );
-        let folder = models.join(name);
-        // the LoRAs recorded as the Python route records them (names, hashes, weights as typed)
-        let ours = read_json(&folder.join("sdspool-source.json"));
-        let python = read_json(&fixture(&format!("models/{name}/sdspool-source.json")));
-        assert_eq!(ours["loras"], python["loras"], "{name}");
+        let folder = import_with_loras(&config, &models, name);
         let dir = tmp.path().join(format!("render-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
         let one = [(name.to_string(), folder)];
@@ -271,6 +281,28 @@ fn an_imported_sdxl_base_hands_off_to_an_imported_refiner_as_diffusers_does() {
     let handoff = &index["handoffs"]["sdxl-refiner"];
     let job = format!(
         "{}refiner: sdxl-refiner\nrefiner_start: {}\n",
+        job_yaml("sdxl", handoff),
+        handoff["refiner_start"]
+    );
+    let dir = tmp.path().join("render");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = import_golden::render(&dir, &models, "handoff", &job);
+    let worst = worst_differences(&out, handoff);
+    assert!(worst.iter().all(|d| *d <= 1), "{worst:?}");
+}
+
+#[test]
+fn a_refiner_with_loras_fused_through_a_template_takes_over_as_diffusers_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), &templates());
+    let mut models = import_all(tmp.path(), &[("sdxl.safetensors", "sdxl")]);
+    let refiner = "sdxl-refiner-lora";
+    let folder = import_with_loras(&config, &tmp.path().join("models"), refiner);
+    models.push((refiner.to_string(), folder));
+    let index = read_json(&import_golden::golden_dir().join("index.json"));
+    let handoff = &index["handoffs"][refiner];
+    let job = format!(
+        "{}refiner: {refiner}\nrefiner_start: {}\n",
         job_yaml("sdxl", handoff),
         handoff["refiner_start"]
     );
