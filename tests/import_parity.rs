@@ -1,6 +1,6 @@
 //! Parity of imported checkpoints: the model folders a real `onnx/import_checkpoint.py` run wrote
 //! from the tiny single-file fixtures (tests/fixtures/import/models, with and without LoRAs fused)
-//! rendered by sdspool — `sdspool render`, and the daemon for one — against diffusers' PyTorch
+//! rendered by sdspool — the daemon for every case, `sdspool render` for some — against diffusers' PyTorch
 //! pipeline loading the same single files with `from_single_file` and fusing the same LoRAs with
 //! `load_lora_weights` + `fuse_lora` (tests/golden/import, made by onnx/golden_import.py): every
 //! pixel within 1/255.
@@ -14,7 +14,7 @@ use common::import_golden::{self, case, cases, golden_dir, job_yaml, worst_diffe
 use serde_json::Value;
 
 #[test]
-fn imported_folders_render_as_diffusers_renders_the_single_files() {
+fn imported_folders_render_through_the_daemon_as_diffusers_renders_the_single_files() {
     let cases = cases();
     let names: Vec<&str> = cases.iter().map(|(n, _)| n.as_str()).collect();
     assert!(
@@ -30,12 +30,19 @@ fn imported_folders_render_as_diffusers_renders_the_single_files() {
         .all(|n| names.contains(n)),
         "{names:?}"
     );
+    // one spool, one job per case, the daemon renders them all
     let tmp = tempfile::tempdir().unwrap();
-    let mut report = Vec::new();
-    for (name, case) in &cases {
-        let out = render(tmp.path(), &names, name, &job_yaml(name, case));
-        report.push((name.clone(), worst_differences(&out, case)));
-    }
+    let jobs: Vec<(String, String)> = cases
+        .iter()
+        .map(|(name, case)| (format!("job-{name}"), job_yaml(name, case)))
+        .collect();
+    let models = fixture_models(&names);
+    let (outs, _) = import_golden::daemon_render_all(tmp.path(), &models, &jobs);
+    let report: Vec<(String, Vec<i32>)> = cases
+        .iter()
+        .zip(&outs)
+        .map(|((name, case), out)| (name.clone(), worst_differences(out, case)))
+        .collect();
     assert!(
         report.iter().all(|(_, w)| w.iter().all(|d| *d <= 1)),
         "largest pixel difference per candidate: {report:?}"

@@ -110,9 +110,19 @@ pub fn daemon_render(
     job_name: &str,
     job_yaml: &str,
 ) -> (PathBuf, PathBuf) {
+    let (mut outs, config) =
+        daemon_render_all(tmp, models, &[(job_name.to_string(), job_yaml.to_string())]);
+    (outs.remove(0), config)
+}
+
+/// Submits each `(job_name, job_yaml)` to one spool configured with `models` and runs the daemon
+/// until it is idle: the jobs' output folders (in order) and the configuration file.
+pub fn daemon_render_all(
+    tmp: &Path,
+    models: &[(String, PathBuf)],
+    jobs: &[(String, String)],
+) -> (Vec<PathBuf>, PathBuf) {
     let config = config(tmp, models);
-    let job = tmp.join(format!("{job_name}.yaml"));
-    std::fs::write(&job, job_yaml).unwrap();
     let sdspool = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_sdspool"))
             .arg("--config")
@@ -127,9 +137,17 @@ pub fn daemon_render(
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    sdspool(&["submit", job.to_str().unwrap()]);
+    for (job_name, job_yaml) in jobs {
+        let job = tmp.join(format!("{job_name}.yaml"));
+        std::fs::write(&job, job_yaml).unwrap();
+        sdspool(&["submit", job.to_str().unwrap()]);
+    }
     sdspool(&["run", "--until-idle"]);
-    (tmp.join("output").join(job_name), config)
+    let outs = jobs
+        .iter()
+        .map(|(job_name, _)| tmp.join("output").join(job_name))
+        .collect();
+    (outs, config)
 }
 
 pub fn case(name: &str) -> Value {
