@@ -200,6 +200,12 @@ struct ImportArgs {
     /// The folder with import_checkpoint.py (default: onnx/ beside the configuration file).
     #[arg(long, value_name = "DIR")]
     tools: Option<PathBuf>,
+    /// template: through an import template the checkpoint fits (no Python; `import.templates`
+    /// in the configuration, default <models dir>/.templates); python: through
+    /// onnx/import_checkpoint.py; auto: a template when one fits and nothing it cannot do is
+    /// asked (--fp16, --optimize, --vae, a .ckpt), else Python.
+    #[arg(long, value_name = "auto|template|python", default_value = "auto")]
+    route: String,
     /// Tests: replay this recorded transcript of a real conversion instead of running Python.
     #[arg(long, hide = true, requires = "replay_folder")]
     replay_transcript: Option<PathBuf>,
@@ -410,7 +416,12 @@ fn import(config: &Config, args: ImportArgs) -> Outcome {
         ),
         None => None,
     };
+    let route = args
+        .route
+        .parse()
+        .map_err(|e: String| Failure::usage(anyhow::anyhow!("--route: {e}")))?;
     let opts = ImportOptions {
+        route,
         checkpoint: args.checkpoint,
         name: args.name,
         family,

@@ -10,82 +10,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::config_file::TestConfig;
-use ndarray::ArrayD;
-use ndarray_npy::read_npy;
+use common::import_golden::{self, case, cases, golden_dir, job_yaml, worst_differences};
 use serde_json::Value;
-
-fn golden_dir() -> PathBuf {
-    common::root().join("tests/golden/import")
-}
-
-fn cases() -> Vec<(String, Value)> {
-    let text = std::fs::read_to_string(golden_dir().join("index.json")).unwrap();
-    let index: Value = serde_json::from_str(&text).unwrap();
-    let mut out: Vec<(String, Value)> = index["cases"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, c)| c.get("pixels").is_some())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn config(dir: &Path, names: &[&str]) -> PathBuf {
-    let mut c = TestConfig::daemon(dir);
-    c.rerank = None;
-    c.default_model = Some(names[0].to_string());
-    c.models = names
-        .iter()
-        .map(|n| {
-            (
-                n.to_string(),
-                common::root().join("tests/fixtures/import/models").join(n),
-            )
-        })
-        .collect();
-    c.write(dir)
-}
-
-fn job_yaml(name: &str, case: &Value) -> String {
-    format!(
-        "model: {name}\nprompts:\n  - {}\ncandidates: {}\nseed: {}\nsteps: {}\nguidance: {}\nscheduler: {}\nwidth: {}\nheight: {}\nrerank: false\n",
-        case["prompt"].as_str().unwrap(),
-        case["seeds"].as_array().unwrap().len(),
-        case["seeds"][0],
-        case["steps"],
-        case["guidance"],
-        case["scheduler"].as_str().unwrap(),
-        case["width"],
-        case["height"],
-    )
-}
-
-/// The largest difference between the PNGs of `dir` and the golden pixels, per candidate.
-fn worst_differences(dir: &Path, case: &Value) -> Vec<i32> {
-    let golden: ArrayD<u8> = read_npy(golden_dir().join(case["pixels"].as_str().unwrap())).unwrap();
-    let seeds = case["seeds"].as_array().unwrap();
-    seeds
-        .iter()
-        .enumerate()
-        .map(|(i, seed)| {
-            let file = dir.join(format!("p000-c{i:02}-s{seed}.png"));
-            let image = image::open(&file)
-                .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
-                .to_rgb8();
-            let mut worst = 0i32;
-            for (x, y, px) in image.enumerate_pixels() {
-                for c in 0..3 {
-                    let want = golden[[i, y as usize, x as usize, c]];
-                    worst = worst.max((i32::from(px[c]) - i32::from(want)).abs());
-                }
-            }
-            worst
-        })
-        .collect()
-}
 
 #[test]
 fn imported_folders_render_as_diffusers_renders_the_single_files() {
@@ -153,58 +79,28 @@ fn the_daemon_renders_an_imported_sdxl_with_loras_as_diffusers_does() {
     );
 }
 
+/// The folders the Python conversion wrote (tests/fixtures/import/models), by name.
+fn fixture_models(names: &[&str]) -> Vec<(String, PathBuf)> {
+    names
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                common::root().join("tests/fixtures/import/models").join(n),
+            )
+        })
+        .collect()
+}
+
 /// Renders `job_yaml` with `sdspool render` over the imported folders `names`; the output folder.
 fn render(tmp: &Path, names: &[&str], job_name: &str, job_yaml: &str) -> PathBuf {
-    let config = config(tmp, names);
-    let job = tmp.join(format!("{job_name}.yaml"));
-    std::fs::write(&job, job_yaml).unwrap();
-    let out = tmp.join(format!("out-{job_name}"));
-    let run = Command::new(env!("CARGO_BIN_EXE_sdspool"))
-        .arg("--config")
-        .arg(&config)
-        .arg("render")
-        .arg(&job)
-        .arg("--output")
-        .arg(&out)
-        .env("SDSPOOL_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{job_name}: {}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
+    import_golden::render(tmp, &fixture_models(names), job_name, job_yaml)
 }
 
 /// Submits `job_yaml` as `job_name` to a spool configured with `names` and runs the daemon until
 /// it is idle: the job's output folder and the configuration file.
 fn daemon_render(tmp: &Path, names: &[&str], job_name: &str, job_yaml: &str) -> (PathBuf, PathBuf) {
-    let config = config(tmp, names);
-    let job = tmp.join(format!("{job_name}.yaml"));
-    std::fs::write(&job, job_yaml).unwrap();
-    let sdspool = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_sdspool"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env("SDSPOOL_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    sdspool(&["submit", job.to_str().unwrap()]);
-    sdspool(&["run", "--until-idle"]);
-    (tmp.join("output").join(job_name), config)
-}
-
-fn case(name: &str) -> Value {
-    cases().into_iter().find(|(n, _)| n == name).unwrap().1
+    import_golden::daemon_render(tmp, &fixture_models(names), job_name, job_yaml)
 }
 
 #[test]

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod config_file;
+pub mod import_golden;
 pub mod served;
 pub mod spool_env;
 

@@ -16,8 +16,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::config::Config;
 use crate::app::importer::events::{Event, Stage, StageState};
+use crate::app::importer::route::{self, Asks, Chosen, Route};
 use crate::app::importer::runner::{self, Converted, OptimizeTarget, Request, Runner};
 use crate::app::importer::staging::{self, Staging};
+use crate::app::importer::template_route::{self, TemplateImport};
 use crate::app::importer::{ImportError, config_edit, disk, tools};
 use crate::engine::checkpoint::{self, CheckpointError, Family, Header};
 
@@ -43,6 +45,8 @@ pub struct ImportOptions {
     pub replay: Option<(PathBuf, PathBuf)>,
     /// With `replay`: a pause before each event (tests that stop an import part-way).
     pub replay_delay: Duration,
+    /// Through an import template, Python, or the first that can (`--route`).
+    pub route: Route,
 }
 
 /// What happened to the configuration file.
@@ -74,6 +78,8 @@ pub struct Plan {
     pub family: Option<Family>,
     pub loras: Vec<(PathBuf, f32)>,
     pub estimate: u64,
+    /// Through a template or Python.
+    pub route: Chosen,
     /// Said before starting (e.g. that a .ckpt cannot be checked without Python).
     pub notes: Vec<String>,
 }
@@ -157,12 +163,37 @@ pub fn plan(config: &Config, opts: &ImportOptions) -> Result<Plan, ImportError> 
     {
         check_vae(&checkpoint::header::read(vae)?)?;
     }
-    let estimate = check_disk(opts, header.as_ref(), &target)?;
+    let asks = Asks {
+        loras: !loras.is_empty(),
+        vae: opts.vae.is_some(),
+        fp16: opts.fp16,
+        optimize: opts.optimize,
+    };
+    let dirs = config.import.template_dirs(&models_dir(config, opts));
+    let route = route::choose(
+        opts.route,
+        asks,
+        &opts.checkpoint,
+        header.as_ref(),
+        family,
+        &dirs,
+    )?;
+    match &route {
+        Chosen::Template { template, .. } => notes.push(format!(
+            "through the import template {} (no Python)",
+            template.dir.display()
+        )),
+        Chosen::Python { why: Some(why) } => notes.push(format!("through Python: {why}")),
+        Chosen::Python { why: None } => {}
+    }
+    let through_template = matches!(route, Chosen::Template { .. });
+    let estimate = check_disk(opts, header.as_ref(), &target, through_template)?;
     Ok(Plan {
         target,
         family,
         loras,
         estimate,
+        route,
         notes,
     })
 }
@@ -234,6 +265,7 @@ fn check_disk(
     opts: &ImportOptions,
     header: Option<&Header>,
     target: &Path,
+    through_template: bool,
 ) -> Result<u64, ImportError> {
     let weights = match header {
         Some(h) => disk::exported_weights(h),
@@ -241,7 +273,11 @@ fn check_disk(
             .map(|m| m.len() / 4)
             .unwrap_or(0),
     };
-    let need = disk::estimate(weights, opts.fp16, opts.optimize);
+    let need = if through_template {
+        disk::estimate_template(weights)
+    } else {
+        disk::estimate(weights, opts.fp16, opts.optimize)
+    };
     let dir = target.parent().unwrap_or(Path::new("."));
     let free = disk::free_bytes(dir).map_err(|source| ImportError::Io {
         path: dir.to_path_buf(),
@@ -251,9 +287,14 @@ fn check_disk(
         return Err(refuse(
             dir,
             format!(
-                "not enough disk space: the import needs about {} ({} weights: float32 PyTorch copy + {} ONNX{}), {} free",
+                "not enough disk space: the import needs about {} ({} weights: {}{} ONNX{}), {} free",
                 disk::human(need),
                 weights,
+                if through_template {
+                    ""
+                } else {
+                    "float32 PyTorch copy + "
+                },
                 if opts.fp16 { "float16" } else { "float32" },
                 if opts.optimize {
                     " + optimised copy"
@@ -305,7 +346,48 @@ fn convert_and_place(
     plan: &Plan,
     staging: &Path,
 ) -> Result<Imported, ImportError> {
-    let runner = match &opts.replay {
+    let request = request(config, opts, plan, staging);
+    let converted = match &plan.route {
+        Chosen::Template { template, header } => {
+            let runtime = || config.runtime();
+            let job = TemplateImport {
+                template,
+                header: (**header).clone(),
+                deltas: Default::default(),
+                runtime: &runtime,
+                device_id: config.execution.device_ids.first().copied().unwrap_or(0),
+            };
+            let stages = template_route::stages(template.family, !plan.loras.is_empty());
+            with_progress(stages, |on_event| {
+                template_route::convert(job, &request, on_event)
+            })?
+        }
+        Chosen::Python { .. } => {
+            let runner = python_runner(config, opts, staging)?;
+            with_progress(python_stages(opts), |on_event| {
+                runner::run(&runner, &request, on_event)
+            })?
+        }
+    };
+    place(&converted, &plan.target, staging)?;
+    let update = update_config(config, &opts.name, &plan.target);
+    Ok(Imported {
+        folder: plan.target.clone(),
+        family: converted
+            .family
+            .or(plan.family.map(|f| f.as_str().to_string()))
+            .unwrap_or_default(),
+        prediction_type: converted.prediction_type,
+        config: update,
+    })
+}
+
+fn python_runner(
+    config: &Config,
+    opts: &ImportOptions,
+    staging: &Path,
+) -> Result<Runner, ImportError> {
+    Ok(match &opts.replay {
         Some((transcript, folder)) => Runner::Replay {
             transcript: transcript.clone(),
             folder: folder.clone(),
@@ -326,8 +408,11 @@ fn convert_and_place(
                 tmp: absolute(&staging.join("tmp")),
             }
         }
-    };
-    let request = Request {
+    })
+}
+
+fn request(config: &Config, opts: &ImportOptions, plan: &Plan, staging: &Path) -> Request {
+    Request {
         checkpoint: absolute(&opts.checkpoint),
         out: absolute(&staging.join(&opts.name)),
         name: opts.name.clone(),
@@ -339,33 +424,25 @@ fn convert_and_place(
             opts.optimize_target
                 .unwrap_or_else(|| OptimizeTarget::for_providers(&config.execution.providers))
         }),
-    };
-    let converted = with_progress(opts, |on_event| runner::run(&runner, &request, on_event))?;
-    place(&converted, &plan.target, staging)?;
-    let update = update_config(config, &opts.name, &plan.target);
-    Ok(Imported {
-        folder: plan.target.clone(),
-        family: converted
-            .family
-            .or(plan.family.map(|f| f.as_str().to_string()))
-            .unwrap_or_default(),
-        prediction_type: converted.prediction_type,
-        config: update,
-    })
+    }
 }
 
-fn with_progress(
-    opts: &ImportOptions,
-    run: impl FnOnce(&mut dyn FnMut(&Event)) -> Result<Converted, ImportError>,
-) -> Result<Converted, ImportError> {
-    let stages: Vec<Stage> = Stage::ALL
+/// The stages the Python conversion reports for these options.
+fn python_stages(opts: &ImportOptions) -> Vec<Stage> {
+    Stage::PYTHON
         .into_iter()
         .filter(|s| match s {
             Stage::Lora => !opts.loras.is_empty(),
             Stage::Vae => opts.vae.is_some(),
             _ => true,
         })
-        .collect();
+        .collect()
+}
+
+fn with_progress(
+    stages: Vec<Stage>,
+    run: impl FnOnce(&mut dyn FnMut(&Event)) -> Result<Converted, ImportError>,
+) -> Result<Converted, ImportError> {
     let bar = ProgressBar::new(stages.len() as u64).with_style(
         ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg} ({elapsed})")
             .expect("a valid template"),

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod import;
 pub mod serve;
 
 use serde::Deserialize;
@@ -91,6 +92,9 @@ pub struct Config {
     /// Webhooks and a command told when jobs end (`notify:`).
     #[serde(default)]
     pub notify: serve::NotifyConfig,
+    /// `sdspool import`'s template folders (`import:`, see [`import`]).
+    #[serde(default)]
+    pub import: import::ImportConfig,
     /// The file this configuration was read from (not part of the YAML).
     #[serde(skip)]
     pub source: PathBuf,
@@ -211,6 +215,9 @@ impl Config {
         }
         if let Some(p) = self.execution.tensorrt.timing_cache.as_mut() {
             resolve(p);
+        }
+        for dir in self.import.templates.iter_mut().flatten() {
+            resolve(dir);
         }
         for model in self.models.values_mut() {
             resolve(&mut model.path);

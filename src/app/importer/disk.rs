@@ -2,7 +2,8 @@
 //!
 //! The conversion writes the PyTorch pipeline once in float32 (`save_pretrained`, in a temporary
 //! folder beside the output, removed at the end), then the ONNX files (4 bytes a weight, 2 with
-//! `--fp16`), and with `--optimize` the optimised copy too. Weights are counted from the
+//! `--fp16`), and with `--optimize` the optimised copy too; an import through a template writes
+//! the float32 ONNX files only. Weights are counted from the
 //! checkpoint's header (UNet, VAE and text encoders; EMA copies and other extras are not
 //! exported). A `.ckpt` cannot be read without Python: its file size stands in for float32 weights.
 
@@ -20,6 +21,11 @@ pub fn estimate(weights: u64, fp16: bool, optimize: bool) -> u64 {
     let pytorch = weights * 4;
     let optimized = if optimize { onnx } else { 0 };
     (pytorch + onnx + optimized) * 21 / 20 + MARGIN
+}
+
+/// The bytes an import through a template needs: the float32 ONNX files only (no PyTorch copy).
+pub fn estimate_template(weights: u64) -> u64 {
+    weights * 4 * 21 / 20 + MARGIN
 }
 
 /// The number of weights the export keeps, from a safetensors header.

@@ -5,7 +5,8 @@
 
 use serde::Deserialize;
 
-/// The stages of an import, in the order they run (`lora` and `vae` only when asked for).
+/// The stages of an import, in the order they run (`lora` and `vae` only when asked for); the
+/// Python conversion runs [`Stage::PYTHON`], an import through a template [`Stage::TEMPLATE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
@@ -14,12 +15,16 @@ pub enum Stage {
     Lora,
     Vae,
     Export,
+    /// Writing the checkpoint's tensors into a copy of an import template (no Python).
+    Fill,
     Validate,
     Write,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [
+    pub const TEMPLATE: [Stage; 4] = [Stage::Lora, Stage::Fill, Stage::Validate, Stage::Write];
+
+    pub const PYTHON: [Stage; 7] = [
         Stage::Detect,
         Stage::Load,
         Stage::Lora,
@@ -37,6 +42,7 @@ impl Stage {
             Stage::Lora => "fusing the LoRAs",
             Stage::Vae => "replacing the VAE",
             Stage::Export => "exporting to ONNX (optimum)",
+            Stage::Fill => "writing the checkpoint's tensors into the template",
             Stage::Validate => "checking the export",
             Stage::Write => "writing sdspool-source.json",
         }

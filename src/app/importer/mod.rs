@@ -1,13 +1,17 @@
-//! `sdspool import`'s machinery below the command: the events of the Python conversion
-//! ([`events`]), running it or replaying a recorded run ([`runner`]), the tooling and its venv
-//! ([`tools`]), the disk-space estimate ([`disk`]) and the configuration edit ([`config_edit`]).
+//! `sdspool import`'s machinery below the command: the route it takes ([`route`]: an import
+//! template the checkpoint fits, or Python), the import through a template ([`template_route`]),
+//! the events of the Python conversion ([`events`]), running it or replaying a recorded run
+//! ([`runner`]), the tooling and its venv ([`tools`]), the disk-space estimate ([`disk`]) and the
+//! configuration edit ([`config_edit`]).
 //! The checks of the input files are in [`crate::engine::checkpoint`].
 
 pub mod config_edit;
 pub mod disk;
 pub mod events;
+pub mod route;
 pub mod runner;
 pub mod staging;
+pub mod template_route;
 pub mod tools;
 
 use std::path::PathBuf;
@@ -17,6 +21,10 @@ use std::path::PathBuf;
 pub enum ImportError {
     #[error(transparent)]
     Checkpoint(#[from] crate::engine::checkpoint::CheckpointError),
+    #[error(transparent)]
+    Template(#[from] crate::engine::checkpoint::template::TemplateError),
+    #[error("deciding the prediction type on the imported UNet: {0}")]
+    Prediction(#[from] crate::engine::checkpoint::prediction::PredictionError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

@@ -24,10 +24,14 @@ pub struct LoraFit {
     pub layers: usize,
 }
 
+/// What a LoRA tensor is to its layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub(super) enum Role {
+    /// kohya `lora_down`, PEFT `lora_A`: `[rank, in]` or `[rank, in, kh, kw]`.
     Down,
+    /// kohya `lora_up`, PEFT `lora_B`: `[out, rank]` or `[out, rank, 1, 1]`.
     Up,
+    /// kohya's scalar `alpha` (the delta is scaled by alpha / rank).
     Alpha,
 }
 
@@ -94,19 +98,19 @@ fn mismatch(lora: &Header, family: Family, reason: String, keys: Vec<String>) ->
     }
 }
 
-type Parsed = (
-    LoraLayout,
-    BTreeMap<(Component, String), Vec<(Role, String)>>,
-);
+/// (component, layer with `_` for `.`, the key as [`names::layers`] holds it) -> its tensors' roles and keys.
+pub(super) type Groups = BTreeMap<(Component, String), Vec<(Role, String)>>;
+
+type Parsed = (LoraLayout, Groups);
 
 /// The layout and the keys grouped per (component, layer); a key of neither layout is refused.
-fn parse(lora: &Header, family: Family) -> Result<Parsed, CheckpointError> {
+pub(super) fn parse(lora: &Header, family: Family) -> Result<Parsed, CheckpointError> {
     let layout = if lora.tensors.keys().any(|k| k.starts_with("lora_")) {
         LoraLayout::Kohya
     } else {
         LoraLayout::Diffusers
     };
-    let mut groups: BTreeMap<(Component, String), Vec<(Role, String)>> = BTreeMap::new();
+    let mut groups = Groups::new();
     let mut unknown = Vec::new();
     for key in lora.tensors.keys() {
         let entry = match layout {

@@ -2,12 +2,18 @@
 //! them, read from their `.safetensors` headers alone (no tensor data, no Python): the header
 //! check ([`header`]), the family from the key names and shapes ([`family`]), and whether a LoRA
 //! fits a checkpoint ([`lora`]). `sdspool import` runs these checks before it starts the Python
-//! conversion (`onnx/import_checkpoint.py`, which applies the same rules).
+//! conversion (`onnx/import_checkpoint.py`, which applies the same rules), or puts the checkpoint's
+//! tensors into an import template from Rust ([`template`]). [`lora_fuse`] computes the weight
+//! changes LoRA files make, as diffusers' `fuse_lora` adds them.
 
 pub mod family;
 pub mod header;
 pub mod lora;
+mod lora_alpha;
+pub mod lora_fuse;
 pub mod names;
+pub mod prediction;
+pub mod template;
 pub mod tensors;
 
 use std::path::PathBuf;
@@ -40,5 +46,11 @@ pub enum CheckpointError {
         family: Family,
         reason: String,
         keys: Vec<String>,
+    },
+    #[error("{}: LoRA tensor {key}: {reason}", path.display())]
+    LoraTensor {
+        path: PathBuf,
+        key: String,
+        reason: String,
     },
 }

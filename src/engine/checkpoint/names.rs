@@ -4,7 +4,7 @@
 //! `text_model.encoder.layers.0.self_attn.q_proj`), dotted (diffusers / PEFT files) or with `_` for
 //! `.` (kohya files: `lora_unet_down_blocks_0_…`); kohya's SDXL files use the single-file UNet
 //! names instead (`lora_unet_input_blocks_4_1_…`). [`layers`] lists every weight of the
-//! checkpoint under all of these names, keyed with `_` for `.`, with its `[out, in]` shape.
+//! checkpoint under all of these names, keyed with `_` for `.`, with its shape.
 
 use std::collections::HashMap;
 
@@ -26,6 +26,8 @@ pub struct Layer {
     pub module: String,
     /// `[out, in]` (a convolution's first two dimensions).
     pub out_in: [u64; 2],
+    /// The weight's whole shape as diffusers holds it (`[out, in]` or `[out, in, kh, kw]`).
+    pub shape: Vec<u64>,
 }
 
 /// Component -> (module path with `_` for `.`) -> layer.
@@ -42,6 +44,7 @@ fn add(layers: &mut Layers, c: Component, module: String, shape: &[u64], alias: 
     let layer = Layer {
         module: module.clone(),
         out_in: [shape[0], shape[1]],
+        shape: shape.to_vec(),
     };
     let map = layers.entry(c).or_default();
     if let Some(alias) = alias {
