@@ -214,7 +214,9 @@ fn render(
     claimed: &Claimed,
     job: &Job,
 ) -> Rendered {
-    let provider = worker.provider(&job.model).unwrap_or_default();
+    let provider = worker
+        .provider(&crate::jobs::run::job_key(job))
+        .unwrap_or_default();
     tracing::info!(
         id = %job.id, model = %job.model, images = job.image_count(), attempt = claimed.attempts,
         resumed = claimed.resumed, provider = %provider, device = ctx.device,

@@ -16,6 +16,7 @@ use super::runner::{Converted, Request};
 use crate::engine::checkpoint::prediction::{self, Prediction};
 use crate::engine::checkpoint::template::{self, Deltas, Template};
 use crate::engine::checkpoint::tensors::TensorFile;
+use crate::engine::checkpoint::weights_map::{self, WeightsMap, WeightsMapError};
 use crate::engine::checkpoint::{Family, Header, family};
 use crate::engine::model::checkpoint_hash::{self, CheckpointHash};
 use crate::engine::model::provenance::{
@@ -88,7 +89,7 @@ pub fn convert(
         template::fill::copy_folder(template, out)?;
         let mut checkpoint = TensorFile::open(job.header)?;
         template::fill::fill(template, out, &mut checkpoint, &job.deltas)?;
-        Ok(())
+        write_weights_map(template, out)
     })?;
     let prediction = if family == Family::Sd2 {
         timed(Stage::Validate, on_event, || {
@@ -122,6 +123,19 @@ pub fn convert(
         family: Some(family.as_str().into()),
         prediction_type: Some(prediction.as_str().into()),
         out: out.clone(),
+    })
+}
+
+/// `sdspool-weights.json`: where the LoRA targets are, for LoRAs applied per job (job-lora).
+fn write_weights_map(template: &Template, out: &Path) -> Result<(), ImportError> {
+    WeightsMap::of(template).write(out).map_err(|e| match e {
+        WeightsMapError::Write { path, source } | WeightsMapError::Read { path, source } => {
+            ImportError::Io { path, source }
+        }
+        e @ WeightsMapError::Field { .. } => ImportError::Refuse {
+            path: out.join(weights_map::FILE),
+            reason: e.to_string(),
+        },
     })
 }
 

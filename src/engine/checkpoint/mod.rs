@@ -14,6 +14,7 @@ pub mod lora_fuse;
 pub mod names;
 pub mod prediction;
 pub mod template;
+pub mod weights_map;
 pub mod tensors;
 
 use std::path::PathBuf;
