@@ -230,3 +230,53 @@ fn loras_that_cannot_be_applied_are_refused_naming_the_field_and_the_file() {
         "{e}"
     );
 }
+
+#[test]
+fn an_infotext_with_lora_tags_applies_them_and_its_hashes_must_match_the_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = import(tmp.path(), "sd15.safetensors", "sd15");
+    let config = config(tmp.path(), &[("sd15".to_string(), folder)]);
+    let python: Value = serde_json::from_slice(
+        &std::fs::read(fixture("models/sd15-lora/sdspool-source.json")).unwrap(),
+    )
+    .unwrap();
+    let hashes: Vec<String> = python["loras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let short = &l["addnet_sha256"].as_str().unwrap()[..12];
+            format!("{}: {short}", l["name"].as_str().unwrap())
+        })
+        .collect();
+    let check = |name: &str, hashes: &str| {
+        let info = format!(
+            "<lora:lora-sd15-kohya:0.8> <lora:lora-sd15-peft:0.5> a photo of a cat\n\
+             Steps: 4, Sampler: Euler, Seed: 42, Size: 64x64, Model: sd15, Lora hashes: \"{hashes}\""
+        );
+        let job = tmp.path().join(format!("{name}.yaml"));
+        let body = format!("infotext: {}\n", serde_json::to_string(&info).unwrap());
+        std::fs::write(&job, body).unwrap();
+        sdspool(&config, &["check", job.to_str().unwrap()])
+    };
+    let out = check("good", &hashes.join(", "));
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("<lora:lora-sd15-kohya:0.8> (")
+            && shown.contains("<lora:lora-sd15-peft:0.5> (")
+            && shown.contains("applied per job"),
+        "{shown}"
+    );
+    let wrong = hashes
+        .join(", ")
+        .replace(&hashes[1][hashes[1].len() - 12..], "0123456789ab");
+    let out = check("wrong", &wrong);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains("`infotext` `Lora hashes` gives lora-sd15-peft: 0123456789ab, but")
+            && shown.contains("lora-sd15-peft.safetensors is "),
+        "{shown}"
+    );
+}

@@ -160,6 +160,7 @@ fn load_models(ctx: &WorkerCtx<'_>, worker: &mut Worker, claimed: &Claimed, job:
             // The job's field the failed model comes from.
             let field = match e {
                 LoadError::Rerank(_) => "rerank",
+                LoadError::Loras { .. } => "prompts",
                 _ => "model",
             };
             let message = crate::app::logging::error_chain(&anyhow::Error::from(e));

@@ -172,6 +172,12 @@ fn source_of(lora: &LoraFile) -> Result<LoraSource, LoraVariantError> {
     })
 }
 
+/// The hash AUTOMATIC1111 writes for the safetensors LoRA `path` in `Lora hashes` (all 64 hex
+/// digits; it writes the first 12).
+pub fn a1111_hash(path: &Path) -> std::io::Result<String> {
+    Ok(hashes(path)?.1.as_str().to_string())
+}
+
 fn hex(bytes: &[u8]) -> Sha256Hex {
     let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     Sha256Hex::try_from(text).expect("64 hex digits")

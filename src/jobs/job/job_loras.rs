@@ -8,6 +8,7 @@ use super::fields::{Checks, Field};
 use super::{JobError, JobLora};
 use crate::engine::checkpoint::weights_map::WeightsMap;
 use crate::engine::checkpoint::{header, lora};
+use crate::engine::model::lora_variant;
 use crate::engine::model::provenance::LoraSource;
 use crate::jobs::settings::JobSettings;
 
@@ -48,9 +49,11 @@ fn tag_list(tags: &[Tag]) -> String {
 }
 
 /// The job's LoRAs from the unfused tags of each prompt (where it is written, its tags): all
-/// prompts must name the same; each LoRA must be found and fit `model`.
+/// prompts must name the same; each LoRA must be found and fit `model`, and agree with the
+/// hashes an infotext gives for it (`hashes`: name, short hash, as `Lora hashes` writes them).
 pub fn resolve(
     sets: &[(Field, Vec<Tag>)],
+    hashes: &[(String, String)],
     model: &str,
     config: &dyn JobSettings,
     checks: &Checks,
@@ -108,6 +111,22 @@ pub fn resolve(
             let fits = header::read(&file)
                 .and_then(|h| lora::check(&h, &checkpoint, map.family()).map(|_| ()));
             fits.map_err(|e| err(format!("uses `{tag}`: {e}")))?;
+            if let Some((_, want)) = hashes.iter().find(|(n, _)| n == name) {
+                let info = Field::named("infotext");
+                let own = lora_variant::a1111_hash(&file).map_err(|e| {
+                    checks.error(&info, format!("{}: cannot hash: {e}", file.display()))
+                })?;
+                if want.is_empty() || !own.starts_with(want.as_str()) {
+                    return Err(checks.error(
+                        &info,
+                        format!(
+                            "`Lora hashes` gives {name}: {want}, but {} is {}",
+                            file.display(),
+                            &own[..12]
+                        ),
+                    ));
+                }
+            }
             Ok(JobLora {
                 name: name.clone(),
                 file,

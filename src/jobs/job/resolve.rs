@@ -62,10 +62,11 @@ pub(super) fn resolve(
     let mut spec = spec;
     let loras = r.infotext(&mut spec)?;
     let (id, output, model) = r.names(&spec, stem)?;
-    let mut lora_sets = Vec::new();
+    let (mut lora_sets, mut lora_hashes) = (Vec::new(), Vec::new());
     if let Some(loras) = loras {
         let own = r.infotext_loras(&loras, &model)?;
         if !own.is_empty() {
+            lora_hashes = loras.hashes.clone();
             lora_sets.push((Field::named("infotext"), own));
         }
     }
@@ -92,7 +93,7 @@ pub(super) fn resolve(
             .filter(|p| !(infotext_set && p.loras.is_empty()))
             .map(|p| (p.at.clone(), p.loras.clone())),
     );
-    let job_loras = job_loras::resolve(&lora_sets, &model, config, &r.checks)?;
+    let job_loras = job_loras::resolve(&lora_sets, &lora_hashes, &model, config, &r.checks)?;
     r.rerank(&spec)?;
     let (refiner, sdxl) = r.sdxl(&spec)?;
     let defaults = &config.defaults();
