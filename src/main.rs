@@ -206,6 +206,10 @@ struct ImportArgs {
     /// asked (--fp16, --optimize, --vae, a .ckpt), else Python.
     #[arg(long, value_name = "auto|template|python", default_value = "auto")]
     route: String,
+    /// When no import template fits, build one first with onnx/build_import_template.py (Python,
+    /// once per architecture) into the first template folder, then import through it.
+    #[arg(long)]
+    build_template: bool,
     /// Tests: replay this recorded transcript of a real conversion instead of running Python.
     #[arg(long, hide = true, requires = "replay_folder")]
     replay_transcript: Option<PathBuf>,
@@ -422,6 +426,7 @@ fn import(config: &Config, args: ImportArgs) -> Outcome {
         .map_err(|e: String| Failure::usage(anyhow::anyhow!("--route: {e}")))?;
     let opts = ImportOptions {
         route,
+        build_template: args.build_template,
         checkpoint: args.checkpoint,
         name: args.name,
         family,

@@ -140,6 +140,44 @@ fn each_family_imported_through_its_template_renders_as_diffusers_does() {
 }
 
 #[test]
+fn loras_fused_through_a_template_render_as_diffusers_fuses_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), &templates());
+    let models = tmp.path().join("models");
+    let mut report = Vec::new();
+    for name in ["sd15-lora", "sdxl-lora"] {
+        let golden = case(name);
+        let mut list = vec!["--route".to_string(), "template".into()];
+        for lora in golden["loras"].as_array().unwrap() {
+            let file = fixture(lora[0].as_str().unwrap());
+            list.extend(["--lora".into(), format!("{}:{}", file.display(), lora[1])]);
+        }
+        let ckpt = fixture(golden["checkpoint"].as_str().unwrap());
+        let out = import(&config, &ckpt, name, &models, &args(&list));
+        let shown = text(&out);
+        assert!(out.status.success(), "{shown}");
+        assert!(
+            shown.contains("fusing the LoRAs") && shown.contains("through the import template"),
+            "{shown}"
+        );
+        let folder = models.join(name);
+        // the LoRAs recorded as the Python route records them (names, hashes, weights as typed)
+        let ours = read_json(&folder.join("sdspool-source.json"));
+        let python = read_json(&fixture(&format!("models/{name}/sdspool-source.json")));
+        assert_eq!(ours["loras"], python["loras"], "{name}");
+        let dir = tmp.path().join(format!("render-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let one = [(name.to_string(), folder)];
+        let out = import_golden::render(&dir, &one, name, &job_yaml(name, &golden));
+        report.push((name, worst_differences(&out, &golden)));
+    }
+    assert!(
+        report.iter().all(|(_, w)| w.iter().all(|d| *d <= 1)),
+        "largest pixel difference per candidate: {report:?}"
+    );
+}
+
+#[test]
 fn the_sd2_import_decides_v_prediction_by_running_the_filled_unet() {
     let tmp = tempfile::tempdir().unwrap();
     let models = tmp.path().join("models");
@@ -468,4 +506,90 @@ fn a_corrupt_template_json_is_named_with_its_field() {
     let out = import(&config, &ckpt, "x", &models, &args(&replay("sd15")));
     let shown = text(&out);
     assert!(out.status.success() && shown.contains(&named), "{shown}");
+}
+
+// ------------------------------------------------------------------ --build-template
+
+/// A tool folder whose build_import_template.py (run by `sh`, standing in for Python as the
+/// replayed transcripts do for the conversion) copies the committed sd15 template into its
+/// output folder and reports it with the builder's events; `fail`: it reports an error instead.
+fn fake_builder(dir: &Path, fail: bool) -> PathBuf {
+    let tools = dir.join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    std::fs::write(tools.join("import_checkpoint.py"), "").unwrap();
+    let name = template_of("sd15");
+    let body = if fail {
+        r#"echo '{"event": "error", "kind": "template_failed", "file": "'"$1"'", "message": "an initializer matches two tensors", "keys": []}'; exit 2"#.to_string()
+    } else {
+        format!(
+            "mkdir -p \"$2\" && cp -r '{}' \"$2/{name}\"\n\
+             echo '{{\"event\": \"stage\", \"stage\": \"map\", \"state\": \"done\", \"seconds\": 0.5}}'\n\
+             echo '{{\"event\": \"done\", \"out\": \"'\"$2/{name}\"'\"}}'",
+            templates().join(&name).display()
+        )
+    };
+    std::fs::write(tools.join("build_import_template.py"), body).unwrap();
+    tools
+}
+
+fn import_with_builder(config: &Path, tools: &Path, models: &Path, name: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(config)
+        .arg("import")
+        .arg(fixture("sd15.safetensors"))
+        .args(["--name", name, "--build-template", "--tools"])
+        .arg(tools)
+        .arg("--models-dir")
+        .arg(models)
+        .env("SDSPOOL_LOG", "warn")
+        .env("SDSPOOL_PYTHON", "/bin/sh")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn build_template_builds_one_when_none_fits_then_imports_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mine = tmp.path().join("templates");
+    let config = config(tmp.path(), &mine);
+    let models = tmp.path().join("models");
+    let tools = fake_builder(tmp.path(), false);
+    let out = import_with_builder(&config, &tools, &models, "built");
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("no import template fits; building one into")
+            && shown.contains("building the import template: map")
+            && shown.contains("built the import template")
+            && shown.contains("imported built (sd15, epsilon)"),
+        "{shown}"
+    );
+    let source = read_json(&models.join("built/sdspool-source.json"));
+    assert_eq!(source["template"], template_of("sd15").as_str());
+    // now one fits: the next import goes through it without building
+    let out = import_with_builder(&config, &tools, &models, "again");
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        !shown.contains("building") && shown.contains("through the import template"),
+        "{shown}"
+    );
+    // the builder's refusal is shown, and nothing is left
+    let failing = fake_builder(&tmp.path().join("failing"), true);
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = import_with_builder(
+        &self::config(&empty, &empty.join("t")),
+        &failing,
+        &models,
+        "no",
+    );
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains("template_failed: an initializer matches two tensors"),
+        "{shown}"
+    );
+    assert_eq!(common::names(&models), ["again", "built"]);
 }

@@ -20,7 +20,8 @@ use crate::app::importer::route::{self, Asks, Chosen, Route};
 use crate::app::importer::runner::{self, Converted, OptimizeTarget, Request, Runner};
 use crate::app::importer::staging::{self, Staging};
 use crate::app::importer::template_route::{self, TemplateImport};
-use crate::app::importer::{ImportError, config_edit, disk, tools};
+use crate::app::importer::{ImportError, config_edit, disk, template_build, tools};
+use crate::engine::checkpoint::template::{self, Template};
 use crate::engine::checkpoint::{self, CheckpointError, Family, Header};
 
 /// The command line of `sdspool import`.
@@ -47,6 +48,8 @@ pub struct ImportOptions {
     pub replay_delay: Duration,
     /// Through an import template, Python, or the first that can (`--route`).
     pub route: Route,
+    /// Build the import template first when none fits (`--build-template`).
+    pub build_template: bool,
 }
 
 /// What happened to the configuration file.
@@ -164,7 +167,7 @@ pub fn plan(config: &Config, opts: &ImportOptions) -> Result<Plan, ImportError> 
         check_vae(&checkpoint::header::read(vae)?)?;
     }
     let asks = Asks {
-        loras: !loras.is_empty(),
+        pickled_lora: loras.iter().any(|(p, _)| is_ckpt(p)),
         vae: opts.vae.is_some(),
         fp16: opts.fp16,
         optimize: opts.optimize,
@@ -172,6 +175,7 @@ pub fn plan(config: &Config, opts: &ImportOptions) -> Result<Plan, ImportError> 
     let dirs = config.import.template_dirs(&models_dir(config, opts));
     let route = route::choose(
         opts.route,
+        opts.build_template,
         asks,
         &opts.checkpoint,
         header.as_ref(),
@@ -184,9 +188,13 @@ pub fn plan(config: &Config, opts: &ImportOptions) -> Result<Plan, ImportError> 
             template.dir.display()
         )),
         Chosen::Python { why: Some(why) } => notes.push(format!("through Python: {why}")),
+        Chosen::Build { into, .. } => notes.push(format!(
+            "no import template fits; building one into {} (Python), then through it",
+            into.display()
+        )),
         Chosen::Python { why: None } => {}
     }
-    let through_template = matches!(route, Chosen::Template { .. });
+    let through_template = !matches!(route, Chosen::Python { .. });
     let estimate = check_disk(opts, header.as_ref(), &target, through_template)?;
     Ok(Plan {
         target,
@@ -349,18 +357,15 @@ fn convert_and_place(
     let request = request(config, opts, plan, staging);
     let converted = match &plan.route {
         Chosen::Template { template, header } => {
-            let runtime = || config.runtime();
-            let job = TemplateImport {
-                template,
-                header: (**header).clone(),
-                deltas: Default::default(),
-                runtime: &runtime,
-                device_id: config.execution.device_ids.first().copied().unwrap_or(0),
-            };
-            let stages = template_route::stages(template.family, !plan.loras.is_empty());
-            with_progress(stages, |on_event| {
-                template_route::convert(job, &request, on_event)
-            })?
+            through_template(config, template, header, &request)?
+        }
+        Chosen::Build {
+            header,
+            family,
+            into,
+        } => {
+            let template = build_template(config, opts, staging, header, *family, into)?;
+            through_template(config, &template, header, &request)?
         }
         Chosen::Python { .. } => {
             let runner = python_runner(config, opts, staging)?;
@@ -380,6 +385,62 @@ fn convert_and_place(
         prediction_type: converted.prediction_type,
         config: update,
     })
+}
+
+fn through_template(
+    config: &Config,
+    template: &Template,
+    header: &Header,
+    request: &Request,
+) -> Result<Converted, ImportError> {
+    let runtime = || config.runtime();
+    let job = TemplateImport {
+        template,
+        header: header.clone(),
+        runtime: &runtime,
+        device_id: config.execution.device_ids.first().copied().unwrap_or(0),
+    };
+    let stages = template_route::stages(template.family, !request.loras.is_empty());
+    with_progress(stages, |on_event| {
+        template_route::convert(job, request, on_event)
+    })
+}
+
+/// `--build-template`: the template of the checkpoint's architecture built into `into` by
+/// onnx/build_import_template.py, checked to fit.
+fn build_template(
+    config: &Config,
+    opts: &ImportOptions,
+    staging: &Path,
+    header: &Header,
+    family: Family,
+    into: &Path,
+) -> Result<Template, ImportError> {
+    let tools = tools::find(opts.tools.as_deref(), &config.base_dir())?;
+    let script = tools.join(template_build::SCRIPT);
+    if !script.is_file() {
+        return Err(refuse(
+            &script,
+            "--build-template needs it, and this checkout does not have it",
+        ));
+    }
+    let dest = template_build::build(
+        &tools::python(&tools)?,
+        &absolute(&script),
+        &absolute(&staging.join("tmp")),
+        &absolute(&opts.checkpoint),
+        &absolute(into),
+        family,
+    )?;
+    let template = Template::read(&dest)?;
+    template::fit::check(&template, header).map_err(|misfit| {
+        refuse(
+            &dest,
+            format!("the template just built does not fit the checkpoint: {misfit}"),
+        )
+    })?;
+    eprintln!("sdspool: built the import template {}", dest.display());
+    Ok(template)
 }
 
 fn python_runner(

@@ -1,5 +1,6 @@
 //! `sdspool import`'s machinery below the command: the route it takes ([`route`]: an import
-//! template the checkpoint fits, or Python), the import through a template ([`template_route`]),
+//! template the checkpoint fits, or Python), the import through a template ([`template_route`],
+//! [`source_file`]; `--build-template` builds one first: [`template_build`]),
 //! the events of the Python conversion ([`events`]), running it or replaying a recorded run
 //! ([`runner`]), the tooling and its venv ([`tools`]), the disk-space estimate ([`disk`]) and the
 //! configuration edit ([`config_edit`]).
@@ -10,7 +11,9 @@ pub mod disk;
 pub mod events;
 pub mod route;
 pub mod runner;
+pub mod source_file;
 pub mod staging;
+pub mod template_build;
 pub mod template_route;
 pub mod tools;
 

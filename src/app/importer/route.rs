@@ -35,7 +35,8 @@ impl std::str::FromStr for Route {
 /// What the import asks for beyond the checkpoint itself.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Asks {
-    pub loras: bool,
+    /// A LoRA that is not a `.safetensors` file (a pickle needs Python to read).
+    pub pickled_lora: bool,
     pub vae: bool,
     pub fp16: bool,
     pub optimize: bool,
@@ -51,6 +52,12 @@ pub enum Chosen {
     },
     /// Through Python; why not a template (for the log), unless `--route python` asked for it.
     Python { why: Option<String> },
+    /// `--build-template` and no template fits: build one into `into`, then through it.
+    Build {
+        header: Box<Header>,
+        family: Family,
+        into: PathBuf,
+    },
 }
 
 /// What the template route cannot do of what `asks` asks, if anything.
@@ -63,34 +70,47 @@ fn cannot(asks: Asks, header: Option<&Header>) -> Option<&'static str> {
         Some("--optimize")
     } else if asks.vae {
         Some("--vae")
-    } else if asks.loras {
-        Some("--lora")
+    } else if asks.pickled_lora {
+        Some("a pickled LoRA (.pt/.ckpt; its tensors need Python to read)")
     } else {
         None
     }
 }
 
-/// Chooses the route for a checkpoint (`header`: none for a `.ckpt`) of `family`.
+/// Chooses the route for a checkpoint (`header`: none for a `.ckpt`) of `family`; with `build`
+/// (`--build-template`), a template is built when none fits.
 pub fn choose(
     route: Route,
+    build: bool,
     asks: Asks,
     checkpoint: &Path,
     header: Option<&Header>,
     family: Option<Family>,
     dirs: &[PathBuf],
 ) -> Result<Chosen, ImportError> {
-    if route == Route::Python {
-        return Ok(Chosen::Python { why: None });
-    }
     let refuse = |reason: String| ImportError::Refuse {
         path: checkpoint.to_path_buf(),
         reason,
     };
+    let asked = if build {
+        "--build-template"
+    } else {
+        "--route template"
+    };
+    match route {
+        Route::Python if build => {
+            return Err(refuse(
+                "--build-template is for the template route, not --route python".into(),
+            ));
+        }
+        Route::Python => return Ok(Chosen::Python { why: None }),
+        _ => {}
+    }
     if let Some(what) = cannot(asks, header) {
         let why = format!("the template route cannot do {what}");
         return match route {
-            Route::Template => Err(refuse(format!("--route template: {why}"))),
-            _ => Ok(Chosen::Python { why: Some(why) }),
+            Route::Auto if !build => Ok(Chosen::Python { why: Some(why) }),
+            _ => Err(refuse(format!("{asked}: {why}"))),
         };
     }
     let (Some(header), Some(family)) = (header, family) else {
@@ -103,6 +123,16 @@ pub fn choose(
             template: Box::new(template),
             header: Box::new(header.clone()),
         }),
+        Err(_) if build => match dirs.first() {
+            Some(into) => Ok(Chosen::Build {
+                header: Box::new(header.clone()),
+                family,
+                into: into.clone(),
+            }),
+            None => Err(refuse(
+                "--build-template: no template folder (import.templates is empty)".into(),
+            )),
+        },
         Err(reasons) => {
             let why = format!("no import template fits: {}", reasons.join("; "));
             match route {

@@ -149,9 +149,25 @@ fn run_python(
     request: &Request,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Converted, ImportError> {
+    run_tool(python, script, &arguments(request), tmp, |lines| {
+        drive(lines, request, on_event, &mut |_| Ok(()))
+    })
+}
+
+/// Runs `python script args…` offline, in its own process group (which a signal stopping the
+/// import kills whole), its temporary files in `tmp`; `read` takes its standard output line by
+/// line. A tool that exits unsuccessfully without a result `read` understood is a
+/// [`ImportError::ToolFailed`] with the end of its standard error.
+pub fn run_tool<T>(
+    python: &Path,
+    script: &Path,
+    args: &[String],
+    tmp: &Path,
+    read: impl FnOnce(&mut dyn Iterator<Item = String>) -> Result<T, ImportError>,
+) -> Result<T, ImportError> {
     let mut child = Command::new(python)
         .arg(script)
-        .args(arguments(request))
+        .args(args)
         .env("HF_HUB_OFFLINE", "1")
         .env("TMPDIR", tmp)
         .stdin(Stdio::null())
@@ -174,12 +190,7 @@ fn run_python(
         text[text.ceil_char_boundary(start)..].to_string()
     });
     let stdout = BufReader::new(child.stdout.take().expect("piped"));
-    let result = drive(
-        stdout.lines().map_while(Result::ok),
-        request,
-        on_event,
-        &mut |_| Ok(()),
-    );
+    let result = read(&mut stdout.lines().map_while(Result::ok));
     if matches!(
         result,
         Err(ImportError::BadEvent { .. } | ImportError::WrongFolder { .. })

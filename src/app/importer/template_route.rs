@@ -8,31 +8,22 @@
 use std::path::Path;
 use std::time::Instant;
 
-use serde::Serialize;
-
-use super::ImportError;
 use super::events::{Event, Stage, StageState};
 use super::runner::{Converted, Request};
+use super::{ImportError, source_file};
+use crate::engine::checkpoint::lora_fuse;
 use crate::engine::checkpoint::prediction::{self, Prediction};
 use crate::engine::checkpoint::template::{self, Deltas, Template};
 use crate::engine::checkpoint::tensors::TensorFile;
 use crate::engine::checkpoint::weights_map::{self, WeightsMap, WeightsMapError};
 use crate::engine::checkpoint::{Family, Header, family};
-use crate::engine::model::checkpoint_hash::{self, CheckpointHash};
-use crate::engine::model::provenance::{
-    CheckpointSource, FILE, FORMAT, ImportTool, Provenance, SourceDtype, SourceFamily,
-};
+use crate::engine::model::checkpoint_hash;
 use crate::runtime::{Runtime, RuntimeError};
-
-/// The version of the conversion `tool.sdspool_import` records (the Python tool's is 1 too).
-const TOOL_VERSION: u32 = 1;
 
 /// An import through `template`.
 pub struct TemplateImport<'a> {
     pub template: &'a Template,
     pub header: Header,
-    /// LoRA deltas to add (empty without LoRAs).
-    pub deltas: Deltas,
     /// ONNX Runtime for the SD 2.x prediction test, started only when needed.
     pub runtime: &'a dyn Fn() -> Result<Runtime, RuntimeError>,
     pub device_id: i32,
@@ -70,7 +61,8 @@ fn timed<T>(
     Ok(value)
 }
 
-/// Imports `request.checkpoint` into `request.out` through the template.
+/// Imports `request.checkpoint` (with `request.loras` fused) into `request.out` through the
+/// template.
 pub fn convert(
     job: TemplateImport,
     request: &Request,
@@ -85,17 +77,25 @@ pub fn convert(
     };
     let out = &request.out;
     let header = job.header.clone();
+    let deltas = if request.loras.is_empty() {
+        Deltas::new()
+    } else {
+        timed(Stage::Lora, on_event, || {
+            Ok(lora_fuse::deltas(&request.loras, &header, family)?)
+        })?
+    };
     timed(Stage::Fill, on_event, || {
         template::fill::copy_folder(template, out)?;
         let mut checkpoint = TensorFile::open(job.header)?;
-        template::fill::fill(template, out, &mut checkpoint, &job.deltas)?;
+        template::fill::fill(template, out, &mut checkpoint, &deltas)?;
         write_weights_map(template, out)
     })?;
+    drop(deltas);
     let prediction = if family == Family::Sd2 {
         timed(Stage::Validate, on_event, || {
-            let unet = out.join("unet/model.onnx");
-            let width = family::text_width(&header, family).unwrap_or(0) as usize;
             let runtime = (job.runtime)().map_err(prediction::PredictionError::from)?;
+            let width = family::text_width(&header, family).unwrap_or(0) as usize;
+            let unet = out.join("unet/model.onnx");
             let decided = prediction::decide_sd2(&header, &runtime, &unet, job.device_id, width)?;
             Ok(decided.prediction)
         })?
@@ -113,11 +113,9 @@ pub fn convert(
         let hash = hashing
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked")))
-            .map_err(|source| ImportError::Io {
-                path: request.checkpoint.clone(),
-                source,
-            })?;
-        write_source(out, template, &request.checkpoint, hash)
+            .map_err(io(&request.checkpoint))?;
+        let checkpoint = (request.checkpoint.as_path(), hash);
+        source_file::write(out, &template.name(), family, checkpoint, &request.loras)
     })?;
     Ok(Converted {
         family: Some(family.as_str().into()),
@@ -185,62 +183,4 @@ fn write_prediction(
         )?;
     }
     Ok(())
-}
-
-/// `sdspool-source.json` as the Python conversion writes it, with the route and the template.
-#[derive(Serialize)]
-struct TemplateSource<'a> {
-    #[serde(flatten)]
-    provenance: &'a Provenance,
-    route: &'static str,
-    template: String,
-}
-
-fn write_source(
-    out: &Path,
-    template: &Template,
-    checkpoint: &Path,
-    hash: CheckpointHash,
-) -> Result<(), ImportError> {
-    let provenance = Provenance {
-        format: FORMAT,
-        checkpoint: CheckpointSource {
-            file: file_name(checkpoint),
-            sha256: hash.sha256,
-            family: source_family(template.family),
-            legacy_hash: hash.legacy,
-        },
-        loras: Vec::new(),
-        vae: None,
-        dtype: Some(SourceDtype::Float32),
-        optimized: Some(false),
-        tool: Some(ImportTool {
-            sdspool_import: Some(TOOL_VERSION),
-            diffusers: None,
-            optimum_onnx: None,
-        }),
-    };
-    let source = TemplateSource {
-        provenance: &provenance,
-        route: "template",
-        template: template.name(),
-    };
-    let path = out.join(FILE);
-    let text = serde_json::to_string_pretty(&source).expect("provenance serializes") + "\n";
-    std::fs::write(&path, text).map_err(io(&path))
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn source_family(family: Family) -> SourceFamily {
-    match family {
-        Family::Sd15 => SourceFamily::Sd15,
-        Family::Sd2 => SourceFamily::Sd2,
-        Family::Sdxl => SourceFamily::Sdxl,
-        Family::SdxlRefiner => SourceFamily::SdxlRefiner,
-    }
 }

@@ -5,7 +5,7 @@
 //! layer) as float32 where an initializer is mapped. At most one checkpoint tensor and one
 //! initializer are in memory at once (an OpenCLIP `in_proj_weight` is read once for q, k and v).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -16,9 +16,9 @@ use crate::engine::checkpoint::CheckpointError;
 use crate::engine::checkpoint::names::Component;
 use crate::engine::checkpoint::tensors::TensorFile;
 
-/// LoRA deltas to add: (component, dotted diffusers module) -> `weight * alpha / rank * (up @ down)`
-/// in the parameter's own shape (what diffusers' `fuse_lora` adds to `<module>.weight`).
-pub type Deltas = HashMap<(Component, String), Vec<f32>>;
+/// LoRA deltas to add (see [`crate::engine::checkpoint::lora_fuse`]): (component, dotted diffusers
+/// module) -> what diffusers' `fuse_lora` adds to `<module>.weight`, in the parameter's shape.
+pub use crate::engine::checkpoint::lora_fuse::Deltas;
 
 /// What [`fill`] wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
