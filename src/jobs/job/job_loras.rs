@@ -135,3 +135,36 @@ pub fn resolve(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::provenance::Sha256Hex;
+
+    fn fused(name: &str, weight: f64) -> LoraSource {
+        LoraSource {
+            name: name.into(),
+            file: format!("{name}.safetensors"),
+            sha256: Sha256Hex::try_from("ab".repeat(32)).unwrap(),
+            weight,
+            addnet_sha256: None,
+        }
+    }
+
+    #[test]
+    fn tags_of_fused_loras_at_their_weight_are_not_applied_again() {
+        let tags = vec![("detail".to_string(), 0.8), ("style".to_string(), 0.5)];
+        let own = unfused(&tags, "m", &[fused("detail", 0.8)]).unwrap();
+        assert_eq!(own, [("style".to_string(), 0.5)]);
+        assert!(unfused(&tags, "m", &[]).unwrap().len() == 2);
+    }
+
+    #[test]
+    fn a_fused_lora_at_another_weight_or_a_lora_named_twice_is_refused() {
+        let e = unfused(&[("detail".into(), 0.5)], "m", &[fused("detail", 0.8)]).unwrap_err();
+        assert!(e.contains("has LoRA `detail` fused at 0.8"), "{e}");
+        let twice = [("s".to_string(), 0.5), ("s".to_string(), 0.7)];
+        let e = unfused(&twice, "m", &[]).unwrap_err();
+        assert!(e.contains("names LoRA `s` twice"), "{e}");
+    }
+}

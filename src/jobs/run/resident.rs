@@ -5,7 +5,8 @@
 //! A model's size is an **estimate from its files**: the bytes of the files in the folders of
 //! the parts sdspool loads (`text_encoder`, `text_encoder_2`, `unet`, `vae_decoder`,
 //! `vae_encoder`: the graphs and their external weights; a `vae:` replacement's decoder in place
-//! of the model's own). What the sessions really hold differs (the provider's workspace and
+//! of the model's own), plus, for a model with LoRAs applied per job (resident under its own key,
+//! [`Need::key`]), the bytes of the changed weights it holds in memory. What the sessions really hold differs (the provider's workspace and
 //! activations come on top; a float32 graph that TensorRT builds as float16 takes less), so set
 //! the budget below the device's memory by the activations of the largest job.
 //!
