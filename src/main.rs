@@ -203,7 +203,8 @@ struct ImportArgs {
     /// template: through an import template the checkpoint fits (no Python; `import.templates`
     /// in the configuration, default <models dir>/.templates); python: through
     /// onnx/import_checkpoint.py; auto: a template when one fits and nothing it cannot do is
-    /// asked (--fp16, --optimize, --vae, a .ckpt), else Python.
+    /// asked (--fp16, --optimize, a pickled .ckpt, LoRA or VAE, a VAE in diffusers' layout),
+    /// else Python.
     #[arg(long, value_name = "auto|template|python", default_value = "auto")]
     route: String,
     /// When no import template fits, build one first with onnx/build_import_template.py (Python,

@@ -593,3 +593,105 @@ fn build_template_builds_one_when_none_fits_then_imports_through_it() {
     );
     assert_eq!(common::names(&models), ["again", "built"]);
 }
+
+// ------------------------------------------------------------------ --vae
+
+/// Writes a safetensors file of sd15.safetensors' tensors chosen and renamed by `rename`, their
+/// values negated where `negate` says so (a float32 sign flip).
+fn sd15_variant(
+    path: &Path,
+    rename: impl Fn(&str) -> Option<String>,
+    negate: impl Fn(&str) -> bool,
+) {
+    let bytes = std::fs::read(fixture("sd15.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let (mut out_header, mut data) = (serde_json::Map::new(), Vec::new());
+    for (key, t) in &header {
+        let Some(name) = rename(key).filter(|_| key != "__metadata__") else {
+            continue;
+        };
+        let [start, end] = [0, 1].map(|i| t["data_offsets"][i].as_u64().unwrap() as usize + 8 + n);
+        let mut values = bytes[start..end].to_vec();
+        if negate(key) {
+            assert_eq!(t["dtype"], "F32");
+            values.chunks_exact_mut(4).for_each(|v| v[3] ^= 0x80);
+        }
+        let at = data.len();
+        data.extend(values);
+        out_header.insert(
+            name,
+            serde_json::json!({"dtype": t["dtype"], "shape": t["shape"], "data_offsets": [at, data.len()]}),
+        );
+    }
+    let text = serde_json::to_vec(&out_header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(data);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn a_replacement_vae_takes_the_place_of_the_checkpoints_own() {
+    const VAE: &str = "first_stage_model.";
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path(), &templates());
+    let models = tmp.path().join("models");
+    // the VAE file people download (LDM keys), with other weights than the checkpoint's
+    let vae = tmp.path().join("vae-ldm.safetensors");
+    sd15_variant(&vae, |k| k.strip_prefix(VAE).map(str::to_string), |_| true);
+    // the checkpoint with that VAE in it: what the import with --vae must equal
+    let merged = tmp.path().join("merged.safetensors");
+    sd15_variant(&merged, |k| Some(k.to_string()), |k| k.starts_with(VAE));
+    let sd15 = fixture("sd15.safetensors");
+    let vae_arg = vae.display().to_string();
+    let template = ["--route", "template"];
+    for (ckpt, name, extra) in [
+        (&sd15, "with-vae", vec!["--vae", vae_arg.as_str()]),
+        (&merged, "merged", vec![]),
+        (&sd15, "plain", vec![]),
+    ] {
+        let mut list = template.to_vec();
+        list.extend(extra);
+        let out = import(&config, ckpt, name, &models, &list);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+    }
+    for part in ["vae_decoder", "vae_encoder", "unet", "text_encoder"] {
+        let data = |name: &str| {
+            std::fs::read(models.join(name).join(part).join("model.onnx_data")).unwrap()
+        };
+        assert!(data("with-vae") == data("merged"), "{part}");
+        assert_eq!(
+            data("with-vae") == data("plain"),
+            !part.starts_with("vae"),
+            "{part}"
+        );
+    }
+    let source = read_json(&models.join("with-vae/sdspool-source.json"));
+    assert_eq!(source["vae"]["file"], "vae-ldm.safetensors", "{source}");
+    assert_eq!(source["vae"]["sha256"].as_str().unwrap().len(), 64);
+
+    // diffusers' layout is the Python conversion's
+    let diffusers = tmp.path().join("vae-diffusers.safetensors");
+    sd15_variant(
+        &diffusers,
+        |k| {
+            k.strip_prefix("first_stage_model.encoder.down.")
+                .map(|rest| format!("encoder.down_blocks.{rest}"))
+        },
+        |_| false,
+    );
+    let out = import(
+        &config,
+        &sd15,
+        "d",
+        &models,
+        &["--route", "template", "--vae", diffusers.to_str().unwrap()],
+    );
+    let shown = text(&out);
+    assert!(
+        !out.status.success()
+            && shown.contains("the template route cannot do --vae in diffusers' layout"),
+        "{shown}"
+    );
+}

@@ -5,9 +5,11 @@
 //!
 //! Everything that can be checked without Python is checked before the conversion starts: the
 //! files are complete safetensors files, the family is known, the LoRAs fit it, the name is free,
-//! the disk has room for the estimate. The conversion itself is the pinned Python tooling
-//! (`onnx/import_checkpoint.py`, see [`crate::app::importer`]); it writes into a staging folder
-//! beside the target, which is renamed into place when it succeeded.
+//! the disk has room for the estimate. The conversion itself goes through an import template the
+//! checkpoint fits (Rust only: the template's graphs with the checkpoint's tensors written into
+//! their data files, see [`crate::app::importer::route`]) or the pinned Python tooling
+//! (`onnx/import_checkpoint.py`, see [`crate::app::importer`]); either writes into a staging
+//! folder beside the target, which is renamed into place when it succeeded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,7 +23,7 @@ use crate::app::importer::runner::{self, Converted, OptimizeTarget, Request, Run
 use crate::app::importer::staging::{self, Staging};
 use crate::app::importer::template_route::{self, TemplateImport};
 use crate::app::importer::{ImportError, config_edit, disk, template_build, tools};
-use crate::engine::checkpoint::template::{self, Template};
+use crate::engine::checkpoint::template::{self, Replacement, Template};
 use crate::engine::checkpoint::{self, CheckpointError, Family, Header};
 
 /// The command line of `sdspool import`.
@@ -161,14 +163,23 @@ pub fn plan(config: &Config, opts: &ImportOptions) -> Result<Plan, ImportError> 
         (Some(opts.family.unwrap_or(found)), Some(header))
     };
     let loras = check_loras(opts, header.as_ref(), family)?;
-    if let Some(vae) = &opts.vae
-        && !is_ckpt(vae)
-    {
-        check_vae(&checkpoint::header::read(vae)?)?;
-    }
+    let vae = match &opts.vae {
+        None => None,
+        Some(v) if is_ckpt(v) => Some(Err(
+            "a pickled VAE (.ckpt/.pt; its tensors need Python to read)",
+        )),
+        Some(v) => {
+            let header = checkpoint::header::read(v)?;
+            check_vae(&header)?;
+            Some(match template::vae::layout(&header) {
+                Some(layout) => Ok(Replacement { header, layout }),
+                None => Err("--vae in diffusers' layout (encoder.down_blocks.*)"),
+            })
+        }
+    };
     let asks = Asks {
         pickled_lora: loras.iter().any(|(p, _)| is_ckpt(p)),
-        vae: opts.vae.is_some(),
+        vae,
         fp16: opts.fp16,
         optimize: opts.optimize,
     };
@@ -356,16 +367,20 @@ fn convert_and_place(
 ) -> Result<Imported, ImportError> {
     let request = request(config, opts, plan, staging);
     let converted = match &plan.route {
-        Chosen::Template { template, header } => {
-            through_template(config, template, header, &request)?
-        }
+        Chosen::Template {
+            template,
+            header,
+            vae,
+        } => through_template(config, template, header, vae.as_deref(), &request)?,
         Chosen::Build {
             header,
+            vae,
             family,
             into,
         } => {
-            let template = build_template(config, opts, staging, header, *family, into)?;
-            through_template(config, &template, header, &request)?
+            let vae = vae.as_deref();
+            let template = build_template(config, opts, staging, (header, vae), *family, into)?;
+            through_template(config, &template, header, vae, &request)?
         }
         Chosen::Python { .. } => {
             let runner = python_runner(config, opts, staging)?;
@@ -391,12 +406,14 @@ fn through_template(
     config: &Config,
     template: &Template,
     header: &Header,
+    vae: Option<&Replacement>,
     request: &Request,
 ) -> Result<Converted, ImportError> {
     let runtime = || config.runtime();
     let job = TemplateImport {
         template,
         header: header.clone(),
+        vae: vae.cloned(),
         runtime: &runtime,
         device_id: config.execution.device_ids.first().copied().unwrap_or(0),
     };
@@ -412,7 +429,7 @@ fn build_template(
     config: &Config,
     opts: &ImportOptions,
     staging: &Path,
-    header: &Header,
+    (header, vae): (&Header, Option<&Replacement>),
     family: Family,
     into: &Path,
 ) -> Result<Template, ImportError> {
@@ -433,7 +450,7 @@ fn build_template(
         family,
     )?;
     let template = Template::read(&dest)?;
-    template::fit::check(&template, header).map_err(|misfit| {
+    template::fit::check(&template, header, vae).map_err(|misfit| {
         refuse(
             &dest,
             format!("the template just built does not fit the checkpoint: {misfit}"),

@@ -25,7 +25,7 @@ pub enum ImportError {
     #[error(transparent)]
     Checkpoint(#[from] crate::engine::checkpoint::CheckpointError),
     #[error(transparent)]
-    Template(#[from] crate::engine::checkpoint::template::TemplateError),
+    Template(Box<crate::engine::checkpoint::template::TemplateError>),
     #[error("deciding the prediction type on the imported UNet: {0}")]
     Prediction(#[from] crate::engine::checkpoint::prediction::PredictionError),
     #[error("{}: {source}", path.display())]
@@ -61,4 +61,10 @@ pub enum ImportError {
     WrongFolder { want: PathBuf, got: PathBuf },
     #[error("{}: {reason}", path.display())]
     Refuse { path: PathBuf, reason: String },
+}
+
+impl From<crate::engine::checkpoint::template::TemplateError> for ImportError {
+    fn from(e: crate::engine::checkpoint::template::TemplateError) -> Self {
+        ImportError::Template(Box::new(e))
+    }
 }

@@ -1,13 +1,14 @@
 //! Which way an import goes (`--route auto|template|python`): through an import template that
 //! the checkpoint fits (Rust only, seconds), or through the Python conversion
 //! (`onnx/import_checkpoint.py`, the reference). `auto` takes the template route when a template
-//! fits and nothing is asked that it cannot do, and says why when it does not; `template` refuses
+//! fits and nothing is asked that it cannot do (`--fp16`, `--optimize`, a pickled checkpoint,
+//! LoRA or VAE, a VAE in diffusers' layout), and says why when it does not; `template` refuses
 //! instead of falling back.
 
 use std::path::{Path, PathBuf};
 
 use super::ImportError;
-use crate::engine::checkpoint::template::{self, Template};
+use crate::engine::checkpoint::template::{self, Replacement, Template};
 use crate::engine::checkpoint::{Family, Header};
 
 /// `--route`.
@@ -33,11 +34,12 @@ impl std::str::FromStr for Route {
 }
 
 /// What the import asks for beyond the checkpoint itself.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Default)]
 pub struct Asks {
     /// A LoRA that is not a `.safetensors` file (a pickle needs Python to read).
     pub pickled_lora: bool,
-    pub vae: bool,
+    /// `--vae`: a file the template route reads, or what it cannot read.
+    pub vae: Option<Result<Replacement, &'static str>>,
     pub fp16: bool,
     pub optimize: bool,
 }
@@ -45,31 +47,33 @@ pub struct Asks {
 /// The route an import takes.
 #[derive(Debug)]
 pub enum Chosen {
-    /// Through this template, with the checked header of the checkpoint.
+    /// Through this template, with the checked header of the checkpoint and the replacement VAE.
     Template {
         template: Box<Template>,
         header: Box<Header>,
+        vae: Option<Box<Replacement>>,
     },
     /// Through Python; why not a template (for the log), unless `--route python` asked for it.
     Python { why: Option<String> },
     /// `--build-template` and no template fits: build one into `into`, then through it.
     Build {
         header: Box<Header>,
+        vae: Option<Box<Replacement>>,
         family: Family,
         into: PathBuf,
     },
 }
 
 /// What the template route cannot do of what `asks` asks, if anything.
-fn cannot(asks: Asks, header: Option<&Header>) -> Option<&'static str> {
+fn cannot(asks: &Asks, header: Option<&Header>) -> Option<&'static str> {
     if header.is_none() {
         Some("a pickled .ckpt checkpoint (its tensors need Python to read)")
     } else if asks.fp16 {
         Some("--fp16")
     } else if asks.optimize {
         Some("--optimize")
-    } else if asks.vae {
-        Some("--vae")
+    } else if let Some(Err(what)) = &asks.vae {
+        Some(what)
     } else if asks.pickled_lora {
         Some("a pickled LoRA (.pt/.ckpt; its tensors need Python to read)")
     } else {
@@ -106,7 +110,7 @@ pub fn choose(
         Route::Python => return Ok(Chosen::Python { why: None }),
         _ => {}
     }
-    if let Some(what) = cannot(asks, header) {
+    if let Some(what) = cannot(&asks, header) {
         let why = format!("the template route cannot do {what}");
         return match route {
             Route::Auto if !build => Ok(Chosen::Python { why: Some(why) }),
@@ -118,14 +122,20 @@ pub fn choose(
             why: Some("the checkpoint's family is not known".into()),
         });
     };
-    match find(dirs, header, family) {
+    let vae = match asks.vae {
+        Some(Ok(replacement)) => Some(Box::new(replacement)),
+        _ => None,
+    };
+    match find(dirs, header, family, vae.as_deref()) {
         Ok(template) => Ok(Chosen::Template {
             template: Box::new(template),
             header: Box::new(header.clone()),
+            vae,
         }),
         Err(_) if build => match dirs.first() {
             Some(into) => Ok(Chosen::Build {
                 header: Box::new(header.clone()),
+                vae,
                 family,
                 into: into.clone(),
             }),
@@ -145,7 +155,12 @@ pub fn choose(
 
 /// The first template of `family` in `dirs` (each searched in name order) that the checkpoint
 /// fits; or why none does, one reason per template looked at.
-pub fn find(dirs: &[PathBuf], header: &Header, family: Family) -> Result<Template, Vec<String>> {
+pub fn find(
+    dirs: &[PathBuf],
+    header: &Header,
+    family: Family,
+    vae: Option<&Replacement>,
+) -> Result<Template, Vec<String>> {
     let mut reasons = Vec::new();
     for dir in dirs {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -169,7 +184,7 @@ pub fn find(dirs: &[PathBuf], header: &Header, family: Family) -> Result<Templat
             if template.family != family {
                 continue;
             }
-            match template::fit::check(&template, header) {
+            match template::fit::check(&template, header, vae) {
                 Ok(()) => return Ok(template),
                 Err(misfit) => reasons.push(format!("{}: {misfit}", folder.display())),
             }

@@ -14,8 +14,8 @@ use super::ImportError;
 use crate::engine::checkpoint::Family;
 use crate::engine::model::checkpoint_hash::{self, CheckpointHash};
 use crate::engine::model::provenance::{
-    CheckpointSource, FILE, FORMAT, ImportTool, LoraSource, Provenance, Sha256Hex, SourceDtype,
-    SourceFamily,
+    CheckpointSource, FILE, FORMAT, FileSource, ImportTool, LoraSource, Provenance, Sha256Hex,
+    SourceDtype, SourceFamily,
 };
 
 /// The version of the conversion `tool.sdspool_import` records (the Python tool's is 1 too).
@@ -34,15 +34,29 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError {
     move |source| ImportError::Io { path, source }
 }
 
+/// The files an import was made of.
+pub struct Inputs<'a> {
+    /// The checkpoint and its hashes.
+    pub checkpoint: (&'a Path, CheckpointHash),
+    pub loras: &'a [(PathBuf, f32)],
+    pub vae: Option<&'a Path>,
+}
+
 /// Writes `<out>/sdspool-source.json`.
 pub fn write(
     out: &Path,
     template: &str,
     family: Family,
-    checkpoint: (&Path, CheckpointHash),
-    loras: &[(PathBuf, f32)],
+    inputs: Inputs,
 ) -> Result<(), ImportError> {
-    let (file, hash) = checkpoint;
+    let (file, hash) = inputs.checkpoint;
+    let vae = match inputs.vae {
+        Some(path) => Some(FileSource {
+            file: file_name(path),
+            sha256: checkpoint_hash::hash_file(path).map_err(io(path))?.sha256,
+        }),
+        None => None,
+    };
     let provenance = Provenance {
         format: FORMAT,
         checkpoint: CheckpointSource {
@@ -51,11 +65,12 @@ pub fn write(
             family: source_family(family),
             legacy_hash: hash.legacy,
         },
-        loras: loras
+        loras: inputs
+            .loras
             .iter()
             .map(|(path, weight)| lora_source(path, *weight))
             .collect::<Result<_, _>>()?,
-        vae: None,
+        vae,
         dtype: Some(SourceDtype::Float32),
         optimized: Some(false),
         tool: Some(ImportTool {

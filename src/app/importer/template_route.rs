@@ -13,7 +13,7 @@ use super::runner::{Converted, Request};
 use super::{ImportError, source_file};
 use crate::engine::checkpoint::lora_fuse;
 use crate::engine::checkpoint::prediction::{self, Prediction};
-use crate::engine::checkpoint::template::{self, Deltas, Template};
+use crate::engine::checkpoint::template::{self, Deltas, Replacement, Template};
 use crate::engine::checkpoint::tensors::TensorFile;
 use crate::engine::checkpoint::weights_map::{self, WeightsMap, WeightsMapError};
 use crate::engine::checkpoint::{Family, Header, family};
@@ -24,6 +24,8 @@ use crate::runtime::{Runtime, RuntimeError};
 pub struct TemplateImport<'a> {
     pub template: &'a Template,
     pub header: Header,
+    /// `--vae`: the file put in place of the checkpoint's VAE.
+    pub vae: Option<Replacement>,
     /// ONNX Runtime for the SD 2.x prediction test, started only when needed.
     pub runtime: &'a dyn Fn() -> Result<Runtime, RuntimeError>,
     pub device_id: i32,
@@ -87,7 +89,12 @@ pub fn convert(
     timed(Stage::Fill, on_event, || {
         template::fill::copy_folder(template, out)?;
         let mut checkpoint = TensorFile::open(job.header)?;
-        template::fill::fill(template, out, &mut checkpoint, &deltas)?;
+        let mut vae = match job.vae {
+            Some(v) => Some((TensorFile::open(v.header)?, v.layout)),
+            None => None,
+        };
+        let vae = vae.as_mut().map(|(file, layout)| (file, *layout));
+        template::fill::fill(template, out, &mut checkpoint, vae, &deltas)?;
         write_weights_map(template, out)
     })?;
     drop(deltas);
@@ -115,7 +122,12 @@ pub fn convert(
             .unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked")))
             .map_err(io(&request.checkpoint))?;
         let checkpoint = (request.checkpoint.as_path(), hash);
-        source_file::write(out, &template.name(), family, checkpoint, &request.loras)
+        let inputs = source_file::Inputs {
+            checkpoint,
+            loras: &request.loras,
+            vae: request.vae.as_deref(),
+        };
+        source_file::write(out, &template.name(), family, inputs)
     })?;
     Ok(Converted {
         family: Some(family.as_str().into()),

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::TemplateError;
 use super::format::{Initializer, Part, Source, TEMPLATE_FILE, Template};
+use super::vae::VaeLayout;
 use crate::engine::checkpoint::CheckpointError;
 use crate::engine::checkpoint::names::Component;
 use crate::engine::checkpoint::tensors::TensorFile;
@@ -86,15 +87,18 @@ fn copy_dir(
 }
 
 /// Writes every part's data file into `out` (a [`copy_folder`] of `template`) from the template's
-/// data and the checkpoint's tensors, adding `deltas`; every delta must find its initializer.
+/// data and the checkpoint's tensors (the VAE's from `vae`, when given), adding `deltas`; every
+/// delta must find its initializer.
 pub fn fill(
     template: &Template,
     out: &Path,
     checkpoint: &mut TensorFile,
+    vae: Option<(&mut TensorFile, VaeLayout)>,
     deltas: &Deltas,
 ) -> Result<FillStats, TemplateError> {
     let mut reader = Reader {
         file: checkpoint,
+        vae,
         last: None,
     };
     let mut stats = FillStats::default();
@@ -126,26 +130,39 @@ pub fn fill(
     Ok(stats)
 }
 
-/// The checkpoint, with the last tensor read kept (q, k and v are rows of one OpenCLIP tensor).
+/// The checkpoint (and a replacement VAE), with the last tensor read kept (q, k and v are rows of
+/// one OpenCLIP tensor).
 struct Reader<'a> {
     file: &'a mut TensorFile,
+    vae: Option<(&'a mut TensorFile, VaeLayout)>,
     last: Option<(String, Vec<f32>)>,
 }
 
 impl Reader<'_> {
+    /// The file a template key is read from, and its name there.
+    fn locate(&mut self, key: &str) -> (&mut TensorFile, String) {
+        if let Some((vae, layout)) = self.vae.as_mut()
+            && let Some(name) = layout.file_key(key)
+        {
+            return (vae, name);
+        }
+        (self.file, key.to_string())
+    }
+
     fn tensor(&mut self, key: &str) -> Result<&[f32], CheckpointError> {
         if self.last.as_ref().is_none_or(|(k, _)| k != key) {
             self.last = None;
-            let values = self.file.read_f32(key)?;
+            let (file, name) = self.locate(key);
+            let values = file.read_f32(&name)?;
             self.last = Some((key.to_string(), values));
         }
         Ok(&self.last.as_ref().expect("just read").1)
     }
 
-    fn shape(&self, key: &str) -> Vec<u64> {
-        self.file
-            .header
-            .shape(key)
+    fn shape(&mut self, key: &str) -> Vec<u64> {
+        let (file, name) = self.locate(key);
+        file.header
+            .shape(&name)
             .map(<[u64]>::to_vec)
             .unwrap_or_default()
     }
@@ -195,7 +212,7 @@ fn fill_part(
                 data: to.clone(),
                 tensor: t.name.clone(),
                 key: source.key.clone(),
-                source: source_err,
+                source: Box::new(source_err),
             },
             Failed::Shape(problem) => TemplateError::Tensor {
                 data: to.clone(),

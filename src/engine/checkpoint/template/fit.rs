@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use super::Template;
+use super::vae::Replacement;
 use crate::engine::checkpoint::Header;
 use crate::engine::checkpoint::family::{REFINER_TE, SD1_TE, SD2_TE, UNET, VAE, XL_TE1, XL_TE2};
 
@@ -85,34 +86,54 @@ fn is_buffer(key: &str) -> bool {
     key.ends_with("position_ids")
 }
 
-/// Checks that the checkpoint of `header` fits `template`.
-pub fn check(template: &Template, header: &Header) -> Result<(), Misfit> {
+/// Checks that the checkpoint of `header` (with the VAE of `vae` in place of its own, when
+/// given) fits `template`.
+pub fn check(
+    template: &Template,
+    header: &Header,
+    vae: Option<&Replacement>,
+) -> Result<(), Misfit> {
     let mut misfit = Misfit::default();
     let required = &template.checkpoint.required;
     let mut prefixes: BTreeSet<&str> = BTreeSet::new();
     for (key, want) in required {
         prefixes.extend(PREFIXES.iter().copied().find(|p| key.starts_with(*p)));
-        match header.tensors.get(key) {
-            None => misfit.missing.push(key.clone()),
+        let (file, name) = match vae.and_then(|v| Some((v, v.layout.file_key(key)?))) {
+            Some((v, name)) => (&v.header, name),
+            None => (header, key.clone()),
+        };
+        match file.tensors.get(&name) {
+            None => misfit.missing.push(name),
             Some(t) if &t.shape != want => {
-                misfit
-                    .shapes
-                    .push((key.clone(), t.shape.clone(), want.clone()))
+                misfit.shapes.push((name, t.shape.clone(), want.clone()))
             }
             Some(t) if !matches!(t.dtype.as_str(), "F32" | "F16" | "BF16" | "F64") => {
-                misfit.dtypes.push((key.clone(), t.dtype.clone()))
+                misfit.dtypes.push((name, t.dtype.clone()))
             }
             Some(_) => {}
         }
     }
+    if vae.is_some() {
+        prefixes.remove(VAE);
+    }
+    let known = |k: &String| {
+        required.contains_key(k) || template.checkpoint.ignored.contains(k) || is_buffer(k)
+    };
     misfit.unknown = header
         .tensors
         .keys()
-        .filter(|k| prefixes.iter().any(|p| k.starts_with(p)))
-        .filter(|k| !required.contains_key(*k))
-        .filter(|k| !template.checkpoint.ignored.contains(*k) && !is_buffer(k))
+        .filter(|k| prefixes.iter().any(|p| k.starts_with(p)) && !known(k))
         .cloned()
         .collect();
+    if let Some(v) = vae {
+        misfit.unknown.extend(
+            v.header
+                .tensors
+                .keys()
+                .filter(|k| v.layout.template_key(k).is_some_and(|t| !known(&t)))
+                .cloned(),
+        );
+    }
     if misfit.is_empty() {
         Ok(())
     } else {

@@ -5,17 +5,20 @@
 //! at the same offsets; the graphs are copied unchanged, no protobuf is written and no Python runs.
 //!
 //! [`format`] reads and checks `template.json`, [`fit`] says whether (or why not) a checkpoint fits
-//! a template, [`fill`] copies the folder and writes the data files, tensor by tensor.
+//! a template, [`fill`] copies the folder and writes the data files, tensor by tensor; [`vae`]
+//! reads a replacement VAE's keys.
 
 pub mod fill;
 pub mod fit;
 pub mod format;
+pub mod vae;
 
 use std::path::PathBuf;
 
 pub use fill::{Deltas, FillStats};
 pub use fit::Misfit;
 pub use format::{TEMPLATE_FILE, Template};
+pub use vae::{Replacement, VaeLayout};
 
 use super::CheckpointError;
 
@@ -54,7 +57,7 @@ pub enum TemplateError {
         tensor: String,
         key: String,
         #[source]
-        source: CheckpointError,
+        source: Box<CheckpointError>,
     },
     #[error("{}: initializer {tensor} from {key}: {problem}", data.display())]
     Tensor {

@@ -142,7 +142,7 @@ fn a_checkpoint_fills_a_copy_of_the_template() {
     let dir = tempfile::tempdir().unwrap();
     let mut ckpt = checkpoint(dir.path());
     let template = Template::read(&template_dir(dir.path(), &template_json())).unwrap();
-    assert_eq!(fit::check(&template, &ckpt.header), Ok(()));
+    assert_eq!(fit::check(&template, &ckpt.header, None), Ok(()));
     let out = dir.path().join("out");
     fill::copy_folder(&template, &out).unwrap();
     assert!(!out.join("template.json").exists() && !out.join("unet/model.onnx_data").exists());
@@ -155,7 +155,7 @@ fn a_checkpoint_fills_a_copy_of_the_template() {
         (Component::Unet, "down_blocks.0.attentions.0.proj_in".into()),
         vec![0.5; 6],
     );
-    let stats = fill::fill(&template, &out, &mut ckpt, &deltas).unwrap();
+    let stats = fill::fill(&template, &out, &mut ckpt, None, &deltas).unwrap();
     assert_eq!(stats.mapped, 4);
     // constant, gap, W + 0.5 transposed to [3, 2], B widened, tail
     let mut want = f32_bytes(&[7.0, 8.0]);
@@ -182,7 +182,7 @@ fn a_delta_that_matches_no_initializer_is_an_error() {
         (Component::TextEncoder2, "text_model.nothing".into()),
         vec![1.0],
     );
-    let e = fill::fill(&template, &out, &mut ckpt, &deltas).unwrap_err();
+    let e = fill::fill(&template, &out, &mut ckpt, None, &deltas).unwrap_err();
     assert!(
         matches!(e, TemplateError::UnusedDeltas { count: 1, .. }),
         "{e}"
@@ -193,7 +193,7 @@ fn a_delta_that_matches_no_initializer_is_an_error() {
         (Component::Unet, "down_blocks.0.attentions.0.proj_in".into()),
         vec![1.0; 4],
     );
-    let e = fill::fill(&template, &out, &mut ckpt, &deltas)
+    let e = fill::fill(&template, &out, &mut ckpt, None, &deltas)
         .unwrap_err()
         .to_string();
     assert!(
@@ -211,7 +211,7 @@ fn a_checkpoint_of_another_shape_does_not_fit_and_says_why() {
     json["checkpoint"]["required"]["model.diffusion_model.extra.weight"] = json!([1]);
     json["parts"]["unet"]["tensors"][1]["shape"] = json!([2, 3]);
     let template = Template::read(&template_dir(dir.path(), &json)).unwrap();
-    let misfit = fit::check(&template, &ckpt.header).unwrap_err();
+    let misfit = fit::check(&template, &ckpt.header, None).unwrap_err();
     assert_eq!(
         misfit.missing,
         vec!["model.diffusion_model.extra.weight".to_string()]
@@ -233,11 +233,11 @@ fn a_checkpoint_of_another_shape_does_not_fit_and_says_why() {
         .unwrap()
         .remove(2);
     let template = Template::read(&template_dir(dir.path(), &json)).unwrap();
-    let misfit = fit::check(&template, &ckpt.header).unwrap_err();
+    let misfit = fit::check(&template, &ckpt.header, None).unwrap_err();
     assert_eq!(misfit.unknown, vec![B.to_string()], "{misfit}");
     json["checkpoint"]["ignored"] = json!([B]);
     let template = Template::read(&template_dir(dir.path(), &json)).unwrap();
-    assert_eq!(fit::check(&template, &ckpt.header), Ok(()));
+    assert_eq!(fit::check(&template, &ckpt.header, None), Ok(()));
 }
 
 fn read_error(edit: impl FnOnce(&mut serde_json::Value)) -> String {
@@ -279,10 +279,10 @@ fn a_corrupt_template_json_is_refused_naming_the_file_and_the_field() {
         j["parts"]["unet"]["tensors"][1]["source"]
             .as_object_mut()
             .unwrap()
-            .remove("module");
+            .remove("transpose");
     });
     assert!(
-        e.contains("parts.unet.tensors[1].source") && e.contains("module"),
+        e.contains("parts.unet.tensors[1].source") && e.contains("transpose"),
         "{e}"
     );
 }
@@ -296,7 +296,7 @@ fn a_template_data_file_shorter_than_its_initializers_is_refused() {
     let template = Template::read(&t).unwrap();
     let out = dir.path().join("out");
     fill::copy_folder(&template, &out).unwrap();
-    let e = fill::fill(&template, &out, &mut ckpt, &Deltas::new())
+    let e = fill::fill(&template, &out, &mut ckpt, None, &Deltas::new())
         .unwrap_err()
         .to_string();
     assert!(
