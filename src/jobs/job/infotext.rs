@@ -310,7 +310,7 @@ fn extra_network_at(text: &str) -> Option<((&str, &str), usize, usize)> {
 }
 
 /// `fused` as `name weight, ...` (or `none`), for messages.
-fn fused_list(fused: &[LoraSource]) -> String {
+pub fn fused_list(fused: &[LoraSource]) -> String {
     let l: Vec<String> = fused
         .iter()
         .map(|l| format!("{} {}", l.name, l.weight))

@@ -5,6 +5,7 @@
 //! AUTOMATIC1111's Lora folder), fitting the model. A job has one set: every prompt names the same.
 
 use super::fields::{Checks, Field};
+use super::infotext;
 use super::{JobError, JobLora};
 use crate::engine::checkpoint::weights_map::WeightsMap;
 use crate::engine::checkpoint::{header, lora};
@@ -22,11 +23,11 @@ pub fn unfused(tags: &[Tag], model: &str, fused: &[LoraSource]) -> Result<Vec<Ta
     for (name, weight) in tags {
         match fused.iter().find(|l| l.name == *name) {
             Some(l) if (l.weight - weight).abs() < 1e-6 => {}
-            Some(l) => {
+            Some(_) => {
                 return Err(format!(
-                    "uses `<lora:{name}:{weight}>`, but model `{model}` has LoRA `{name}` fused at {} \
-                     (a fused LoRA is applied at the weight it was imported with)",
-                    l.weight
+                    "uses `<lora:{name}:{weight}>`, but model `{model}` has LoRA `{name}` fused at \
+                     another weight, which is the one it applies (its LoRAs: {})",
+                    infotext::fused_list(fused)
                 ));
             }
             None if own.iter().any(|(n, _)| n == name) => {
@@ -77,14 +78,19 @@ pub fn resolve(
         return Ok(Vec::new());
     }
     let err = |message: String| checks.error(first_at, message);
-    let folder = &config.models()[model].path;
+    let model_config = &config.models()[model];
+    let provenance = model_config
+        .provenance()
+        .map_err(|e| err(format!("model `{model}`: {e}")))?;
+    let fused = infotext::fused_list(provenance.as_ref().map_or(&[][..], |p| &p.loras[..]));
+    let folder = &model_config.path;
     let map = WeightsMap::read(folder)
         .map_err(|e| err(format!("model `{model}`: {e}")))?
         .ok_or_else(|| {
             err(format!(
-                "uses {}, not fused into model `{model}`, and the model cannot take LoRAs per job: \
-                 its folder has no sdspool-weights.json (import the checkpoint with \
-                 `sdspool import --route template`, or fuse the LoRA with `--lora`)",
+                "uses {}, not fused into model `{model}` (its LoRAs: {fused}), and the model \
+                 cannot take LoRAs per job: its folder has no sdspool-weights.json (import the \
+                 checkpoint with `sdspool import --route template`, or fuse the LoRA with `--lora`)",
                 tag_list(first)
             ))
         })?;
@@ -96,7 +102,8 @@ pub fn resolve(
             let dirs = &config.loras().dirs;
             let file = config.loras().find(name).ok_or_else(|| {
                 err(format!(
-                    "uses `{tag}`, which is not fused into model `{model}`, and no {name}.safetensors \
+                    "uses `{tag}`, which is not fused into model `{model}` (its LoRAs: {fused}), \
+                     and no {name}.safetensors \
                      is in the LoRA folders (`loras.dirs`: {})",
                     if dirs.is_empty() {
                         "none configured".to_string()
@@ -162,7 +169,10 @@ mod tests {
     #[test]
     fn a_fused_lora_at_another_weight_or_a_lora_named_twice_is_refused() {
         let e = unfused(&[("detail".into(), 0.5)], "m", &[fused("detail", 0.8)]).unwrap_err();
-        assert!(e.contains("has LoRA `detail` fused at 0.8"), "{e}");
+        assert!(
+            e.contains("fused at another weight") && e.contains("detail 0.8"),
+            "{e}"
+        );
         let twice = [("s".to_string(), 0.5), ("s".to_string(), 0.7)];
         let e = unfused(&twice, "m", &[]).unwrap_err();
         assert!(e.contains("names LoRA `s` twice"), "{e}");
