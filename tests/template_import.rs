@@ -191,6 +191,10 @@ fn the_sd2_import_decides_v_prediction_by_running_the_filled_unet() {
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
     assert!(shown.contains("imported v (sd2, v_prediction)"), "{shown}");
+    assert!(
+        shown.contains("deciding the prediction type (AUTOMATIC1111's test)"),
+        "{shown}"
+    );
     let unet = read_json(&models.join("v/unet/config.json"));
     assert_eq!(unet["upcast_attention"], true);
     assert_eq!(unet["sample_size"], 96);
@@ -694,4 +698,38 @@ fn a_replacement_vae_takes_the_place_of_the_checkpoints_own() {
             && shown.contains("the template route cannot do --vae in diffusers' layout"),
         "{shown}"
     );
+}
+
+#[test]
+fn templates_are_found_in_the_models_folder_by_default_and_relative_to_the_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    let name = template_of("sd15");
+    copy_dir(
+        &templates().join(&name),
+        &models.join(".templates").join(&name),
+    );
+    let mut c = TestConfig::daemon(tmp.path());
+    c.rerank = None;
+    let plain = c.write(tmp.path());
+    let sd15 = fixture("sd15.safetensors");
+    let out = import(&plain, &sd15, "a", &models, &["--route", "template"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        common::names(&models),
+        [".templates", "a"],
+        "no staging folder left"
+    );
+    // `import.templates` relative to the configuration file's folder
+    let other = tmp.path().join("conf");
+    std::fs::create_dir_all(other.join("tpl")).unwrap();
+    copy_dir(&templates().join(&name), &other.join("tpl").join(&name));
+    let path = c.write(&other);
+    let mut yaml = std::fs::read_to_string(&path).unwrap();
+    yaml.push_str("import:\n  templates: [tpl]\n");
+    std::fs::write(&path, yaml).unwrap();
+    let out = import(&path, &sd15, "b", &models, &["--route", "template"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains(&format!("conf/tpl/{name}")), "{shown}");
 }

@@ -17,12 +17,14 @@ pub enum Stage {
     Export,
     /// Writing the checkpoint's tensors into a copy of an import template (no Python).
     Fill,
+    /// SD 2.x through a template: AUTOMATIC1111's v-prediction test on the filled UNet.
+    Predict,
     Validate,
     Write,
 }
 
 impl Stage {
-    pub const TEMPLATE: [Stage; 4] = [Stage::Lora, Stage::Fill, Stage::Validate, Stage::Write];
+    pub const TEMPLATE: [Stage; 4] = [Stage::Lora, Stage::Fill, Stage::Predict, Stage::Write];
 
     pub const PYTHON: [Stage; 7] = [
         Stage::Detect,
@@ -43,6 +45,7 @@ impl Stage {
             Stage::Vae => "replacing the VAE",
             Stage::Export => "exporting to ONNX (optimum)",
             Stage::Fill => "writing the checkpoint's tensors into the template",
+            Stage::Predict => "deciding the prediction type (AUTOMATIC1111's test)",
             Stage::Validate => "checking the export",
             Stage::Write => "writing sdspool-source.json",
         }

@@ -37,7 +37,7 @@ pub fn stages(family: Family, loras: bool) -> Vec<Stage> {
         .into_iter()
         .filter(|s| match s {
             Stage::Lora => loras,
-            Stage::Validate => family == Family::Sd2,
+            Stage::Predict => family == Family::Sd2,
             _ => true,
         })
         .collect()
@@ -99,7 +99,7 @@ pub fn convert(
     })?;
     drop(deltas);
     let prediction = if family == Family::Sd2 {
-        timed(Stage::Validate, on_event, || {
+        timed(Stage::Predict, on_event, || {
             let runtime = (job.runtime)().map_err(prediction::PredictionError::from)?;
             let width = family::text_width(&header, family).unwrap_or(0) as usize;
             let unet = out.join("unet/model.onnx");
