@@ -14,8 +14,8 @@ pub mod lora_fuse;
 pub mod names;
 pub mod prediction;
 pub mod template;
-pub mod weights_map;
 pub mod tensors;
+pub mod weights_map;
 
 use std::path::PathBuf;
 
