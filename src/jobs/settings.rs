@@ -25,6 +25,35 @@ pub trait JobSettings {
     fn rerank(&self) -> Option<&RerankConfig>;
     /// Root of the rendered output: one folder per job.
     fn output_dir(&self) -> &Path;
+    /// Where LoRA files named by `<lora:name:weight>` tags are looked for.
+    fn loras(&self) -> &LorasConfig;
+}
+
+/// `loras:` section: the folders `<lora:name:weight>` tags of jobs name LoRA files in, as
+/// AUTOMATIC1111's Lora folder (`name.safetensors`), searched in order. A LoRA applied per job
+/// needs a model imported through a template (its `sdspool-weights.json`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LorasConfig {
+    pub dirs: Vec<std::path::PathBuf>,
+}
+
+impl LorasConfig {
+    /// `<dir>/<name>.safetensors` of the first folder that has it.
+    pub fn find(&self, name: &str) -> Option<std::path::PathBuf> {
+        let plain = !name.is_empty()
+            && Path::new(name)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+            && !name.contains(['/', '\\']);
+        if !plain {
+            return None;
+        }
+        self.dirs
+            .iter()
+            .map(|d| d.join(format!("{name}.safetensors")))
+            .find(|p| p.is_file())
+    }
 }
 
 /// `defaults:` section: what a job gets for the fields it leaves out.

@@ -178,8 +178,22 @@ impl Runtime {
         device_id: i32,
         plan: &SessionPlan,
     ) -> Result<LoadedSession, RuntimeError> {
+        self.session_overriding(file, device_id, plan, &[])
+    }
+
+    /// [`Runtime::session_with`] with some of the graph's external initializers replaced by
+    /// values from memory (same name, shape and type; ONNX Runtime's `AddExternalInitializers`):
+    /// a model with LoRAs applied. Such a session's optimised graph is not saved (it would stand
+    /// for the model without them).
+    pub fn session_overriding(
+        &self,
+        file: &Path,
+        device_id: i32,
+        plan: &SessionPlan,
+        initializers: &[(String, Arc<ort::value::DynValue>)],
+    ) -> Result<LoadedSession, RuntimeError> {
         let watch = self.tensorrt_watch(file, plan);
-        let created = self.create(file, device_id, plan);
+        let created = self.create(file, device_id, plan, initializers);
         if let Some(watch) = watch {
             self.tensorrt_done(file, watch, created.is_ok());
         }
@@ -292,12 +306,15 @@ impl Runtime {
         file: &Path,
         device_id: i32,
         plan: &SessionPlan,
+        initializers: &[(String, Arc<ort::value::DynValue>)],
     ) -> Result<(Session, Vec<(ProviderKind, Registration)>), RuntimeError> {
         let session_err = |message: String| RuntimeError::Session {
             file: file.to_path_buf(),
             message,
         };
-        let save = self.optimized_model_path(file);
+        let save = self
+            .optimized_model_path(file)
+            .filter(|_| initializers.is_empty());
         Ok(match &save {
             Some(path) => {
                 let prepared = path
@@ -306,7 +323,7 @@ impl Runtime {
                     .unwrap_or(Ok(()))
                     .map_err(|e| format!("cannot create {}: {e}", path.display()))
                     .and_then(|()| {
-                        self.build_session(file, device_id, plan, Some(path))
+                        self.build_session(file, device_id, plan, Some(path), initializers)
                             .map_err(|e| e.to_string())
                     });
                 match prepared {
@@ -317,7 +334,7 @@ impl Runtime {
                     Err(reason) => {
                         // A model that does not load at all fails again here, with its own error.
                         let built = self
-                            .build_session(file, device_id, plan, None)
+                            .build_session(file, device_id, plan, None, initializers)
                             .map_err(|e| session_err(e.to_string()))?;
                         tracing::warn!(file = %file.display(), optimized = %path.display(), reason = %reason, "could not save the optimized model; the session runs without it");
                         built
@@ -325,7 +342,7 @@ impl Runtime {
                 }
             }
             None => self
-                .build_session(file, device_id, plan, None)
+                .build_session(file, device_id, plan, None, initializers)
                 .map_err(|e| session_err(e.to_string()))?,
         })
     }
@@ -354,9 +371,13 @@ impl Runtime {
         device_id: i32,
         plan: &SessionPlan,
         save_optimized: Option<&Path>,
+        initializers: &[(String, Arc<ort::value::DynValue>)],
     ) -> ort::Result<(Session, Vec<(ProviderKind, Registration)>)> {
         let mut builder =
             Session::builder(&self.env)?.with_config_entry(assignment::RECORD_KEY, "1")?;
+        for (name, value) in initializers {
+            builder = builder.with_external_initializer(name, Arc::clone(value))?;
+        }
         if self.exec.intra_threads > 0 {
             builder = builder.with_intra_threads(self.exec.intra_threads)?;
         }

@@ -253,6 +253,14 @@ fn explain(
     if seeds.eta_noise_seed_delta != 0 {
         line("ensd", seeds.eta_noise_seed_delta.to_string());
     }
+    if !job.loras.is_empty() {
+        let loras: Vec<String> = job
+            .loras
+            .iter()
+            .map(|l| format!("<lora:{}:{}> ({})", l.name, l.weight, l.file.display()))
+            .collect();
+        line("loras", format!("{} (applied per job)", loras.join(", ")));
+    }
     line("priority", job.priority.to_string());
     line(
         "output",

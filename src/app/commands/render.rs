@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::config::Config;
 use crate::jobs::job::Job;
-use crate::jobs::run::{Outcome, RunOptions, Worker};
+use crate::jobs::run::{Outcome, RunOptions, Worker, job_key};
 use std::sync::atomic::AtomicBool;
 
 /// Arrays that replace the seeded noise of a one-prompt job (parity tests against other tools).
@@ -90,7 +90,7 @@ pub fn run(
         job = %job.id,
         model = %job.model,
         device,
-        provider = %worker.provider(&job.model).unwrap_or_default(),
+        provider = %worker.provider(&job_key(&job)).unwrap_or_default(),
         images = job.image_count(),
         "rendering"
     );

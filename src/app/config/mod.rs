@@ -95,6 +95,9 @@ pub struct Config {
     /// `sdspool import`'s template folders (`import:`, see [`import`]).
     #[serde(default)]
     pub import: import::ImportConfig,
+    /// Where LoRA files applied per job are (`loras:`).
+    #[serde(default)]
+    pub loras: crate::jobs::settings::LorasConfig,
     /// The file this configuration was read from (not part of the YAML).
     #[serde(skip)]
     pub source: PathBuf,
@@ -217,6 +220,9 @@ impl Config {
             resolve(p);
         }
         for dir in self.import.templates.iter_mut().flatten() {
+            resolve(dir);
+        }
+        for dir in &mut self.loras.dirs {
             resolve(dir);
         }
         for model in self.models.values_mut() {
@@ -531,6 +537,9 @@ impl crate::jobs::settings::JobSettings for Config {
     }
     fn output_dir(&self) -> &Path {
         &self.output_dir
+    }
+    fn loras(&self) -> &crate::jobs::settings::LorasConfig {
+        &self.loras
     }
 }
 

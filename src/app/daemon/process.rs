@@ -160,6 +160,7 @@ fn load_models(ctx: &WorkerCtx<'_>, worker: &mut Worker, claimed: &Claimed, job:
             // The job's field the failed model comes from.
             let field = match e {
                 LoadError::Rerank(_) => "rerank",
+                LoadError::Loras { .. } => "prompts",
                 _ => "model",
             };
             let message = crate::app::logging::error_chain(&anyhow::Error::from(e));
@@ -214,7 +215,9 @@ fn render(
     claimed: &Claimed,
     job: &Job,
 ) -> Rendered {
-    let provider = worker.provider(&job.model).unwrap_or_default();
+    let provider = worker
+        .provider(&crate::jobs::run::job_key(job))
+        .unwrap_or_default();
     tracing::info!(
         id = %job.id, model = %job.model, images = job.image_count(), attempt = claimed.attempts,
         resumed = claimed.resumed, provider = %provider, device = ctx.device,

@@ -15,6 +15,7 @@ use crate::engine::checkpoint::lora_fuse;
 use crate::engine::checkpoint::prediction::{self, Prediction};
 use crate::engine::checkpoint::template::{self, Deltas, Replacement, Template};
 use crate::engine::checkpoint::tensors::TensorFile;
+use crate::engine::checkpoint::weights_map::{self, WeightsMap, WeightsMapError};
 use crate::engine::checkpoint::{Family, Header, family};
 use crate::engine::model::checkpoint_hash;
 use crate::runtime::{Runtime, RuntimeError};
@@ -94,7 +95,7 @@ pub fn convert(
         };
         let vae = vae.as_mut().map(|(file, layout)| (file, *layout));
         template::fill::fill(template, out, &mut checkpoint, vae, &deltas)?;
-        Ok(())
+        write_weights_map(template, out)
     })?;
     drop(deltas);
     let prediction = if family == Family::Sd2 {
@@ -132,6 +133,19 @@ pub fn convert(
         family: Some(family.as_str().into()),
         prediction_type: Some(prediction.as_str().into()),
         out: out.clone(),
+    })
+}
+
+/// `sdspool-weights.json`: where the LoRA targets are, for LoRAs applied per job (job-lora).
+fn write_weights_map(template: &Template, out: &Path) -> Result<(), ImportError> {
+    WeightsMap::of(template).write(out).map_err(|e| match e {
+        WeightsMapError::Write { path, source } | WeightsMapError::Read { path, source } => {
+            ImportError::Io { path, source }
+        }
+        e @ WeightsMapError::Field { .. } => ImportError::Refuse {
+            path: out.join(weights_map::FILE),
+            reason: e.to_string(),
+        },
     })
 }
 

@@ -15,6 +15,7 @@ pub mod names;
 pub mod prediction;
 pub mod template;
 pub mod tensors;
+pub mod weights_map;
 
 use std::path::PathBuf;
 

@@ -7,6 +7,7 @@ pub mod checkpoint_hash;
 pub mod config;
 pub mod family;
 pub mod layout;
+pub mod lora_variant;
 pub mod profile;
 pub mod provenance;
 pub mod signature;
@@ -16,6 +17,7 @@ use std::path::Path;
 use crate::runtime::{LoadedSession, Runtime, RuntimeError};
 pub use family::Family;
 pub use layout::{LayoutError, ModelFolder, SideError, TokenizerFiles};
+pub use lora_variant::LoraVariant;
 pub use signature::{Component, Elem, Feeding, Signature, SignatureError};
 
 /// Why a model could not be loaded.
@@ -71,6 +73,8 @@ pub struct SdModel {
     pub vae_encoder: Option<Part>,
     /// Channels of the latents the UNet denoises and the VAE decodes (4 for SD's VAE).
     pub latent_channels: usize,
+    /// LoRAs applied when the sessions were created (not fused into the folder), in order.
+    pub loras: Vec<provenance::LoraSource>,
 }
 
 impl SdModel {
@@ -84,12 +88,33 @@ impl SdModel {
         root: &Path,
         device_id: i32,
     ) -> Result<SdModel, ModelError> {
+        SdModel::load_with(runtime, name, root, device_id, None)
+    }
+
+    /// [`SdModel::load`] with `loras` applied to the text encoders and the UNet as their
+    /// sessions are created.
+    pub fn load_with(
+        runtime: &Runtime,
+        name: &str,
+        root: &Path,
+        device_id: i32,
+        loras: Option<&LoraVariant>,
+    ) -> Result<SdModel, ModelError> {
         let folder = ModelFolder::open(root).map_err(|source| ModelError::Layout {
             model: name.to_string(),
             source,
         })?;
         let family = folder.family;
-        let part = |c: Component, file: &Path| load_part(runtime, name, family, c, file, device_id);
+        let part = |c: Component, file: &Path| {
+            let target = PartTarget {
+                model: name,
+                family,
+                component: c,
+                file,
+                device_id,
+            };
+            load_part_with(runtime, &target, loras)
+        };
         let first_encoder = family.required_parts()[0];
         let text_encoder = part(first_encoder, &folder.text_encoder)?;
         let text_encoder_2 = match &folder.text_encoder_2 {
@@ -123,6 +148,7 @@ impl SdModel {
             vae_decoder,
             vae_encoder,
             latent_channels,
+            loras: loras.map(|l| l.sources.clone()).unwrap_or_default(),
         };
         family.check_model(&model).map_err(signature_err)?;
         Ok(model)
@@ -197,13 +223,55 @@ pub fn load_part(
     file: &Path,
     device_id: i32,
 ) -> Result<Part, ModelError> {
-    let plan = profile::session_plan(runtime.execution(), model, component, file);
+    let target = PartTarget {
+        model,
+        family,
+        component,
+        file,
+        device_id,
+    };
+    load_part_with(runtime, &target, None)
+}
+
+/// The session [`load_part_with`] creates.
+pub struct PartTarget<'a> {
+    pub model: &'a str,
+    pub family: Family,
+    pub component: Component,
+    pub file: &'a Path,
+    pub device_id: i32,
+}
+
+/// [`load_part`] with the initializers `loras` replaces in this part (its TensorRT engines
+/// cached apart from the model's own).
+pub fn load_part_with(
+    runtime: &Runtime,
+    target: &PartTarget,
+    loras: Option<&LoraVariant>,
+) -> Result<Part, ModelError> {
+    let PartTarget {
+        model,
+        family,
+        component,
+        file,
+        device_id,
+    } = *target;
+    let mut plan = profile::session_plan(runtime.execution(), model, component, file);
+    let initializers = loras.map_or(&[][..], |l| l.part(component.dir()));
+    if let (Some(l), Some(trt)) = (loras, plan.tensorrt.as_mut())
+        && !initializers.is_empty()
+    {
+        trt.name = format!("{model}+lora-{}/{}", l.id, component.dir());
+    }
     let loaded = runtime
-        .session_with(file, device_id, &plan)
+        .session_overriding(file, device_id, &plan, initializers)
         .map_err(|source| ModelError::Runtime {
             model: model.to_string(),
             source,
         })?;
+    if let Some(l) = loras.filter(|_| !initializers.is_empty()) {
+        tracing::info!(model, component = %component, loras = %l.tags(), weights = initializers.len(), "LoRAs applied to the session");
+    }
     let signature = Signature::of(&loaded.session);
     let feeding = family
         .check(component, file, &signature)

@@ -46,6 +46,14 @@ impl Field {
         }
     }
 
+    /// How a message names this place: `prompts[2]`, `prompt_file line 3`.
+    pub fn describe(&self) -> String {
+        match self {
+            Field::Path(p) => p.clone(),
+            Field::Line { field, number } => format!("{field} line {number}"),
+        }
+    }
+
     pub fn is_line(&self) -> bool {
         matches!(self, Field::Line { .. })
     }

@@ -213,7 +213,7 @@ fn match_model<'m, M: ModelCatalog + ?Sized>(
 
 /// The LoRAs an infotext used: its prompt's `<lora:name:weight>` tags and its `Lora hashes`.
 /// They are not job settings: they must be the LoRAs fused into the job's model
-/// ([`LoraUse::check`]).
+/// ([`LoraUse::check`]), or LoRAs the job applies itself (`super::job_loras`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoraUse {
     /// `(name, weight)` of each tag, in order.
@@ -259,7 +259,7 @@ pub fn take_lora_tags(text: &str) -> Result<Option<(String, Vec<(String, f64)>)>
         prompt.push_str(&rest[..start]);
         if kind != "lora" {
             return Err(format!(
-                "uses the extra network `<{kind}:{args}>`; sdspool applies only LoRAs fused into the model"
+                "uses the extra network `<{kind}:{args}>`; sdspool applies only LoRAs (fused into the model, or per job from `loras.dirs`)"
             ));
         }
         let parts: Vec<&str> = args.split(':').collect();
@@ -272,7 +272,7 @@ pub fn take_lora_tags(text: &str) -> Result<Option<(String, Vec<(String, f64)>)>
         let weight = weights.first().copied().unwrap_or(1.0);
         if weights.iter().any(|w| *w != weight) {
             return Err(format!(
-                "`<lora:{args}>` weights the text encoder and the UNet differently; a fused LoRA has one weight"
+                "`<lora:{args}>` weights the text encoder and the UNet differently; sdspool applies a LoRA at one weight"
             ));
         }
         tags.push((parts[0].trim().to_string(), weight));
@@ -310,7 +310,7 @@ fn extra_network_at(text: &str) -> Option<((&str, &str), usize, usize)> {
 }
 
 /// `fused` as `name weight, ...` (or `none`), for messages.
-fn fused_list(fused: &[LoraSource]) -> String {
+pub fn fused_list(fused: &[LoraSource]) -> String {
     let l: Vec<String> = fused
         .iter()
         .map(|l| format!("{} {}", l.name, l.weight))

@@ -4,6 +4,7 @@
 
 mod fields;
 pub mod infotext;
+mod job_loras;
 pub mod prompt_file;
 pub mod read;
 mod resolve;
@@ -111,6 +112,18 @@ pub struct Job {
     pub refiner: Option<JobRefiner>,
     /// SDXL's size and aesthetic conditioning (diffusers' defaults when the job sets none).
     pub sdxl: SdxlConditioning,
+    /// LoRAs applied for this job (not fused into the model), in the order its tags name them.
+    pub loras: Vec<JobLora>,
+}
+
+/// A LoRA a job applies itself: its `<lora:name:weight>` tag and the file found for it in
+/// `loras.dirs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobLora {
+    /// AUTOMATIC1111's name: the file stem.
+    pub name: String,
+    pub file: PathBuf,
+    pub weight: f64,
 }
 
 /// An SDXL refiner named by a job: config.yaml's model name, and the fraction of the schedule

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::fields::{Checks, Field, SizeAt};
 use super::infotext;
+use super::job_loras::{self, Tag};
 use super::prompt_file::{self, Line};
 use super::spec::{JobSpec, OneOrMany, PromptSpec, SchedulerChoice, Size};
 use super::sweep::{self, Lists, SweepCell};
@@ -61,8 +62,13 @@ pub(super) fn resolve(
     let mut spec = spec;
     let loras = r.infotext(&mut spec)?;
     let (id, output, model) = r.names(&spec, stem)?;
+    let (mut lora_sets, mut lora_hashes) = (Vec::new(), Vec::new());
     if let Some(loras) = loras {
-        r.infotext_loras(&loras, &model)?;
+        let own = r.infotext_loras(&loras, &model)?;
+        if !own.is_empty() {
+            lora_hashes = loras.hashes.clone();
+            lora_sets.push((Field::named("infotext"), own));
+        }
     }
     let job_lists = r.job_lists(&spec)?;
     let model_name = model.clone();
@@ -79,6 +85,15 @@ pub(super) fn resolve(
         .map(|w| w.and_then(|w| r.source(&w, &shared, matrix)))
         .collect::<Result<Vec<_>, _>>()?;
     r.expanded_limits(&prompts, matrix)?;
+    // with an infotext's LoRAs, prompts that name none take those
+    let infotext_set = !lora_sets.is_empty();
+    lora_sets.extend(
+        prompts
+            .iter()
+            .filter(|p| !(infotext_set && p.loras.is_empty()))
+            .map(|p| (p.at.clone(), p.loras.clone())),
+    );
+    let job_loras = job_loras::resolve(&lora_sets, &lora_hashes, &model, config, &r.checks)?;
     r.rerank(&spec)?;
     let (refiner, sdxl) = r.sdxl(&spec)?;
     let defaults = &config.defaults();
@@ -105,6 +120,7 @@ pub(super) fn resolve(
         max_batch: defaults.max_batch.max(1),
         refiner,
         sdxl,
+        loras: job_loras,
     })
 }
 
@@ -184,6 +200,10 @@ impl<'a> Written<'a> {
 
 /// A prompt as written, checked and with its settings resolved, not yet expanded.
 struct Source {
+    /// Where it is written.
+    at: Field,
+    /// The LoRAs its tags name that are not fused into the model (text, then negative prompt).
+    loras: Vec<Tag>,
     text: String,
     negative: String,
     seeds: Vec<u64>,
@@ -398,17 +418,36 @@ impl<'a> Resolver<'a> {
         Ok(Some(loras))
     }
 
-    /// The LoRAs an infotext used must be those fused into `model` (its provenance file's).
-    fn infotext_loras(&self, loras: &infotext::LoraUse, model: &str) -> Result<(), JobError> {
+    /// The LoRAs an infotext used: those fused into `model` (its provenance file's) must all be
+    /// used at their weights, with hashes that agree; the others are applied per job (returned).
+    fn infotext_loras(&self, loras: &infotext::LoraUse, model: &str) -> Result<Vec<Tag>, JobError> {
         let at = Field::named("infotext");
         let config = &self.config.models()[model];
         let provenance = config
             .provenance()
             .map_err(|e| self.error(&at, format!("model `{model}`: {e}")))?;
         let fused = provenance.as_ref().map_or(&[][..], |p| &p.loras[..]);
-        loras
+        let is_fused = |name: &str| fused.iter().any(|l| l.name == name);
+        let own = job_loras::unfused(&loras.tags, model, fused)
+            .map_err(|m| self.error(&at, format!("`Prompt` {m}")))?;
+        let fused_use = infotext::LoraUse {
+            tags: loras
+                .tags
+                .iter()
+                .filter(|(n, _)| is_fused(n))
+                .cloned()
+                .collect(),
+            hashes: loras
+                .hashes
+                .iter()
+                .filter(|(n, _)| is_fused(n) || !own.iter().any(|(o, _)| o == n))
+                .cloned()
+                .collect(),
+        };
+        fused_use
             .check(model, fused)
-            .map_err(|r| self.error(&at, format!("`{}` {}", r.setting, r.message)))
+            .map_err(|r| self.error(&at, format!("`{}` {}", r.setting, r.message)))?;
+        Ok(own)
     }
 
     /// `clip_skip`: 1 (none, the default) to 12, as AUTOMATIC1111 offers it.
@@ -577,8 +616,13 @@ impl<'a> Resolver<'a> {
             .negative
             .as_ref()
             .map_or_else(|| Field::named("negative"), |(_, at)| at.clone());
-        let text = self.without_lora_tags(w.text, &w.at, shared)?;
-        let negative = self.without_lora_tags(negative, &negative_at, shared)?;
+        let (text, mut loras) = self.without_lora_tags(w.text, &w.at, shared)?;
+        let (negative, negative_loras) = self.without_lora_tags(negative, &negative_at, shared)?;
+        for tag in negative_loras {
+            if !loras.iter().any(|(n, _)| *n == tag.0) {
+                loras.push(tag);
+            }
+        }
         let (text, negative) = (text.as_str(), negative.as_str());
         if text.contains('\0') || negative.contains('\0') {
             return Err(self.error(&w.at, "contains a NUL character"));
@@ -606,6 +650,8 @@ impl<'a> Resolver<'a> {
         };
         let base = w.seed.unwrap_or(shared.seed);
         Ok(Source {
+            at: w.at.clone(),
+            loras,
             seeds: self.checks.seeds(&w.settings_at, list, count, base)?,
             text: text.to_string(),
             negative: negative.to_string(),
@@ -614,28 +660,29 @@ impl<'a> Resolver<'a> {
     }
 
     /// `text` without its `<lora:name:weight>` tags when prompts are read as AUTOMATIC1111 reads
-    /// them (it takes them out before encoding); each tag must name a LoRA fused into the job's
-    /// model at that weight, since sdspool applies LoRAs at import.
+    /// them (it takes them out before encoding), and the tags naming LoRAs not fused into the
+    /// job's model (applied per job: [`job_loras`]); a tag naming a fused LoRA must give the
+    /// weight it was fused at.
     fn without_lora_tags(
         &self,
         text: &str,
         at: &Field,
         shared: &Shared,
-    ) -> Result<String, JobError> {
+    ) -> Result<(String, Vec<Tag>), JobError> {
         if shared.syntax != PromptSyntax::A1111 {
-            return Ok(text.to_string());
+            return Ok((text.to_string(), Vec::new()));
         }
         let Some((text, tags)) = infotext::take_lora_tags(text).map_err(|m| self.error(at, m))?
         else {
-            return Ok(text.to_string());
+            return Ok((text.to_string(), Vec::new()));
         };
         let model = shared.model;
         let provenance = self.config.models()[model]
             .provenance()
             .map_err(|e| self.error(at, format!("model `{model}`: {e}")))?;
         let fused = provenance.as_ref().map_or(&[][..], |p| &p.loras[..]);
-        infotext::tags_fused(&tags, model, fused).map_err(|m| self.error(at, m))?;
-        Ok(text)
+        let own = job_loras::unfused(&tags, model, fused).map_err(|m| self.error(at, m))?;
+        Ok((text, own))
     }
 
     /// `limits.max_prompts` and `limits.max_images` on the job as it will be rendered, counted

@@ -44,9 +44,10 @@ impl Fingerprint {
         let settings = Settings::of(job, options);
         let json = serde_json::to_vec(&settings).expect("plain data serializes");
         // A job with SDXL settings cannot have run before version 2: no legacy manifest is its.
-        let legacy = match settings.sdxl {
-            Some(_) => "<not in version 1: sdxl settings>".to_string(),
-            None => legacy::fingerprint(job, options),
+        let legacy = match (&settings.sdxl, &settings.loras) {
+            (Some(_), _) => "<not in version 1: sdxl settings>".to_string(),
+            (_, Some(_)) => "<not in version 1: loras>".to_string(),
+            (None, None) => legacy::fingerprint(job, options),
         };
         Fingerprint {
             current: format!("{:016x}", crate::sys::hash::fnv1a64(json)),
@@ -133,6 +134,9 @@ struct Settings<'a> {
     /// of every other job stays what it was before they existed).
     #[serde(skip_serializing_if = "Option::is_none")]
     sdxl: Option<SdxlSettings<'a>>,
+    /// The LoRAs the job applies (`<lora:name:weight>` each), only when it applies any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loras: Option<Vec<String>>,
 }
 
 /// A job's SDXL refiner and conditioning, as diffusers takes them (`[height, width]`).
@@ -218,6 +222,12 @@ impl<'a> Settings<'a> {
                 .collect(),
             noise: noise_digest(options),
             sdxl: SdxlSettings::of(job),
+            loras: (!job.loras.is_empty()).then(|| {
+                job.loras
+                    .iter()
+                    .map(|l| format!("<lora:{}:{}>", l.name, l.weight))
+                    .collect()
+            }),
         }
     }
 }
@@ -363,7 +373,25 @@ pub(super) mod tests {
             max_batch: 4,
             refiner: None,
             sdxl: SdxlConditioning::default(),
+            loras: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_loras_a_job_applies_change_the_fingerprint() {
+        let options = RunOptions::default();
+        let plain = Fingerprint::of(&job(), &options);
+        let mut with = job();
+        with.loras = vec![crate::jobs::job::JobLora {
+            name: "style".into(),
+            file: "/loras/style.safetensors".into(),
+            weight: 0.8,
+        }];
+        let one = Fingerprint::of(&with, &options);
+        assert_ne!(one.value(), plain.value());
+        with.loras[0].weight = 0.5;
+        assert_ne!(Fingerprint::of(&with, &options).value(), one.value());
+        assert!(!one.plain_prompts || one.legacy != plain.legacy);
     }
 
     #[test]

@@ -221,6 +221,12 @@ pub enum LoadError {
     Rerank(#[from] crate::engine::rerank::RerankError),
     #[error("model `{model}` is not configured (`models:`)")]
     NotConfigured { model: String },
+    #[error("model `{model}`: cannot apply the job's LoRAs")]
+    Loras {
+        model: String,
+        #[source]
+        source: crate::engine::model::lora_variant::LoraVariantError,
+    },
 }
 
 impl LoadError {
@@ -272,7 +278,7 @@ impl Worker {
         for name in &names {
             worker
                 .resident
-                .ensure(runtime, &worker.configs, &[name], 0)?;
+                .ensure(runtime, &worker.configs, &[resident::Need::plain(name)], 0)?;
         }
         worker.load_reranker(runtime)?;
         Ok(worker)
@@ -289,7 +295,7 @@ impl Worker {
         if job.rerank.unwrap_or(true) {
             self.load_reranker(runtime)?;
         }
-        let needed = job_models(job);
+        let needed = job_needs(job);
         self.resident
             .ensure(runtime, &self.configs, &needed, self.reranker_bytes)
     }
@@ -298,7 +304,7 @@ impl Worker {
     pub fn needs_loading(&self, job: &Job) -> bool {
         let reranker =
             job.rerank.unwrap_or(true) && self.rerank_config.is_some() && self.reranker.is_none();
-        reranker || job_models(job).iter().any(|m| !self.is_loaded(m))
+        reranker || job_needs(job).iter().any(|n| !self.is_loaded(&n.key()))
     }
 
     /// Loads the rerank model, when configured and not loaded yet.
@@ -397,9 +403,9 @@ impl Worker {
         // A run killed while writing an image or the manifest left its temporary file behind.
         outdir::remove_leftovers(&dir);
         let provider = self
-            .provider(&job.model)
+            .provider(&job_key(job))
             .ok_or_else(|| JobRunError::UnknownModel {
-                model: job.model.clone(),
+                model: job_key(job),
             })?;
         let rerank = job.rerank.unwrap_or(true) && self.reranker.is_some();
         let rerank_model = rerank.then(|| self.reranker_name()).flatten();
@@ -417,7 +423,7 @@ impl Worker {
         manifest.runs += 1;
         manifest.execution_provider = provider;
         let job_source = source::JobSource {
-            model: self.identity(&job.model),
+            model: self.identity_of(&job.model, &job_key(job)),
             refiner: job
                 .refiner
                 .as_ref()
@@ -470,9 +476,19 @@ impl Worker {
     /// Where `model` came from (its checkpoint hashed on first use); nothing for a model this
     /// worker does not hold.
     pub fn identity(&self, model: &str) -> source::ModelIdentity {
-        match (self.resident.get(model), self.configs.get(model)) {
+        self.identity_of(model, model)
+    }
+
+    /// [`Worker::identity`] of the model resident under `key` (with the LoRAs applied to it:
+    /// recorded after those fused into the folder).
+    fn identity_of(&self, model: &str, key: &str) -> source::ModelIdentity {
+        match (self.resident.get(key), self.configs.get(model)) {
             (Some(p), Some(config)) => {
-                source::ModelIdentity::of(model, config, p.model.folder.provenance.as_ref())
+                let mut provenance = p.model.folder.provenance.clone();
+                if let Some(pr) = provenance.as_mut() {
+                    pr.loras.extend(p.model.loras.iter().cloned());
+                }
+                source::ModelIdentity::of(model, config, provenance.as_ref())
             }
             _ => source::ModelIdentity::default(),
         }
@@ -505,11 +521,24 @@ fn with_an_image(outcome: Outcome) -> Result<Outcome, JobRunError> {
     })
 }
 
-/// The models `job` runs: its own, then its refiner's, if it names one.
-pub fn job_models(job: &Job) -> Vec<&str> {
-    std::iter::once(job.model.as_str())
-        .chain(job.refiner.as_ref().map(|r| r.model.as_str()))
-        .collect()
+/// The models `job` runs as they must be resident: its own with the job's LoRAs, then its
+/// refiner's as it is.
+pub fn job_needs(job: &Job) -> Vec<resident::Need<'_>> {
+    std::iter::once(resident::Need {
+        model: &job.model,
+        loras: &job.loras,
+    })
+    .chain(
+        job.refiner
+            .as_ref()
+            .map(|r| resident::Need::plain(&r.model)),
+    )
+    .collect()
+}
+
+/// The key `job`'s own model is resident under (see [`resident::Need::key`]).
+pub fn job_key(job: &Job) -> String {
+    resident::key(&job.model, &job.loras)
 }
 
 /// The loaded pipelines of `job`'s model and of its refiner, if it names one.
@@ -518,9 +547,10 @@ fn job_pipelines<'p>(
     job: &Job,
 ) -> Result<pass::Pipelines<'p>, JobRunError> {
     let refiner_name = job.refiner.as_ref().map(|r| r.model.as_str());
+    let key = job_key(job);
     let (mut base, mut refiner) = (None, None);
     for (name, p) in resident.pipelines_mut() {
-        if *name == job.model {
+        if *name == key {
             base = Some(p);
         } else if Some(name.as_str()) == refiner_name {
             refiner = Some(p);
@@ -529,7 +559,7 @@ fn job_pipelines<'p>(
     let unknown = |model: &str| JobRunError::UnknownModel {
         model: model.to_string(),
     };
-    let base = base.ok_or_else(|| unknown(&job.model))?;
+    let base = base.ok_or_else(|| unknown(&key))?;
     let refiner = match &job.refiner {
         None => None,
         Some(r) => {

@@ -5,7 +5,8 @@
 //! A model's size is an **estimate from its files**: the bytes of the files in the folders of
 //! the parts sdspool loads (`text_encoder`, `text_encoder_2`, `unet`, `vae_decoder`,
 //! `vae_encoder`: the graphs and their external weights; a `vae:` replacement's decoder in place
-//! of the model's own). What the sessions really hold differs (the provider's workspace and
+//! of the model's own), plus, for a model with LoRAs applied per job (resident under its own key,
+//! [`Need::key`]), the bytes of the changed weights it holds in memory. What the sessions really hold differs (the provider's workspace and
 //! activations come on top; a float32 graph that TensorRT builds as float16 takes less), so set
 //! the budget below the device's memory by the activations of the largest job.
 //!
@@ -18,8 +19,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::engine::model::config::ModelConfig;
+use crate::engine::model::lora_variant::{LoraFile, LoraVariant};
 use crate::engine::model::{Component, SdModel};
 use crate::engine::pipeline::Pipeline;
+use crate::jobs::job::JobLora;
 use crate::runtime::Runtime;
 use crate::sys::bytes::ByteSize;
 
@@ -91,23 +94,30 @@ impl Resident {
         &mut self,
         runtime: &Runtime,
         configs: &BTreeMap<String, ModelConfig>,
-        needed: &[&str],
+        needed: &[Need],
         reserved: u64,
     ) -> Result<Vec<Victim>, LoadError> {
         let mut unloaded = Vec::new();
-        for &name in needed {
+        let keys: Vec<String> = needed.iter().map(Need::key).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        for (need, &name) in needed.iter().zip(&keys) {
+            let name = name.to_string();
             self.uses += 1;
-            if let Some(e) = self.entries.get_mut(name) {
+            if let Some(e) = self.entries.get_mut(&name) {
                 e.last_used = self.uses;
                 continue;
             }
-            let config = configs.get(name).ok_or_else(|| LoadError::NotConfigured {
-                model: name.to_string(),
-            })?;
-            let bytes = footprint(config);
-            unloaded.extend(self.make_room(name, bytes, needed, reserved));
+            let config = configs
+                .get(need.model)
+                .ok_or_else(|| LoadError::NotConfigured {
+                    model: need.model.to_string(),
+                })?;
+            let variant = need.variant(config)?;
+            let bytes = footprint(config) + variant.as_ref().map_or(0, |v| v.bytes);
+            unloaded.extend(self.make_room(&name, bytes, &keys, reserved));
             let started = Instant::now();
-            let pipeline = load_pipeline(runtime, name, config, self.device)?;
+            let pipeline =
+                load_pipeline(runtime, need.model, config, self.device, variant.as_ref())?;
             tracing::info!(
                 model = %name, device = self.device,
                 provider = %pipeline.model.unet.loaded.providers.serving(),
@@ -116,7 +126,7 @@ impl Resident {
                 "model loaded"
             );
             self.entries.insert(
-                name.to_string(),
+                name,
                 Entry {
                     pipeline,
                     bytes,
@@ -186,14 +196,68 @@ pub fn victims(
     out
 }
 
-/// Loads one configured model (and its `vae:` replacement) and sets up its pipeline.
+/// One model a job needs: its configured name and the LoRAs the job applies to it. Resident
+/// models are keyed by both ([`Need::key`]): the model with LoRAs is a model of its own, beside
+/// the model without them.
+#[derive(Debug, Clone, Copy)]
+pub struct Need<'a> {
+    pub model: &'a str,
+    pub loras: &'a [JobLora],
+}
+
+impl<'a> Need<'a> {
+    /// The model as it is.
+    pub fn plain(model: &'a str) -> Need<'a> {
+        Need { model, loras: &[] }
+    }
+
+    /// The model's name, followed by its LoRAs' tags when it has any.
+    pub fn key(&self) -> String {
+        key(self.model, self.loras)
+    }
+
+    /// The LoRAs prepared for the model's sessions; none without LoRAs.
+    fn variant(&self, config: &ModelConfig) -> Result<Option<LoraVariant>, LoadError> {
+        if self.loras.is_empty() {
+            return Ok(None);
+        }
+        let files: Vec<LoraFile> = self
+            .loras
+            .iter()
+            .map(|l| LoraFile {
+                name: l.name.clone(),
+                file: l.file.clone(),
+                weight: l.weight,
+            })
+            .collect();
+        LoraVariant::prepare(&config.path, &files)
+            .map(Some)
+            .map_err(|source| LoadError::Loras {
+                model: self.model.to_string(),
+                source,
+            })
+    }
+}
+
+/// The resident key of `model` with `loras` applied: `model`, or `model <lora:a:0.8> ...`.
+pub fn key(model: &str, loras: &[JobLora]) -> String {
+    let mut key = model.to_string();
+    for l in loras {
+        key.push_str(&format!(" <lora:{}:{}>", l.name, l.weight));
+    }
+    key
+}
+
+/// Loads one configured model (and its `vae:` replacement), with `loras` applied when given,
+/// and sets up its pipeline.
 pub fn load_pipeline(
     runtime: &Runtime,
     name: &str,
     config: &ModelConfig,
     device: i32,
+    loras: Option<&LoraVariant>,
 ) -> Result<Pipeline, LoadError> {
-    let mut m = SdModel::load(runtime, name, &config.path, device)?;
+    let mut m = SdModel::load_with(runtime, name, &config.path, device, loras)?;
     if let Some(vae) = &config.vae {
         m.replace_vae_decoder(runtime, vae, device)?;
     }
