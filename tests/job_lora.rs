@@ -154,6 +154,20 @@ fn an_sd15_job_applies_its_loras_as_diffusers_fuses_them_and_the_plain_model_sta
 }
 
 #[test]
+fn an_sd2_job_applies_loras_to_the_q_k_v_rows_of_the_open_clip_encoder_as_diffusers_does() {
+    // SD 2.x's text encoder holds q, k and v as rows of one in_proj tensor in the single file;
+    // the LoRAs change them one by one.
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = import(tmp.path(), "sd2-v.safetensors", "sd2");
+    let config = config(tmp.path(), &[("sd2".to_string(), folder)]);
+    let lora = case("sd2-v-lora");
+    let tags = "<lora:lora-sd2-kohya:0.8> <lora:lora-sd2-peft:0.5>";
+    let out = render(&config, tmp.path(), "lora", &job("sd2", &lora, tags)).unwrap();
+    let worst = worst_differences(&out, &lora);
+    assert!(worst.iter().all(|d| *d <= 1), "with LoRAs: {worst:?}");
+}
+
+#[test]
 fn the_daemon_renders_an_sdxl_job_with_its_loras_and_one_without_on_the_same_model() {
     let tmp = tempfile::tempdir().unwrap();
     let folder = import(tmp.path(), "sdxl.safetensors", "sdxl");
