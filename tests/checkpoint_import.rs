@@ -258,35 +258,13 @@ fn import(config: &Path, args: &[&str]) -> Output {
 }
 
 fn import_in(cwd: &Path, config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sdspool"))
-        .arg("--config")
-        .arg(config)
-        .arg("import")
-        .args(args)
-        .env("SDSPOOL_LOG", "warn")
-        .env("SDSPOOL_PYTHON", "/nonexistent/python-must-not-run")
-        .current_dir(cwd)
-        .output()
-        .unwrap()
+    let mut all: Vec<&std::ffi::OsStr> = vec!["import".as_ref()];
+    all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+    common::sdspool_without_python(cwd, config, &all)
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn replay(case: &str) -> [String; 4] {
-    [
-        "--replay-transcript".into(),
-        fixture(&format!("transcripts/{case}.jsonl"))
-            .display()
-            .to_string(),
-        "--replay-folder".into(),
-        fixture(&format!("models/{case}")).display().to_string(),
-    ]
+    common::output_text(out)
 }
 
 #[test]
@@ -305,7 +283,7 @@ fn a_recorded_import_lands_in_the_models_dir_and_the_config() {
         models.display().to_string(),
     ];
     args.extend(["--lora".into(), lora1, "--lora".into(), lora2]);
-    args.extend(replay("sd15-lora"));
+    args.extend(common::import_golden::replay("sd15-lora"));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     // `--config config.yaml`: a bare file name, as users type it
     let out = import_in(tmp.path(), Path::new("config.yaml"), &argv);
@@ -369,7 +347,7 @@ fn a_pickled_ckpt_is_handed_to_the_conversion_which_finds_its_family() {
         "--models-dir".into(),
         models.display().to_string(),
     ];
-    args.extend(replay("sd15-ckpt"));
+    args.extend(common::import_golden::replay("sd15-ckpt"));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = import(&config, &argv);
     let shown = text(&out);
@@ -414,7 +392,7 @@ fn a_refiner_takes_its_own_loras_and_refuses_an_sd15_one_before_python() {
         "--lora".into(),
         lora("lora-sdxl-refiner-peft.safetensors", "0.8"),
     ]);
-    args.extend(replay("sdxl-refiner-lora"));
+    args.extend(common::import_golden::replay("sdxl-refiner-lora"));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = import(&config, &argv);
     let shown = text(&out);
@@ -454,7 +432,7 @@ fn a_refusal_of_the_conversion_is_shown_and_leaves_nothing() {
         "--models-dir".into(),
         models.display().to_string(),
     ];
-    args.extend(replay("ckpt-truncated"));
+    args.extend(common::import_golden::replay("ckpt-truncated"));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = import(&config, &argv);
     let shown = text(&out);
@@ -595,7 +573,7 @@ fn an_optimized_import_replayed_lands_with_its_fused_graphs() {
         "--optimize-target".into(),
         "cpu".into(),
     ]);
-    args.extend(replay("sd15-optimized"));
+    args.extend(common::import_golden::replay("sd15-optimized"));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = import(&config, &argv);
     assert!(out.status.success(), "{}", text(&out));
@@ -629,7 +607,7 @@ fn an_optimized_import_replayed_lands_with_its_fused_graphs() {
 /// holds the exported model (the export stage ended), i.e. until it is mid-import.
 fn slow_import(config: &Path, models: &Path, delay_ms: u64) -> (std::process::Child, PathBuf) {
     let mut args = sd15_args(models, "slow");
-    args.extend(replay("sd15"));
+    args.extend(common::import_golden::replay("sd15"));
     args.extend(["--replay-delay-ms".into(), delay_ms.to_string()]);
     let child = Command::new(env!("CARGO_BIN_EXE_sdspool"))
         .arg("--config")
@@ -706,7 +684,7 @@ fn the_next_import_removes_what_a_killed_import_left() {
     let alive = models.join(format!(".busy.import-{}", std::process::id()));
     std::fs::create_dir_all(&alive).unwrap();
     let mut args = sd15_args(&models, "next");
-    args.extend(replay("sd15"));
+    args.extend(common::import_golden::replay("sd15"));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = import(&config, &argv);
     assert!(out.status.success(), "{}", text(&out));

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::import_golden::{self, case, cases, golden_dir, job_yaml, worst_differences};
+use common::import_golden::{self, case, cases, handoff, handoff_job, job_yaml, worst_differences};
 use serde_json::Value;
 
 #[test]
@@ -148,22 +148,6 @@ fn daemon_render(tmp: &Path, names: &[&str], job_name: &str, job_yaml: &str) -> 
     import_golden::daemon_render(tmp, &fixture_models(names), job_name, job_yaml)
 }
 
-/// tests/golden/import/index.json "handoffs"[`key`].
-fn handoff(key: &str) -> Value {
-    let text = std::fs::read_to_string(golden_dir().join("index.json")).unwrap();
-    let index: Value = serde_json::from_str(&text).unwrap();
-    index["handoffs"][key].clone()
-}
-
-/// The job of a hand-off golden with `refiner` as its refiner.
-fn handoff_job(handoff: &Value, refiner: &str) -> String {
-    format!(
-        "{}refiner: {refiner}\nrefiner_start: {}\n",
-        job_yaml(handoff["model"].as_str().unwrap(), handoff),
-        handoff["refiner_start"]
-    )
-}
-
 /// The hand-off golden `key` rendered by `sdspool render` and by the daemon: within 1/255.
 fn check_handoff(key: &str) {
     let handoff = handoff(key);
@@ -171,7 +155,7 @@ fn check_handoff(key: &str) {
         handoff["model"].as_str().unwrap(),
         handoff["refiner"].as_str().unwrap(),
     );
-    let job = handoff_job(&handoff, refiner);
+    let job = import_golden::handoff_job(&handoff, refiner);
     let tmp = tempfile::tempdir().unwrap();
     let out = render(tmp.path(), &[base, refiner], "handoff", &job);
     let worst = worst_differences(&out, &handoff);

@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::config_file::TestConfig;
 use common::import_golden::{self, case, worst_differences};
@@ -20,22 +20,12 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn sdspool(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sdspool"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("SDSPOOL_LOG", "warn")
-        .env("SDSPOOL_PYTHON", "/nonexistent/python-must-not-run")
-        .output()
-        .unwrap()
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| std::ffi::OsStr::new(*a)).collect();
+    common::sdspool_without_python(&common::root(), config, &args)
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    common::output_text(out)
 }
 
 /// Imports `checkpoint` as `name` through the committed templates into `dir/models`.

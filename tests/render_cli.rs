@@ -22,22 +22,18 @@ fn render_writes_the_images_diffusers_renders_for_the_same_job() {
     )
     .unwrap();
     let out = tmp.path().join("out");
-    let status = Command::new(env!("CARGO_BIN_EXE_sdspool"))
-        .arg("--config")
-        .arg(common::root().join("config.yaml"))
-        .arg("render")
-        .arg(&job)
-        .arg("--output")
-        .arg(&out)
-        .env("SDSPOOL_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&status.stdout);
-    assert!(
-        status.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&status.stderr)
+    let status = common::sdspool_without_python(
+        &common::root(),
+        &common::root().join("config.yaml"),
+        &[
+            "render".as_ref(),
+            job.as_os_str(),
+            "--output".as_ref(),
+            out.as_os_str(),
+        ],
     );
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{}", common::output_text(&status));
 
     let golden: ArrayD<u8> =
         read_npy(common::root().join("tests/golden/pipeline/sd-euler_a-7.pixels.npy")).unwrap();

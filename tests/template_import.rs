@@ -39,26 +39,20 @@ fn config(dir: &Path, templates: &Path) -> PathBuf {
 }
 
 fn import(config: &Path, checkpoint: &Path, name: &str, models: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sdspool"))
-        .arg("--config")
-        .arg(config)
-        .arg("import")
-        .arg(checkpoint)
-        .args(["--name", name, "--models-dir"])
-        .arg(models)
-        .args(extra)
-        .env("SDSPOOL_LOG", "warn")
-        .env("SDSPOOL_PYTHON", "/nonexistent/python-must-not-run")
-        .output()
-        .unwrap()
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "import".as_ref(),
+        checkpoint.as_os_str(),
+        "--name".as_ref(),
+        name.as_ref(),
+        "--models-dir".as_ref(),
+        models.as_os_str(),
+    ];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    common::sdspool_without_python(&common::root(), config, &args)
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    common::output_text(out)
 }
 
 fn read_json(path: &Path) -> Value {
@@ -67,6 +61,14 @@ fn read_json(path: &Path) -> Value {
     )
     .unwrap()
 }
+
+/// A fixture checkpoint of each family and its import case: `(checkpoint, name)`.
+const FAMILIES: [(&str, &str); 4] = [
+    ("sd15.safetensors", "sd15"),
+    ("sd2-v.safetensors", "sd2-v"),
+    ("sdxl.safetensors", "sdxl"),
+    ("sdxl-refiner.safetensors", "sdxl-refiner"),
+];
 
 /// Imports the fixtures `(checkpoint, name)` through their templates into `dir/models`.
 fn import_all(dir: &Path, cases: &[(&str, &str)]) -> Vec<(String, PathBuf)> {
@@ -97,14 +99,8 @@ fn import_all(dir: &Path, cases: &[(&str, &str)]) -> Vec<(String, PathBuf)> {
 #[test]
 fn each_family_imported_through_its_template_renders_as_diffusers_does() {
     let tmp = tempfile::tempdir().unwrap();
-    let models = import_all(
-        tmp.path(),
-        &[
-            ("sd15.safetensors", "sd15"),
-            ("sd2-v.safetensors", "sd2-v"),
-            ("sdxl.safetensors", "sdxl"),
-        ],
-    );
+    // the refiner has no pictures of its own: its hand-off test renders it
+    let models = import_all(tmp.path(), &FAMILIES[..3]);
     let mut report = Vec::new();
     for (name, folder) in &models {
         let golden = case(name);
@@ -210,7 +206,7 @@ fn the_sd2_import_decides_v_prediction_by_running_the_filled_unet() {
     assert_eq!(unet["sample_size"], 96);
     // the template (built for v-prediction) carries no answer: an epsilon template gives the same
     let eps = tmp.path().join("eps-templates");
-    copy_dir(
+    common::copy_dir(
         &templates().join(template_of("sd2")),
         &eps.join(template_of("sd2")),
     );
@@ -254,19 +250,6 @@ fn template_of(family: &str) -> String {
     names.remove(0)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn an_imported_sdxl_base_hands_off_to_an_imported_refiner_as_diffusers_does() {
     let tmp = tempfile::tempdir().unwrap();
@@ -277,18 +260,7 @@ fn an_imported_sdxl_base_hands_off_to_an_imported_refiner_as_diffusers_does() {
             ("sdxl-refiner.safetensors", "sdxl-refiner"),
         ],
     );
-    let index = read_json(&import_golden::golden_dir().join("index.json"));
-    let handoff = &index["handoffs"]["sdxl-refiner"];
-    let job = format!(
-        "{}refiner: sdxl-refiner\nrefiner_start: {}\n",
-        job_yaml("sdxl", handoff),
-        handoff["refiner_start"]
-    );
-    let dir = tmp.path().join("render");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = import_golden::render(&dir, &models, "handoff", &job);
-    let worst = worst_differences(&out, handoff);
-    assert!(worst.iter().all(|d| *d <= 1), "{worst:?}");
+    check_handoff(tmp.path(), &models, "sdxl-refiner");
 }
 
 #[test]
@@ -299,18 +271,18 @@ fn a_refiner_with_loras_fused_through_a_template_takes_over_as_diffusers_does() 
     let refiner = "sdxl-refiner-lora";
     let folder = import_with_loras(&config, &tmp.path().join("models"), refiner);
     models.push((refiner.to_string(), folder));
-    let index = read_json(&import_golden::golden_dir().join("index.json"));
-    let handoff = &index["handoffs"][refiner];
-    let job = format!(
-        "{}refiner: {refiner}\nrefiner_start: {}\n",
-        job_yaml("sdxl", handoff),
-        handoff["refiner_start"]
-    );
-    let dir = tmp.path().join("render");
+    check_handoff(tmp.path(), &models, refiner);
+}
+
+/// The hand-off golden of `refiner` rendered over `models` (its base and refiner): within 1/255.
+fn check_handoff(tmp: &Path, models: &[(String, PathBuf)], refiner: &str) {
+    let handoff = import_golden::handoff(refiner);
+    let job = import_golden::handoff_job(&handoff, refiner);
+    let dir = tmp.join("render");
     std::fs::create_dir_all(&dir).unwrap();
-    let out = import_golden::render(&dir, &models, "handoff", &job);
-    let worst = worst_differences(&out, handoff);
-    assert!(worst.iter().all(|d| *d <= 1), "{worst:?}");
+    let out = import_golden::render(&dir, models, "handoff", &job);
+    let worst = worst_differences(&out, &handoff);
+    assert!(worst.iter().all(|d| *d <= 1), "{refiner}: {worst:?}");
 }
 
 /// The UNet's output on fixed inputs (sample, timestep 500, text conditioning and SDXL's added
@@ -349,15 +321,7 @@ fn unet_output(folder: &Path) -> Vec<f32> {
 #[test]
 fn template_and_python_imports_give_the_same_unet_output() {
     let tmp = tempfile::tempdir().unwrap();
-    let models = import_all(
-        tmp.path(),
-        &[
-            ("sd15.safetensors", "sd15"),
-            ("sd2-v.safetensors", "sd2-v"),
-            ("sdxl.safetensors", "sdxl"),
-            ("sdxl-refiner.safetensors", "sdxl-refiner"),
-        ],
-    );
+    let models = import_all(tmp.path(), &FAMILIES);
     for (name, folder) in &models {
         let ours = unet_output(folder);
         let python = unet_output(&fixture(&format!("models/{name}")));
@@ -377,18 +341,6 @@ fn template_and_python_imports_give_the_same_unet_output() {
 }
 
 // ------------------------------------------------------------------ when no template serves
-
-/// The recorded Python conversion of `case` (tests/checkpoint_import.rs replays them too).
-fn replay(case: &str) -> Vec<String> {
-    vec![
-        "--replay-transcript".into(),
-        fixture(&format!("transcripts/{case}.jsonl"))
-            .display()
-            .to_string(),
-        "--replay-folder".into(),
-        fixture(&format!("models/{case}")).display().to_string(),
-    ]
-}
 
 fn args(list: &[String]) -> Vec<&str> {
     list.iter().map(String::as_str).collect()
@@ -433,7 +385,7 @@ fn a_checkpoint_that_fits_no_template_is_refused_by_route_template_and_goes_to_p
 
     // auto: the Python conversion (replayed), saying why
     let mut list = vec!["--route".to_string(), "auto".into()];
-    list.extend(replay("sd15"));
+    list.extend(import_golden::replay("sd15"));
     let out = import(&config, &ckpt, "odd", &models, &args(&list));
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
@@ -457,7 +409,7 @@ fn auto_takes_the_python_route_without_templates_and_for_what_templates_cannot_d
         &fixture("sd15.safetensors"),
         "a",
         &models,
-        &args(&replay("sd15")),
+        &args(&import_golden::replay("sd15")),
     );
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
@@ -473,7 +425,7 @@ fn auto_takes_the_python_route_without_templates_and_for_what_templates_cannot_d
     std::fs::create_dir_all(&b).unwrap();
     let config = self::config(&b, &templates());
     let mut list = vec!["--fp16".to_string()];
-    list.extend(replay("sd15-fp16"));
+    list.extend(import_golden::replay("sd15-fp16"));
     let out = import(
         &config,
         &fixture("sd15.safetensors"),
@@ -525,7 +477,7 @@ fn a_corrupt_template_json_is_named_with_its_field() {
     let tmp = tempfile::tempdir().unwrap();
     let mine = tmp.path().join("templates");
     let name = template_of("sd15");
-    copy_dir(&templates().join(&name), &mine.join(&name));
+    common::copy_dir(&templates().join(&name), &mine.join(&name));
     let file = mine.join(&name).join("template.json");
     let mut json = read_json(&file);
     json["parts"]["unet"]["tensors"][3]["length"] = 12.into();
@@ -539,7 +491,13 @@ fn a_corrupt_template_json_is_named_with_its_field() {
     let named = format!("{}: `parts.unet.tensors[3].length` is 12", file.display());
     assert!(shown.contains(&named), "{shown}");
     // auto goes through Python, saying why
-    let out = import(&config, &ckpt, "x", &models, &args(&replay("sd15")));
+    let out = import(
+        &config,
+        &ckpt,
+        "x",
+        &models,
+        &args(&import_golden::replay("sd15")),
+    );
     let shown = text(&out);
     assert!(out.status.success() && shown.contains(&named), "{shown}");
 }
@@ -737,7 +695,7 @@ fn templates_are_found_in_the_models_folder_by_default_and_relative_to_the_confi
     let tmp = tempfile::tempdir().unwrap();
     let models = tmp.path().join("models");
     let name = template_of("sd15");
-    copy_dir(
+    common::copy_dir(
         &templates().join(&name),
         &models.join(".templates").join(&name),
     );
@@ -755,7 +713,7 @@ fn templates_are_found_in_the_models_folder_by_default_and_relative_to_the_confi
     // `import.templates` relative to the configuration file's folder
     let other = tmp.path().join("conf");
     std::fs::create_dir_all(other.join("tpl")).unwrap();
-    copy_dir(&templates().join(&name), &other.join("tpl").join(&name));
+    common::copy_dir(&templates().join(&name), &other.join("tpl").join(&name));
     let path = c.write(&other);
     let mut yaml = std::fs::read_to_string(&path).unwrap();
     yaml.push_str("import:\n  templates: [tpl]\n");

@@ -83,21 +83,20 @@ pub fn render(tmp: &Path, models: &[(String, PathBuf)], job_name: &str, job_yaml
     let job = tmp.join(format!("{job_name}.yaml"));
     std::fs::write(&job, job_yaml).unwrap();
     let out = tmp.join(format!("out-{job_name}"));
-    let run = Command::new(env!("CARGO_BIN_EXE_sdspool"))
-        .arg("--config")
-        .arg(&config)
-        .arg("render")
-        .arg(&job)
-        .arg("--output")
-        .arg(&out)
-        .env("SDSPOOL_LOG", "warn")
-        .output()
-        .unwrap();
+    let run = super::sdspool_without_python(
+        &super::root(),
+        &config,
+        &[
+            "render".as_ref(),
+            job.as_os_str(),
+            "--output".as_ref(),
+            out.as_os_str(),
+        ],
+    );
     assert!(
         run.status.success(),
-        "{job_name}: {}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
+        "{job_name}: {}",
+        super::output_text(&run)
     );
     out
 }
@@ -152,4 +151,38 @@ pub fn daemon_render_all(
 
 pub fn case(name: &str) -> Value {
     cases().into_iter().find(|(n, _)| n == name).unwrap().1
+}
+
+/// The `sdspool import` arguments that replay the recorded Python conversion of `case` (its
+/// transcript and the folder it wrote) instead of running Python.
+pub fn replay(case: &str) -> Vec<String> {
+    let fixtures = super::root().join("tests/fixtures/import");
+    vec![
+        "--replay-transcript".into(),
+        fixtures
+            .join(format!("transcripts/{case}.jsonl"))
+            .display()
+            .to_string(),
+        "--replay-folder".into(),
+        fixtures
+            .join(format!("models/{case}"))
+            .display()
+            .to_string(),
+    ]
+}
+
+/// tests/golden/import/index.json "handoffs"[`key`].
+pub fn handoff(key: &str) -> Value {
+    let text = std::fs::read_to_string(golden_dir().join("index.json")).unwrap();
+    let index: Value = serde_json::from_str(&text).unwrap();
+    index["handoffs"][key].clone()
+}
+
+/// The job of a hand-off golden with `refiner` as its refiner.
+pub fn handoff_job(handoff: &Value, refiner: &str) -> String {
+    format!(
+        "{}refiner: {refiner}\nrefiner_start: {}\n",
+        job_yaml(handoff["model"].as_str().unwrap(), handoff),
+        handoff["refiner_start"]
+    )
 }

@@ -41,6 +41,33 @@ pub fn runtime() -> &'static Runtime {
     })
 }
 
+/// Runs the sdspool binary in `cwd` with `--config config` and `args`, logging warnings only;
+/// Python must not run (`SDSPOOL_PYTHON` points nowhere), so what needs it fails loudly.
+pub fn sdspool_without_python(
+    cwd: &Path,
+    config: &Path,
+    args: &[&std::ffi::OsStr],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sdspool"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("SDSPOOL_LOG", "warn")
+        .env("SDSPOOL_PYTHON", "/nonexistent/python-must-not-run")
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+/// A finished command's stdout and stderr, for checks and failure messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Copies a folder tree (model folders are small).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -248,10 +248,13 @@ pub fn take_loras(info: &mut Infotext) -> Result<LoraUse, Refused> {
     Ok(used)
 }
 
+/// A `<lora:name:weight>` tag: the LoRA's name and weight.
+pub type LoraTag = (String, f64);
+
 /// `text` without its `<lora:name:weight>` tags (trimmed), and the tags' `(name, weight)` in
 /// order; `None` when it has none. AUTOMATIC1111's rule for extra networks in prompts: other
 /// networks, and LoRA options sdspool cannot honour, are refused with the reason.
-pub fn take_lora_tags(text: &str) -> Result<Option<(String, Vec<(String, f64)>)>, String> {
+pub fn take_lora_tags(text: &str) -> Result<Option<(String, Vec<LoraTag>)>, String> {
     let mut tags = Vec::new();
     let mut prompt = String::new();
     let mut rest = text;
@@ -324,7 +327,7 @@ pub fn fused_list(fused: &[LoraSource]) -> String {
 
 /// Whether every `<lora:name:weight>` tag names a LoRA fused into `model` at that weight; the
 /// reason when one does not.
-pub fn tags_fused(tags: &[(String, f64)], model: &str, fused: &[LoraSource]) -> Result<(), String> {
+pub fn tags_fused(tags: &[LoraTag], model: &str, fused: &[LoraSource]) -> Result<(), String> {
     for (name, weight) in tags {
         match fused.iter().find(|l| l.name == *name) {
             Some(l) if (l.weight - weight).abs() < 1e-6 => {}
