@@ -13,8 +13,7 @@ use crate::engine::model::lora_variant;
 use crate::engine::model::provenance::LoraSource;
 use crate::jobs::settings::JobSettings;
 
-/// A tag's name and weight.
-pub type Tag = (String, f64);
+pub use infotext::LoraTag as Tag;
 
 /// The tags of `tags` naming no LoRA fused into `model`; a tag naming a fused LoRA at another
 /// weight, or one LoRA twice, is refused.
