@@ -66,6 +66,17 @@ fn add_file(
             let reason = "matches no layer of the checkpoint";
             return Err(tensor_error(path, &keys[0].1, reason));
         };
+        // kohya's SDXL files may name a UNet layer by its single-file and its diffusers path
+        if let Some(twice) = planned
+            .iter()
+            .find(|p: &&Planned| p.component == *component && p.layer.module == layer.module)
+        {
+            let reason = format!(
+                "changes layer {} a second time (also as {})",
+                layer.module, twice.down
+            );
+            return Err(tensor_error(path, &keys[0].1, &reason));
+        }
         planned.push(plan(&mut file, *component, layer, keys, layout)?);
     }
     let scales: Vec<LayerAlpha> = planned
@@ -466,6 +477,23 @@ mod tests {
     }
 
     const K: &str = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+
+    #[test]
+    fn a_layer_named_twice_in_one_file_is_refused_not_added_twice() {
+        // the same UNet layer under its diffusers and its single-file name
+        let single_file = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q";
+        let mut specs = Vec::new();
+        for name in [K, single_file] {
+            specs.push((format!("{name}.lora_down.weight"), vec![1, 4]));
+            specs.push((format!("{name}.lora_up.weight"), vec![4, 1]));
+        }
+        let specs: Vec<Spec> = specs
+            .iter()
+            .map(|(k, shape)| (k.as_str(), "F32", shape.clone(), vec![]))
+            .collect();
+        let text = refusal(&specs);
+        assert!(text.contains("a second time"), "{text}");
+    }
 
     #[test]
     fn up_and_down_of_different_ranks_are_refused_with_the_key() {
