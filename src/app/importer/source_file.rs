@@ -4,18 +4,16 @@
 //! AUTOMATIC1111 records for it, dtype, optimized, tool), plus `"route": "template"` and the
 //! template's name.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::ImportError;
 use crate::engine::checkpoint::Family;
 use crate::engine::model::checkpoint_hash::{self, CheckpointHash};
 use crate::engine::model::provenance::{
-    CheckpointSource, FILE, FORMAT, FileSource, ImportTool, LoraSource, Provenance, Sha256Hex,
-    SourceDtype, SourceFamily,
+    CheckpointSource, FILE, FORMAT, FileSource, ImportTool, LoraSource, Provenance, SourceDtype,
+    SourceFamily,
 };
 
 /// The version of the conversion `tool.sdspool_import` records (the Python tool's is 1 too).
@@ -105,57 +103,11 @@ fn source_family(family: Family) -> SourceFamily {
 }
 
 fn lora_source(path: &Path, weight: f32) -> Result<LoraSource, ImportError> {
-    let sha256 = checkpoint_hash::hash_file(path).map_err(io(path))?.sha256;
-    let safetensors = path.extension().is_some_and(|e| e == "safetensors");
-    Ok(LoraSource {
-        name: path
-            .file_stem()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        file: file_name(path),
-        sha256,
-        // the weight as typed (0.8, not float32's 0.800000011920929)
-        weight: weight.to_string().parse().unwrap_or(f64::from(weight)),
-        addnet_sha256: if safetensors {
-            Some(addnet_sha256(path).map_err(io(path))?)
-        } else {
-            None
-        },
-    })
-}
-
-/// The hash AUTOMATIC1111 records for a `.safetensors` LoRA: its `sshs_model_hash` metadata when
-/// it has one, else kohya's "addnet" hash, the SHA-256 of the file after its header.
-fn addnet_sha256(path: &Path) -> std::io::Result<Sha256Hex> {
-    let mut file = std::fs::File::open(path)?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)?;
-    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
-    file.read_exact(&mut header)?;
-    let stored = serde_json::from_slice::<serde_json::Value>(&header)
-        .ok()
-        .and_then(|h| {
-            h["__metadata__"]["sshs_model_hash"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .and_then(|h| Sha256Hex::try_from(h).ok());
-    if let Some(hash) = stored {
-        return Ok(hash);
-    }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(Sha256Hex::try_from(hex).expect("64 hex digits"))
+    let name = path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // the weight as typed (0.8, not float32's 0.800000011920929)
+    let weight = weight.to_string().parse().unwrap_or(f64::from(weight));
+    checkpoint_hash::lora_source(path, name, weight).map_err(io(path))
 }

@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use super::provenance::{LegacyHash, Provenance, Sha256Hex};
+use super::provenance::{LegacyHash, LoraSource, Provenance, Sha256Hex};
 
 /// Where the old hash reads, and how much.
 const LEGACY_OFFSET: u64 = 0x10_0000;
@@ -94,6 +94,64 @@ pub fn hash_file(path: &Path) -> std::io::Result<CheckpointHash> {
     Ok(CheckpointHash {
         sha256: Sha256Hex::try_from(sha256).expect("64 hex digits"),
         legacy: Some(legacy_hash(&mut file)?),
+    })
+}
+
+/// SHA-256 of the whole safetensors file at `path`, and the hash AUTOMATIC1111 writes for it in
+/// `Lora hashes`: the file's `sshs_model_hash` metadata when it has one, else kohya's "addnet"
+/// hash (SHA-256 of the file after its header); in one read.
+pub fn lora_hashes(path: &Path) -> std::io::Result<(Sha256Hex, Sha256Hex)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    let mut header = Vec::new();
+    (&mut file)
+        .take(u64::from_le_bytes(len))
+        .read_to_end(&mut header)?;
+    let (mut whole, mut after) = (Sha256::new(), Sha256::new());
+    whole.update(len);
+    whole.update(&header);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let got = file.read(&mut buf)?;
+        if got == 0 {
+            break;
+        }
+        whole.update(&buf[..got]);
+        after.update(&buf[..got]);
+    }
+    let sha = |bytes: &[u8]| Sha256Hex::try_from(hex(bytes)).expect("64 hex digits");
+    let stored = serde_json::from_slice::<serde_json::Value>(&header)
+        .ok()
+        .and_then(|v| {
+            v["__metadata__"]["sshs_model_hash"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .and_then(|h| Sha256Hex::try_from(h).ok());
+    let addnet = stored.unwrap_or_else(|| sha(&after.finalize()));
+    Ok((sha(&whole.finalize()), addnet))
+}
+
+/// The LoRA file `path` as provenance records it, under AUTOMATIC1111's `name` for it: file
+/// name, SHA-256, `weight` and, for a `.safetensors` file, the `Lora hashes` hash
+/// ([`lora_hashes`]).
+pub fn lora_source(path: &Path, name: String, weight: f64) -> std::io::Result<LoraSource> {
+    let (sha256, addnet_sha256) = if path.extension().is_some_and(|e| e == "safetensors") {
+        let (whole, addnet) = lora_hashes(path)?;
+        (whole, Some(addnet))
+    } else {
+        (hash_file(path)?.sha256, None)
+    };
+    Ok(LoraSource {
+        name,
+        file: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sha256,
+        weight,
+        addnet_sha256,
     })
 }
 

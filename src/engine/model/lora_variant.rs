@@ -6,13 +6,13 @@
 //! files as for the model without LoRAs.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::provenance::{LoraSource, Sha256Hex};
+use super::checkpoint_hash;
+use super::provenance::LoraSource;
 use crate::engine::checkpoint::weights_map::{WeightsMap, WeightsMapError};
 use crate::engine::checkpoint::{CheckpointError, lora_fuse};
 
@@ -152,70 +152,18 @@ fn set_id(sources: &[LoraSource]) -> String {
         .collect()
 }
 
-/// `lora` as provenance records a LoRA: its file name, SHA-256, weight and (safetensors) the
-/// hash AUTOMATIC1111 writes in `Lora hashes`.
+/// `lora` as provenance records a LoRA (hashes included).
 fn source_of(lora: &LoraFile) -> Result<LoraSource, LoraVariantError> {
-    let (sha256, addnet) = hashes(&lora.file).map_err(|source| LoraVariantError::Hash {
-        path: lora.file.clone(),
-        source,
-    })?;
-    Ok(LoraSource {
-        name: lora.name.clone(),
-        file: lora
-            .file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        sha256,
-        weight: lora.weight,
-        addnet_sha256: Some(addnet),
+    checkpoint_hash::lora_source(&lora.file, lora.name.clone(), lora.weight).map_err(|source| {
+        LoraVariantError::Hash {
+            path: lora.file.clone(),
+            source,
+        }
     })
 }
 
 /// The hash AUTOMATIC1111 writes for the safetensors LoRA `path` in `Lora hashes` (all 64 hex
 /// digits; it writes the first 12).
 pub fn a1111_hash(path: &Path) -> std::io::Result<String> {
-    Ok(hashes(path)?.1.as_str().to_string())
-}
-
-fn hex(bytes: &[u8]) -> Sha256Hex {
-    let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Sha256Hex::try_from(text).expect("64 hex digits")
-}
-
-/// SHA-256 of the whole safetensors file, and AUTOMATIC1111's `Lora hashes` hash: the file's
-/// `sshs_model_hash` metadata when it has one, else kohya's "addnet" hash (SHA-256 of the file
-/// after its header), in one read.
-fn hashes(path: &Path) -> std::io::Result<(Sha256Hex, Sha256Hex)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)?;
-    let n = u64::from_le_bytes(len);
-    let mut header = Vec::new();
-    (&mut file).take(n).read_to_end(&mut header)?;
-    let (mut whole, mut after) = (Sha256::new(), Sha256::new());
-    whole.update(len);
-    whole.update(&header);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let got = file.read(&mut buf)?;
-        if got == 0 {
-            break;
-        }
-        whole.update(&buf[..got]);
-        after.update(&buf[..got]);
-    }
-    let meta: Option<String> = serde_json::from_slice::<serde_json::Value>(&header)
-        .ok()
-        .and_then(|v| {
-            v["__metadata__"]["sshs_model_hash"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-    let addnet = match meta {
-        Some(h) => Sha256Hex::try_from(h.to_ascii_lowercase()).expect("64 hex digits"),
-        None => hex(&after.finalize()),
-    };
-    Ok((hex(&whole.finalize()), addnet))
+    Ok(checkpoint_hash::lora_hashes(path)?.1.as_str().to_string())
 }
