@@ -14,9 +14,27 @@ pub fn plain(s: &str) -> String {
         .collect()
 }
 
+/// Whether `path` is relative and stays inside the folder it is read from: plain components
+/// only (no root, no `..`, no `.`), at least one.
+pub fn is_inside(path: &std::path::Path) -> bool {
+    path.components().next().is_some()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_relative_paths_of_plain_components_stay_inside() {
+        use std::path::Path;
+        assert!(is_inside(Path::new("unet/model.onnx_data")));
+        for outside in ["", "/etc/passwd", "../x", "unet/../../x", "./x"] {
+            assert!(!is_inside(Path::new(outside)), "{outside}");
+        }
+    }
 
     #[test]
     fn only_letters_digits_dot_underscore_and_dash_are_kept() {

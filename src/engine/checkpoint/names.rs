@@ -11,11 +11,16 @@ use std::collections::HashMap;
 use super::Header;
 use super::family::{Family, REFINER_TE, SD1_TE, SD2_TE, UNET, XL_TE1, XL_TE2};
 
-/// The pipeline component a LoRA layer belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The pipeline component a LoRA layer belongs to (named as diffusers names the part:
+/// `unet`, `text_encoder`, `text_encoder_2`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Component {
     Unet,
     TextEncoder,
+    #[serde(rename = "text_encoder_2")]
     TextEncoder2,
 }
 

@@ -74,6 +74,19 @@ pub fn to_f32(dtype: &str, bytes: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
+/// `values` viewed as `[d0, len / d0]`, transposed (row-major): how a linear layer's weight
+/// becomes the initializer of the MatMul an export made of it.
+pub fn transposed(values: &[f32], d0: usize) -> Vec<f32> {
+    let rest = values.len() / d0.max(1);
+    let mut out = vec![0.0; values.len()];
+    for i in 0..d0 {
+        for j in 0..rest {
+            out[j * d0 + i] = values[i * rest + j];
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Component as PathPart, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +21,8 @@ use super::header::{Header, TensorInfo};
 use super::lora_fuse::Deltas;
 use super::names::Component;
 use super::template::Template;
-use super::template::format::{Dtype as TemplateDtype, SourceComponent};
+use super::template::format::{Dtype, SourceComponent};
+use super::tensors;
 
 /// The file name inside an imported model folder.
 pub const FILE: &str = "sdspool-weights.json";
@@ -31,27 +32,6 @@ const FORMAT: u32 = 1;
 
 /// Largest map read (SD 1.5's is a few hundred kilobytes).
 const MAX_BYTES: u64 = 64 << 20;
-
-/// An initializer's element type (float32 in format 1, as in the template).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    Float32,
-}
-
-impl Dtype {
-    fn of(d: TemplateDtype) -> Dtype {
-        match d {
-            TemplateDtype::Float32 => Dtype::Float32,
-        }
-    }
-
-    pub fn size(self) -> u64 {
-        match self {
-            Dtype::Float32 => 4,
-        }
-    }
-}
 
 /// One initializer a LoRA can change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,39 +49,11 @@ pub struct Target {
     pub param_shape: Vec<u64>,
     /// The initializer is the parameter viewed as `[d0, rest]` and transposed.
     pub transpose: bool,
-    pub component: MapComponent,
+    pub component: Component,
     /// Dotted diffusers module path.
     pub module: String,
     /// Always `weight` (only weights take LoRA deltas).
     pub param: String,
-}
-
-/// The text encoders and the UNet (the components LoRA files change).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MapComponent {
-    Unet,
-    TextEncoder,
-    #[serde(rename = "text_encoder_2")]
-    TextEncoder2,
-}
-
-impl MapComponent {
-    fn of(c: Component) -> MapComponent {
-        match c {
-            Component::Unet => MapComponent::Unet,
-            Component::TextEncoder => MapComponent::TextEncoder,
-            Component::TextEncoder2 => MapComponent::TextEncoder2,
-        }
-    }
-
-    pub fn lora(self) -> Component {
-        match self {
-            MapComponent::Unet => Component::Unet,
-            MapComponent::TextEncoder => Component::TextEncoder,
-            MapComponent::TextEncoder2 => Component::TextEncoder2,
-        }
-    }
 }
 
 /// One part's data file and its LoRA targets.
@@ -180,11 +132,11 @@ impl WeightsMap {
                         name: t.name.clone(),
                         offset: t.offset,
                         length: t.length,
-                        dtype: Dtype::of(t.dtype),
+                        dtype: t.dtype,
                         shape: t.shape.clone(),
                         param_shape,
                         transpose: s.transpose,
-                        component: MapComponent::of(component),
+                        component,
                         module,
                         param: "weight".into(),
                     })
@@ -303,7 +255,7 @@ impl WeightsMap {
         let mut file = None;
         let mut out = Vec::new();
         for (i, t) in p.targets.iter().enumerate() {
-            let Some(delta) = deltas.get(&(t.component.lora(), t.module.clone())) else {
+            let Some(delta) = deltas.get(&(t.component, t.module.clone())) else {
                 continue;
             };
             let at = format!("parts.{part}.targets[{i}]");
@@ -327,10 +279,7 @@ impl WeightsMap {
             let mut bytes = vec![0u8; t.length as usize];
             f.seek(SeekFrom::Start(t.offset)).map_err(read_err)?;
             f.read_exact(&mut bytes).map_err(read_err)?;
-            let mut values: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let mut values = tensors::to_f32("F32", &bytes).expect("float32 is a float type");
             add_delta(&mut values, delta, t);
             out.push(Override {
                 name: t.name.clone(),
@@ -347,7 +296,7 @@ impl WeightsMap {
             .parts
             .values()
             .flat_map(|p| &p.targets)
-            .map(|t| (t.component.lora(), t.module.as_str()))
+            .map(|t| (t.component, t.module.as_str()))
             .collect();
         let mut out: Vec<_> = deltas
             .keys()
@@ -361,27 +310,19 @@ impl WeightsMap {
 /// `values` (the initializer) plus `delta` (in the parameter's shape), transposed into the
 /// initializer's layout where it is the parameter transposed.
 fn add_delta(values: &mut [f32], delta: &[f32], t: &Target) {
-    if !t.transpose {
-        values.iter_mut().zip(delta).for_each(|(v, d)| *v += d);
-        return;
-    }
-    let d0 = t.param_shape.first().copied().unwrap_or(1).max(1) as usize;
-    let rest = delta.len() / d0;
-    for i in 0..d0 {
-        for j in 0..rest {
-            values[j * d0 + i] += delta[i * rest + j];
-        }
-    }
-}
-
-/// `path` is relative and stays inside the folder.
-fn inside(path: &Path) -> bool {
-    path.components().next().is_some()
-        && path.components().all(|c| matches!(c, PathPart::Normal(_)))
+    let transposed;
+    let delta = if t.transpose {
+        let d0 = t.param_shape.first().copied().unwrap_or(1) as usize;
+        transposed = tensors::transposed(delta, d0);
+        &transposed
+    } else {
+        delta
+    };
+    values.iter_mut().zip(delta).for_each(|(v, d)| *v += d);
 }
 
 fn check_part(name: &str, part: &MapPart) -> Result<(), (String, String)> {
-    if !inside(&part.data) {
+    if !crate::sys::names::is_inside(&part.data) {
         return Err((
             format!("parts.{name}.data"),
             format!(
@@ -432,7 +373,7 @@ mod tests {
             shape: if transpose { vec![3, 2] } else { vec![2, 3] },
             param_shape: vec![2, 3],
             transpose,
-            component: MapComponent::Unet,
+            component: Component::Unet,
             module: "m".into(),
             param: "weight".into(),
         }

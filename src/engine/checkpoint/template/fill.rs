@@ -15,7 +15,7 @@ use super::format::{Initializer, Part, Source, TEMPLATE_FILE, Template};
 use super::vae::VaeLayout;
 use crate::engine::checkpoint::CheckpointError;
 use crate::engine::checkpoint::names::Component;
-use crate::engine::checkpoint::tensors::TensorFile;
+use crate::engine::checkpoint::tensors::{self, TensorFile};
 
 /// LoRA deltas to add (see [`crate::engine::checkpoint::lora_fuse`]): (component, dotted diffusers
 /// module) -> what diffusers' `fuse_lora` adds to `<module>.weight`, in the parameter's shape.
@@ -327,19 +327,7 @@ fn initializer_values(
             Some([s, e]) => (e - s) as usize,
             None => shape.first().copied().unwrap_or(1) as usize,
         };
-        values = transposed(&values, d0);
+        values = tensors::transposed(&values, d0);
     }
     Ok(values)
-}
-
-/// `values` viewed as `[d0, len / d0]`, transposed (row-major).
-fn transposed(values: &[f32], d0: usize) -> Vec<f32> {
-    let rest = values.len() / d0.max(1);
-    let mut out = vec![0.0; values.len()];
-    for i in 0..d0 {
-        for j in 0..rest {
-            out[j * d0 + i] = values[i * rest + j];
-        }
-    }
-    out
 }

@@ -5,7 +5,7 @@
 //! (`parts.unet.tensors[3].length`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component as PathPart, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -22,8 +22,8 @@ pub const FORMAT: u32 = 1;
 /// Largest `template.json` read (SD 1.5's is a few hundred kilobytes).
 const MAX_BYTES: u64 = 64 << 20;
 
-/// An initializer's element type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// An initializer's element type (also in `sdspool-weights.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
     Float32,
@@ -212,8 +212,7 @@ type Problem = (String, String);
 
 /// `path` is relative and stays inside the folder (no `..`, no root).
 fn inside(field: &str, path: &Path) -> Result<(), Problem> {
-    let plain = path.components().all(|c| matches!(c, PathPart::Normal(_)));
-    if plain && path.components().next().is_some() {
+    if crate::sys::names::is_inside(path) {
         Ok(())
     } else {
         Err((
