@@ -142,7 +142,7 @@ fn write_weights_map(template: &Template, out: &Path) -> Result<(), ImportError>
         WeightsMapError::Write { path, source } | WeightsMapError::Read { path, source } => {
             ImportError::Io { path, source }
         }
-        e @ WeightsMapError::Field { .. } => ImportError::Refuse {
+        e @ (WeightsMapError::Field { .. } | WeightsMapError::Json { .. }) => ImportError::Refuse {
             path: out.join(weights_map::FILE),
             reason: e.to_string(),
         },

@@ -92,6 +92,12 @@ pub enum WeightsMapError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{}: not valid JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{}: `{field}` {problem}", path.display())]
     Field {
         path: PathBuf,
@@ -175,23 +181,26 @@ impl WeightsMap {
             path: path.clone(),
             source,
         };
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(read_err(e)),
-        };
-        let mut text = Vec::new();
-        file.take(MAX_BYTES)
-            .read_to_end(&mut text)
-            .map_err(read_err)?;
         let field = |field: String, problem: String| WeightsMapError::Field {
             path: path.clone(),
             field,
             problem,
         };
-        let mut de = serde_json::Deserializer::from_slice(&text);
-        let map: WeightsMap = serde_path_to_error::deserialize(&mut de)
-            .map_err(|e| field(e.path().to_string(), e.into_inner().to_string()))?;
+        use crate::sys::json::{self, JsonFileError};
+        let map: WeightsMap = match json::read(&path, MAX_BYTES) {
+            Ok(map) => map,
+            Err(JsonFileError::Read(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(JsonFileError::Read(e)) => return Err(read_err(e)),
+            Err(JsonFileError::Syntax(source)) => {
+                return Err(WeightsMapError::Json {
+                    path: path.clone(),
+                    source,
+                });
+            }
+            Err(JsonFileError::Field { field: f, problem }) => return Err(field(f, problem)),
+        };
         if map.format != FORMAT {
             return Err(field(
                 "format".into(),

@@ -258,30 +258,30 @@ impl Provenance {
             path: path.clone(),
             source,
         };
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(read_err(e)),
-        };
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_BYTES), &mut text)
-            .map_err(read_err)?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|source| ProvenanceError::Json {
-                path: path.clone(),
-                source,
-            })?;
         let field_err = |field: String, problem: String| ProvenanceError::Field {
             path: path.clone(),
             field,
             problem,
         };
-        let p: Provenance = serde_path_to_error::deserialize(value).map_err(|e| {
-            let (at, message) = (e.path().to_string(), e.into_inner().to_string());
-            missing_field(&at, &message)
-                .map(|f| field_err(f, "is missing".into()))
-                .unwrap_or_else(|| field_err(at, message))
-        })?;
+        use crate::sys::json::{self, JsonFileError};
+        let p: Provenance = match json::read(&path, MAX_BYTES) {
+            Ok(p) => p,
+            Err(JsonFileError::Read(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(JsonFileError::Read(e)) => return Err(read_err(e)),
+            Err(JsonFileError::Syntax(source)) => {
+                return Err(ProvenanceError::Json {
+                    path: path.clone(),
+                    source,
+                });
+            }
+            Err(JsonFileError::Field { field, problem }) => {
+                return Err(missing_field(&field, &problem)
+                    .map(|f| field_err(f, "is missing".into()))
+                    .unwrap_or_else(|| field_err(field, problem)));
+            }
+        };
         if p.format != FORMAT {
             return Err(field_err(
                 "format".into(),

@@ -158,22 +158,18 @@ impl Template {
             path: path.clone(),
             source,
         };
-        let file = std::fs::File::open(&path).map_err(read_err)?;
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_BYTES), &mut text)
-            .map_err(read_err)?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|source| TemplateError::Json {
+        use crate::sys::json::{self, JsonFileError};
+        let raw: RawTemplate = json::read(&path, MAX_BYTES).map_err(|e| match e {
+            JsonFileError::Read(source) => read_err(source),
+            JsonFileError::Syntax(source) => TemplateError::Json {
                 path: path.clone(),
                 source,
-            })?;
-        let raw: RawTemplate = serde_path_to_error::deserialize(value).map_err(|e| {
-            let at = e.path().to_string();
-            TemplateError::Field {
+            },
+            JsonFileError::Field { field, problem } => TemplateError::Field {
                 path: path.clone(),
-                field: at,
-                problem: e.into_inner().to_string(),
-            }
+                field,
+                problem,
+            },
         })?;
         let field = |field: String, problem: String| TemplateError::Field {
             path: path.clone(),
