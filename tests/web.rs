@@ -52,28 +52,8 @@ fn receiver(status: Option<u16>) -> (u16, Arc<Mutex<Vec<String>>>) {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = s.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).into_owned();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        seen.lock().unwrap().push(body.to_string());
-                        break;
-                    }
-                }
+            if let Some(body) = common::read_request_body(&mut s) {
+                seen.lock().unwrap().push(body);
             }
             match status {
                 Some(code) => {

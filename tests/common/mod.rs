@@ -68,6 +68,35 @@ pub fn output_text(out: &std::process::Output) -> String {
     )
 }
 
+/// Reads one HTTP request from `stream` (a webhook receiver's connection) until its whole body
+/// (`Content-Length`) has come: the body, or `None` when the stream ended or timed out first.
+pub fn read_request_body(stream: &mut impl std::io::Read) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut chunk) {
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        if body.len() >= len {
+            return Some(body.to_string());
+        }
+    }
+    None
+}
+
 /// Copies a folder tree (model folders are small).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
